@@ -1,0 +1,27 @@
+"""Redis broker: owns every key name (``keys.py``) and every Lua script (``lua/``)."""
+
+from __future__ import annotations
+
+import threading
+
+from ..config import Settings, get_settings
+from .broker import Broker, Delivery, PushRecord, ReapResult, SettleOp
+from .keys import Keys
+
+__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleOp", "get_broker"]
+
+_lock = threading.Lock()
+_cache: dict[Settings, Broker] = {}
+
+
+def get_broker(settings: Settings | None = None) -> Broker:
+    """The shared broker for ``settings`` (default: this process's settings)."""
+    settings = settings or get_settings()
+    broker = _cache.get(settings)
+    if broker is None:
+        with _lock:
+            broker = _cache.get(settings)
+            if broker is None:
+                broker = Broker(settings)
+                _cache[settings] = broker
+    return broker

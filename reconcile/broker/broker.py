@@ -1,0 +1,292 @@
+"""The Redis side of reconcile: every command and script the engine sends.
+
+Hot paths are one round trip per batch: :meth:`Broker.push` (one Lua call per batch
+of enqueues), :meth:`Broker.exchange` (acks of finished jobs and the lease of new ones
+in one Lua call), :meth:`Broker.promote` and :meth:`Broker.reap` (one Lua call each).
+Scripts run through redis-py ``Script`` objects: EVALSHA, reloaded on NOSCRIPT, so
+they survive ``SCRIPT FLUSH`` and a Redis restart.
+
+Payloads are bytes end to end (``decode_responses=False``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, NamedTuple
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ..config import Settings
+from .keys import Keys
+
+log = logging.getLogger("reconcile.broker")
+
+WAKE_CAP = 64
+"""Most wake-up tokens kept per queue: enough to wake every idle process at once."""
+
+RECOVERY_TTL = 7 * 24 * 3600
+"""Seconds a per-job crash-recovery counter is remembered."""
+
+
+class PushRecord(NamedTuple):
+    """One job to enqueue: queue, run-at (0 = now), lock digest ("" = none), lock ttl ms, payload."""
+
+    queue: str
+    at: float
+    lock: str
+    lock_ttl_ms: int
+    payload: bytes
+
+
+class Delivery(NamedTuple):
+    """A leased job: its lease field (``"<seq>|<queue>"``), queue and raw payload."""
+
+    field: bytes
+    queue: str
+    raw: bytes
+
+
+class SettleOp(NamedTuple):
+    """One settlement, see ``fetch.lua``: code A/X/R/S/D/Q, lease field, then a, b, c."""
+
+    code: str
+    field: bytes
+    a: Any = ""
+    b: Any = ""
+    c: Any = ""
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    requeued: int
+    reaped_processes: int
+    poison: list[bytes]
+
+
+def _script_source(name: str) -> str:
+    return resources.files("reconcile.broker").joinpath("lua", name).read_text("utf-8")
+
+
+def make_client(url: str) -> redis.Redis:
+    """A pooled client that retries connection errors with backoff (not replies)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=False,
+        health_check_interval=30,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.01), retries=3),
+        retry_on_error=[redis.ConnectionError],
+    )
+
+
+class Broker:
+    """Redis operations for one namespace. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.redis = client if client is not None else make_client(settings.redis_url)
+        self._enqueue = self.redis.register_script(_script_source("enqueue.lua"))
+        self._fetch = self.redis.register_script(_script_source("fetch.lua"))
+        self._promote = self.redis.register_script(_script_source("promote.lua"))
+        self._reap = self.redis.register_script(_script_source("reap.lua"))
+        self._release = self.redis.register_script(_script_source("release.lua"))
+
+    # -- enqueue ---------------------------------------------------------------------
+
+    def push(self, records: Sequence[PushRecord], now: float | None = None) -> list[bool]:
+        """Push a batch in one Lua call; ``False`` where a uniqueness lock was held."""
+        if not records:
+            return []
+        args: list[Any] = [repr(time.time() if now is None else now), WAKE_CAP]
+        for r in records:
+            args += (r.queue, repr(r.at), r.lock, r.lock_ttl_ms, r.payload)
+        flags = self._enqueue(keys=[self.keys.tag], args=args)
+        return [bool(f) for f in flags]
+
+    # -- fetch and settle ------------------------------------------------------------
+
+    def exchange(
+        self, proc_id: str, queues: Sequence[str], count: int, ops: Sequence[SettleOp] = ()
+    ) -> list[Delivery]:
+        """Apply ``ops`` for finished deliveries, then lease up to ``count`` jobs.
+
+        ``queues`` are tried in the given order. Returns the leased deliveries.
+        """
+        s = self.settings
+        args: list[Any] = [
+            proc_id, count, len(ops), repr(time.time()), s.dead_max_jobs,
+            int(s.dead_timeout_seconds), WAKE_CAP,
+        ]
+        for op in ops:
+            args += (op.code, op.field, op.a, op.b, op.c)
+        if count > 0:
+            args += queues
+        flat = self._fetch(keys=[self.keys.tag], args=args)
+        out = []
+        for i in range(0, len(flat), 2):
+            field = flat[i]
+            queue = field.split(b"|", 1)[1].decode()
+            out.append(Delivery(field, queue, flat[i + 1]))
+        return out
+
+    def settle(self, proc_id: str, ops: Sequence[SettleOp]) -> None:
+        """Apply settlements without leasing anything."""
+        if ops:
+            self.exchange(proc_id, (), 0, ops)
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until a wake-up token arrives on one of ``queues`` or ``timeout`` passes."""
+        got = self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout)
+        return got is not None
+
+    def release_lock(self, digest: str) -> None:
+        """Drop a uniqueness lock (``unique_until = "start"``)."""
+        self.redis.delete(self.keys.unique(digest))
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def promote(self, limit: int = 1000, now: float | None = None) -> tuple[int, int, bool]:
+        """Move due scheduled and retry jobs to their queues: (scheduled, retries, more due)."""
+        sched, retry, more = self._promote(
+            keys=[self.keys.tag], args=[repr(time.time() if now is None else now), limit, WAKE_CAP]
+        )
+        return int(sched), int(retry), bool(more)
+
+    def reap(self, now: float | None = None) -> ReapResult:
+        """Return the jobs of processes whose lease expired; report poison pills."""
+        out = self._reap(
+            keys=[self.keys.tag],
+            args=[repr(time.time() if now is None else now), self.settings.max_recoveries,
+                  RECOVERY_TTL, WAKE_CAP],
+        )
+        return ReapResult(int(out[0]), int(out[1]), list(out[2:]))
+
+    def release(self, proc_id: str) -> int:
+        """Push back every job ``proc_id`` holds and unregister it; returns the count."""
+        return int(self._release(keys=[self.keys.tag], args=[proc_id, WAKE_CAP]))
+
+    def heartbeat(self, proc_id: str, info: dict[str, Any]) -> None:
+        """Register or refresh a process: info hash, membership, and its lease sentinel.
+
+        Re-registers everything each beat, so a process survives a Redis restart.
+        """
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(k.procs, proc_id)
+        pipe.hset(k.proc(proc_id), mapping={key: str(v) for key, v in info.items()})
+        pipe.set(k.alive(proc_id), b"1", px=int(self.settings.lease_seconds * 1000))
+        pipe.execute()
+
+    def leased_count(self, proc_id: str) -> int:
+        return int(self.redis.hlen(self.keys.lease(proc_id)))
+
+    def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy``, or None if CONFIG is not allowed."""
+        try:
+            reply = self.redis.config_get("maxmemory-policy")
+        except redis.ResponseError:
+            return None
+        value = reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy")  # type: ignore[call-overload]
+        if isinstance(value, bytes):
+            return value.decode()
+        return str(value) if value is not None else None
+
+    # -- inspection ------------------------------------------------------------------
+
+    def queue_names(self) -> list[str]:
+        return sorted(n.decode() for n in self.redis.smembers(self.keys.queues))  # type: ignore[union-attr]
+
+    def queue_stats(self, names: Iterable[str]) -> list[tuple[str, int, bytes | None]]:
+        """(name, size, oldest payload) for each queue, in one pipeline."""
+        names = list(names)
+        pipe = self.redis.pipeline(transaction=False)
+        for n in names:
+            pipe.llen(self.keys.queue(n))
+            pipe.lindex(self.keys.queue(n), -1)
+        res = pipe.execute()
+        return [(n, int(res[2 * i]), res[2 * i + 1]) for i, n in enumerate(names)]
+
+    def set_sizes(self) -> dict[str, int]:
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(k.schedule)
+        pipe.zcard(k.retry)
+        pipe.zcard(k.dead)
+        s, r, d = pipe.execute()
+        return {"scheduled": int(s), "retry": int(r), "dead": int(d)}
+
+    def counters(self) -> dict[str, int]:
+        names = ["processed", "failed", "already_done", "not_converged", "lock_busy", "dropped"]
+        values = self.redis.mget([self.keys.stat(n) for n in names])
+        return {n: int(v or 0) for n, v in zip(names, values, strict=True)}  # type: ignore[arg-type]
+
+    def incr_counter(self, name: str, by: int = 1) -> None:
+        self.redis.incrby(self.keys.stat(name), by)
+
+    def processes(self) -> list[dict[str, Any]]:
+        """Registered processes with their info, liveness and leased job count."""
+        k = self.keys
+        ids = sorted(i.decode() for i in self.redis.smembers(k.procs))  # type: ignore[union-attr]
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(k.proc(i))
+            pipe.exists(k.alive(i))
+            pipe.hlen(k.lease(i))
+        res = pipe.execute()
+        out = []
+        for n, i in enumerate(ids):
+            info = {a.decode(): b.decode() for a, b in res[3 * n].items()}
+            info.pop("seq", None)
+            out.append({"id": i, "alive": bool(res[3 * n + 1]), "leased": int(res[3 * n + 2]), **info})
+        return out
+
+    def set_entries(self, which: str, start: int = 0, stop: int = 99) -> list[tuple[bytes, float]]:
+        """Members of ``scheduled``, ``retry`` or ``dead`` with scores, newest first for dead."""
+        key = {"scheduled": self.keys.schedule, "retry": self.keys.retry, "dead": self.keys.dead}[which]
+        if which == "dead":
+            rows = self.redis.zrevrange(key, start, stop, withscores=True)
+        else:
+            rows = self.redis.zrange(key, start, stop, withscores=True)
+        return [(m, float(s)) for m, s in rows]  # type: ignore[union-attr]
+
+    def queue_entries(self, queue: str, count: int = 100) -> list[bytes]:
+        """The next ``count`` jobs of a queue, oldest first."""
+        return list(reversed(self.redis.lrange(self.keys.queue(queue), -count, -1)))  # type: ignore[arg-type]
+
+    # -- namespace-wide ----------------------------------------------------------------
+
+    def flush_namespace(self, batch: int = 1000) -> int:
+        """Delete every key of this namespace (SCAN + UNLINK); returns how many.
+
+        Keys of other namespaces or applications in the same database are untouched.
+        """
+        deleted = 0
+        chunk: list[bytes] = []
+        for key in self.redis.scan_iter(match=self.keys.pattern, count=batch):
+            chunk.append(key)
+            if len(chunk) >= batch:
+                deleted += int(self.redis.unlink(*chunk))  # type: ignore[arg-type]
+                chunk = []
+        if chunk:
+            deleted += int(self.redis.unlink(*chunk))  # type: ignore[arg-type]
+        return deleted
+
+    def run_id(self) -> str:
+        """Redis's ``run_id``: changes when the server restarts."""
+        info = self.redis.info("server")
+        return str(info.get("run_id", ""))  # type: ignore[union-attr]
+
+    def epoch(self) -> bytes | None:
+        """The namespace's epoch sentinel, or None if Redis lost it."""
+        return self.redis.get(self.keys.epoch)  # type: ignore[return-value]
+
+    def set_epoch(self, value: str) -> bool:
+        """Create the sentinel if absent; True if this call created it."""
+        return bool(self.redis.set(self.keys.epoch, value, nx=True))

@@ -1,0 +1,73 @@
+"""Every Redis key name reconcile uses. No other module builds a key.
+
+All keys start with the hash tag ``{namespace}`` so that every key one Lua call
+touches lives in one Redis Cluster slot. The layout is documented in
+``docs/redis-layout.md`` and in the header of each script in ``broker/lua/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one namespace."""
+
+    namespace: str
+
+    @property
+    def tag(self) -> str:
+        """``{ns}``: the hash tag, passed to every script as KEYS[1]."""
+        return "{" + self.namespace + "}"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of the namespace (braces escaped for glob)."""
+        return "\\{" + self.namespace + "\\}:*"
+
+    def queue(self, name: str) -> str:
+        return f"{self.tag}:queue:{name}"
+
+    def wake(self, name: str) -> str:
+        return f"{self.tag}:wake:{name}"
+
+    @property
+    def queues(self) -> str:
+        return f"{self.tag}:queues"
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.tag}:schedule"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.tag}:retry"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.tag}:dead"
+
+    @property
+    def procs(self) -> str:
+        return f"{self.tag}:procs"
+
+    def proc(self, proc_id: str) -> str:
+        return f"{self.tag}:proc:{proc_id}"
+
+    def alive(self, proc_id: str) -> str:
+        return f"{self.tag}:alive:{proc_id}"
+
+    def lease(self, proc_id: str) -> str:
+        return f"{self.tag}:lease:{proc_id}"
+
+    def unique(self, digest: str) -> str:
+        return f"{self.tag}:unique:{digest}"
+
+    def stat(self, name: str) -> str:
+        return f"{self.tag}:stat:{name}"
+
+    @property
+    def epoch(self) -> str:
+        """Sentinel whose disappearance means Redis lost our data."""
+        return f"{self.tag}:epoch"

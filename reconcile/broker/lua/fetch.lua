@@ -1,0 +1,100 @@
+-- fetch.lua: settle finished deliveries, then lease up to N new ones, in one call.
+--
+-- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- Keys touched:
+--   {ns}:lease:<proc>   HASH  field "<seq>|<queue>" -> payload, the jobs <proc> holds
+--   {ns}:proc:<proc>    HASH  process info; field "seq" numbers its deliveries
+--   {ns}:queue:<q>      LIST  ready jobs (RPOP = oldest first)
+--   {ns}:queues         SET   known queue names
+--   {ns}:retry          ZSET  failed jobs waiting for their retry, score = run-at
+--   {ns}:schedule       ZSET  delayed jobs, score = run-at
+--   {ns}:dead           ZSET  dead jobs, score = died-at; trimmed by count and age
+--   {ns}:unique:<d>     STRING uniqueness locks released by A, D and X
+--   {ns}:wake:<q>       LIST  wake-up tokens
+--   {ns}:stat:processed, {ns}:stat:failed   STRING counters
+-- ARGV[1] proc id      ARGV[2] jobs to lease (0 = settle only)   ARGV[3] settle ops k
+-- ARGV[4] now          ARGV[5] dead max jobs   ARGV[6] dead max age (s)   ARGV[7] wake cap
+-- ARGV[8 .. 7+5k]  settle ops, 5 values each: code, lease field, a, b, c
+--   A field lock            ack: success (lock "" = none)
+--   X field lock            drop: discarded, already done, or disabled (not a failure)
+--   R field at payload      retry at <at> with the updated payload
+--   S field at payload      re-schedule (lock busy elsewhere; not a failure)
+--   D field payload lock    dead with the updated payload
+--   Q field queue payload   push back to the head of <queue> (shutdown)
+-- ARGV[8+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
+-- Returns  flat array: field1, payload1, field2, payload2, ...
+local p = KEYS[1]
+local proc, want, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, dead_max, dead_age, cap = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local lease = p .. ':lease:' .. proc
+
+local function wake(q)
+  local w = p .. ':wake:' .. q
+  if redis.call('LLEN', w) < cap then
+    redis.call('LPUSH', w, '1')
+  end
+end
+
+local processed, failed, died = 0, 0, false
+local i = 8
+for _ = 1, k do
+  local code, field, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  if field ~= '' then
+    redis.call('HDEL', lease, field)
+  end
+  if code == 'A' or code == 'X' then
+    if code == 'A' then processed = processed + 1 end
+    if a ~= '' then redis.call('DEL', p .. ':unique:' .. a) end
+  elseif code == 'R' then
+    failed = failed + 1
+    redis.call('ZADD', p .. ':retry', a, b)
+  elseif code == 'S' then
+    redis.call('ZADD', p .. ':schedule', a, b)
+  elseif code == 'D' then
+    failed = failed + 1
+    died = true
+    redis.call('ZADD', p .. ':dead', now, a)
+    if b ~= '' then redis.call('DEL', p .. ':unique:' .. b) end
+  elseif code == 'Q' then
+    redis.call('RPUSH', p .. ':queue:' .. a, b)
+    redis.call('SADD', p .. ':queues', a)
+    wake(a)
+  end
+end
+if processed > 0 then redis.call('INCRBY', p .. ':stat:processed', processed) end
+if failed > 0 then redis.call('INCRBY', p .. ':stat:failed', failed) end
+if died then
+  local dead = p .. ':dead'
+  redis.call('ZREMRANGEBYSCORE', dead, '-inf', tonumber(now) - dead_age)
+  redis.call('ZREMRANGEBYRANK', dead, 0, -(dead_max + 1))
+end
+
+local got = {}
+if want > 0 then
+  for j = i, #ARGV do
+    local q = ARGV[j]
+    local key = p .. ':queue:' .. q
+    local items = redis.call('RPOP', key, want)
+    if items then
+      local n = #items
+      local last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq', n)
+      local pairs_ = {}
+      for m = 1, n do
+        local field = (last - n + m) .. '|' .. q
+        pairs_[2 * m - 1] = field
+        pairs_[2 * m] = items[m]
+        got[#got + 1] = field
+        got[#got + 1] = items[m]
+      end
+      redis.call('HSET', lease, unpack(pairs_))
+      want = want - n
+      if want == 0 then
+        -- we took a full batch and work remains: wake the next idle worker (chain wake-up)
+        if redis.call('LLEN', key) > 0 then wake(q) end
+        break
+      end
+    end
+  end
+end
+return got

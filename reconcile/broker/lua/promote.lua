@@ -1,0 +1,55 @@
+-- promote.lua: move due jobs from the scheduled and retry sets to their queues.
+--
+-- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- Keys touched:
+--   {ns}:schedule, {ns}:retry   ZSET  score = run-at (epoch seconds)
+--   {ns}:queue:<q>              LIST  LPUSH: promoted jobs join the back of the line
+--   {ns}:queues                 SET   known queue names
+--   {ns}:wake:<q>               LIST  wake-up tokens
+--   {ns}:dead                   ZSET  members that name no queue go here, with a reason
+-- ARGV[1] now   ARGV[2] most jobs to move per set   ARGV[3] wake cap
+-- Returns  {moved from schedule, moved from retry, 1 if a set still has due jobs else 0}
+--
+-- Payloads written by reconcile begin with {"queue":"<name>", so the queue is read
+-- with an anchored match; anything else falls back to cjson. Payloads are moved as
+-- the exact same string (never re-encoded: cjson would turn [] into {}).
+local p = KEYS[1]
+local now, limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+
+local function queue_of(item)
+  local q = string.match(item, '^{"queue":"([^"\\]+)"')
+  if q then return q end
+  local ok, job = pcall(cjson.decode, item)
+  if ok and type(job) == 'table' and type(job.queue) == 'string' and job.queue ~= '' then
+    return job.queue
+  end
+  return nil
+end
+
+local counts, more = {}, 0
+local woken = {}
+for s, set in ipairs({'schedule', 'retry'}) do
+  local key = p .. ':' .. set
+  local items = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
+  counts[s] = #items
+  if #items == limit then more = 1 end
+  for _, item in ipairs(items) do
+    redis.call('ZREM', key, item)
+    local q = queue_of(item)
+    if q then
+      redis.call('LPUSH', p .. ':queue:' .. q, item)
+      if not woken[q] then
+        woken[q] = true
+        redis.call('SADD', p .. ':queues', q)
+        local w = p .. ':wake:' .. q
+        if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+      end
+    else
+      redis.call('ZADD', p .. ':dead', now, cjson.encode({
+        error_class = 'InvalidPayload',
+        error_message = 'a ' .. set .. ' entry names no queue',
+        failed_at = tonumber(now), raw = string.sub(item, 1, 2000)}))
+    end
+  end
+end
+return {counts[1], counts[2], more}

@@ -1,0 +1,70 @@
+-- reap.lua: return the leased jobs of dead worker processes to their queues.
+--
+-- A process is dead when its {ns}:alive:<proc> key (PX = lease time, refreshed by
+-- its heartbeat) has expired. Any live process may run this; it is idempotent.
+--
+-- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- Keys touched:
+--   {ns}:procs            SET    registered process ids
+--   {ns}:alive:<proc>     STRING lease sentinel of a process
+--   {ns}:proc:<proc>      HASH   process info (deleted with the process)
+--   {ns}:lease:<proc>     HASH   field "<seq>|<queue>" -> payload
+--   {ns}:queue:<q>        LIST   recovered jobs are RPUSHed: they run next
+--   {ns}:queues           SET    known queue names
+--   {ns}:wake:<q>         LIST   wake-up tokens
+--   {ns}:recov:<jid>      STRING how often this job was recovered (expires)
+--   {ns}:dead             ZSET   poison pills: recovered more than the maximum
+-- ARGV[1] now   ARGV[2] max recoveries   ARGV[3] recovery counter ttl (s)   ARGV[4] wake cap
+-- Returns  {jobs requeued, processes reaped, poison payload 1, poison payload 2, ...}
+--
+-- A poison payload gets error fields appended as extra keys at the end of the
+-- object: JSON decoders keep the last of duplicate keys, so they override older ones
+-- without re-encoding the payload (cjson would turn [] into {}).
+local p = KEYS[1]
+local now, max_rec, ttl, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local requeued, reaped, poison = 0, 0, {}
+
+local function mark_dead(item, n)
+  local msg = 'recovered from crashed workers ' .. n .. ' times (max_recoveries ' .. max_rec .. ')'
+  local body = string.match(item, '^{(.+)}$')
+  local entry
+  if body then
+    entry = '{' .. body .. ',"error_class":"WorkerCrashed","error_message":' .. cjson.encode(msg)
+      .. ',"failed_at":' .. now .. '}'
+  else
+    entry = cjson.encode({error_class = 'WorkerCrashed', error_message = msg,
+      failed_at = tonumber(now), raw = string.sub(item, 1, 2000)})
+  end
+  redis.call('ZADD', p .. ':dead', now, entry)
+end
+
+for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
+  if redis.call('EXISTS', p .. ':alive:' .. proc) == 0 then
+    reaped = reaped + 1
+    local lease = p .. ':lease:' .. proc
+    local entries = redis.call('HGETALL', lease)
+    for e = 1, #entries, 2 do
+      local field, item = entries[e], entries[e + 1]
+      local q = string.match(field, '^%d+|(.+)$') or 'default'
+      local id = string.match(item, '^{"queue":"[^"]*","jid":"(%w+)"') or redis.sha1hex(item)
+      local rk = p .. ':recov:' .. id
+      local n = redis.call('INCR', rk)
+      redis.call('EXPIRE', rk, ttl)
+      if n > max_rec then
+        mark_dead(item, n)
+        poison[#poison + 1] = item
+      else
+        redis.call('RPUSH', p .. ':queue:' .. q, item)
+        redis.call('SADD', p .. ':queues', q)
+        local w = p .. ':wake:' .. q
+        if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+        requeued = requeued + 1
+      end
+    end
+    redis.call('DEL', lease, p .. ':proc:' .. proc)
+    redis.call('SREM', p .. ':procs', proc)
+  end
+end
+local out = {requeued, reaped}
+for _, item in ipairs(poison) do out[#out + 1] = item end
+return out

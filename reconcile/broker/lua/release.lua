@@ -1,0 +1,27 @@
+-- release.lua: a stopping process hands back every job it still holds and leaves.
+--
+-- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- Keys touched:
+--   {ns}:lease:<proc>   HASH   field "<seq>|<queue>" -> payload; emptied and deleted
+--   {ns}:queue:<q>      LIST   jobs are RPUSHed back: they run next, in lease order
+--   {ns}:queues         SET    known queue names
+--   {ns}:wake:<q>       LIST   wake-up tokens
+--   {ns}:proc:<proc>, {ns}:alive:<proc>   deleted;   {ns}:procs   SREM <proc>
+-- ARGV[1] proc id   ARGV[2] wake cap
+-- Returns  number of jobs pushed back.
+local p = KEYS[1]
+local proc, cap = ARGV[1], tonumber(ARGV[2])
+local lease = p .. ':lease:' .. proc
+local entries = redis.call('HGETALL', lease)
+local n = 0
+for e = 1, #entries, 2 do
+  local q = string.match(entries[e], '^%d+|(.+)$') or 'default'
+  redis.call('RPUSH', p .. ':queue:' .. q, entries[e + 1])
+  redis.call('SADD', p .. ':queues', q)
+  local w = p .. ':wake:' .. q
+  if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+  n = n + 1
+end
+redis.call('DEL', lease, p .. ':proc:' .. proc, p .. ':alive:' .. proc)
+redis.call('SREM', p .. ':procs', proc)
+return n

@@ -1,0 +1,262 @@
+"""Settings: one frozen object, resolved once.
+
+Resolution order, highest first:
+
+1. values passed in code (``reconcile.configure(...)``) or as CLI flags;
+2. environment variables ``RECONCILE_<FIELD>`` (``RECONCILE_REDIS_URL`` ...);
+3. ``[tool.reconcile]`` in the nearest ``pyproject.toml`` at or above the
+   working directory;
+4. the defaults documented on each field below.
+
+Every value is validated when settings are built; a bad value raises
+:class:`~reconcile.errors.ConfigError` naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "RECONCILE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of reconcile, with its default."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    """Redis holding the queues. Default ``redis://localhost:6379/0``."""
+
+    database_url: str = "postgresql+psycopg://localhost:5432/postgres"
+    """PostgreSQL (SQLAlchemy URL, psycopg 3 driver) holding the truth.
+    Default ``postgresql+psycopg://localhost:5432/postgres``. Only ReconciledJobs,
+    the scheduler and ``reconcile db`` connect to it."""
+
+    namespace: str = "reconcile"
+    """Prefix of every Redis key, used as the hash tag ``{namespace}``. Default ``reconcile``."""
+
+    concurrency: int = 10
+    """Worker threads per ``reconcile worker`` process (``-c``). Default 10."""
+
+    prefetch: int = 0
+    """Jobs a worker holds leased beyond those running. 0 means "equal to concurrency".
+    Default 0."""
+
+    shutdown_timeout: float = 25.0
+    """Seconds a stopping worker waits for running jobs before pushing them back (``-t``).
+    Default 25."""
+
+    lease_seconds: float = 20.0
+    """How long a worker's leases live without a heartbeat. A SIGKILLed worker's jobs
+    return to their queues within ``lease_seconds`` plus one reaper interval
+    (at most ``lease_seconds / 2``), so within 30 s by default. Default 20."""
+
+    poll_interval: float = 5.0
+    """Average seconds between promotions of the scheduled and retry sets in each
+    worker (randomised 0.5x..1.5x, like Sidekiq). Default 5."""
+
+    idle_wait: float = 2.0
+    """Longest a blocked idle fetch waits before checking its queues again (a new job
+    wakes it at once; this only bounds missed wake-ups). Default 2."""
+
+    max_payload_bytes: int = 1_000_000
+    """Largest encoded payload accepted at enqueue and at fetch. Default 1,000,000."""
+
+    dead_max_jobs: int = 10_000
+    """Newest dead jobs kept. Default 10,000."""
+
+    dead_timeout_seconds: float = 180 * 24 * 3600.0
+    """Oldest dead job kept, in seconds. Default 6 months (15,552,000 s)."""
+
+    max_recoveries: int = 3
+    """A job recovered from crashed workers more often than this is a poison pill and
+    goes to the dead set. Default 3."""
+
+    bulk_batch_size: int = 1000
+    """Jobs per Redis round trip in ``perform_bulk``. Default 1000."""
+
+    default_retry: int = 25
+    """Retries for ``retry = True``. Default 25."""
+
+    switch_cache_seconds: float = 5.0
+    """How long a process caches kill switches read from PostgreSQL. Default 5."""
+
+    log_level: str = "INFO"
+    """Logging level of ``reconcile`` commands. Default ``INFO``."""
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """Return a copy with ``values`` applied (validated), ignoring ``None`` values."""
+        clean = {k: v for k, v in values.items() if v is not None}
+        return _build(dataclasses.asdict(self) | clean, {k: "code" for k in clean})
+
+    @property
+    def effective_prefetch(self) -> int:
+        return self.prefetch or self.concurrency
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: type(f.default) for f in fields(Settings)
+}
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    want = _FIELD_TYPES[name]
+    try:
+        if want is bool:
+            if isinstance(raw, str):
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            return bool(raw)
+        if want is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if want is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if want is str:
+            if not isinstance(raw, str):
+                raise ValueError(raw)
+            return raw
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"setting {name!r} from {source} must be a {want.__name__}, got {raw!r}"
+        ) from None
+    return raw
+
+
+def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    def bad(name: str, why: str) -> ConfigError:
+        return ConfigError(
+            f"setting {name!r} (from {sources.get(name, 'default')}) {why}, got {values[name]!r}"
+        )
+
+    for name in ("concurrency", "dead_max_jobs", "bulk_batch_size", "max_payload_bytes"):
+        if values[name] < 1:
+            raise bad(name, "must be at least 1")
+    for name in ("prefetch", "max_recoveries", "default_retry"):
+        if values[name] < 0:
+            raise bad(name, "must not be negative")
+    for name in ("lease_seconds", "poll_interval", "idle_wait", "dead_timeout_seconds"):
+        if values[name] <= 0:
+            raise bad(name, "must be positive")
+    for name in ("shutdown_timeout", "switch_cache_seconds"):
+        if values[name] < 0:
+            raise bad(name, "must not be negative")
+    if not values["redis_url"].startswith(("redis://", "rediss://", "unix://")):
+        raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+    if not values["database_url"].startswith("postgresql"):
+        raise bad("database_url", "must be a PostgreSQL SQLAlchemy URL (postgresql+psycopg://...)")
+    ns = values["namespace"]
+    if not ns or any(c in ns for c in "{}: \t\n"):
+        raise bad("namespace", "must be non-empty without braces, colons or spaces")
+    if values["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise bad("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+
+def _build(values: dict[str, Any], sources: Mapping[str, str]) -> Settings:
+    coerced = {
+        k: _coerce(k, v, sources.get(k, "default")) for k, v in values.items()
+    }
+    _check(coerced, sources)
+    return Settings(**coerced)
+
+
+def find_pyproject(start: Path | None = None) -> Path | None:
+    """The nearest ``pyproject.toml`` at or above ``start`` (default: the working dir)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    pyproject: Path | None | bool = True,
+) -> Settings:
+    """Resolve settings: ``overrides`` > ``env`` > ``[tool.reconcile]`` > defaults.
+
+    ``pyproject=True`` looks for the nearest file; a path uses that file; ``None`` or
+    ``False`` skips it. ``None`` values in ``overrides`` are ignored (unset CLI flags).
+    """
+    env = os.environ if env is None else env
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    path = find_pyproject() if pyproject is True else (pyproject or None)
+    if isinstance(path, Path) and path.is_file():
+        with path.open("rb") as fh:
+            table = tomllib.load(fh).get("tool", {}).get("reconcile", {})
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"unknown setting {key!r} in [tool.reconcile] of {path}")
+            values[name] = value
+            sources[name] = f"[tool.reconcile] in {path}"
+
+    for name in names:
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            values[name] = env[var]
+            sources[name] = f"environment variable {var}"
+
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in names:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = value
+        sources[name] = "code or command line"
+
+    base = {f.name: getattr(Settings(), f.name) for f in fields(Settings)}
+    return _build(base | values, sources)
+
+
+_lock = threading.Lock()
+_current: Settings | None = None
+
+
+def configure(**values: Any) -> Settings:
+    """Set this process's settings in code (highest precedence) and return them.
+
+    Later calls replace earlier ones; environment and pyproject still fill the
+    fields not given here. Cached brokers and engines are rebuilt on next use.
+    """
+    global _current
+    settings = load_settings(values)
+    with _lock:
+        _current = settings
+    return settings
+
+
+def use_settings(settings: Settings) -> None:
+    """Install an already built :class:`Settings` (used by the CLI and tests)."""
+    global _current
+    with _lock:
+        _current = settings
+
+
+def get_settings() -> Settings:
+    """This process's settings, loaded from environment and pyproject on first use."""
+    global _current
+    if _current is None:
+        with _lock:
+            if _current is None:
+                _current = load_settings()
+    return _current

@@ -1,0 +1,243 @@
+"""``Job``: Sidekiq-style background jobs with JSON arguments.
+
+Subclass, set options as class attributes, define ``perform``::
+
+    class HardWork(Job):
+        queue = "default"
+        retry = 5
+        def perform(self, user_id, action, options=None): ...
+
+    HardWork.perform_async(42, "sync")
+    HardWork.perform_in(3600, 42, "report")
+    HardWork.set(queue="critical", wait=30).perform_async(42, "sync")
+
+Plain jobs are at-least-once while Redis keeps them (like Sidekiq Pro's reliable
+fetch): a crashed worker's jobs come back, but a Redis that loses its data loses
+the plain jobs in it. For work that must survive Redis, use
+:class:`~reconcile.reconciled.ReconciledJob`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Final, Literal
+
+from . import registry
+from .client import enqueue
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+DISCARD: Final = _Sentinel("DISCARD")
+"""Return from ``retry_in`` to drop the failed job without retrying or keeping it."""
+
+KILL: Final = _Sentinel("KILL")
+"""Return from ``retry_in`` to send the failed job straight to the dead set."""
+
+RetryDecision = float | int | None | _Sentinel
+
+
+def _seconds(value: float | int | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _epoch(when: datetime | float | int) -> float:
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            raise ValueError("perform_at needs an aware datetime (naive times are ambiguous)")
+        return when.timestamp()
+    return float(when)
+
+
+class Job:
+    """Base class of plain jobs. Options are class attributes; defaults below."""
+
+    name: ClassVar[str | None] = None
+    """Registry name. Default ``module.QualName``; set it to keep payloads valid across a rename."""
+
+    queue: ClassVar[str] = "default"
+    """Queue the job is pushed to. Default ``"default"``."""
+
+    retry: ClassVar[int | bool] = True
+    """``True``: 25 retries (``default_retry``); an int: that many; ``0``: a failure goes
+    straight to the dead set; ``False``: a failure is discarded. Default ``True``."""
+
+    unique_for: ClassVar[float | timedelta | None] = None
+    """Seconds during which an identical (class, queue, args) enqueue is dropped (returns
+    None). Default None (no uniqueness)."""
+
+    unique_until: ClassVar[Literal["success", "start"]] = "success"
+    """When the uniqueness lock is released early: ``"success"`` (the job succeeded, was
+    discarded or died) or ``"start"`` (perform began). Default ``"success"``."""
+
+    discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
+    """Exception types that discard the job at once, without retries. Default none."""
+
+    timeout: ClassVar[float | None] = None
+    """Seconds after which a ReconciledJob's transaction is cancelled; informational for
+    plain jobs (Python cannot stop a thread). Default None."""
+
+    job_name: ClassVar[str] = ""
+    """Set on subclass creation: the name payloads carry (read-only)."""
+
+    abstract: ClassVar[bool] = True
+    """Base classes that are never enqueued set this; subclasses are concrete by default."""
+
+    _arg_names: ClassVar[list[str] | None] = None
+
+    # instance state, set by the worker before perform
+    jid: str
+    payload: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "abstract" not in cls.__dict__:
+            cls.abstract = False
+        if cls.abstract:
+            return
+        cls.job_name = registry.register(cls)
+        cls._arg_names = None
+        if isinstance(cls.unique_for, timedelta):
+            cls.unique_for = cls.unique_for.total_seconds()
+
+    @property
+    def retry_count(self) -> int:
+        """How many times this job has been retried so far (0 on the first run)."""
+        count = self.payload.get("retry_count")
+        return int(count) + 1 if count is not None else 0
+
+    def perform(self, *args: Any) -> None:
+        """The work. Arguments are those given at enqueue, after a JSON round trip."""
+        raise NotImplementedError(f"{type(self).__name__}.perform is not defined")
+
+    def retry_in(self, count: int, exc: BaseException) -> RetryDecision:
+        """Seconds to wait before retry number ``count`` (0-based) after ``exc``.
+
+        Return None for Sidekiq's default ``count**4 + 15 + rand(10) * (count + 1)``,
+        ``DISCARD`` to drop the job, or ``KILL`` to send it to the dead set now.
+        """
+        return None
+
+    @classmethod
+    def retries_exhausted(cls, payload: dict[str, Any], exc: BaseException) -> None:
+        """Called once when the job will not be retried again, before it goes dead."""
+
+    # -- engine hooks (overridden by ReconciledJob, not meant for applications) -----
+
+    def execute(self, args: list[Any]) -> str:
+        """Run the job; returns the outcome: ``"done"``, ``"already_done"``,
+        ``"lock_busy"`` or ``"disabled"``. Plain jobs just perform."""
+        self.perform(*args)
+        return "done"
+
+    @classmethod
+    def on_death(cls, payload: dict[str, Any], exc: BaseException) -> None:
+        """Engine hook when a job enters the dead set (ReconciledJob quarantines its key)."""
+
+    # -- options -------------------------------------------------------------------
+
+    @classmethod
+    def options(cls) -> dict[str, Any]:
+        """The class's enqueue options as a dict."""
+        return {
+            "queue": cls.queue,
+            "retry": cls.retry,
+            "unique_for": cls.unique_for,
+            "unique_until": cls.unique_until,
+        }
+
+    @classmethod
+    def arg_names(cls) -> list[str]:
+        """Parameter names of ``perform`` (for error messages)."""
+        if cls._arg_names is None:
+            try:
+                params = list(inspect.signature(cls.perform).parameters.values())[1:]
+                cls._arg_names = [
+                    p.name for p in params
+                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                ]
+            except (TypeError, ValueError):
+                cls._arg_names = []
+        return cls._arg_names
+
+    # -- enqueue API ---------------------------------------------------------------
+
+    @classmethod
+    def perform_async(cls, *args: Any) -> str | None:
+        """Enqueue now. Returns the jid, or None if middleware or uniqueness dropped it."""
+        return enqueue(cls, [args])[0]
+
+    @classmethod
+    def perform_in(cls, interval: float | int | timedelta, *args: Any) -> str | None:
+        """Enqueue to run after ``interval`` (seconds or timedelta)."""
+        return enqueue(cls, [args], at=time.time() + _seconds(interval))[0]
+
+    @classmethod
+    def perform_at(cls, when: datetime | float | int, *args: Any) -> str | None:
+        """Enqueue to run at ``when`` (aware datetime or epoch seconds)."""
+        return enqueue(cls, [args], at=_epoch(when))[0]
+
+    @classmethod
+    def perform_bulk(cls, args_list: Iterable[Sequence[Any]]) -> list[str | None]:
+        """Enqueue many jobs, ``bulk_batch_size`` (1000) per round trip. Every job's
+        arguments are checked before any is written."""
+        return enqueue(cls, list(args_list))
+
+    @classmethod
+    def set(
+        cls,
+        *,
+        queue: str | None = None,
+        wait: float | timedelta | None = None,
+        wait_until: datetime | float | None = None,
+        retry: int | bool | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_until: Literal["success", "start"] | None = None,
+    ) -> JobSetter:
+        """Options for one enqueue: ``HardWork.set(queue="critical", wait=30).perform_async(1)``."""
+        opts: dict[str, Any] = {}
+        if queue is not None:
+            opts["queue"] = queue
+        if retry is not None:
+            opts["retry"] = retry
+        if unique_for is not None:
+            opts["unique_for"] = _seconds(unique_for)
+        if unique_until is not None:
+            opts["unique_until"] = unique_until
+        at = 0.0
+        if wait is not None:
+            at = time.time() + _seconds(wait)
+        elif wait_until is not None:
+            at = _epoch(wait_until)
+        return JobSetter(cls, opts, at)
+
+
+class JobSetter:
+    """The result of ``Job.set(...)``: the enqueue API with per-call options."""
+
+    def __init__(self, job_class: type[Job], options: dict[str, Any], at: float) -> None:
+        self.job_class = job_class
+        self.opts = options
+        self.at = at
+
+    def perform_async(self, *args: Any) -> str | None:
+        return enqueue(self.job_class, [args], options=self.opts, at=self.at)[0]
+
+    def perform_in(self, interval: float | int | timedelta, *args: Any) -> str | None:
+        return enqueue(self.job_class, [args], options=self.opts, at=time.time() + _seconds(interval))[0]
+
+    def perform_at(self, when: datetime | float | int, *args: Any) -> str | None:
+        return enqueue(self.job_class, [args], options=self.opts, at=_epoch(when))[0]
+
+    def perform_bulk(self, args_list: Iterable[Sequence[Any]]) -> list[str | None]:
+        return enqueue(self.job_class, list(args_list), options=self.opts, at=self.at)
+

@@ -1,0 +1,151 @@
+"""Job payloads: strict JSON with Sidekiq's field names.
+
+A payload is a JSON object, encoded compactly (orjson), never pickled::
+
+    {"class": "myapp.jobs.HardWork", "args": [42, "sync"], "queue": "default",
+     "jid": "b4a577edbccf1d805744efa9", "created_at": 1732357077.123,
+     "enqueued_at": 1732357077.123, "retry": 5}
+
+Fields written by the engine as a job moves: ``retry_count``, ``error_class``,
+``error_message``, ``failed_at``, ``retried_at``, ``at`` (scheduled run time),
+``lock`` (uniqueness lock digest), ``unique_until``, ``recovered`` (reaper).
+
+Contracts:
+
+* :func:`check_args` accepts only JSON-native values (``str``, ``int`` within 64 bits,
+  finite ``float``, ``bool``, ``None``, ``list`` and ``dict`` with ``str`` keys) and
+  names the offending argument and its type otherwise. Subclasses (enums, tuples,
+  ``datetime``) are refused because they would not survive the round trip.
+* :func:`encode` refuses payloads larger than the configured limit.
+* :func:`decode` never raises anything but :class:`PayloadError`, whose message is
+  the reason recorded in the dead set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import orjson
+
+from .errors import ArgumentError, PayloadError, PayloadTooLarge
+
+Payload = dict[str, Any]
+
+MAX_ARG_DEPTH = 64
+"""Nesting depth allowed in enqueue arguments."""
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_ALLOWED = "str, int, float, bool, None, list, dict with str keys"
+
+
+def new_jid() -> str:
+    """A job id: 12 random bytes as 24 hex characters (Sidekiq's format)."""
+    return os.urandom(12).hex()
+
+
+def _describe(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _check(value: Any, path: str, depth: int, job: str) -> None:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise ArgumentError(f"{job}: argument {path} is an int outside 64 bits ({value})")
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise ArgumentError(f"{job}: argument {path} is {value!r}, which JSON cannot carry")
+        return
+    if depth >= MAX_ARG_DEPTH:
+        raise ArgumentError(f"{job}: argument {path} is nested deeper than {MAX_ARG_DEPTH} levels")
+    if kind is list:
+        for i, item in enumerate(value):
+            _check(item, f"{path}[{i}]", depth + 1, job)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ArgumentError(
+                    f"{job}: argument {path} has a key {key!r} of type {_describe(key)}; "
+                    "dict keys must be str"
+                )
+            _check(item, f"{path}[{key!r}]", depth + 1, job)
+        return
+    raise ArgumentError(
+        f"{job}: argument {path} is {_describe(value)}, which is not JSON-native "
+        f"(allowed: {_ALLOWED})"
+    )
+
+
+def check_args(args: list[Any] | tuple[Any, ...], job: str, names: list[str] | None = None) -> None:
+    """Raise :class:`ArgumentError` unless every argument is JSON-native.
+
+    ``names`` (the perform parameter names) make messages read ``user_id`` rather
+    than ``args[0]``.
+    """
+    for i, value in enumerate(args):
+        kind = type(value)
+        if kind is int or kind is str or kind is bool or value is None:
+            if kind is int and not _INT_MIN <= value <= _INT_MAX:
+                pass  # fall through to the full check for its message
+            else:
+                continue
+        label = f"{names[i]!r} (args[{i}])" if names and i < len(names) else f"args[{i}]"
+        _check(value, label, 0, job)
+
+
+def encode(payload: Payload, limit: int) -> bytes:
+    """Compact JSON bytes of ``payload``; :class:`PayloadTooLarge` above ``limit`` bytes."""
+    try:
+        data = orjson.dumps(payload)
+    except TypeError as exc:  # only reachable if a middleware put a non-JSON value in
+        raise PayloadError(f"payload of {payload.get('class')!r} is not JSON: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(
+            f"payload of {payload.get('class')!r} is {len(data)} bytes, over the "
+            f"max_payload_bytes limit of {limit}"
+        )
+    return data
+
+
+def decode(raw: bytes | str, limit: int) -> Payload:
+    """Parse and validate a payload read from Redis; :class:`PayloadError` says why not."""
+    if len(raw) > limit:
+        raise PayloadError(f"payload is {len(raw)} bytes, over the max_payload_bytes limit of {limit}")
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"payload is not valid JSON: {exc}") from None
+    if type(payload) is not dict:
+        raise PayloadError(f"payload is JSON {type(payload).__name__}, not an object")
+    cls = payload.get("class")
+    if type(cls) is not str or not cls:
+        raise PayloadError("payload has no 'class' string")
+    if type(payload.get("args")) is not list:
+        raise PayloadError("payload has no 'args' list")
+    if type(payload.get("jid")) is not str:
+        raise PayloadError("payload has no 'jid' string")
+    if type(payload.get("queue")) is not str:
+        raise PayloadError("payload has no 'queue' string")
+    return payload
+
+
+def loads_lenient(raw: bytes | str) -> Any:
+    """Best-effort parse for inspection (status, dead set); never raises."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        return {"raw": text[:2000]}
+
+
+def dumps(value: Any) -> bytes:
+    """orjson.dumps for engine-built records (dead-set wrappers, status)."""
+    return orjson.dumps(value)

@@ -1,0 +1,64 @@
+"""Name <-> class allowlist.
+
+Every concrete subclass of :class:`~reconcile.job.Job` registers itself here when
+its module is imported, under ``module.QualName`` (or its ``name`` attribute). A
+worker only runs classes found here: it never imports a module named in a payload,
+so Redis content cannot make a worker load code.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .errors import RegistryConflict, UnknownJobClass
+
+if TYPE_CHECKING:
+    from .job import Job
+
+_lock = threading.Lock()
+_classes: dict[str, type[Job]] = {}
+
+
+def job_name(cls: type) -> str:
+    """The registry name of ``cls``: its ``name`` attribute if set, else ``module.QualName``."""
+    explicit = cls.__dict__.get("name")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register(cls: type[Job]) -> str:
+    """Add ``cls``; re-registering the same qualified class (a reload) replaces it."""
+    name = job_name(cls)
+    with _lock:
+        old = _classes.get(name)
+        if old is not None and old is not cls and (
+            old.__module__ != cls.__module__ or old.__qualname__ != cls.__qualname__
+        ):
+            raise RegistryConflict(
+                f"job name {name!r} is used by both {old.__module__}.{old.__qualname__} and "
+                f"{cls.__module__}.{cls.__qualname__}; set a distinct `name` on one of them"
+            )
+        _classes[name] = cls
+    return name
+
+
+def resolve(name: str) -> type[Job]:
+    """The class registered as ``name``; :class:`UnknownJobClass` if none is."""
+    try:
+        return _classes[name]
+    except KeyError:
+        raise UnknownJobClass(f"unknown job class {name!r} (not imported by this worker's --app)") from None
+
+
+def all_classes() -> dict[str, type[Job]]:
+    """A snapshot of the registry."""
+    with _lock:
+        return dict(_classes)
+
+
+def unregister(name: str) -> None:
+    """Remove a name (tests that define throwaway classes)."""
+    with _lock:
+        _classes.pop(name, None)

@@ -1,0 +1,1 @@
+"""Scheduling: promotion and reaping in workers (``poller``), reconcile passes and cron ticks."""

@@ -1,0 +1,185 @@
+"""Run one leased delivery and say how to settle it.
+
+``Executor.run(delivery)`` never raises (short of the interpreter dying): every
+outcome becomes one :class:`~reconcile.broker.SettleOp` for ``fetch.lua``:
+
+====================  =========================================================
+outcome               settlement
+====================  =========================================================
+performed             ``A`` ack (releases a ``unique_until="success"`` lock)
+already done          ``X`` drop, counted ``already_done`` (ReconciledJob step 2)
+lock busy elsewhere   ``S`` re-schedule in a few seconds, counted ``lock_busy``
+class disabled        ``X`` drop (ReconciledJob, re-derived after enabling)
+skipped by middleware ``A`` ack
+failed                ``R`` retry / ``D`` dead / ``X`` discard, see :mod:`.retry`
+malformed payload     ``D`` dead with an ``InvalidPayload`` record and the reason
+unknown class, arity  ``D`` dead, payload kept, reason in ``error_message``
+====================  =========================================================
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from .. import middleware, registry
+from ..broker import Delivery, SettleOp
+from ..config import Settings
+from ..errors import PayloadError, UnknownJobClass
+from ..payload import decode, dumps
+from .retry import decide, error_name, run_death_hooks
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+    from ..job import Job
+
+log = logging.getLogger("reconcile.worker")
+
+LOCK_BUSY_DELAY = (1.0, 3.0)
+"""Seconds (uniform range) before a delivery whose key lock is held elsewhere runs again."""
+
+_arity_cache: dict[type, tuple[int, int | None]] = {}
+
+
+def _arity(cls: type[Job]) -> tuple[int, int | None]:
+    """(min, max) positional arguments ``perform`` accepts; max None for ``*args``."""
+    found = _arity_cache.get(cls)
+    if found is None:
+        lo, hi = 0, 0
+        unbounded = False
+        try:
+            params = list(inspect.signature(cls.perform).parameters.values())[1:]
+        except (TypeError, ValueError):
+            params = []
+            unbounded = True
+        for p in params:
+            if p.kind is p.VAR_POSITIONAL:
+                unbounded = True
+            elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                hi += 1
+                if p.default is p.empty:
+                    lo += 1
+        found = (lo, None if unbounded else hi)
+        _arity_cache[cls] = found
+    return found
+
+
+class Executor:
+    """Turns deliveries into settlements; shared by a process's worker threads."""
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.counts: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._count_lock:
+            self.counts[name] += n
+
+    def take_counts(self) -> dict[str, int]:
+        """Counters since the last call (flushed to Redis by the heartbeat)."""
+        with self._count_lock:
+            out = dict(self.counts)
+            self.counts.clear()
+        return out
+
+    def run(self, d: Delivery) -> SettleOp:
+        try:
+            payload = decode(d.raw, self.settings.max_payload_bytes)
+        except PayloadError as exc:
+            return self._invalid(d, str(exc))
+        try:
+            cls = registry.resolve(payload["class"])
+        except UnknownJobClass as exc:
+            return self._reject(d, payload, "UnknownJobClass", str(exc))
+        args: list[Any] = payload["args"]
+        lo, hi = _arity(cls)
+        if len(args) < lo or (hi is not None and len(args) > hi):
+            want = f"{lo}" if lo == hi else f"{lo} to {'any' if hi is None else hi}"
+            return self._reject(
+                d, payload, "ArgumentError",
+                f"{cls.__name__}.perform takes {want} arguments, the payload has {len(args)}",
+            )
+        return self._perform(d, cls, payload, args)
+
+    # -- the normal path -------------------------------------------------------------
+
+    def _perform(self, d: Delivery, cls: type[Job], payload: dict[str, Any], args: list[Any]) -> SettleOp:
+        lock: str = payload.get("lock", "")
+        job = cls()
+        job.jid = payload["jid"]
+        job.payload = payload
+        if lock and payload.get("unique_until") == "start":
+            self.broker.release_lock(lock)
+            lock = ""
+        outcome = "done"
+
+        def perform() -> None:
+            nonlocal outcome
+            outcome = job.execute(args)
+
+        try:
+            chain = middleware.server_middleware.items
+            if chain:
+                middleware.run_server(chain, job, payload, perform)
+            else:
+                perform()
+        except Exception as exc:
+            return self._failed(d, cls, job, payload, exc)
+        if outcome == "done":
+            return SettleOp("A", d.field, lock)
+        self.count(outcome)
+        if outcome == "lock_busy":
+            at = time.time() + random.uniform(*LOCK_BUSY_DELAY)
+            return SettleOp("S", d.field, repr(at), dumps(payload))
+        return SettleOp("X", d.field, lock)
+
+    def _failed(
+        self, d: Delivery, cls: type[Job], job: Job, payload: dict[str, Any], exc: Exception
+    ) -> SettleOp:
+        lock: str = payload.get("lock", "")
+        verdict = decide(cls, job, payload, exc, self.settings.default_retry)
+        log.warning(
+            "%s jid=%s failed (%s: %s); %s", cls.job_name, payload["jid"], error_name(exc), exc,
+            verdict.kind, exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        if verdict.kind == "discard":
+            return SettleOp("X", d.field, lock)
+        if verdict.kind == "retry":
+            return SettleOp("R", d.field, repr(verdict.at), dumps(payload))
+        cls.on_death(payload, exc)
+        return SettleOp("D", d.field, dumps(payload), lock)
+
+    # -- bad input -------------------------------------------------------------------
+
+    def _invalid(self, d: Delivery, reason: str) -> SettleOp:
+        """Not a usable payload at all: keep a readable excerpt and the reason."""
+        log.warning("invalid payload on queue %s sent to the dead set: %s", d.queue, reason)
+        record = {
+            "queue": d.queue, "jid": "", "class": None, "args": [],
+            "error_class": "InvalidPayload", "error_message": reason, "failed_at": time.time(),
+            "raw": d.raw[:2000].decode("utf-8", "replace"), "raw_bytes": len(d.raw),
+        }
+        return SettleOp("D", d.field, dumps(record), "")
+
+    def _reject(self, d: Delivery, payload: dict[str, Any], kind: str, reason: str) -> SettleOp:
+        """A well-formed payload this worker cannot run: dead with the reason, no retries."""
+        log.warning("job %s jid=%s sent to the dead set: %s", payload.get("class"), payload.get("jid"), reason)
+        payload["error_class"] = kind
+        payload["error_message"] = reason
+        payload["failed_at"] = time.time()
+        exc = PayloadError(reason)
+        try:
+            cls = registry.resolve(payload["class"])
+        except UnknownJobClass:
+            pass
+        else:
+            run_death_hooks(cls, payload, exc)
+            cls.on_death(payload, exc)
+        return SettleOp("D", d.field, dumps(payload), payload.get("lock", ""))

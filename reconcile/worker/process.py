@@ -1,0 +1,327 @@
+"""A worker process: one fetcher, ``concurrency`` executor threads, heartbeat, maintenance.
+
+Life of a job inside the process::
+
+    fetcher --exchange.lua--> local buffer --> executor thread --> settle op
+       ^                                                             |
+       +-------------- acks ride along with the next fetch <---------+
+
+* The **fetcher** leases up to ``concurrency + prefetch - outstanding`` jobs per round
+  trip (one Lua call that also applies the settlements of finished jobs). With nothing
+  to fetch it blocks on the queues' wake-up lists (BLPOP), so a new job is picked up in
+  milliseconds without polling; ``idle_wait`` only bounds a missed wake-up.
+* Each leased job sits in ``{ns}:lease:<proc>`` until settled. The **heartbeat**
+  refreshes ``{ns}:alive:<proc>`` every ``lease_seconds / 4``; if the process dies,
+  any live process's reaper returns those jobs to their queues.
+* Settlements are batched: a finished job's ack is sent with the next fetch, or at
+  once when the fetcher is idle. A crash before an ack is sent re-delivers the job
+  (at-least-once; ReconciledJobs make that re-delivery a no-op).
+
+Signals (installed by :meth:`Worker.run` in the main thread):
+
+* ``TERM``/``INT``: stop fetching, push buffered jobs back, wait up to
+  ``shutdown_timeout`` for running ones, then push back whatever still runs and exit.
+* ``TSTP``: quiet: stop fetching, keep running what is held.
+* ``TTIN``: log the stack of every thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import redis
+
+from ..broker import Broker, Delivery, SettleOp, get_broker
+from ..config import Settings
+from ..scheduler.poller import Maintenance
+from .executor import Executor
+from .queues import QueueOrder, QueueSpec
+
+log = logging.getLogger("reconcile.worker")
+
+MAX_FETCH = 1000
+"""Most jobs leased in one round trip (bounds the Lua call's argument stack)."""
+
+
+class Settlements:
+    """Settle ops of finished jobs, waiting to ride along with the next fetch."""
+
+    def __init__(self) -> None:
+        self._ops: list[SettleOp] = []
+        self._lock = threading.Lock()
+
+    def add(self, op: SettleOp) -> None:
+        with self._lock:
+            self._ops.append(op)
+
+    def take(self) -> list[SettleOp]:
+        with self._lock:
+            ops, self._ops = self._ops, []
+        return ops
+
+    def put_back(self, ops: list[SettleOp]) -> None:
+        with self._lock:
+            self._ops[:0] = ops
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+
+class Worker:
+    """One worker process. ``run()`` blocks (CLI); ``start()``/``stop()`` embed it (tests)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        queues: list[QueueSpec],
+        *,
+        strict: bool = False,
+        broker: Broker | None = None,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker or get_broker(settings)
+        self.order = QueueOrder(queues, strict)
+        self.concurrency = settings.concurrency
+        self.capacity = settings.concurrency + settings.effective_prefetch
+        self.proc_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.executor = Executor(settings, self.broker)
+        self.maintenance = Maintenance(settings, self.broker)
+        self.settlements = Settlements()
+        self.started_at = time.time()
+
+        self._buffer: collections.deque[Delivery] = collections.deque()
+        self._cond = threading.Condition()
+        self._outstanding = 0  # buffered + running, guarded by _cond
+        self._running: dict[bytes, Delivery] = {}
+        self._idle = False
+        self._quiet = threading.Event()  # no new fetches
+        self._stopping = threading.Event()  # threads wind down
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_redis_error = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register, then start the fetcher, executors, heartbeat and maintenance threads."""
+        policy = self.broker.eviction_policy()
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "Redis maxmemory-policy is %r, not 'noeviction': Redis may evict queued jobs. "
+                "Plain jobs evicted this way are lost; ReconciledJobs are re-derived by the "
+                "next pass. Set maxmemory-policy noeviction.", policy,
+            )
+        self.broker.heartbeat(self.proc_id, self._info())
+        spawn: list[tuple[str, Callable[[], None]]] = [
+            ("reconcile-fetcher", self._fetch_loop),
+            ("reconcile-heartbeat", self._heartbeat_loop),
+            ("reconcile-maintenance", lambda: self.maintenance.run(self._stopping)),
+        ]
+        spawn += [(f"reconcile-exec-{i}", self._exec_loop) for i in range(self.concurrency)]
+        for name, target in spawn:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info(
+            "worker %s started: queues %s (%s), concurrency %d",
+            self.proc_id, ",".join(f"{s.name}:{s.weight}" for s in self.order.specs),
+            "strict" if self.order.strict else "weighted", self.concurrency,
+        )
+
+    def run(self) -> None:
+        """Start, install signal handlers, and block until TERM/INT completes shutdown."""
+        stop_requested = threading.Event()
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            stop_requested.set()
+
+        def on_tstp(signum: int, frame: FrameType | None) -> None:
+            log.info("received TSTP: quiet, no new jobs will be fetched")
+            self.quiet()
+
+        def on_ttin(signum: int, frame: FrameType | None) -> None:
+            self.dump_threads()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGTSTP, on_tstp)
+        signal.signal(signal.SIGTTIN, on_ttin)
+        self.start()
+        while not stop_requested.wait(0.5):
+            pass
+        self.stop()
+
+    def quiet(self) -> None:
+        """Stop fetching new jobs; running and buffered jobs still complete."""
+        self._quiet.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self, timeout: float | None = None) -> int:
+        """Graceful stop; returns how many jobs were pushed back to their queues.
+
+        Buffered jobs go back at once; running jobs get ``timeout`` (default
+        ``shutdown_timeout``) seconds; then everything still leased goes back and the
+        process unregisters.
+        """
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        self.quiet()
+        fetcher = self._threads[0] if self._threads else None
+        if fetcher is not None:
+            fetcher.join(self.settings.idle_wait + 2)
+        with self._cond:
+            buffered = list(self._buffer)
+            self._buffer.clear()
+            self._outstanding -= len(buffered)
+            self._cond.notify_all()
+        ops = self.settlements.take()
+        ops += [SettleOp("Q", d.field, d.queue, d.raw) for d in buffered]
+        self._settle(ops)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._outstanding > 0 and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            unfinished = self._outstanding
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._settle(self.settlements.take())
+        pushed = self._release()
+        if unfinished:
+            log.warning("%d jobs still running after %.1fs: pushed back to their queues",
+                        unfinished, timeout)
+        log.info("worker %s stopped (%d jobs pushed back)", self.proc_id, pushed + len(buffered))
+        self._stopped.set()
+        return pushed + len(buffered)
+
+    def _release(self) -> int:
+        for attempt in range(5):
+            try:
+                return self.broker.release(self.proc_id)
+            except redis.RedisError as exc:
+                log.warning("could not release leases (%s), attempt %d", exc, attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+        return 0
+
+    def _settle(self, ops: list[SettleOp]) -> None:
+        for attempt in range(5):
+            if not ops:
+                return
+            try:
+                self.broker.settle(self.proc_id, ops)
+                return
+            except redis.RedisError as exc:
+                log.warning("could not settle %d jobs (%s), attempt %d", len(ops), exc, attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+
+    # -- threads ---------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        backoff = 0.05
+        while not self._quiet.is_set():
+            with self._cond:
+                while self._outstanding >= self.capacity and not self._quiet.is_set():
+                    self._cond.wait(0.5)
+                want = min(self.capacity - self._outstanding, MAX_FETCH)
+            if self._quiet.is_set():
+                break
+            ops = self.settlements.take()
+            try:
+                got = self.broker.exchange(self.proc_id, self.order.next(), want, ops)
+            except redis.RedisError as exc:
+                self.settlements.put_back(ops)
+                self._redis_trouble(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            if got:
+                with self._cond:
+                    self._buffer.extend(got)
+                    self._outstanding += len(got)
+                    self._cond.notify_all()
+                continue
+            self._idle = True
+            try:
+                if len(self.settlements):
+                    self._settle(self.settlements.take())
+                self.broker.wait_for_work(self.order.names, self.settings.idle_wait)
+            except redis.RedisError as exc:
+                self._redis_trouble(exc)
+                time.sleep(backoff)
+            finally:
+                self._idle = False
+
+    def _exec_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._buffer and not self._stopping.is_set():
+                    self._cond.wait(1.0)
+                if not self._buffer:
+                    return
+                d = self._buffer.popleft()
+                self._running[d.field] = d
+            op = self.executor.run(d)
+            self.settlements.add(op)
+            with self._cond:
+                del self._running[d.field]
+                self._outstanding -= 1
+                self._cond.notify_all()
+            if self._idle:
+                self._settle(self.settlements.take())
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.settings.lease_seconds / 4
+        while not self._stopping.wait(interval):
+            counts = self.executor.take_counts()
+            try:
+                self.broker.heartbeat(self.proc_id, self._info())
+                for name, n in counts.items():
+                    self.broker.incr_counter(name, n)
+            except redis.RedisError as exc:
+                self._redis_trouble(exc)
+                for name, n in counts.items():
+                    self.executor.count(name, n)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "beat": time.time(),
+            "queues": ",".join(self.order.names),
+            "concurrency": self.concurrency,
+            "busy": len(self._running),
+            "quiet": int(self._quiet.is_set()),
+        }
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    def _redis_trouble(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_redis_error > 5:
+            self._last_redis_error = now
+            log.warning("Redis unavailable (%s); retrying with backoff", exc)
+
+    def dump_threads(self) -> None:
+        frames = sys._current_frames()
+        for t in threading.enumerate():
+            frame = frames.get(t.ident or -1)
+            stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
+            log.warning("thread %s:\n%s", t.name, stack)

@@ -1,0 +1,112 @@
+"""What happens to a job whose perform raised (Sidekiq's job_retry semantics).
+
+Decision order for a failure ``exc`` of a job whose payload says ``retry``:
+
+1. ``exc`` is one of the class's ``discard_on`` types: discard (no retry, not dead).
+2. ``retry`` is ``False``: discard.
+3. Record the failure in the payload: ``error_class``, ``error_message``, and either
+   ``failed_at`` with ``retry_count = 0`` (first failure) or ``retried_at`` with
+   ``retry_count + 1``.
+4. ``retry_count < max`` (``max`` = ``default_retry`` for ``True``, else the int):
+   ask ``retry_in(count, exc)``: ``DISCARD`` drops it, ``KILL`` kills it, a number is
+   the delay, ``None`` (or a hook that raises) means the default
+   ``count**4 + 15 + rand(10) * (count + 1)`` seconds. Schedule in the retry set.
+5. Otherwise the retries are exhausted: call ``retries_exhausted(payload, exc)`` and
+   every global death handler, then the job goes to the dead set. ``retry = 0`` lands
+   here on the first failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..job import DISCARD, KILL
+
+if TYPE_CHECKING:
+    from ..job import Job
+
+log = logging.getLogger("reconcile.worker")
+
+MAX_ERROR_MESSAGE = 2000
+
+DeathHandler = Callable[[dict[str, Any], BaseException], None]
+death_handlers: list[DeathHandler] = []
+"""Called with (payload, exception) for every job that dies, after ``retries_exhausted``."""
+
+
+def default_delay(count: int) -> float:
+    """Sidekiq's backoff for retry number ``count`` (0-based): ``count**4 + 15 + rand(10)*(count+1)``."""
+    return float(count**4 + 15 + random.randrange(10) * (count + 1))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``kind`` is ``"discard"``, ``"retry"`` (with ``at``) or ``"dead"``."""
+
+    kind: str
+    at: float = 0.0
+
+
+def error_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def record_failure(payload: dict[str, Any], exc: BaseException, now: float) -> int:
+    """Stamp the failure on ``payload`` and return its retry count (0 on first failure)."""
+    payload["error_class"] = error_name(exc)
+    payload["error_message"] = str(exc)[:MAX_ERROR_MESSAGE]
+    if "retry_count" in payload:
+        payload["retried_at"] = now
+        payload["retry_count"] = int(payload["retry_count"]) + 1
+    else:
+        payload["failed_at"] = now
+        payload["retry_count"] = 0
+    return int(payload["retry_count"])
+
+
+def decide(
+    job_class: type[Job], job: Job | None, payload: dict[str, Any], exc: BaseException,
+    default_retry: int,
+) -> Verdict:
+    """Apply the rules above; mutates ``payload`` with the failure fields."""
+    if job_class.discard_on and isinstance(exc, job_class.discard_on):
+        return Verdict("discard")
+    retry = payload.get("retry", job_class.retry)
+    if retry is False:
+        return Verdict("discard")
+    limit = default_retry if retry is True else int(retry)
+    now = time.time()
+    count = record_failure(payload, exc, now)
+    if count < limit:
+        decision: Any = None
+        if job is not None:
+            try:
+                decision = job.retry_in(count, exc)
+            except Exception:
+                log.exception("%s.retry_in raised; using the default backoff", job_class.__name__)
+        if decision is DISCARD:
+            return Verdict("discard")
+        if decision is not KILL:
+            delay = default_delay(count) if decision is None else float(decision)
+            return Verdict("retry", now + delay)
+    run_death_hooks(job_class, payload, exc)
+    return Verdict("dead")
+
+
+def run_death_hooks(job_class: type[Job], payload: dict[str, Any], exc: BaseException) -> None:
+    """``retries_exhausted`` then global death handlers; a raising hook is logged, not fatal."""
+    try:
+        job_class.retries_exhausted(payload, exc)
+    except Exception:
+        log.exception("%s.retries_exhausted raised", job_class.__name__)
+    for handler in list(death_handlers):
+        try:
+            handler(payload, exc)
+        except Exception:
+            log.exception("death handler %r raised", handler)
