@@ -17,6 +17,7 @@ from .errors import (
 )
 from .job import DISCARD, KILL, Job
 from .middleware import client_middleware, server_middleware
+from .reconciled import ReconciledJob
 from .worker.retry import death_handlers
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "PayloadError",
     "PayloadTooLarge",
     "ReconcileError",
+    "ReconciledJob",
     "Settings",
     "UnknownJobClass",
     "client_middleware",

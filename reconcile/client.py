@@ -58,11 +58,13 @@ def enqueue(
     *,
     options: dict[str, Any] | None = None,
     at: float = 0.0,
+    ats: Sequence[float] | None = None,
 ) -> list[str | None]:
     """Enqueue one job per entry of ``args_list``; returns jids (None where not enqueued).
 
     ``options`` override class options for these jobs: ``queue``, ``retry``,
     ``unique_for``, ``unique_until``. ``at`` is an epoch time; 0 or past means now.
+    ``ats`` gives each job its own run-at instead (reconcile passes spread with jitter).
     """
     settings = get_settings()
     opts = job_class.options() if not options else {**job_class.options(), **options}
@@ -93,7 +95,7 @@ def enqueue(
         }
         payload.update(base)
         if lock_ttl:
-            payload["lock"] = unique_digest(name, queue, args)
+            payload["lock"] = job_class.lock_digest(queue, args)
         if chain:
             payload = middleware.run_client(chain, job_class, payload)  # type: ignore[assignment]
         payloads.append(payload)
@@ -108,7 +110,11 @@ def enqueue(
     for i, p in enumerate(payloads):
         if p is None:
             continue
-        records.append(PushRecord(p["queue"], run_at, p.get("lock", ""), lock_ttl, encode(p, limit)))
+        when = run_at if ats is None else ats[i]
+        if ats is not None and when > now:
+            p["at"] = when
+            p.pop("enqueued_at", None)
+        records.append(PushRecord(p["queue"], when, p.get("lock", ""), lock_ttl, encode(p, limit)))
         slots.append(i)
 
     jids: list[str | None] = [None] * len(payloads)

@@ -86,6 +86,10 @@ class Settings:
     default_retry: int = 25
     """Retries for ``retry = True``. Default 25."""
 
+    pass_stale_seconds: float = 300.0
+    """A pass claim older than this is considered abandoned (its scheduler died) and the
+    schedule may be claimed again. Default 300."""
+
     switch_cache_seconds: float = 5.0
     """How long a process caches kill switches read from PostgreSQL. Default 5."""
 
@@ -149,7 +153,8 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     for name in ("prefetch", "max_recoveries", "default_retry"):
         if values[name] < 0:
             raise bad(name, "must not be negative")
-    for name in ("lease_seconds", "poll_interval", "idle_wait", "dead_timeout_seconds"):
+    for name in ("lease_seconds", "poll_interval", "idle_wait", "dead_timeout_seconds",
+                 "pass_stale_seconds"):
         if values[name] <= 0:
             raise bad(name, "must be positive")
     for name in ("shutdown_timeout", "switch_cache_seconds"):

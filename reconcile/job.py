@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final, Literal
 
 from . import registry
-from .client import enqueue
+from .client import enqueue, unique_digest
 
 
 class _Sentinel:
@@ -85,6 +85,16 @@ class Job:
     timeout: ClassVar[float | None] = None
     """Seconds after which a ReconciledJob's transaction is cancelled; informational for
     plain jobs (Python cannot stop a thread). Default None."""
+
+    cron: ClassVar[str | None] = None
+    """A cron expression (``"0 3 * * *"``) makes a plain job periodic: the scheduler
+    enqueues it once per tick, cluster-wide, with ``cron_args``. Default None."""
+
+    cron_args: ClassVar[tuple[Any, ...]] = ()
+    """Arguments of the periodic enqueue. Default none."""
+
+    tz: ClassVar[str] = "UTC"
+    """Time zone of ``cron``. Default ``"UTC"``."""
 
     job_name: ClassVar[str] = ""
     """Set on subclass creation: the name payloads carry (read-only)."""
@@ -154,6 +164,11 @@ class Job:
             "unique_for": cls.unique_for,
             "unique_until": cls.unique_until,
         }
+
+    @classmethod
+    def lock_digest(cls, queue: str, args: list[Any]) -> str:
+        """Uniqueness identity of one enqueue: (class, queue, args) for plain jobs."""
+        return unique_digest(cls.job_name, queue, args)
 
     @classmethod
     def arg_names(cls) -> list[str]:

@@ -1,0 +1,38 @@
+"""Runs one reconcile worker process on the benchmark's database.
+
+Equivalent to ``reconcile worker --app benchmarks.jobs -q default -c 10``; used
+because it does not depend on the CLI's state while the CLI is being written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from reconcile.config import Settings, load_settings, use_settings
+from reconcile.worker import QueueSpec, Worker
+
+from .. import jobs  # noqa: F401  (registers the job classes)
+from ..common import DBS, url
+
+
+def settings_for(concurrency: int = 10) -> Settings:
+    return load_settings(
+        {"redis_url": url(DBS["reconcile"]), "namespace": "bench", "concurrency": concurrency,
+         "log_level": "WARNING"},
+        env={}, pyproject=False,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-c", "--concurrency", type=int, default=10)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    settings = settings_for(args.concurrency)
+    use_settings(settings)
+    Worker(settings, [QueueSpec("default")]).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Shared plumbing: where each system's Redis database is, sizes, worker processes.
+
+Every system gets its own Redis database number on the same server (``BENCH_REDIS``,
+default ``redis://127.0.0.1:6379``), flushed between measurements; the driver keeps
+its own bookkeeping (probe reports, latency samples) in ``CONTROL_DB``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+DBS: dict[str, int] = {
+    "redis": 6, "reconcile": 7, "dramatiq": 8, "huey": 9, "rq": 10,
+    "arq": 11, "celery": 12, "saq": 13,
+}
+CONTROL_DB = 15
+OWNER_KEY = "reconcile-bench:owner"
+"""Marker set in every database the benchmark flushes; a database holding keys without
+it belongs to someone else and the run refuses to touch it."""
+
+
+def url(db: int) -> str:
+    return f"{BASE_URL}/{db}"
+
+
+def control() -> redis.Redis:
+    return redis.Redis.from_url(url(CONTROL_DB))
+
+
+def claim_db(db: int) -> None:
+    """Refuse a database that holds keys the benchmark did not write; mark it ours."""
+    r = redis.Redis.from_url(url(db))
+    if r.dbsize() and not r.exists(OWNER_KEY):
+        raise SystemExit(
+            f"Redis db {db} at {BASE_URL} holds keys not written by the benchmark; "
+            "empty it or set BENCH_REDIS to another server"
+        )
+    r.set(OWNER_KEY, "1")
+
+
+def flush_db(db: int) -> None:
+    r = redis.Redis.from_url(url(db))
+    r.flushdb()
+    r.set(OWNER_KEY, "1")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    single: int      # jobs in the single-enqueue loop
+    bulk: int        # jobs in the bulk enqueue
+    drain: int       # jobs drained per measurement
+    latency: int     # latency samples per round
+
+
+QUICK = Sizes(single=500, bulk=5_000, drain=2_000, latency=30)
+FULL = Sizes(single=5_000, bulk=50_000, drain=20_000, latency=150)
+
+
+class Workers:
+    """Worker processes started by the driver, each in its own process group."""
+
+    def __init__(self, commands: list[list[str]], env: dict[str, str], log: Path) -> None:
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        self._log = log.open("ab")
+        self.procs = [
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+            for cmd in commands
+        ]
+
+    def dead(self) -> list[int]:
+        """Exit codes of processes that already ended."""
+        return [rc for p in self.procs if (rc := p.poll()) is not None]
+
+    def stop(self, grace: float = 8.0) -> None:
+        """TERM each process group, then KILL what is left after ``grace`` seconds."""
+        for p in self.procs:
+            _signal_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in self.procs:
+            _signal_group(p, signal.SIGKILL)  # children of a process that exited too
+            p.wait()
+        self._log.close()
+
+
+def _signal_group(p: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def python() -> str:
+    return sys.executable
+
+
+def tool(name: str) -> str:
+    """A console script installed next to this interpreter (``dramatiq``, ``rq`` ...)."""
+    return str(Path(sys.executable).with_name(name))

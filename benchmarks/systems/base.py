@@ -1,0 +1,71 @@
+"""What the driver needs from one job system (reconcile, a peer, or raw redis-py)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from ..common import DBS, flush_db
+
+
+class System(ABC):
+    """One system under test. Methods run in the driver process.
+
+    ``open()`` imports the library (``ImportError`` means "missing") and connects.
+    Enqueue methods return elapsed seconds. ``bulk_api`` is None when the system has
+    no bulk enqueue API that costs fewer round trips than single enqueues; the bulk row
+    then leaves the system out and says why.
+    """
+
+    name: str = ""
+    package: str = ""                  # distribution whose version is reported
+    bulk_api: str | None = None        # the API used for bulk enqueue, e.g. "enqueue_many"
+    no_bulk_reason: str = ""
+    runs_workers: bool = True          # False for raw redis-py (enqueue rows only)
+    config: str = ""                   # worker configuration, for the report and docs
+
+    @property
+    def db(self) -> int:
+        return DBS[self.name]
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    def close(self) -> None:
+        """Release connections and event loops."""
+
+    def flush(self) -> None:
+        flush_db(self.db)
+
+    @abstractmethod
+    def enqueue_single(self, n: int) -> float:
+        """n no-op jobs, one enqueue call each; seconds."""
+
+    def enqueue_bulk(self, n: int) -> float:
+        """n no-op jobs through the bulk API; seconds."""
+        raise NotImplementedError(self.no_bulk_reason)
+
+    def prefill(self, n: int) -> None:
+        """Put n no-op jobs on the queue as fast as the system allows (not measured)."""
+        if self.bulk_api:
+            self.enqueue_bulk(n)
+        else:
+            self.enqueue_single(n)
+
+    def send_latency(self) -> None:
+        """Enqueue one latency job whose argument is the time right before the call."""
+        raise NotImplementedError
+
+    def worker_command(self) -> list[str]:
+        """Command line of one worker process (one executing process) on queue "default"."""
+        raise NotImplementedError
+
+
+def timed_loop(n: int, call: Callable[[int], object]) -> float:
+    """Seconds for ``call(i)`` for i in range(n)."""
+    fn = call  # keep the loop tight
+    t = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return time.perf_counter() - t

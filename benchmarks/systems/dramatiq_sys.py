@@ -1,0 +1,33 @@
+"""dramatiq with its Redis broker."""
+
+from __future__ import annotations
+
+import time
+
+from ..common import tool
+from .base import System, timed_loop
+
+THREADS = 8
+
+
+class Dramatiq(System):
+    name = "dramatiq"
+    package = "dramatiq"
+    no_bulk_reason = "no bulk API: group() and pipeline() send one message per round trip"
+    config = (f"dramatiq benchmarks.apps.dramatiq_app --processes 1 --threads {THREADS}; "
+              "RedisBroker defaults (prefetch = 2 x threads), default middleware, max_retries=0")
+
+    def open(self) -> None:
+        from ..apps import dramatiq_app
+
+        self.app = dramatiq_app
+
+    def enqueue_single(self, n: int) -> float:
+        return timed_loop(n, self.app.noop.send)
+
+    def send_latency(self) -> None:
+        self.app.lat.send(time.time())
+
+    def worker_command(self) -> list[str]:
+        return [tool("dramatiq"), "benchmarks.apps.dramatiq_app", "--processes", "1",
+                "--threads", str(THREADS)]

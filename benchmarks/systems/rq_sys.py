@@ -1,0 +1,44 @@
+"""rq (SimpleWorker: jobs run in the worker process, no fork per job)."""
+
+from __future__ import annotations
+
+import time
+
+from ..common import DBS, tool, url
+from .base import System, timed_loop
+
+
+class RQ(System):
+    name = "rq"
+    package = "rq"
+    bulk_api = "Queue.enqueue_many (one pipeline)"
+    config = ("rq worker -w rq.worker.SimpleWorker --logging_level WARNING "
+              "--disable-job-desc-logging default; jobs enqueued with result_ttl=0")
+
+    def open(self) -> None:
+        import redis
+        from rq import Queue
+
+        from ..apps import rq_app
+
+        self.app = rq_app
+        self.queue = Queue("default", connection=redis.Redis.from_url(url(DBS["rq"])))
+
+    def enqueue_single(self, n: int) -> float:
+        q, fn = self.queue, self.app.noop
+        return timed_loop(n, lambda i: q.enqueue(fn, i, result_ttl=0))
+
+    def enqueue_bulk(self, n: int) -> float:
+        q, fn = self.queue, self.app.noop
+        t = time.perf_counter()
+        for start in range(0, n, 1000):
+            q.enqueue_many([q.prepare_data(fn, (i,), result_ttl=0)
+                            for i in range(start, min(n, start + 1000))])
+        return time.perf_counter() - t
+
+    def send_latency(self) -> None:
+        self.queue.enqueue(self.app.lat, time.time(), result_ttl=0)
+
+    def worker_command(self) -> list[str]:
+        return [tool("rq"), "worker", "-u", url(DBS["rq"]), "-w", "rq.worker.SimpleWorker",
+                "--logging_level", "WARNING", "--disable-job-desc-logging", "default"]

@@ -1,0 +1,5 @@
+"""``python -m reconcile`` is the ``reconcile`` command."""
+
+from .cli import run
+
+run()

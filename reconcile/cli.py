@@ -1,0 +1,340 @@
+"""The ``reconcile`` command. Thin: parse, build settings, call the module that owns it.
+
+Every command takes ``--app`` (modules to import so their job classes register;
+repeatable or comma-separated) and the connection flags ``--redis-url``,
+``--database-url``, ``--namespace``, which override ``RECONCILE_*`` environment
+variables and ``[tool.reconcile]`` in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .config import Settings, load_settings, use_settings
+from .errors import ConfigError, ReconcileError
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("reconcile.cli")
+
+
+def common_options(func: F) -> F:
+    options = [
+        click.option("--app", "apps", multiple=True, help="Module(s) defining your jobs (repeatable)."),
+        click.option("--redis-url", default=None, help="Overrides RECONCILE_REDIS_URL."),
+        click.option("--database-url", default=None, help="Overrides RECONCILE_DATABASE_URL."),
+        click.option("--namespace", default=None, help="Overrides RECONCILE_NAMESPACE."),
+        click.option("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
+    """Build and install settings, configure logging, import the app modules."""
+    try:
+        settings = load_settings(overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    use_settings(settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s",
+    )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --app myapp.jobs from the project folder
+    for spec in apps:
+        for module in filter(None, (m.strip() for m in spec.split(","))):
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise click.UsageError(f"--app {module}: cannot import it ({exc})") from None
+    return settings
+
+
+@click.group()
+@click.version_option(package_name="reconcile")
+def main() -> None:
+    """reconcile: background jobs on Redis, with PostgreSQL as the truth."""
+
+
+@main.command()
+@common_options
+@click.option("-q", "--queue", "queues", multiple=True,
+              help="Queue to work, optionally with a weight: -q critical,6 -q default,2.")
+@click.option("-c", "--concurrency", type=int, default=None, help="Worker threads (default 10).")
+@click.option("--strict", is_flag=True, help="Check queues strictly in the order given.")
+@click.option("-t", "--timeout", "shutdown_timeout", type=float, default=None,
+              help="Seconds to wait for running jobs on TERM (default 25).")
+@click.option("--prefetch", type=int, default=None, help="Jobs leased beyond those running.")
+def worker(apps: tuple[str, ...], queues: tuple[str, ...], strict: bool, **flags: Any) -> None:
+    """Run jobs from the given queues until TERM/INT."""
+    from .worker import Worker, parse_queue
+
+    settings = setup(apps, **flags)
+    try:
+        specs = [parse_queue(q) for q in (queues or ("default",))]
+        w = Worker(settings, specs, strict=strict)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    w.run()
+
+
+@main.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (see docs/cli.md).")
+def status(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Queues, sets, in-flight jobs, processes and counters."""
+    from .api import status as get_status
+
+    settings = setup(apps, **flags)
+    doc = get_status(settings)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"namespace {doc['namespace']}")
+    click.echo(f"{'queue':<24}{'size':>10}{'latency s':>12}")
+    for q in doc["queues"]:
+        click.echo(f"{q['name']:<24}{q['size']:>10}{q['latency']:>12.3f}")
+    click.echo(
+        f"scheduled {doc['scheduled']}  retry {doc['retry']}  dead {doc['dead']}  "
+        f"in flight {doc['in_flight']}"
+    )
+    for p in doc["processes"]:
+        state = "quiet" if p["quiet"] else ("alive" if p["alive"] else "dead")
+        click.echo(f"process {p['id']} {state} busy {p['busy']}/{p['concurrency']} "
+                   f"queues {','.join(p['queues'])}")
+    click.echo("counters " + "  ".join(f"{k} {v}" for k, v in doc["counters"].items()))
+
+
+@main.group()
+def db() -> None:
+    """Framework tables in PostgreSQL (alembic, own version table)."""
+
+
+def _db_url(flags: dict[str, Any], apps: tuple[str, ...]) -> str:
+    return setup(apps, **flags).database_url
+
+
+@db.command("upgrade")
+@common_options
+@click.argument("revision", default="head")
+def db_upgrade(apps: tuple[str, ...], revision: str, **flags: Any) -> None:
+    """Apply migrations up to REVISION (default head)."""
+    from .store import migrate
+
+    migrate.upgrade(_db_url(flags, apps), revision)
+    click.echo(f"reconcile tables at {migrate.current(_db_url(flags, apps))}")
+
+
+@db.command("downgrade")
+@common_options
+@click.argument("revision")
+def db_downgrade(apps: tuple[str, ...], revision: str, **flags: Any) -> None:
+    """Revert migrations down to REVISION (``base`` drops every reconcile table)."""
+    from .store import migrate
+
+    migrate.downgrade(_db_url(flags, apps), revision)
+    click.echo(f"reconcile tables at {migrate.current(_db_url(flags, apps)) or 'base'}")
+
+
+@db.command("current")
+@common_options
+def db_current(apps: tuple[str, ...], **flags: Any) -> None:
+    """Print the applied revision."""
+    from .store import migrate
+
+    click.echo(migrate.current(_db_url(flags, apps)) or "base (no reconcile tables)")
+
+
+def _reconciled_class(name: str) -> Any:
+    from . import registry
+    from .reconciled import ReconciledJob
+
+    matches = [
+        cls for full, cls in registry.all_classes().items()
+        if issubclass(cls, ReconciledJob) and (full == name or full.rsplit(".", 1)[-1] == name)
+    ]
+    if len(matches) != 1:
+        known = sorted(c.job_name for c in registry.all_classes().values() if issubclass(c, ReconciledJob))
+        why = "is ambiguous" if matches else "is not a ReconciledJob imported by --app"
+        raise click.UsageError(f"{name!r} {why}; known: {', '.join(known) or 'none'}")
+    return matches[0]
+
+
+@main.command()
+@common_options
+def scheduler(apps: tuple[str, ...], **flags: Any) -> None:
+    """Fire reconcile passes and cron ticks; heal Redis loss. Run as many as you like."""
+    from .scheduler.service import Scheduler
+
+    Scheduler(setup(apps, **flags)).run()
+
+
+@main.command("run")
+@common_options
+@click.argument("job")
+def run_cmd(apps: tuple[str, ...], job: str, **flags: Any) -> None:
+    """Run one reconcile pass of JOB now and print its counts."""
+    from .scheduler.passes import run_pass
+
+    settings = setup(apps, **flags)
+    result = run_pass(_reconciled_class(job), trigger="manual", settings=settings)
+    click.echo(result.summary())
+    if result.error:
+        sys.exit(1)
+
+
+@main.command()
+@common_options
+@click.option("--yes", is_flag=True, help="Confirm: delete every Redis key of the namespace.")
+def flush(apps: tuple[str, ...], yes: bool, **flags: Any) -> None:
+    """Incident tool: drop the namespace's Redis data, then re-derive all work at once.
+
+    Plain Jobs in Redis are lost; ReconciledJob work is re-enqueued by passes run
+    here (and by any running scheduler, which detects the flush).
+    """
+    from .broker import get_broker
+    from .scheduler.service import Scheduler
+
+    settings = setup(apps, **flags)
+    if not yes:
+        raise click.UsageError("flush deletes every key of the namespace: pass --yes")
+    sched = Scheduler(settings)
+    deleted = get_broker(settings).flush_namespace()
+    click.echo(f"deleted {deleted} Redis keys of namespace {settings.namespace!r}")
+    sched.run_once(trigger="flush")
+    for r in sched.results:
+        click.echo("pass " + r.summary())
+    others = len([n for n in sched.classes if not n.startswith("cron:")]) - len(sched.results)
+    if others > 0:
+        click.echo(f"{others} passes were already running elsewhere; they were made due now")
+
+
+@main.group()
+def quarantine() -> None:
+    """Keys of ReconciledJobs that died; passes skip them until released."""
+
+
+@quarantine.command("list")
+@common_options
+@click.option("--job", default=None, help="Only this job class.")
+def quarantine_list(apps: tuple[str, ...], job: str | None, **flags: Any) -> None:
+    """List quarantined keys with their last error."""
+    from .store import quarantine as q
+    from .store.engine import get_engine
+
+    settings = setup(apps, **flags)
+    entries = q.list_entries(get_engine(settings), job)
+    for e in entries:
+        click.echo(f"{e.job} {json.dumps(e.key)} {e.quarantined_at:%Y-%m-%d %H:%M:%S} "
+                   f"{e.error_class}: {e.error_message}")
+    click.echo(f"{len(entries)} quarantined")
+
+
+@quarantine.command("release")
+@common_options
+@click.argument("keys", nargs=-1)
+@click.option("--job", default=None, help="Job class of KEYS (required unless --all).")
+@click.option("--all", "release_all", is_flag=True, help="Release every key (of --job, if given).")
+def quarantine_release(
+    apps: tuple[str, ...], keys: tuple[str, ...], job: str | None, release_all: bool, **flags: Any
+) -> None:
+    """Release KEYS (JSON arrays or scalars: 42, '[7,"eu"]') so passes enqueue them again."""
+    from .store import quarantine as q
+    from .store.engine import get_engine
+
+    settings = setup(apps, **flags)
+    engine = get_engine(settings)
+    if release_all:
+        n = q.release_all(engine, job)
+    else:
+        if not job or not keys:
+            raise click.UsageError("give --job and KEYS, or --all")
+        parsed = []
+        for k in keys:
+            try:
+                v = json.loads(k)
+            except json.JSONDecodeError:
+                v = k
+            parsed.append(v if isinstance(v, list) else [v])
+        n = q.release(engine, job, parsed)
+    click.echo(f"released {n} keys")
+
+
+def _switch(apps: tuple[str, ...], job: str, enabled: bool, reason: str, flags: dict[str, Any]) -> None:
+    from .store import switches
+    from .store.engine import get_engine
+
+    settings = setup(apps, **flags)
+    name = _reconciled_class(job).job_name if apps else job
+    switches.set_enabled(get_engine(settings), name, enabled, reason)
+    click.echo(f"{name} {'enabled' if enabled else 'disabled'}")
+
+
+@main.command()
+@common_options
+@click.argument("job")
+@click.option("--reason", required=True, help="Why (recorded in reconcile_switches).")
+def disable(apps: tuple[str, ...], job: str, reason: str, **flags: Any) -> None:
+    """Kill switch: stop enqueuing and running JOB (durable, in PostgreSQL)."""
+    _switch(apps, job, False, reason, flags)
+
+
+@main.command()
+@common_options
+@click.argument("job")
+@click.option("--reason", default="", help="Why (recorded in reconcile_switches).")
+def enable(apps: tuple[str, ...], job: str, reason: str, **flags: Any) -> None:
+    """Re-enable JOB; its next pass re-derives everything that was dropped."""
+    _switch(apps, job, True, reason, flags)
+
+
+@main.command()
+@common_options
+@click.option("--job", default=None, help="Only this job class.")
+@click.option("--limit", default=20, show_default=True)
+def runs(apps: tuple[str, ...], job: str | None, limit: int, **flags: Any) -> None:
+    """Recent reconcile passes and their counts."""
+    from .store import runs as store_runs
+    from .store.engine import get_engine
+
+    settings = setup(apps, **flags)
+    for r in store_runs.recent_runs(get_engine(settings), job=job, limit=limit):
+        click.echo(
+            f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.job} {r.trigger}: found {r.found} enqueued "
+            f"{r.enqueued} already {r.already_queued} quarantined {r.quarantined} "
+            f"{r.duration_ms} ms" + (" DISABLED" if r.disabled else "")
+            + (f" ERROR {r.error}" if r.error else "")
+        )
+
+
+@main.command()
+@common_options
+@click.option("--orders", default=3000, show_default=True, help="Orders to seed.")
+@click.option("--invoices", default=1000, show_default=True, help="Invoices to seed.")
+def demo(apps: tuple[str, ...], orders: int, invoices: int, **flags: Any) -> None:
+    """Run the example shop end to end, flushing Redis in the middle (from the repo root)."""
+    settings = setup(apps, **flags)
+    try:
+        from examples.shop.demo import run_demo
+    except ImportError as exc:
+        raise click.UsageError(f"run the demo from the repository root ({exc})") from None
+    sys.exit(run_demo(settings, orders, invoices))
+
+
+def run() -> None:
+    """Entry point that turns framework errors into clean messages."""
+    try:
+        main(standalone_mode=True)
+    except ReconcileError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

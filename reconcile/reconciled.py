@@ -1,0 +1,192 @@
+"""``ReconciledJob``: work derived from PostgreSQL, executed with enforced idempotency.
+
+A ReconciledJob declares *which keys still need work* as a SQLAlchemy SELECT
+(``pending()``), and *the work for one key* (``perform(session, *key)``). The
+scheduler re-runs ``pending()`` every ``every`` seconds (or on ``cron``) and enqueues
+each key; the worker executes each delivery with this protocol, in one transaction:
+
+1. ``pg_try_advisory_xact_lock(job, key)``; if another worker holds it, the delivery
+   is re-scheduled a few seconds later (outcome ``lock_busy``);
+2. re-check ``is_pending(session, *key)`` under the lock; if the key is no longer
+   pending, ack as ``already_done``;
+3. ``perform(session, *key)`` in that transaction (it must not commit);
+4. re-check: if the key is still pending, roll back and raise :class:`NotConverged`
+   (a perform that does not make its own effect visible is a bug, caught here);
+5. commit; only then is the delivery acked in Redis.
+
+A kill between commit and ack re-delivers the job; step 2 makes that a no-op. A broken
+connection during COMMIT is an unknown outcome, resolved the same way. Keys that die
+(retries exhausted, or recovered from crashed workers too often) are written to
+``reconcile_quarantine`` so passes stop re-enqueuing a poison pill until released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import orjson
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+
+from .client import unique_digest
+from .config import get_settings
+from .errors import NotConverged
+from .job import Job
+from .middleware import client_middleware
+
+log = logging.getLogger("reconcile.reconciled")
+
+MIN_UNIQUE_FOR = 600.0
+MAX_UNIQUE_FOR = 86_400.0
+
+
+class ReconciledJob(Job):
+    """Base class of jobs whose pending work lives in PostgreSQL. Options below."""
+
+    abstract = True
+
+    every: ClassVar[float | timedelta | None] = None
+    """Seconds (or timedelta) between reconcile passes. Exactly one of ``every`` and
+    ``cron`` must be set. Default None."""
+
+    jitter: ClassVar[float] = 0.0
+    """Seconds over which one pass spreads its enqueues (uniformly). Default 0."""
+
+    batch_size: ClassVar[int] = 1000
+    """Keys per page of the pass and per Redis round trip. Default 1000."""
+
+    def pending(self) -> Select[Any]:
+        """A SELECT of the keys that still need work; its columns are the key."""
+        raise NotImplementedError(f"{type(self).__name__}.pending is not defined")
+
+    def perform(self, session: Session, *key: Any) -> None:  # type: ignore[override]
+        """Make ``key`` stop being pending, using ``session`` (never commit it)."""
+        raise NotImplementedError(f"{type(self).__name__}.perform is not defined")
+
+    def is_pending(self, session: Session, *key: Any) -> bool:
+        """Whether ``key`` is still pending, inside the current transaction.
+
+        Default: ``pending()`` restricted to ``key``. Override for a query that cannot be
+        restricted automatically (for example one with LIMIT or window functions).
+        """
+        from .store.pending import still_pending
+
+        return still_pending(session, self.pending(), key)
+
+    # -- options derived from the schedule -----------------------------------------
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.abstract:
+            return
+        if isinstance(cls.every, timedelta):
+            cls.every = cls.every.total_seconds()
+        if "unique_for" not in cls.__dict__ and cls.unique_for is None:
+            cls.unique_for = cls.default_unique_for()
+
+    @classmethod
+    def interval_estimate(cls) -> float:
+        """Seconds between passes (for cron: between the next two fire times)."""
+        if cls.every is not None:
+            return float(cls.every)  # type: ignore[arg-type]
+        if cls.cron:
+            from .scheduler.cron import parse_schedule
+
+            sched = parse_schedule(cron=cls.cron, tz=cls.tz)
+            from datetime import UTC, datetime
+
+            first = sched.next_after(datetime.now(UTC))
+            return (sched.next_after(first) - first).total_seconds()
+        return 60.0
+
+    @classmethod
+    def default_unique_for(cls) -> float:
+        """Uniqueness lock lifetime when none is set: three pass intervals plus the
+        jitter window, clamped to [600 s, 1 day]. A lock only saves work (duplicates are
+        harmless); its expiry is what lets a pass re-enqueue a key whose job Redis lost
+        while the lock survived (eviction)."""
+        span = 3 * cls.interval_estimate() + float(cls.jitter)
+        return min(MAX_UNIQUE_FOR, max(MIN_UNIQUE_FOR, span))
+
+    @classmethod
+    def lock_digest(cls, queue: str, args: list[Any]) -> str:
+        """Uniqueness identity of a reconciled job: (class, key), whatever the queue."""
+        return unique_digest(cls.job_name, "", args)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable for (class, key): pass it to external APIs so a retried side effect is
+        recognised by the other side (e.g. Stripe's ``Idempotency-Key``)."""
+        body = orjson.dumps([self.job_name, self.payload["args"]])
+        return "rc-" + hashlib.sha256(body).hexdigest()[:40]
+
+    # -- the execution protocol ------------------------------------------------------
+
+    def execute(self, args: list[Any]) -> str:
+        from .store import pending as sql
+        from .store.engine import get_engine
+        from .store.switches import switch_cache
+
+        settings = get_settings()
+        name = self.job_name
+        if not switch_cache(settings).is_enabled(name):
+            return "disabled"
+        with Session(get_engine(settings), expire_on_commit=False) as session, session.begin():
+            if self.timeout:
+                sql.set_local_timeouts(session, float(self.timeout))
+            if not sql.try_key_lock(session, name, args):
+                return "lock_busy"  # leaving the block commits an empty transaction
+            if not self.is_pending(session, *args):
+                return "already_done"
+            self.perform(session, *args)
+            session.flush()
+            if self.is_pending(session, *args):
+                raise NotConverged(
+                    f"{name}{tuple(args)!r}: perform returned but the key is still pending; "
+                    "the transaction was rolled back"
+                )
+        return "done"
+
+    @classmethod
+    def on_death(cls, payload: dict[str, Any], exc: BaseException) -> None:
+        """Quarantine the key so passes stop re-enqueuing it until an operator releases it."""
+        from .store import quarantine
+        from .store.engine import get_engine
+
+        key = payload.get("args")
+        if not isinstance(key, list):
+            return
+        try:
+            quarantine.add(
+                get_engine(get_settings()), cls.job_name, key,
+                reason=str(payload.get("error_message") or exc)[:2000],
+                error_class=str(payload.get("error_class") or type(exc).__name__),
+                error_message=str(exc)[:2000],
+                payload=payload,
+            )
+            log.error("%s%r quarantined: %s", cls.job_name, tuple(key), exc)
+        except Exception:
+            # The dead set still holds the job; the next pass would re-enqueue the key,
+            # which dies again and retries this write.
+            log.exception("could not quarantine %s%r", cls.job_name, tuple(key))
+
+
+def kill_switch(
+    job_class: type[Job], payload: dict[str, Any], call_next: Any
+) -> dict[str, Any] | None:
+    """Client middleware (installed by default): reject enqueues of a disabled
+    ReconciledJob class. Safe: the next pass after ``reconcile enable`` re-derives them."""
+    if issubclass(job_class, ReconciledJob):
+        from .store.switches import switch_cache
+
+        if not switch_cache(get_settings()).is_enabled(job_class.job_name):
+            log.info("%s is disabled: enqueue of %r rejected", job_class.job_name, payload["args"])
+            return None
+    result: dict[str, Any] | None = call_next(payload)
+    return result
+
+
+client_middleware.prepend(kill_switch)

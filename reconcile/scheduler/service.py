@@ -1,0 +1,228 @@
+"""``reconcile scheduler``: fires reconcile passes and cron ticks, and heals Redis loss.
+
+Any number of schedulers may run. Each loop iteration (about once a second):
+
+1. **Redis-loss check**: the namespace's epoch sentinel (``{ns}:epoch``) must still
+   exist and Redis's ``run_id`` must be unchanged. If either fails (FLUSHALL,
+   failover, restart without persistence, eviction), log an incident and make every
+   schedule due now (``trigger_now`` in PostgreSQL), so every class gets a pass at
+   once instead of at its next tick.
+2. **Claim** every due schedule in PostgreSQL. A claim advances ``next_run_at`` with
+   a compare-and-set evaluated on the database clock, so each tick fires exactly once
+   across all schedulers and local clock skew cannot double-fire or skip one; a
+   claimed schedule is marked running, so a class never has two passes at once.
+3. **Run** claimed passes on a small thread pool (a long pass does not delay other
+   classes' ticks); a cron tick of a plain ``Job`` enqueues it. Then release the claim.
+
+``run_once()`` does one iteration synchronously (tests, ``reconcile flush``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import redis
+
+from .. import registry
+from ..broker import Broker, get_broker
+from ..config import Settings
+from ..job import Job
+from ..reconciled import ReconciledJob
+from .cron import parse_schedule
+from .passes import PassResult, run_pass
+
+log = logging.getLogger("reconcile.scheduler")
+
+CRON_PREFIX = "cron:"
+
+
+def scheduled_classes(classes: Iterable[type[Job]] | None = None) -> dict[str, type[Job]]:
+    """Schedule name -> class: every ReconciledJob, and every plain Job with ``cron``."""
+    out: dict[str, type[Job]] = {}
+    for cls in classes if classes is not None else registry.all_classes().values():
+        if issubclass(cls, ReconciledJob):
+            out[cls.job_name] = cls
+        elif getattr(cls, "cron", None):
+            out[CRON_PREFIX + cls.job_name] = cls
+    return out
+
+
+def schedule_of(cls: type[Job]) -> Any:
+    every = getattr(cls, "every", None) if issubclass(cls, ReconciledJob) else None
+    return parse_schedule(every=every, cron=getattr(cls, "cron", None), tz=getattr(cls, "tz", None))
+
+
+class RedisWatch:
+    """Detects that Redis lost our data: a vanished epoch sentinel or a new run_id."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.run_id: str | None = None
+
+    def lost(self) -> str | None:
+        """The reason if Redis lost data since the last call (first call: if the
+        namespace is new or was emptied), else None. Re-arms the sentinel."""
+        reason = None
+        run_id = self.broker.run_id()
+        if self.run_id is not None and run_id != self.run_id:
+            reason = f"Redis restarted (run_id {self.run_id[:8]} -> {run_id[:8]})"
+        self.run_id = run_id
+        if self.broker.set_epoch(f"{time.time():.3f}:{uuid.uuid4().hex[:8]}"):
+            reason = reason or "epoch sentinel missing (namespace flushed, evicted or new)"
+        return reason
+
+
+class Scheduler:
+    """One scheduler process. ``run()`` blocks until TERM/INT; ``run_once()`` is one round."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        classes: Iterable[type[Job]] | None = None,
+        *,
+        broker: Broker | None = None,
+        max_parallel_passes: int = 4,
+    ) -> None:
+        from ..store.engine import get_engine
+
+        self.settings = settings
+        self.broker = broker or get_broker(settings)
+        self.engine = get_engine(settings)
+        self.classes = scheduled_classes(classes)
+        self.schedules = {name: schedule_of(cls) for name, cls in self.classes.items()}
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.watch = RedisWatch(self.broker)
+        self.pool = ThreadPoolExecutor(max_parallel_passes, thread_name_prefix="reconcile-pass")
+        self.results: list[PassResult] = []
+        self.incidents: list[str] = []
+        self._stop = threading.Event()
+        self._running: dict[str, Future[None]] = {}
+        self._ensured = False
+
+    # -- pieces --------------------------------------------------------------------
+
+    def ensure_schedules(self) -> None:
+        from ..store import schedules as store
+
+        specs = [
+            store.ScheduleSpec(
+                name=name,
+                kind="cron" if name.startswith(CRON_PREFIX) else "pass",
+                spec=str(self.schedules[name]),
+                first_run_at=self._first_run(name),
+            )
+            for name in self.classes
+        ]
+        with self.engine.begin() as conn:
+            store.ensure(conn, specs)
+        self._ensured = True
+
+    def _first_run(self, name: str) -> Any:
+        sched = self.schedules[name]
+        if name.startswith(CRON_PREFIX):
+            return sched.next_after
+        return lambda now: now  # a new pass schedule runs at once
+
+    def _next_after(self, name: str, previous: datetime, db_now: datetime) -> datetime:
+        nxt: datetime = self.schedules[name].next_after(max(previous, db_now))
+        return nxt
+
+    def check_redis(self) -> str | None:
+        """Detect Redis loss; on loss make every schedule due now. Returns the reason."""
+        from ..store import schedules as store
+
+        reason = self.watch.lost()
+        if reason:
+            self.incidents.append(reason)
+            log.error("INCIDENT: %s; triggering passes for all %d classes now",
+                      reason, len(self.classes))
+            store.trigger_now(self.engine, [n for n in self.classes if not n.startswith(CRON_PREFIX)])
+        return reason
+
+    def claim(self) -> list[Any]:
+        from ..store import schedules as store
+
+        names = [n for n in self.classes if n not in self._running]
+        if not names:
+            return []
+        return list(store.claim_due(
+            self.engine, self.owner, names, self._next_after,
+            timedelta(seconds=self.settings.pass_stale_seconds),
+        ))
+
+    def fire(self, name: str, trigger: str = "tick") -> None:
+        """Run the pass (or cron enqueue) of ``name`` here and now, then release its claim."""
+        from ..store import schedules as store
+
+        cls = self.classes[name]
+        try:
+            if name.startswith(CRON_PREFIX):
+                cls.perform_async(*getattr(cls, "cron_args", ()))
+                log.info("cron tick: enqueued %s", cls.job_name)
+            else:
+                self.results.append(run_pass(cls, trigger=trigger, owner=self.owner,  # type: ignore[arg-type]
+                                             settings=self.settings))
+        except Exception:
+            log.exception("firing %s failed", name)
+        finally:
+            store.finish(self.engine, name, self.owner)
+
+    # -- loops ---------------------------------------------------------------------
+
+    def run_once(self, trigger: str = "tick") -> list[str]:
+        """One round, synchronously: Redis check, claim, run. Returns names fired."""
+        if not self._ensured:
+            self.ensure_schedules()
+        lost = self.check_redis()
+        fired = []
+        for c in self.claim():
+            self.fire(c.name, "redis_loss" if lost else trigger)
+            fired.append(c.name)
+        return fired
+
+    def run(self, tick: float = 1.0) -> None:
+        """Loop until TERM/INT (or :meth:`stop`); passes run on the thread pool."""
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: scheduler stopping", signal.Signals(signum).name)
+            self._stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_term)
+            signal.signal(signal.SIGINT, on_term)
+        log.info("scheduler %s started: %d schedules", self.owner, len(self.classes))
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if not self._ensured:
+                    self.ensure_schedules()
+                lost = self.check_redis()
+                for c in self.claim():
+                    trigger = "redis_loss" if lost else "tick"
+                    self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)
+                backoff = 0.5
+            except (redis.RedisError, OSError) as exc:
+                log.warning("scheduler round failed (%s); retrying", exc)
+                backoff = min(backoff * 2, 10.0)
+            except Exception as exc:  # database errors: keep the scheduler alive
+                log.warning("scheduler round failed (%s: %s); retrying", type(exc).__name__, exc)
+                backoff = min(backoff * 2, 10.0)
+            for name, fut in list(self._running.items()):
+                if fut.done():
+                    del self._running[name]
+            self._stop.wait(tick if backoff == 0.5 else backoff)
+        self.pool.shutdown(wait=True)
+        log.info("scheduler %s stopped", self.owner)
+
+    def stop(self) -> None:
+        self._stop.set()

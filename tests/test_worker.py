@@ -1,0 +1,159 @@
+"""The in-process worker: runs jobs once each, picks up fast, promotes, stops cleanly."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import ClassVar
+
+from jobs_core import Record, counts, running_worker, wait_for
+
+from reconcile import Job
+from reconcile.broker import Broker
+from reconcile.config import Settings
+
+
+class Stamp(Job):
+    """Records when perform started, and wakes the test."""
+
+    started: ClassVar[dict[int, float]] = {}
+    event: ClassVar[threading.Event] = threading.Event()
+
+    def perform(self, n: int) -> None:
+        Stamp.started[n] = time.perf_counter()
+        Stamp.event.set()
+
+
+class Hold(Job):
+    """Blocks until the test opens ``gate``."""
+
+    gate: ClassVar[threading.Event] = threading.Event()
+    running: ClassVar[threading.Semaphore] = threading.Semaphore(0)
+    done: ClassVar[list[int]] = []
+
+    def perform(self, n: int) -> None:
+        Hold.running.release()
+        Hold.gate.wait(10)
+        Hold.done.append(n)
+
+
+def test_runs_every_job_exactly_once(settings: Settings, broker: Broker) -> None:
+    n = 500
+    Record.perform_bulk([f"t{i}"] for i in range(n))
+    started = time.perf_counter()
+    with running_worker(settings, concurrency=10) as worker:
+        wait_for(lambda: len(counts(broker)) == n, timeout=20, what=f"{n} jobs done")
+        elapsed = time.perf_counter() - started
+        wait_for(lambda: broker.counters()["processed"] == n, what="acks")
+        assert broker.leased_count(worker.proc_id) == 0
+    done = counts(broker)
+    print(f"\n{n} jobs in {elapsed:.2f}s ({n / elapsed:.0f} jobs/s, concurrency 10)")
+    assert sorted(done) == sorted(f"t{i}" for i in range(n))
+    assert set(done.values()) == {1}, "no job ran twice"
+    assert broker.redis.llen(broker.keys.queue("default")) == 0
+
+
+def test_idle_worker_picks_up_a_new_job_within_100ms(settings: Settings, broker: Broker) -> None:
+    Stamp.started.clear()
+    latencies = []
+    # idle_wait is long, so a fast pickup can only come from the wake-up, not a poll
+    with running_worker(settings, concurrency=2, idle_wait=5.0) as worker:
+        for i in range(20):
+            wait_for(lambda: worker._idle, what="fetcher blocked")
+            Stamp.event.clear()
+            t0 = time.perf_counter()
+            Stamp.perform_async(i)
+            assert Stamp.event.wait(5), "job not picked up"
+            latencies.append(Stamp.started[i] - t0)
+    ms = sorted(x * 1000 for x in latencies)
+    median = statistics.median(ms)
+    print(f"\npickup latency over {len(ms)} jobs: median {median:.2f} ms, "
+          f"min {ms[0]:.2f} ms, max {ms[-1]:.2f} ms")
+    assert median < 100, f"median pickup {median:.1f} ms"
+    assert ms[-1] < 1000, f"worst pickup {ms[-1]:.1f} ms: a missed wake-up?"
+
+
+def test_scheduled_job_is_promoted_and_run_on_time(settings: Settings, broker: Broker) -> None:
+    Stamp.started.clear()
+    Stamp.event.clear()
+    with running_worker(settings):
+        at = time.time() + 0.5
+        wall_to_perf = time.perf_counter() - time.time()
+        Stamp.perform_at(at, 1)
+        assert broker.set_sizes()["scheduled"] == 1
+        assert Stamp.event.wait(5), "scheduled job never ran"
+    lateness = Stamp.started[1] - (at + wall_to_perf)
+    print(f"\nscheduled job ran {lateness * 1000:.0f} ms after its time "
+          f"(poll_interval {settings.poll_interval}s)")
+    assert lateness >= -0.01, "ran early"
+    assert lateness < settings.poll_interval * 1.5 + 0.5
+    assert broker.set_sizes()["scheduled"] == 0
+
+
+def test_worker_registers_heartbeats_and_unregisters(settings: Settings, broker: Broker) -> None:
+    Hold.gate.clear()
+    Hold.perform_async(1)
+    with running_worker(settings, concurrency=3) as worker:
+        assert Hold.running.acquire(timeout=5)
+        procs = wait_for(lambda: [p for p in broker.processes() if p["busy"] == "1"],
+                         what="heartbeat showing a busy thread")
+        [p] = procs
+        assert p["id"] == worker.proc_id and p["alive"] and p["leased"] == 1
+        assert p["concurrency"] == "3" and p["queues"] == "default" and p["quiet"] == "0"
+        Hold.gate.set()
+    assert broker.processes() == []
+    assert not broker.redis.exists(broker.keys.lease(worker.proc_id))
+
+
+def test_stop_pushes_buffered_jobs_back_and_waits_for_running(
+    settings: Settings, broker: Broker
+) -> None:
+    Hold.gate.clear()
+    Hold.done.clear()
+    Hold.perform_bulk([n] for n in range(5))
+    queue = broker.keys.queue("default")
+    # capacity = concurrency 1 + prefetch 1: one job runs, one waits in the buffer
+    with running_worker(settings, concurrency=1, prefetch=1) as worker:
+        assert Hold.running.acquire(timeout=5)
+        wait_for(lambda: broker.leased_count(worker.proc_id) == 2, what="two leased")
+        assert broker.redis.llen(queue) == 3
+        result: list[int] = []
+        stopper = threading.Thread(target=lambda: result.append(worker.stop(5.0)))
+        stopper.start()
+        wait_for(lambda: broker.redis.llen(queue) == 4, what="buffered job pushed back")
+        assert Hold.done == [], "the running job is still running"
+        Hold.gate.set()
+        stopper.join(10)
+    assert result == [1], "one buffered job pushed back; the running one finished"
+    assert Hold.done == [0]
+    assert broker.counters()["processed"] == 1
+    assert broker.redis.llen(queue) == 4
+    assert broker.processes() == []
+
+
+def test_stop_pushes_back_jobs_still_running_after_the_timeout(
+    settings: Settings, broker: Broker
+) -> None:
+    Hold.gate.clear()
+    Hold.done.clear()
+    Hold.perform_bulk([n] for n in range(3))
+    queue = broker.keys.queue("default")
+    with running_worker(settings, concurrency=2, prefetch=1) as worker:
+        assert Hold.running.acquire(timeout=5) and Hold.running.acquire(timeout=5)
+        wait_for(lambda: broker.leased_count(worker.proc_id) == 3, what="three leased")
+        t0 = time.monotonic()
+        pushed = worker.stop(0.3)
+        took = time.monotonic() - t0
+    Hold.gate.set()
+    print(f"\nstop(0.3) with 2 stuck jobs took {took:.2f}s")
+    assert pushed == 3
+    assert took < 2.0
+    assert broker.redis.llen(queue) == 3
+    assert broker.processes() == []
+    # the pushed-back jobs run again on the next worker (at-least-once)
+    wait_for(lambda: len(Hold.done) == 2, what="stuck threads finish")
+    Hold.done.clear()
+    with running_worker(settings, concurrency=3):
+        wait_for(lambda: len(Hold.done) == 3, what="rerun")
+    assert sorted(Hold.done) == [0, 1, 2]
