@@ -71,6 +71,7 @@ class Workers:
 
     def __init__(self, commands: list[list[str]], env: dict[str, str], log: Path) -> None:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        self.log_path = log
         self._log = log.open("ab")
         self.procs = [
             subprocess.Popen(

@@ -235,7 +235,7 @@ def quarantine_list(apps: tuple[str, ...], job: str | None, **flags: Any) -> Non
     settings = setup(apps, **flags)
     entries = q.list_entries(get_engine(settings), job)
     for e in entries:
-        click.echo(f"{e.job} {json.dumps(e.key)} {e.quarantined_at:%Y-%m-%d %H:%M:%S} "
+        click.echo(f"{e.job} {json.dumps(list(e.key))} {e.quarantined_at:%Y-%m-%d %H:%M:%S} "
                    f"{e.error_class}: {e.error_message}")
     click.echo(f"{len(entries)} quarantined")
 

@@ -104,6 +104,9 @@ class Job:
 
     _arg_names: ClassVar[list[str] | None] = None
 
+    injected_params: ClassVar[int] = 0
+    """Leading perform parameters the engine supplies (ReconciledJob: the session)."""
+
     # instance state, set by the worker before perform
     jid: str
     payload: dict[str, Any]
@@ -175,7 +178,8 @@ class Job:
         """Parameter names of ``perform`` (for error messages)."""
         if cls._arg_names is None:
             try:
-                params = list(inspect.signature(cls.perform).parameters.values())[1:]
+                params = list(inspect.signature(cls.perform).parameters.values())
+                params = params[1 + cls.injected_params:]
                 cls._arg_names = [
                     p.name for p in params
                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)

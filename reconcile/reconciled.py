@@ -25,17 +25,20 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from .client import unique_digest
-from .config import get_settings
+from .config import Settings, get_settings
 from .errors import NotConverged
 from .job import Job
 from .middleware import client_middleware
+
+if TYPE_CHECKING:
+    from .store.switches import SwitchCache
 
 log = logging.getLogger("reconcile.reconciled")
 
@@ -43,10 +46,27 @@ MIN_UNIQUE_FOR = 600.0
 MAX_UNIQUE_FOR = 86_400.0
 
 
+_switch_caches: dict[Settings, SwitchCache] = {}
+
+
+def switch_cache(settings: Settings) -> SwitchCache:
+    """This process's kill-switch cache for ``settings`` (re-read every
+    ``switch_cache_seconds``)."""
+    cache = _switch_caches.get(settings)
+    if cache is None:
+        from .store.engine import get_engine
+        from .store.switches import SwitchCache
+
+        cache = SwitchCache(lambda: get_engine(settings), ttl=settings.switch_cache_seconds)
+        _switch_caches[settings] = cache
+    return cache
+
+
 class ReconciledJob(Job):
     """Base class of jobs whose pending work lives in PostgreSQL. Options below."""
 
     abstract = True
+    injected_params = 1  # perform(self, session, *key)
 
     every: ClassVar[float | timedelta | None] = None
     """Seconds (or timedelta) between reconcile passes. Exactly one of ``every`` and
@@ -128,7 +148,6 @@ class ReconciledJob(Job):
     def execute(self, args: list[Any]) -> str:
         from .store import pending as sql
         from .store.engine import get_engine
-        from .store.switches import switch_cache
 
         settings = get_settings()
         name = self.job_name
@@ -180,8 +199,6 @@ def kill_switch(
     """Client middleware (installed by default): reject enqueues of a disabled
     ReconciledJob class. Safe: the next pass after ``reconcile enable`` re-derives them."""
     if issubclass(job_class, ReconciledJob):
-        from .store.switches import switch_cache
-
         if not switch_cache(get_settings()).is_enabled(job_class.job_name):
             log.info("%s is disabled: enqueue of %r rejected", job_class.job_name, payload["args"])
             return None

@@ -60,6 +60,9 @@ class Every:
         """``dt + seconds``, in UTC. ``dt`` must be aware."""
         return _utc(dt) + self.interval
 
+    def __str__(self) -> str:
+        return self.spec
+
     def __repr__(self) -> str:
         return f"Every({self.seconds!r})"
 
@@ -136,6 +139,9 @@ class Cron:
         offsets = {(instant + step).astimezone(self.zone).utcoffset()
                    for step in (-_MARGIN, timedelta(0), _MARGIN)}
         return len(offsets) == 1
+
+    def __str__(self) -> str:
+        return self.spec
 
     def __repr__(self) -> str:
         return f"Cron({self.expr!r}, tz={self.tz!r})"

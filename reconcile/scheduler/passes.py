@@ -70,7 +70,7 @@ def run_pass(
     from ..store import quarantine, runs
     from ..store import pending as sql
     from ..store.engine import get_engine
-    from ..store.switches import switch_cache
+    from ..reconciled import switch_cache
 
     settings = settings or get_settings()
     engine = get_engine(settings)
@@ -79,7 +79,9 @@ def run_pass(
     started = time.monotonic()
     run_id = runs.start_run(engine, job=name, trigger=trigger, scheduler=owner)
     try:
-        if not switch_cache(settings).is_enabled(name, fresh=True):
+        cache = switch_cache(settings)
+        cache.invalidate()  # a pass decides with the current switch, not a cached one
+        if not cache.is_enabled(name):
             result.disabled = True
         else:
             _scan(job_class, result, engine, sql, quarantine.keys(engine, name))

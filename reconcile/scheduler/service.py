@@ -60,7 +60,8 @@ def scheduled_classes(classes: Iterable[type[Job]] | None = None) -> dict[str, t
 
 def schedule_of(cls: type[Job]) -> Any:
     every = getattr(cls, "every", None) if issubclass(cls, ReconciledJob) else None
-    return parse_schedule(every=every, cron=getattr(cls, "cron", None), tz=getattr(cls, "tz", None))
+    cron = getattr(cls, "cron", None)
+    return parse_schedule(every=every, cron=cron, tz=cls.tz if cron else None)
 
 
 class RedisWatch:

@@ -84,7 +84,8 @@ def _aware(value: datetime, what: str) -> datetime:
 def database_now(bind: Bind) -> datetime:
     """The database clock (``now()``), the only clock schedules go by."""
     with transaction(bind) as conn:
-        return conn.execute(sa.select(sa.func.now())).scalar_one()  # type: ignore[no-any-return]
+        now: datetime = conn.execute(sa.select(sa.func.now())).scalar_one()
+        return now
 
 
 def ensure(bind: Bind, specs: Sequence[ScheduleSpec]) -> list[str]:
@@ -111,7 +112,7 @@ def ensure(bind: Bind, specs: Sequence[ScheduleSpec]) -> list[str]:
             for spec in specs
         ]
         stmt = insert(s).values(rows)
-        stmt = stmt.on_conflict_do_update(
+        upsert = stmt.on_conflict_do_update(
             index_elements=[s.c.name],
             set_={
                 "kind": stmt.excluded.kind,
@@ -124,7 +125,7 @@ def ensure(bind: Bind, specs: Sequence[ScheduleSpec]) -> list[str]:
                 s.c.kind.is_distinct_from(stmt.excluded.kind),
             ),
         ).returning(s.c.name)
-        return list(conn.execute(stmt).scalars())
+        return list(conn.execute(upsert).scalars())
 
 
 def claim_due(

@@ -19,7 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 
+from ..config import Settings
 from ._tx import Bind, transaction
+from .engine import get_engine
 from .tables import switches as sw
 
 log = logging.getLogger("reconcile.switches")
@@ -79,15 +81,20 @@ class SwitchCache:
         self._read_at: float | None = None
         self._failing = False
 
-    def is_enabled(self, job: str) -> bool:
-        """Whether ``job`` may run: its cached switch, True if it has none."""
-        if self._stale():
-            # Only the first read makes callers wait; later, while one thread refreshes,
-            # the others go on with the previous switches rather than queue behind a
-            # slow or unreachable database.
-            if self._refresh_lock.acquire(blocking=self._read_at is None):
+    def is_enabled(self, job: str, fresh: bool = False) -> bool:
+        """Whether ``job`` may run: its cached switch, True if it has none.
+
+        ``fresh=True`` reads the database now (a reconcile pass deciding whether to
+        run), falling back to the cached switches if it cannot.
+        """
+        if fresh or self._stale():
+            # Only the first read (and a fresh one) waits for a refresh in progress;
+            # otherwise, while one thread refreshes, the others go on with the previous
+            # switches rather than queue behind a slow or unreachable database.
+            blocking = fresh or self._read_at is None
+            if self._refresh_lock.acquire(blocking=blocking):
                 try:
-                    if self._stale():
+                    if fresh or self._stale():
                         self._refresh()
                 finally:
                     self._refresh_lock.release()
@@ -116,3 +123,19 @@ class SwitchCache:
         # One assignment: readers see the old or the new mapping, never a mix.
         self._enabled = {job: switch.enabled for job, switch in switches.items()}
         self._read_at = self._clock()
+
+
+_caches: dict[tuple[str, float], SwitchCache] = {}
+_caches_lock = threading.Lock()
+
+
+def switch_cache(settings: Settings) -> SwitchCache:
+    """The process-wide cache for ``settings.database_url``, re-read every
+    ``settings.switch_cache_seconds``."""
+    key = (settings.database_url, settings.switch_cache_seconds)
+    with _caches_lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = SwitchCache(lambda: get_engine(settings), ttl=settings.switch_cache_seconds)
+            _caches[key] = cache
+        return cache

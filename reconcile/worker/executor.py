@@ -53,7 +53,8 @@ def _arity(cls: type[Job]) -> tuple[int, int | None]:
         lo, hi = 0, 0
         unbounded = False
         try:
-            params = list(inspect.signature(cls.perform).parameters.values())[1:]
+            params = list(inspect.signature(cls.perform).parameters.values())
+            params = params[1 + cls.injected_params:]
         except (TypeError, ValueError):
             params = []
             unbounded = True
@@ -152,7 +153,7 @@ class Executor:
         if verdict.kind == "discard":
             return SettleOp("X", d.field, lock)
         if verdict.kind == "retry":
-            return SettleOp("R", d.field, repr(verdict.at), dumps(payload))
+            return SettleOp("R", d.field, repr(verdict.at), dumps(payload), lock)
         cls.on_death(payload, exc)
         return SettleOp("D", d.field, dumps(payload), lock)
 

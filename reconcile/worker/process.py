@@ -176,11 +176,17 @@ class Worker:
         ``shutdown_timeout``) seconds; then everything still leased goes back and the
         process unregisters.
         """
+        if self._stopped.is_set():
+            return 0  # already stopped: a second stop (signal, then finally) is a no-op
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         self.quiet()
         fetcher = self._threads[0] if self._threads else None
         if fetcher is not None:
-            fetcher.join(self.settings.idle_wait + 2)
+            # Wait for an in-flight fetch to land in the buffer. An idle fetcher (blocked
+            # on the wake-up list) leases nothing before it sees quiet: don't wait for it.
+            deadline = time.monotonic() + self.settings.idle_wait + 2
+            while fetcher.is_alive() and not self._idle and time.monotonic() < deadline:
+                fetcher.join(0.02)
         with self._cond:
             buffered = list(self._buffer)
             self._buffer.clear()

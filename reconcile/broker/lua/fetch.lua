@@ -17,7 +17,8 @@
 -- ARGV[8 .. 7+5k]  settle ops, 5 values each: code, lease field, a, b, c
 --   A field lock            ack: success (lock "" = none)
 --   X field lock            drop: discarded, already done, or disabled (not a failure)
---   R field at payload      retry at <at> with the updated payload
+--   R field at payload lock retry at <at> with the updated payload; lock kept until
+--                           <at> + 600 s
 --   S field at payload      re-schedule (lock busy elsewhere; not a failure)
 --   D field payload lock    dead with the updated payload
 --   Q field queue payload   push back to the head of <queue> (shutdown)
@@ -27,6 +28,7 @@ local p = KEYS[1]
 local proc, want, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, dead_max, dead_age, cap = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease = p .. ':lease:' .. proc
+local retry_lock_ms = 600000
 
 local function wake(q)
   local w = p .. ':wake:' .. q
@@ -49,6 +51,11 @@ for _ = 1, k do
   elseif code == 'R' then
     failed = failed + 1
     redis.call('ZADD', p .. ':retry', a, b)
+    if c ~= '' then
+      -- keep the uniqueness lock through the backoff, so a reconcile pass cannot
+      -- enqueue the key again and bypass it
+      redis.call('SET', p .. ':unique:' .. c, '1', 'PXAT', math.floor(tonumber(a) * 1000) + retry_lock_ms)
+    end
   elseif code == 'S' then
     redis.call('ZADD', p .. ':schedule', a, b)
   elseif code == 'D' then

@@ -1,0 +1,189 @@
+"""``python -m benchmarks``: reconcile against its peers, interleaved in rounds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from . import report
+from .common import BASE_URL, CONTROL_DB, DBS, FULL, QUICK, Sizes, claim_db, url
+from .scenarios import ALL as SCENARIOS
+from .scenarios import BY_NAME as SCENARIO_BY_NAME
+from .scenarios import DEFAULT as DEFAULT_SCENARIOS
+from .scenarios import Context, Metric, Scenario
+from .systems import ALL as SYSTEMS
+from .systems import BASELINE, System
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small N, 1 round: a smoke test")
+    p.add_argument("--rounds", type=int, help="rounds (default 3, or 1 with --quick)")
+    p.add_argument("--only", help="comma-separated systems, e.g. reconcile,rq (default all)")
+    p.add_argument("--scenarios", help=f"comma-separated, default {','.join(DEFAULT_SCENARIOS)}")
+    p.add_argument("--json", type=Path, help="write every figure to this file")
+    p.add_argument("--logdir", type=Path, help="worker logs (default: a temp directory)")
+    return p.parse_args(argv)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = redis.Redis.from_url(url(CONTROL_DB)).info("server")
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "redis": info.get("redis_version"), "redis_url": BASE_URL,  # type: ignore[union-attr]
+            "platform": platform.platform()}
+
+
+def version(system: System) -> str:
+    try:
+        return metadata.version(system.package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def open_systems(names: list[str], say: Any) -> tuple[list[System], dict[str, str]]:
+    opened, missing = [], {}
+    for cls in SYSTEMS:
+        if cls.name not in names:
+            continue
+        system = cls()
+        try:
+            system.open()
+        except ImportError as exc:
+            missing[cls.name] = f"not installed ({exc.name or exc})"
+            say(f"  {cls.name}: missing ({exc})")
+            continue
+        claim_db(system.db)
+        opened.append(system)
+    return opened, missing
+
+
+def run_round(i: int, systems: list[System], scenarios: list[Scenario], ctx: Context,
+              errors: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    figures: dict[str, dict[str, float]] = {s.name: {} for s in systems}
+    order = systems if i % 2 == 0 else list(reversed(systems))  # cancel slow drifts
+    for scenario in scenarios:
+        for system in order:
+            if all(scenario.skip_reason(system, m) for m in scenario.metrics):
+                continue
+            t = time.monotonic()
+            try:
+                got = scenario.run(system, ctx)
+            except Exception as exc:
+                errors.setdefault(system.name, []).append(f"round {i + 1} {scenario.name}: {exc}")
+                ctx.say(f"  {system.name} {scenario.name}: FAILED {exc}")
+                if os.environ.get("BENCH_DEBUG"):
+                    traceback.print_exc()
+                continue
+            figures[system.name].update(got)
+            shown = ", ".join(f"{k}={v:,.2f}" if v < 100 else f"{k}={v:,.0f}" for k, v in got.items())
+            ctx.say(f"  {system.name} {scenario.name}: {shown} [{time.monotonic() - t:.1f}s]")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    sizes: Sizes = QUICK if args.quick else FULL
+    rounds = args.rounds or (1 if args.quick else 3)
+    names = args.only.split(",") if args.only else [c.name for c in SYSTEMS]
+    unknown = set(names) - set(DBS)
+    if unknown:
+        sys.exit(f"unknown systems: {', '.join(sorted(unknown))}; known: {', '.join(DBS)}")
+    chosen = args.scenarios.split(",") if args.scenarios else DEFAULT_SCENARIOS
+    scenarios = []
+    for name in chosen:
+        sc = SCENARIO_BY_NAME.get(name)
+        if sc is None:
+            sys.exit(f"unknown scenario {name!r}; known: {', '.join(SCENARIO_BY_NAME)}")
+        if not sc.implemented:
+            print(f"scenario {name!r} is not implemented yet; skipped")
+            continue
+        scenarios.append(sc)
+    logdir = args.logdir or Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
+    logdir.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    say(f"reconcile benchmarks: {rounds} round(s), sizes {sizes}, worker logs in {logdir}")
+    systems, missing = open_systems(names, say)
+    ctx = Context(sizes=sizes, logdir=logdir, say=say)
+    errors: dict[str, list[str]] = {}
+    all_rounds: report.Rounds = []
+    started = time.monotonic()
+    try:
+        for i in range(rounds):
+            say(f"round {i + 1}/{rounds}")
+            all_rounds.append(run_round(i, systems, scenarios, ctx, errors))
+    finally:
+        for s in systems:
+            s.close()
+    summary = summarize(all_rounds, systems, scenarios, missing, errors)
+    say(summary)
+    say(f"total {time.monotonic() - started:.0f}s")
+    if args.json:
+        dump(args.json, sizes, rounds, all_rounds, systems, scenarios, missing, errors)
+    return 0
+
+
+def metrics_of(scenarios: list[Scenario]) -> list[Metric]:
+    return [m for s in scenarios for m in s.metrics]
+
+
+def summarize(rounds: report.Rounds, systems: list[System], scenarios: list[Scenario],
+              missing: dict[str, str], errors: dict[str, list[str]]) -> str:
+    metrics = metrics_of(scenarios)
+    out = ["", "Figures: median over rounds; (Nx) = peer / reconcile in the same round, "
+           "median over rounds. Higher is better for jobs/s, lower for ms.", ""]
+    out.append(report.table(rounds, [s.name for s in systems], metrics))
+    notes = []
+    for sc in scenarios:
+        for m in sc.metrics:
+            for s in systems:
+                why = sc.skip_reason(s, m)
+                if why and s.runs_workers:
+                    notes.append(f"  {m.label}: {s.name} left out: {why}")
+    notes += [f"  {name}: {why}" for name, why in missing.items()]
+    notes += [f"  {name}: {e}" for name, errs in errors.items() for e in errs]
+    if notes:
+        out += ["", "Notes:", *notes]
+    if BASELINE in [s.name for s in systems]:
+        out += ["", "Targets (reconcile):", report.targets_text(report.targets(rounds))]
+    out += ["", "Configurations:"] + [f"  {s.name} {version(s)}: {s.config}" for s in systems]
+    return "\n".join(out)
+
+
+def dump(path: Path, sizes: Sizes, n: int, rounds: report.Rounds, systems: list[System],
+         scenarios: list[Scenario], missing: dict[str, str], errors: dict[str, list[str]]) -> None:
+    metrics = metrics_of(scenarios)
+    data = {
+        "machine": machine(), "sizes": sizes.__dict__, "rounds": n, "raw": rounds,
+        "systems": {s.name: {"version": version(s), "config": s.config,
+                             "bulk_api": s.bulk_api or None} for s in systems},
+        "median": {s.name: {m.key: report.median_value(rounds, s.name, m.key) for m in metrics}
+                   for s in systems},
+        "ratio_to_reconcile": {s.name: {m.key: report.median_ratio(rounds, s.name, m.key)
+                                        for m in metrics} for s in systems},
+        "targets": [{"target": t.text, "reached": t.reached, "verdict": t.verdict}
+                    for t in report.targets(rounds)],
+        "missing": missing, "errors": errors,
+    }
+    path.write_text(json.dumps(data, indent=2))

@@ -1,0 +1,105 @@
+"""Aggregation over rounds, the figures table and the target checks.
+
+Figures are medians over rounds; a peer's ratio is the median over rounds of
+(peer / reconcile) measured in the same round, so machine-speed drift between rounds
+cancels out.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from .scenarios import Metric
+from .systems import BASELINE
+
+Rounds = list[dict[str, dict[str, float]]]   # round -> system -> metric key -> value
+NOT_PEERS = {BASELINE, "redis"}
+
+
+def median_value(rounds: Rounds, system: str, key: str) -> float | None:
+    vals = [r[system][key] for r in rounds if key in r.get(system, {})]
+    return statistics.median(vals) if vals else None
+
+
+def median_ratio(rounds: Rounds, system: str, key: str) -> float | None:
+    vals = [r[system][key] / r[BASELINE][key] for r in rounds
+            if key in r.get(system, {}) and r.get(BASELINE, {}).get(key)]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    return f"{value:,.0f}"
+
+
+def table(rounds: Rounds, systems: list[str], metrics: list[Metric]) -> str:
+    head = ["system"] + [f"{m.label} ({m.unit})" for m in metrics]
+    rows = [head]
+    for name in systems:
+        row = [name]
+        for m in metrics:
+            cell = fmt(median_value(rounds, name, m.key), m.unit)
+            ratio = median_ratio(rounds, name, m.key) if name != BASELINE else None
+            if ratio is not None and cell != "-":
+                cell += f" ({ratio:.2f}x)"
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    reached: float | None      # the figure compared (a ratio or milliseconds)
+    goal: float
+    at_least: bool             # True: reached >= goal passes; False: reached <= goal
+
+    @property
+    def verdict(self) -> str:
+        if self.reached is None:
+            return "n/a"
+        ok = self.reached >= self.goal if self.at_least else self.reached <= self.goal
+        return "MET" if ok else "MISSED"
+
+
+def vs_fastest_peer(rounds: Rounds, key: str) -> tuple[float | None, str]:
+    """Median over rounds of reconcile / fastest peer in that round, and the usual winner."""
+    ratios, winners = [], []
+    for r in rounds:
+        peers = {s: v[key] for s, v in r.items() if s not in NOT_PEERS and key in v}
+        if peers and key in r.get(BASELINE, {}):
+            best = max(peers, key=lambda s: peers[s])
+            ratios.append(r[BASELINE][key] / peers[best])
+            winners.append(best)
+    if not ratios:
+        return None, "-"
+    return statistics.median(ratios), max(set(winners), key=winners.count)
+
+
+def targets(rounds: Rounds) -> list[Target]:
+    out = []
+    for key, label, goal in [("drain1", "drain, 1 process", 1.5), ("drain2", "drain, 2 processes", 1.5),
+                             ("single", "single enqueue", 1.0), ("bulk", "bulk enqueue", 10.0)]:
+        ratio, peer = vs_fastest_peer(rounds, key)
+        out.append(Target(f"{label}: reconcile / fastest peer ({peer}) >= {goal:g}x",
+                          ratio, goal, True))
+    for key, goal in [("p50", 1.0), ("p99", 5.0)]:
+        out.append(Target(f"pickup {key} <= {goal:g} ms", median_value(rounds, BASELINE, key),
+                          goal, False))
+    return out
+
+
+def targets_text(ts: list[Target]) -> str:
+    lines = []
+    for t in ts:
+        got = "-" if t.reached is None else (f"{t.reached:.2f}x" if t.at_least else f"{t.reached:.2f} ms")
+        lines.append(f"  {t.verdict:6}  {t.text}: {got}")
+    return "\n".join(lines)

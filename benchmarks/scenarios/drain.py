@@ -1,0 +1,66 @@
+"""Drain: N no-op jobs already queued, then 1 or 2 worker processes start.
+
+The figure is N / (last completion - first pickup), both taken inside the workers by
+:mod:`benchmarks.probe`, so worker start-up time is not counted.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from ..common import Workers, control
+from ..systems import System
+from .base import Context, Metric
+
+DRAIN_1 = Metric("drain1", "drain, 1 process", "jobs/s", True)
+DRAIN_2 = Metric("drain2", "drain, 2 processes", "jobs/s", True)
+START_TIMEOUT = 60.0   # seconds until the first job must have run
+STALL_TIMEOUT = 30.0   # seconds without progress that fail the measurement
+
+
+def drain(system: System, ctx: Context, procs: int) -> float:
+    n = ctx.sizes.drain
+    system.flush()
+    system.prefill(n)
+    run = uuid.uuid4().hex
+    key = f"probe:{run}"
+    ctl = control()
+    workers = Workers([system.worker_command()] * procs, {"BENCH_RUN": run},
+                      ctx.logdir / f"{system.name}.log")
+    try:
+        done, progress_at = 0, time.monotonic() + START_TIMEOUT - STALL_TIMEOUT
+        while True:
+            time.sleep(0.05)
+            rows = [v.decode().split() for v in ctl.hgetall(key).values()]  # type: ignore[union-attr]
+            total = sum(int(r[2]) for r in rows)
+            if total >= n:
+                first = min(float(r[0]) for r in rows)
+                last = max(float(r[1]) for r in rows)
+                return n / (last - first)
+            now = time.monotonic()
+            if total > done:
+                done, progress_at = total, now
+            elif now - progress_at > STALL_TIMEOUT:
+                raise TimeoutError(f"stalled at {total}/{n} jobs (see {workers.log_path})")
+            if workers.dead():
+                raise RuntimeError(f"a worker exited at {total}/{n} jobs (see {workers.log_path})")
+    finally:
+        workers.stop()
+        ctl.delete(key)
+        system.flush()
+
+
+class Drain:
+    name = "drain"
+    metrics = (DRAIN_1, DRAIN_2)
+    implemented = True
+
+    def skip_reason(self, system: System, metric: Metric) -> str | None:
+        return None if system.runs_workers else "not a job system"
+
+    def run(self, system: System, ctx: Context) -> dict[str, float]:
+        return {DRAIN_1.key: drain(system, ctx, 1), DRAIN_2.key: drain(system, ctx, 2)}
+
+
+SCENARIO = Drain()

@@ -1,0 +1,63 @@
+"""A tiny app for ReconciledJob tests: items that need processing, and an effect log.
+
+``effects`` has no unique constraint on purpose: a duplicate effect shows up as a
+second row for the same item.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+
+from reconcile import ReconciledJob
+
+app_metadata = sa.MetaData()
+items = sa.Table(
+    "items", app_metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+effects = sa.Table(
+    "effects", app_metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("item_id", sa.BigInteger, nullable=False),
+)
+
+
+class ProcessItem(ReconciledJob):
+    """Marks an item done and logs one effect row, in the job's transaction."""
+
+    every = 3600
+    queue = "items"
+    retry = 3
+    hold: threading.Event | None = None  # tests set it to keep perform inside its transaction
+    entered: threading.Event | None = None
+
+    def pending(self) -> Select[Any]:
+        return sa.select(items.c.id).where(items.c.done.is_(False))
+
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
+        session.execute(effects.insert().values(item_id=item_id))
+        if ProcessItem.entered is not None:
+            ProcessItem.entered.set()
+        if ProcessItem.hold is not None:
+            ProcessItem.hold.wait(10)
+        session.execute(items.update().where(items.c.id == item_id).values(done=True))
+
+
+class ForgetfulItem(ReconciledJob):
+    """A buggy job: logs an effect but never marks the item done (must not converge)."""
+
+    every = 3600
+    queue = "items"
+    retry = 0
+
+    def pending(self) -> Select[Any]:
+        return sa.select(items.c.id).where(items.c.done.is_(False))
+
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
+        session.execute(effects.insert().values(item_id=item_id))
