@@ -49,6 +49,8 @@ def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s",
     )
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # per-plugin chatter at INFO
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --app myapp.jobs from the project folder
     for spec in apps:

@@ -192,7 +192,7 @@ def find_pyproject(start: Path | None = None) -> Path | None:
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
-    pyproject: Path | None | bool = True,
+    pyproject: Path | bool | None = True,
 ) -> Settings:
     """Resolve settings: ``overrides`` > ``env`` > ``[tool.reconcile]`` > defaults.
 

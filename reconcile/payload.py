@@ -134,7 +134,21 @@ def decode(raw: bytes | str, limit: int) -> Payload:
         raise PayloadError("payload has no 'jid' string")
     if type(payload.get("queue")) is not str:
         raise PayloadError("payload has no 'queue' string")
+    # fields the engine acts on (settle ops, retry rules): a wrong type would break them
+    for field, kinds, want in _TYPED_FIELDS:
+        if field in payload and type(payload[field]) not in kinds:
+            raise PayloadError(
+                f"payload field {field!r} must be {want}, got {_describe(payload[field])}"
+            )
     return payload
+
+
+_TYPED_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("lock", (str,), "a string"),
+    ("unique_until", (str,), "a string"),
+    ("retry", (bool, int), "true, false or an int"),
+    ("retry_count", (int,), "an int"),
+)
 
 
 def loads_lenient(raw: bytes | str) -> Any:

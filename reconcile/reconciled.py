@@ -82,7 +82,7 @@ class ReconciledJob(Job):
         """A SELECT of the keys that still need work; its columns are the key."""
         raise NotImplementedError(f"{type(self).__name__}.pending is not defined")
 
-    def perform(self, session: Session, *key: Any) -> None:  # type: ignore[override]
+    def perform(self, session: Session, *key: Any) -> None:
         """Make ``key`` stop being pending, using ``session`` (never commit it)."""
         raise NotImplementedError(f"{type(self).__name__}.perform is not defined")
 
@@ -198,10 +198,10 @@ def kill_switch(
 ) -> dict[str, Any] | None:
     """Client middleware (installed by default): reject enqueues of a disabled
     ReconciledJob class. Safe: the next pass after ``reconcile enable`` re-derives them."""
-    if issubclass(job_class, ReconciledJob):
-        if not switch_cache(get_settings()).is_enabled(job_class.job_name):
-            log.info("%s is disabled: enqueue of %r rejected", job_class.job_name, payload["args"])
-            return None
+    name = job_class.job_name
+    if issubclass(job_class, ReconciledJob) and not switch_cache(get_settings()).is_enabled(name):
+        log.info("%s is disabled: enqueue of %r rejected", name, payload["args"])
+        return None
     result: dict[str, Any] | None = call_next(payload)
     return result
 

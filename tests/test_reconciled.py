@@ -5,6 +5,7 @@ Every test runs on the real PostgreSQL (own schema) and Redis (own namespace).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -197,7 +198,7 @@ def test_three_schedulers_fire_each_tick_once(
     assert len(recorded) == total
     assert 4 <= total <= 6, "one pass at start, then one per second, each fired once"
     starts = sorted(r.started_at for r in recorded)
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     assert min(gaps) > 0.5, f"two passes fired for one tick: gaps {gaps}"
 
 

@@ -165,7 +165,7 @@ def run_demo(settings: Settings, orders: int = 3000, invoices: int = 1000, timeo
           f"{v['mails_delivered']} mails delivered, {v['mail_requests_deduplicated']} repeated "
           "requests absorbed by the idempotency key")
     ok = lost == 0 and dup == 0 and v["mails_delivered"] == v["invoices"]
-    print(("OK: every row was processed exactly once despite the Redis flush" if ok
-           else f"FAILED: {lost} lost, {dup} duplicated"))
+    print("OK: every row was processed exactly once despite the Redis flush" if ok
+           else f"FAILED: {lost} lost, {dup} duplicated")
     engine.dispose()
     return 0 if ok else 1

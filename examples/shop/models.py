@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, func
+from sqlalchemy import BigInteger, ForeignKey, Index, String, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -21,7 +21,7 @@ class Order(Base):
     # The pending query's index: "paid and not shipped", in key order.
     __table_args__ = (
         Index("shop_orders_to_ship", "id",
-              postgresql_where=(paid_at.expression.is_not(None) & shipped_at.expression.is_(None))),
+              postgresql_where=text("paid_at IS NOT NULL AND shipped_at IS NULL")),
     )
 
 
@@ -43,7 +43,7 @@ class Invoice(Base):
     sent_at: Mapped[datetime | None]
     __table_args__ = (
         Index("shop_invoices_to_send", "id",
-              postgresql_where=(finalized.expression.is_(True) & sent_at.expression.is_(None))),
+              postgresql_where=text("finalized AND sent_at IS NULL")),
     )
 
 

@@ -225,7 +225,7 @@ class Broker:
     def counters(self) -> dict[str, int]:
         names = ["processed", "failed", "already_done", "not_converged", "lock_busy", "dropped"]
         values = self.redis.mget([self.keys.stat(n) for n in names])
-        return {n: int(v or 0) for n, v in zip(names, values, strict=True)}  # type: ignore[arg-type]
+        return {n: int(v or 0) for n, v in zip(names, values, strict=True)}
 
     def incr_counter(self, name: str, by: int = 1) -> None:
         self.redis.incrby(self.keys.stat(name), by)
@@ -254,7 +254,7 @@ class Broker:
             rows = self.redis.zrevrange(key, start, stop, withscores=True)
         else:
             rows = self.redis.zrange(key, start, stop, withscores=True)
-        return [(m, float(s)) for m, s in rows]  # type: ignore[union-attr]
+        return [(m, float(sc)) for m, sc in rows]  # type: ignore[misc, str-unpack]
 
     def queue_entries(self, queue: str, count: int = 100) -> list[bytes]:
         """The next ``count`` jobs of a queue, oldest first."""
@@ -272,16 +272,16 @@ class Broker:
         for key in self.redis.scan_iter(match=self.keys.pattern, count=batch):
             chunk.append(key)
             if len(chunk) >= batch:
-                deleted += int(self.redis.unlink(*chunk))  # type: ignore[arg-type]
+                deleted += int(self.redis.unlink(*chunk))
                 chunk = []
         if chunk:
-            deleted += int(self.redis.unlink(*chunk))  # type: ignore[arg-type]
+            deleted += int(self.redis.unlink(*chunk))
         return deleted
 
     def run_id(self) -> str:
         """Redis's ``run_id``: changes when the server restarts."""
         info = self.redis.info("server")
-        return str(info.get("run_id", ""))  # type: ignore[union-attr]
+        return str(info.get("run_id", ""))
 
     def epoch(self) -> bytes | None:
         """The namespace's epoch sentinel, or None if Redis lost it."""

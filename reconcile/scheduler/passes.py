@@ -67,10 +67,10 @@ def run_pass(
 ) -> PassResult:
     """Run one pass now and record it; never raises for a failing pending query
     (the error is recorded and returned), so one bad class cannot stop a scheduler."""
-    from ..store import quarantine, runs
-    from ..store import pending as sql
-    from ..store.engine import get_engine
     from ..reconciled import switch_cache
+    from ..store import pending as sql
+    from ..store import quarantine, runs
+    from ..store.engine import get_engine
 
     settings = settings or get_settings()
     engine = get_engine(settings)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from .tables import metadata
 
 VERSION_TABLE = "reconcile_alembic_version"
 TABLE_PREFIX = "reconcile_"
+
+_alembic_lock = threading.Lock()
+"""alembic's ``context`` is a module global: one alembic command at a time per process."""
 
 MIGRATION_LOCK = 0x7265636F6E63696C
 """``pg_advisory_xact_lock`` key held during migrations (the bytes of "reconcil")."""
@@ -119,7 +123,7 @@ def new_revision(url: str, message: str) -> str:
 def _run(url: str, action: Any) -> None:
     engine = sa.create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as conn:
+        with _alembic_lock, engine.connect() as conn:
             action(alembic_config(url, conn))
     finally:
         engine.dispose()

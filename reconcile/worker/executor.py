@@ -92,6 +92,15 @@ class Executor:
 
     def run(self, d: Delivery) -> SettleOp:
         try:
+            return self._run(d)
+        except Exception as exc:
+            # A bug or an outage inside the engine's own handling (not the job's
+            # perform): never lose the executor thread, keep the job in the dead set.
+            log.exception("internal error handling a job from queue %s", d.queue)
+            return self._invalid(d, f"internal error handling the job: {error_name(exc)}: {exc}")
+
+    def _run(self, d: Delivery) -> SettleOp:
+        try:
             payload = decode(d.raw, self.settings.max_payload_bytes)
         except PayloadError as exc:
             return self._invalid(d, str(exc))
@@ -113,12 +122,15 @@ class Executor:
 
     def _perform(self, d: Delivery, cls: type[Job], payload: dict[str, Any], args: list[Any]) -> SettleOp:
         lock: str = payload.get("lock", "")
-        job = cls()
-        job.jid = payload["jid"]
-        job.payload = payload
-        if lock and payload.get("unique_until") == "start":
-            self.broker.release_lock(lock)
-            lock = ""
+        try:
+            job = cls()
+            job.jid = payload["jid"]
+            job.payload = payload
+            if lock and payload.get("unique_until") == "start":
+                self.broker.release_lock(lock)
+                lock = ""
+        except Exception as exc:  # a constructor that raises, Redis down: a failure
+            return self._failed(d, cls, None, payload, exc)
         outcome = "done"
 
         def perform() -> None:
@@ -131,7 +143,7 @@ class Executor:
                 middleware.run_server(chain, job, payload, perform)
             else:
                 perform()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a job must not end the thread
             return self._failed(d, cls, job, payload, exc)
         if outcome == "done":
             return SettleOp("A", d.field, lock)
@@ -142,7 +154,8 @@ class Executor:
         return SettleOp("X", d.field, lock)
 
     def _failed(
-        self, d: Delivery, cls: type[Job], job: Job, payload: dict[str, Any], exc: Exception
+        self, d: Delivery, cls: type[Job], job: Job | None, payload: dict[str, Any],
+        exc: BaseException,
     ) -> SettleOp:
         lock: str = payload.get("lock", "")
         verdict = decide(cls, job, payload, exc, self.settings.default_retry)
@@ -162,7 +175,7 @@ class Executor:
     def _invalid(self, d: Delivery, reason: str) -> SettleOp:
         """Not a usable payload at all: keep a readable excerpt and the reason."""
         log.warning("invalid payload on queue %s sent to the dead set: %s", d.queue, reason)
-        record = {
+        record: dict[str, Any] = {
             "queue": d.queue, "jid": "", "class": None, "args": [],
             "error_class": "InvalidPayload", "error_message": reason, "failed_at": time.time(),
             "raw": d.raw[:2000].decode("utf-8", "replace"), "raw_bytes": len(d.raw),
