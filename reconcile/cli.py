@@ -157,19 +157,25 @@ def db_current(apps: tuple[str, ...], **flags: Any) -> None:
     click.echo(migrate.current(_db_url(flags, apps)) or "base (no reconcile tables)")
 
 
-def _reconciled_class(name: str) -> Any:
+def _job_class(name: str, reconciled_only: bool = True) -> Any:
+    """The class registered as ``name`` (full name, or the class name if unique)."""
     from . import registry
     from .reconciled import ReconciledJob
 
-    matches = [
-        cls for full, cls in registry.all_classes().items()
-        if issubclass(cls, ReconciledJob) and (full == name or full.rsplit(".", 1)[-1] == name)
-    ]
+    candidates = {
+        full: cls for full, cls in registry.all_classes().items()
+        if issubclass(cls, ReconciledJob) or not reconciled_only
+    }
+    matches = [c for full, c in candidates.items() if full == name or full.rsplit(".", 1)[-1] == name]
     if len(matches) != 1:
-        known = sorted(c.job_name for c in registry.all_classes().values() if issubclass(c, ReconciledJob))
-        why = "is ambiguous" if matches else "is not a ReconciledJob imported by --app"
-        raise click.UsageError(f"{name!r} {why}; known: {', '.join(known) or 'none'}")
+        kind = "ReconciledJob" if reconciled_only else "job class"
+        why = "is ambiguous" if matches else f"is not a {kind} imported by --app"
+        raise click.UsageError(f"{name!r} {why}; known: {', '.join(sorted(candidates)) or 'none'}")
     return matches[0]
+
+
+def _reconciled_class(name: str) -> Any:
+    return _job_class(name, reconciled_only=True)
 
 
 @main.command()
@@ -273,12 +279,22 @@ def quarantine_release(
 
 
 def _switch(apps: tuple[str, ...], job: str, enabled: bool, reason: str, flags: dict[str, Any]) -> None:
+    import redis
+
+    from .broker import get_broker
     from .store import switches
     from .store.engine import get_engine
 
     settings = setup(apps, **flags)
-    name = _reconciled_class(job).job_name if apps else job
-    switches.set_enabled(get_engine(settings), name, enabled, reason)
+    name = _job_class(job, reconciled_only=False).job_name if apps else job
+    engine = get_engine(settings)
+    switches.set_enabled(engine, name, enabled, reason)
+    # Plain-job workers read the Redis mirror; schedulers also refresh it every few seconds.
+    disabled = {n: s.reason or "" for n, s in switches.all_switches(engine).items() if not s.enabled}
+    try:
+        get_broker(settings).mirror_switches(disabled)
+    except redis.RedisError as exc:
+        click.echo(f"warning: Redis mirror not updated ({exc}); a scheduler will update it", err=True)
     click.echo(f"{name} {'enabled' if enabled else 'disabled'}")
 
 

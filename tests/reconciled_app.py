@@ -61,3 +61,44 @@ class ForgetfulItem(ReconciledJob):
 
     def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
         session.execute(effects.insert().values(item_id=item_id))
+
+
+regions = sa.Table(
+    "region_stock", app_metadata,
+    sa.Column("sku", sa.Integer, primary_key=True),
+    sa.Column("region", sa.String(8), primary_key=True),
+    sa.Column("synced", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+
+class SyncStock(ReconciledJob):
+    """A composite key (sku, region)."""
+
+    every = 3600
+    queue = "items"
+
+    def pending(self) -> Select[Any]:
+        return sa.select(regions.c.sku, regions.c.region).where(regions.c.synced.is_(False))
+
+    def perform(self, session: Session, sku: int, region: str) -> None:  # type: ignore[override]
+        session.execute(
+            regions.update().where(regions.c.sku == sku, regions.c.region == region).values(synced=True)
+        )
+
+
+class NewestItems(ReconciledJob):
+    """A pending query with LIMIT cannot be restricted to one key: ``is_pending`` says how."""
+
+    every = 3600
+    queue = "items"
+    calls = 0
+
+    def pending(self) -> Select[Any]:
+        return sa.select(items.c.id).where(items.c.done.is_(False)).order_by(items.c.id.desc()).limit(5)
+
+    def is_pending(self, session: Session, *key: Any) -> bool:
+        NewestItems.calls += 1
+        return bool(session.execute(sa.select(items.c.done).where(items.c.id == key[0])).scalar() is False)
+
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
+        session.execute(items.update().where(items.c.id == item_id).values(done=True))

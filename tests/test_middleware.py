@@ -7,11 +7,11 @@ from typing import Any
 
 import orjson
 import pytest
-from jobs_core import running_worker, wait_for
 
 from reconcile import Job, client_middleware, server_middleware
 from reconcile.broker import Broker
 from reconcile.config import Settings
+from tests.jobs_core import running_worker, wait_for
 
 Payload = dict[str, Any]
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
-from jobs_core import Record, counts, running_worker, wait_for
 
 from reconcile import Job
 from reconcile.broker import Broker
 from reconcile.config import Settings
+from tests.jobs_core import Record, counts, running_worker, wait_for
 
 
 class TwoArgs(Job):

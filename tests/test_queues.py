@@ -8,12 +8,12 @@ from collections import Counter
 from typing import ClassVar
 
 import pytest
-from jobs_core import running_worker, wait_for
 
 from reconcile import ConfigError, Job
 from reconcile.broker import Broker
 from reconcile.config import Settings
 from reconcile.worker.queues import QueueOrder, QueueSpec, parse_queue
+from tests.jobs_core import running_worker, wait_for
 
 
 @pytest.mark.parametrize(

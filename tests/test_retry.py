@@ -9,12 +9,12 @@ from typing import Any, ClassVar
 
 import orjson
 import pytest
-from jobs_core import running_worker, wait_for
 
 from reconcile import DISCARD, KILL, Job, death_handlers
 from reconcile.broker import Broker
 from reconcile.config import Settings
 from reconcile.worker import default_delay
+from tests.jobs_core import running_worker, wait_for
 
 
 class Oops(Exception):

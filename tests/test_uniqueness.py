@@ -6,11 +6,11 @@ import threading
 from typing import Any, ClassVar
 
 import orjson
-from jobs_core import running_worker, wait_for
 
 from reconcile import Job
 from reconcile.broker import Broker
 from reconcile.config import Settings
+from tests.jobs_core import running_worker, wait_for
 
 
 class Sync(Job):

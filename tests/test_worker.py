@@ -7,11 +7,10 @@ import threading
 import time
 from typing import ClassVar
 
-from jobs_core import Record, counts, running_worker, wait_for
-
 from reconcile import Job
 from reconcile.broker import Broker
 from reconcile.config import Settings
+from tests.jobs_core import Record, counts, running_worker, wait_for
 
 
 class Stamp(Job):

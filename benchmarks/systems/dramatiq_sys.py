@@ -7,7 +7,7 @@ import time
 from ..common import tool
 from .base import System, timed_loop
 
-THREADS = 8
+THREADS = 4
 
 
 class Dramatiq(System):

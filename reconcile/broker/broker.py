@@ -223,9 +223,22 @@ class Broker:
         return {"scheduled": int(s), "retry": int(r), "dead": int(d)}
 
     def counters(self) -> dict[str, int]:
-        names = ["processed", "failed", "already_done", "not_converged", "lock_busy", "dropped"]
+        names = ["processed", "failed", "already_done", "lock_busy", "disabled", "held"]
         values = self.redis.mget([self.keys.stat(n) for n in names])
         return {n: int(v or 0) for n, v in zip(names, values, strict=True)}
+
+    def disabled_jobs(self) -> dict[str, str]:
+        """The Redis mirror of disabled job classes: name -> reason."""
+        raw = self.redis.hgetall(self.keys.switches)
+        return {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+
+    def mirror_switches(self, disabled: dict[str, str]) -> None:
+        """Replace the mirror with ``disabled`` (name -> reason), atomically."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.switches)
+        if disabled:
+            pipe.hset(self.keys.switches, mapping=disabled)  # type: ignore[arg-type]
+        pipe.execute()
 
     def incr_counter(self, name: str, by: int = 1) -> None:
         self.redis.incrby(self.keys.stat(name), by)

@@ -68,6 +68,11 @@ class Keys:
         return f"{self.tag}:stat:{name}"
 
     @property
+    def switches(self) -> str:
+        """Mirror of disabled job classes (name -> reason); PostgreSQL is the truth."""
+        return f"{self.tag}:switches"
+
+    @property
     def epoch(self) -> str:
         """Sentinel whose disappearance means Redis lost our data."""
         return f"{self.tag}:epoch"

@@ -110,6 +110,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._running: dict[str, Future[None]] = {}
         self._ensured = False
+        self._switches_synced = -1e18
 
     # -- pieces --------------------------------------------------------------------
 
@@ -151,6 +152,18 @@ class Scheduler:
             store.trigger_now(self.engine, [n for n in self.classes if not n.startswith(CRON_PREFIX)])
         return reason
 
+    def sync_switches(self) -> None:
+        """Copy disabled classes from PostgreSQL to the Redis mirror that plain-job
+        workers read (restores it after a flush)."""
+        from ..store import switches
+
+        disabled = {
+            name: sw.reason or "" for name, sw in switches.all_switches(self.engine).items()
+            if not sw.enabled
+        }
+        self.broker.mirror_switches(disabled)
+        self._switches_synced = time.monotonic()
+
     def claim(self) -> list[Any]:
         from ..store import schedules as store
 
@@ -186,6 +199,7 @@ class Scheduler:
         if not self._ensured:
             self.ensure_schedules()
         lost = self.check_redis()
+        self.sync_switches()
         fired = []
         for c in self.claim():
             self.fire(c.name, "redis_loss" if lost else trigger)
@@ -208,6 +222,8 @@ class Scheduler:
                 if not self._ensured:
                     self.ensure_schedules()
                 lost = self.check_redis()
+                if lost or time.monotonic() - self._switches_synced > self.settings.switch_cache_seconds:
+                    self.sync_switches()
                 for c in self.claim():
                     trigger = "redis_loss" if lost else "tick"
                     self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)

@@ -22,8 +22,8 @@ need a worker:
 In both modes every payload makes the same JSON round trip as on the way to Redis:
 arguments that are not JSON-native raise :class:`~reconcile.errors.ArgumentError` at
 enqueue, a payload over ``max_payload_bytes`` raises
-:class:`~reconcile.errors.PayloadTooLarge`, and ``perform`` sees the decoded values
-(tuples become lists, dict keys stay strings). Client middleware runs as in
+:class:`~reconcile.errors.PayloadTooLarge`, and ``perform`` sees the decoded
+payload, exactly what a worker would see. Client middleware runs as in
 production (a rejected job is not collected and its enqueue returns ``None``).
 
 Differences from a real worker, on purpose:

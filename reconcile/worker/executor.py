@@ -10,6 +10,7 @@ performed             ``A`` ack (releases a ``unique_until="success"`` lock)
 already done          ``X`` drop, counted ``already_done`` (ReconciledJob step 2)
 lock busy elsewhere   ``S`` re-schedule in a few seconds, counted ``lock_busy``
 class disabled        ``X`` drop (ReconciledJob, re-derived after enabling)
+plain class disabled  ``S`` held: re-scheduled ``HOLD_DELAY`` s later, counted ``held``
 skipped by middleware ``A`` ack
 failed                ``R`` retry / ``D`` dead / ``X`` discard, see :mod:`.retry`
 malformed payload     ``D`` dead with an ``InvalidPayload`` record and the reason
@@ -43,7 +44,33 @@ log = logging.getLogger("reconcile.worker")
 LOCK_BUSY_DELAY = (1.0, 3.0)
 """Seconds (uniform range) before a delivery whose key lock is held elsewhere runs again."""
 
+HOLD_DELAY = 30.0
+"""Seconds before a held job (its plain Job class is disabled) is looked at again."""
+
 _arity_cache: dict[type, tuple[int, int | None]] = {}
+
+
+class HeldJobs:
+    """Plain Job classes disabled by a kill switch, read from the Redis mirror of
+    ``reconcile_switches`` (so plain-job workers never connect to PostgreSQL), re-read
+    at most every ``ttl`` seconds. If Redis cannot be read, the last view stays."""
+
+    def __init__(self, broker: Broker, ttl: float) -> None:
+        self.broker = broker
+        self.ttl = ttl
+        self._names: frozenset[str] = frozenset()
+        self._read_at = -1e18
+
+    def is_held(self, name: str) -> bool:
+        now = time.monotonic()
+        if now - self._read_at >= self.ttl:
+            self._read_at = now
+            try:
+                self._names = frozenset(self.broker.disabled_jobs())
+            except Exception as exc:
+                log.warning("cannot read kill switches from Redis, keeping the last view: %s", exc)
+        return name in self._names
+
 
 
 def _arity(cls: type[Job]) -> tuple[int, int | None]:
@@ -76,6 +103,7 @@ class Executor:
     def __init__(self, settings: Settings, broker: Broker) -> None:
         self.settings = settings
         self.broker = broker
+        self.held = HeldJobs(broker, settings.switch_cache_seconds)
         self.counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
@@ -122,6 +150,11 @@ class Executor:
 
     def _perform(self, d: Delivery, cls: type[Job], payload: dict[str, Any], args: list[Any]) -> SettleOp:
         lock: str = payload.get("lock", "")
+        if cls.injected_params == 0 and self.held.is_held(cls.job_name):
+            # A disabled plain Job is held, not dropped: nothing re-derives it later.
+            self.count("held")
+            at = time.time() + HOLD_DELAY
+            return SettleOp("S", d.field, repr(at), d.raw)
         try:
             job = cls()
             job.jid = payload["jid"]
@@ -184,7 +217,8 @@ class Executor:
 
     def _reject(self, d: Delivery, payload: dict[str, Any], kind: str, reason: str) -> SettleOp:
         """A well-formed payload this worker cannot run: dead with the reason, no retries."""
-        log.warning("job %s jid=%s sent to the dead set: %s", payload.get("class"), payload.get("jid"), reason)
+        log.warning("job %s jid=%s sent to the dead set: %s",
+                    payload.get("class"), payload.get("jid"), reason)
         payload["error_class"] = kind
         payload["error_message"] = reason
         payload["failed_at"] = time.time()

@@ -1,0 +1,176 @@
+"""Settings: flags > environment > [tool.reconcile] > defaults; bad values name the setting."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from reconcile import config
+from reconcile.cli import main
+from reconcile.config import Settings, find_pyproject, load_settings
+from reconcile.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def keep_process_settings() -> Iterator[None]:
+    saved = config._current
+    yield
+    config.use_settings(saved) if saved is not None else setattr(config, "_current", None)
+
+
+def write_pyproject(folder: Path, body: str) -> Path:
+    path = folder / "pyproject.toml"
+    path.write_text("[project]\nname = 'app'\n\n[tool.reconcile]\n" + textwrap.dedent(body))
+    return path
+
+
+def test_defaults() -> None:
+    s = load_settings({}, env={}, pyproject=False)
+    assert s == Settings()
+    assert (s.redis_url, s.namespace, s.concurrency, s.lease_seconds) == (
+        "redis://localhost:6379/0", "reconcile", 10, 20.0)
+    assert s.effective_prefetch == 10
+
+
+def test_precedence_flags_over_env_over_pyproject_over_defaults(tmp_path: Path) -> None:
+    path = write_pyproject(tmp_path, """
+        namespace = "fromfile"
+        concurrency = 4
+        lease-seconds = 7
+        dead_max_jobs = 50
+    """)
+    env = {"RECONCILE_CONCURRENCY": "6", "RECONCILE_NAMESPACE": "fromenv", "OTHER": "x"}
+    s = load_settings({"namespace": "fromflag", "prefetch": None}, env=env, pyproject=path)
+    assert s.namespace == "fromflag"  # flag beats env and file
+    assert s.concurrency == 6  # env beats file
+    assert s.lease_seconds == 7.0 and s.dead_max_jobs == 50  # file beats default (dash or underscore)
+    assert s.prefetch == 0  # a None flag (unset) leaves the lower layers alone
+    assert s.poll_interval == Settings().poll_interval
+
+
+def test_nearest_pyproject_is_found_from_a_subfolder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pyproject(tmp_path, 'namespace = "nearest"\n')
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)
+    assert find_pyproject() == tmp_path / "pyproject.toml"
+    assert load_settings(env={}).namespace == "nearest"
+
+
+def test_env_values_are_coerced(tmp_path: Path) -> None:
+    s = load_settings(env={"RECONCILE_LEASE_SECONDS": "2.5", "RECONCILE_MAX_RECOVERIES": "0",
+                           "RECONCILE_LOG_LEVEL": "debug"}, pyproject=False)
+    assert s.lease_seconds == 2.5 and s.max_recoveries == 0 and s.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragments"),
+    [
+        ({"RECONCILE_CONCURRENCY": "many"}, ["'concurrency'", "RECONCILE_CONCURRENCY", "int", "'many'"]),
+        ({"RECONCILE_CONCURRENCY": "2.5"}, ["'concurrency'", "int"]),
+        ({"RECONCILE_CONCURRENCY": "0"}, ["'concurrency'", "at least 1", "RECONCILE_CONCURRENCY"]),
+        ({"RECONCILE_LEASE_SECONDS": "-1"}, ["'lease_seconds'", "positive"]),
+        ({"RECONCILE_POLL_INTERVAL": "soon"}, ["'poll_interval'", "float"]),
+        ({"RECONCILE_PREFETCH": "-3"}, ["'prefetch'", "negative"]),
+        ({"RECONCILE_REDIS_URL": "http://x"}, ["'redis_url'", "redis://"]),
+        ({"RECONCILE_DATABASE_URL": "mysql://x"}, ["'database_url'", "PostgreSQL"]),
+        ({"RECONCILE_NAMESPACE": "a{b}"}, ["'namespace'", "braces"]),
+        ({"RECONCILE_NAMESPACE": "a:b"}, ["'namespace'", "colons"]),
+        ({"RECONCILE_NAMESPACE": ""}, ["'namespace'", "non-empty"]),
+        ({"RECONCILE_LOG_LEVEL": "LOUD"}, ["'log_level'", "DEBUG"]),
+        ({"RECONCILE_MAX_PAYLOAD_BYTES": "0"}, ["'max_payload_bytes'"]),
+    ],
+)
+def test_bad_env_values_raise_naming_setting_and_source(env: dict[str, str], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env, pyproject=False)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ("concurrency = 2.5\n", ["'concurrency'", "[tool.reconcile] in"]),
+        ("concurrency = true\n", ["'concurrency'", "int"]),
+        ("namespace = 5\n", ["'namespace'", "str"]),
+        ("dead_max_jobs = 0\n", ["'dead_max_jobs'", "at least 1", "[tool.reconcile] in"]),
+        ("lease_secs = 3\n", ["unknown setting 'lease_secs'", "pyproject.toml"]),
+    ],
+)
+def test_bad_pyproject_values_raise_naming_setting_and_file(
+    tmp_path: Path, body: str, fragments: list[str]
+) -> None:
+    path = write_pyproject(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={}, pyproject=path)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_bad_code_values_raise() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'concurency'"):
+        load_settings({"concurency": 3}, env={}, pyproject=False)
+    with pytest.raises(ConfigError, match="'shutdown_timeout'.*code or command line"):
+        load_settings({"shutdown_timeout": -1}, env={}, pyproject=False)
+    with pytest.raises(ConfigError, match="'concurrency'"):
+        Settings().with_overrides(concurrency=0)
+
+
+def test_settings_are_frozen_and_hashable() -> None:
+    s = Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.concurrency = 3  # type: ignore[misc]
+    assert hash(s) == hash(Settings())
+
+
+def test_every_setting_documents_its_default() -> None:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Settings)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    undocumented = []
+    for node, after in zip(body, [*body[1:], None], strict=True):
+        if isinstance(node, ast.AnnAssign):
+            name = node.target.id  # type: ignore[attr-defined]
+            doc = after.value.value if isinstance(after, ast.Expr) else ""
+            if "Default" not in str(doc):
+                undocumented.append(name)
+    assert undocumented == []
+    assert len([n for n in body if isinstance(n, ast.AnnAssign)]) == len(dataclasses.fields(Settings))
+
+
+# -- through the command line --------------------------------------------------------------
+
+
+def _status_namespace(args: list[str], env: dict[str, str]) -> str:
+    result = CliRunner().invoke(main, ["status", "--json", *args], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return str(json.loads(result.output)["namespace"])
+
+
+def test_cli_flags_beat_env_beat_pyproject(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    write_pyproject(tmp_path, f'namespace = "cfgfile"\nredis_url = "{redis_url}"\n')
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in __import__("os").environ if n.startswith("RECONCILE_")]:
+        monkeypatch.delenv(name)
+    assert _status_namespace([], {}) == "cfgfile"
+    assert _status_namespace([], {"RECONCILE_NAMESPACE": "cfgenv"}) == "cfgenv"
+    assert _status_namespace(["--namespace", "cfgflag"], {"RECONCILE_NAMESPACE": "cfgenv"}) == "cfgflag"
+
+
+def test_cli_reports_a_bad_setting_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["status"], env={"RECONCILE_LEASE_SECONDS": "forever"})
+    assert result.exit_code == 2
+    assert "lease_seconds" in result.output and "RECONCILE_LEASE_SECONDS" in result.output

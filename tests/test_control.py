@@ -1,0 +1,167 @@
+"""Operator controls and scheduling details: kill switches, quarantine, cron on plain
+jobs, composite keys, ``is_pending`` overrides, and the CLI commands behind them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from reconcile.broker import Broker
+from reconcile.cli import main
+from reconcile.config import Settings
+from reconcile.reconciled import switch_cache
+from reconcile.scheduler.passes import run_pass
+from reconcile.scheduler.service import Scheduler
+from reconcile.store import quarantine, schedules, switches
+from reconcile.store.engine import dispose_engines, get_engine
+from reconcile.store.tables import metadata
+from reconcile.worker.executor import Executor
+from tests.jobs_plain_cron import Mailer, Nightly
+from tests.reconciled_app import NewestItems, ProcessItem, SyncStock, app_metadata, items, regions
+
+
+@pytest.fixture
+def engine(pg_settings: Settings) -> Iterator[sa.Engine]:
+    eng = get_engine(pg_settings)
+    metadata.create_all(eng)
+    app_metadata.create_all(eng)
+    yield eng
+    dispose_engines()
+
+
+def disable(engine: sa.Engine, settings: Settings, name: str) -> None:
+    switches.set_enabled(engine, name, False, "test")
+    switch_cache(settings).invalidate()
+
+
+def test_disabled_reconciled_job_is_rejected_skipped_and_dropped(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}, {"id": 2}])
+    assert ProcessItem.perform_async(1) is not None  # queued before the switch
+    disable(engine, pg_settings, ProcessItem.job_name)
+    assert ProcessItem.perform_async(2) is None, "client middleware rejects the enqueue"
+    result = run_pass(ProcessItem, settings=pg_settings)
+    assert result.disabled and result.enqueued == 0
+    executor = Executor(pg_settings, broker)
+    (d,) = broker.exchange("p", ["items"], 10)
+    op = executor.run(d)
+    assert op.code == "X", "a queued job of a disabled class is dropped"
+    broker.settle("p", [op])  # releases its uniqueness lock
+    assert executor.take_counts() == {"disabled": 1}
+    switches.set_enabled(engine, ProcessItem.job_name, True, "fixed")
+    assert run_pass(ProcessItem, settings=pg_settings).enqueued == 2, "enabling re-derives both"
+
+
+def test_disabled_plain_job_is_held_not_dropped(pg_settings: Settings, broker: Broker) -> None:
+    Mailer.perform_async("a@example.com")
+    broker.mirror_switches({Mailer.job_name: "smtp down"})
+    executor = Executor(pg_settings, broker)
+    (d,) = broker.exchange("p", ["plain"], 1)
+    op = executor.run(d)
+    assert op.code == "S" and op.b == d.raw, "held in the scheduled set, unchanged"
+    assert executor.take_counts() == {"held": 1}
+
+
+def test_dead_key_is_quarantined_then_released_by_cli(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 7}])
+    ProcessItem.on_death({"args": [7], "error_class": "Boom", "error_message": "x"}, RuntimeError("x"))
+    assert run_pass(ProcessItem, settings=pg_settings).quarantined == 1
+    runner = CliRunner()
+    env = {"RECONCILE_DATABASE_URL": pg_settings.database_url,
+           "RECONCILE_REDIS_URL": pg_settings.redis_url, "RECONCILE_NAMESPACE": pg_settings.namespace}
+    listed = runner.invoke(main, ["quarantine", "list", "--app", "tests.reconciled_app"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "[7]" in listed.output and "1 quarantined" in listed.output
+    released = runner.invoke(
+        main, ["quarantine", "release", "--app", "tests.reconciled_app", "--job", ProcessItem.job_name, "7"],
+        env=env,
+    )
+    assert "released 1 keys" in released.output
+    assert quarantine.keys(engine, ProcessItem.job_name) == set()
+    assert run_pass(ProcessItem, settings=pg_settings).enqueued == 1
+
+
+def test_poison_pill_recovered_too_often_is_quarantined(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    from reconcile.scheduler.poller import Maintenance
+
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 9}])
+    ProcessItem.perform_async(9)
+    maintenance = Maintenance(pg_settings, broker)
+    for crash in range(pg_settings.max_recoveries + 1):
+        proc = f"crashing-{crash}"
+        assert len(broker.exchange(proc, ["items"], 1)) == 1
+        broker.redis.sadd(broker.keys.procs, proc)  # registered, but its lease is gone
+        maintenance.reap_once()
+    assert broker.set_sizes()["dead"] == 1
+    assert quarantine.keys(engine, ProcessItem.job_name) == {(9,)}
+
+
+def test_composite_keys(pg_settings: Settings, engine: sa.Engine, broker: Broker) -> None:
+    with engine.begin() as c:
+        c.execute(regions.insert(), [{"sku": 1, "region": "eu"}, {"sku": 1, "region": "us"}])
+    assert run_pass(SyncStock, settings=pg_settings).enqueued == 2
+    executor = Executor(pg_settings, broker)
+    ops = [executor.run(d) for d in broker.exchange("p", ["items"], 5)]
+    assert [op.code for op in ops] == ["A", "A"]
+    broker.settle("p", ops)
+    assert run_pass(SyncStock, settings=pg_settings).found == 0
+
+
+def test_is_pending_override_is_used(pg_settings: Settings, engine: sa.Engine, broker: Broker) -> None:
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": i} for i in range(1, 21)])
+    assert run_pass(NewestItems, settings=pg_settings).found == 5
+    executor = Executor(pg_settings, broker)
+    NewestItems.calls = 0
+    codes = [executor.run(d).code for d in broker.exchange("p", ["items"], 10)]
+    assert codes == ["A"] * 5
+    assert NewestItems.calls == 10, "before and after each perform"
+
+
+def test_cron_plain_job_fires_once_per_tick_across_schedulers(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    schedulers = [Scheduler(pg_settings, [Nightly]) for _ in range(3)]
+    for s in schedulers:
+        assert s.run_once() == [], "not due before 03:00 Paris time"
+    name = "cron:" + Nightly.job_name
+    (row,) = [r for r in schedules.list_schedules(engine) if r.name == name]
+    local = row.next_run_at.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris"))
+    assert (local.hour, local.minute) == (3, 0)
+    schedules.trigger_now(engine, [name])
+    fired = [s.run_once() for s in schedulers]
+    assert sorted(map(len, fired)) == [0, 0, 1]
+    entries = broker.queue_entries("periodic")
+    assert len(entries) == 1 and json.loads(entries[0])["args"] == ["report"]
+
+
+def test_run_and_flush_commands(pg_settings: Settings, engine: sa.Engine, broker: Broker) -> None:
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": i} for i in range(1, 101)])
+    env = {"RECONCILE_DATABASE_URL": pg_settings.database_url,
+           "RECONCILE_REDIS_URL": pg_settings.redis_url, "RECONCILE_NAMESPACE": pg_settings.namespace}
+    runner = CliRunner()
+    out = runner.invoke(main, ["run", "ProcessItem", "--app", "tests.reconciled_app"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "found 100, enqueued 100" in out.output
+    Mailer.perform_async("lost@example.com")  # a plain job: a flush loses it, by design
+    refused = runner.invoke(main, ["flush", "--app", "tests.reconciled_app"], env=env)
+    assert refused.exit_code != 0 and "--yes" in refused.output
+    flushed = runner.invoke(main, ["flush", "--yes", "--app", "tests.reconciled_app"], env=env)
+    assert flushed.exit_code == 0, flushed.output
+    assert "pass tests.reconciled_app.ProcessItem: found 100, enqueued 100" in flushed.output
+    assert broker.queue_entries("plain") == []
+    # every ReconciledJob of the app was re-derived: ProcessItem, ForgetfulItem, NewestItems
+    assert len(broker.queue_entries("items", 1000)) == 100 + 100 + 5
