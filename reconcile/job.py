@@ -169,6 +169,12 @@ class Job:
         }
 
     @classmethod
+    def enqueue_allowed(cls) -> bool:
+        """Checked once per enqueue call before any payload is built; False makes every
+        job of the call return None. ReconciledJob refuses while its kill switch is off."""
+        return True
+
+    @classmethod
     def lock_digest(cls, queue: str, args: list[Any]) -> str:
         """Uniqueness identity of one enqueue: (class, queue, args) for plain jobs."""
         return unique_digest(cls.job_name, queue, args)

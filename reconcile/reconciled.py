@@ -35,7 +35,6 @@ from .client import unique_digest
 from .config import Settings, get_settings
 from .errors import NotConverged
 from .job import Job
-from .middleware import client_middleware
 
 if TYPE_CHECKING:
     from .store.switches import SwitchCache
@@ -132,6 +131,15 @@ class ReconciledJob(Job):
         return min(MAX_UNIQUE_FOR, max(MIN_UNIQUE_FOR, span))
 
     @classmethod
+    def enqueue_allowed(cls) -> bool:
+        """The kill switch, checked at enqueue: a disabled class's enqueues return None
+        (logged). Safe: the next pass after ``reconcile enable`` re-derives them."""
+        if switch_cache(get_settings()).is_enabled(cls.job_name):
+            return True
+        log.info("%s is disabled: enqueue rejected", cls.job_name)
+        return False
+
+    @classmethod
     def lock_digest(cls, queue: str, args: list[Any]) -> str:
         """Uniqueness identity of a reconciled job: (class, key), whatever the queue."""
         return unique_digest(cls.job_name, "", args)
@@ -191,19 +199,3 @@ class ReconciledJob(Job):
             # The dead set still holds the job; the next pass would re-enqueue the key,
             # which dies again and retries this write.
             log.exception("could not quarantine %s%r", cls.job_name, tuple(key))
-
-
-def kill_switch(
-    job_class: type[Job], payload: dict[str, Any], call_next: Any
-) -> dict[str, Any] | None:
-    """Client middleware (installed by default): reject enqueues of a disabled
-    ReconciledJob class. Safe: the next pass after ``reconcile enable`` re-derives them."""
-    name = job_class.job_name
-    if issubclass(job_class, ReconciledJob) and not switch_cache(get_settings()).is_enabled(name):
-        log.info("%s is disabled: enqueue of %r rejected", name, payload["args"])
-        return None
-    result: dict[str, Any] | None = call_next(payload)
-    return result
-
-
-client_middleware.prepend(kill_switch)

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from reconcile.errors import ConfigError
 def keep_process_settings() -> Iterator[None]:
     saved = config._current
     yield
-    config.use_settings(saved) if saved is not None else setattr(config, "_current", None)
+    config._current = saved
 
 
 def write_pyproject(folder: Path, body: str) -> Path:
@@ -121,7 +122,7 @@ def test_bad_pyproject_values_raise_naming_setting_and_file(
 def test_bad_code_values_raise() -> None:
     with pytest.raises(ConfigError, match="unknown setting 'concurency'"):
         load_settings({"concurency": 3}, env={}, pyproject=False)
-    with pytest.raises(ConfigError, match="'shutdown_timeout'.*code or command line"):
+    with pytest.raises(ConfigError, match=r"'shutdown_timeout'.*code or command line"):
         load_settings({"shutdown_timeout": -1}, env={}, pyproject=False)
     with pytest.raises(ConfigError, match="'concurrency'"):
         Settings().with_overrides(concurrency=0)
@@ -162,7 +163,7 @@ def test_cli_flags_beat_env_beat_pyproject(
 ) -> None:
     write_pyproject(tmp_path, f'namespace = "cfgfile"\nredis_url = "{redis_url}"\n')
     monkeypatch.chdir(tmp_path)
-    for name in [n for n in __import__("os").environ if n.startswith("RECONCILE_")]:
+    for name in [n for n in os.environ if n.startswith("RECONCILE_")]:
         monkeypatch.delenv(name)
     assert _status_namespace([], {}) == "cfgfile"
     assert _status_namespace([], {"RECONCILE_NAMESPACE": "cfgenv"}) == "cfgenv"

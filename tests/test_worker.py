@@ -7,6 +7,8 @@ import threading
 import time
 from typing import ClassVar
 
+import orjson
+
 from reconcile import Job
 from reconcile.broker import Broker
 from reconcile.config import Settings
@@ -156,3 +158,32 @@ def test_stop_pushes_back_jobs_still_running_after_the_timeout(
     with running_worker(settings, concurrency=3):
         wait_for(lambda: len(Hold.done) == 3, what="rerun")
     assert sorted(Hold.done) == [0, 1, 2]
+
+
+class BadInit(Job):
+    retry = 0
+
+    def __init__(self) -> None:
+        raise RuntimeError("constructor bug")
+
+    def perform(self) -> None:
+        pass
+
+
+class Exits(Job):
+    retry = 0
+
+    def perform(self) -> None:
+        raise SystemExit(3)
+
+
+def test_a_job_that_cannot_be_built_or_exits_is_a_failure(settings: Settings, broker: Broker) -> None:
+    BadInit.perform_async()
+    Exits.perform_async()
+    with running_worker(settings, concurrency=1) as worker:
+        wait_for(lambda: broker.set_sizes()["dead"] == 2, what="both dead")
+        Record.perform_async("after")
+        wait_for(lambda: counts(broker) == {"after": 1}, what="the thread survived")
+        assert all(t.is_alive() for t in worker._threads[3:]), "executor threads alive"
+    errors = sorted(orjson.loads(m)["error_class"] for m, _ in broker.set_entries("dead"))
+    assert errors == ["RuntimeError", "SystemExit"]

@@ -26,7 +26,7 @@ def drain(system: System, ctx: Context, procs: int) -> float:
     run = uuid.uuid4().hex
     key = f"probe:{run}"
     ctl = control()
-    workers = Workers([system.worker_command()] * procs, {"BENCH_RUN": run},
+    workers = Workers([system.worker_command()] * procs, {**system.worker_env(), "BENCH_RUN": run},
                       ctx.logdir / f"{system.name}.log")
     try:
         done, progress_at = 0, time.monotonic() + START_TIMEOUT - STALL_TIMEOUT

@@ -42,7 +42,7 @@ class Latency:
         run = uuid.uuid4().hex
         key = f"lat:{run}"
         ctl = control()
-        workers = Workers([system.worker_command()], {"BENCH_RUN": run},
+        workers = Workers([system.worker_command()], {**system.worker_env(), "BENCH_RUN": run},
                           ctx.logdir / f"{system.name}.log")
         try:
             samples: list[float] = []

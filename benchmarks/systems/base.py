@@ -32,7 +32,7 @@ class System(ABC):
     @abstractmethod
     def open(self) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook)
         """Release connections and event loops."""
 
     def flush(self) -> None:
@@ -60,6 +60,10 @@ class System(ABC):
     def worker_command(self) -> list[str]:
         """Command line of one worker process (one executing process) on queue "default"."""
         raise NotImplementedError
+
+    def worker_env(self) -> dict[str, str]:
+        """Extra environment of worker processes."""
+        return {}
 
 
 def timed_loop(n: int, call: Callable[[int], object]) -> float:

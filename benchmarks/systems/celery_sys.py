@@ -7,9 +7,9 @@ import time
 from ..common import tool
 from .base import System, timed_loop
 
-POOL = "threads"
-CONCURRENCY = 10
-PREFETCH_MULTIPLIER = 16
+POOL = "prefork"
+CONCURRENCY = 2
+PREFETCH_MULTIPLIER = 64
 
 
 class Celery(System):

@@ -8,6 +8,7 @@ from ..common import tool
 from .base import System, timed_loop
 
 THREADS = 4
+PREFETCH = 300
 
 
 class Dramatiq(System):
@@ -15,7 +16,7 @@ class Dramatiq(System):
     package = "dramatiq"
     no_bulk_reason = "no bulk API: group() and pipeline() send one message per round trip"
     config = (f"dramatiq benchmarks.apps.dramatiq_app --processes 1 --threads {THREADS}; "
-              "RedisBroker defaults (prefetch = 2 x threads), default middleware, max_retries=0")
+              f"dramatiq_queue_prefetch={PREFETCH}; default middleware, max_retries=0")
 
     def open(self) -> None:
         from ..apps import dramatiq_app
@@ -27,6 +28,9 @@ class Dramatiq(System):
 
     def send_latency(self) -> None:
         self.app.lat.send(time.time())
+
+    def worker_env(self) -> dict[str, str]:
+        return {"dramatiq_queue_prefetch": str(PREFETCH)}
 
     def worker_command(self) -> list[str]:
         return [tool("dramatiq"), "benchmarks.apps.dramatiq_app", "--processes", "1",

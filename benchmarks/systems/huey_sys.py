@@ -7,7 +7,7 @@ import time
 from ..common import tool
 from .base import System, timed_loop
 
-WORKERS = 8
+WORKERS = 4
 
 
 class Huey(System):

@@ -104,7 +104,14 @@ class Broker:
         """Push a batch in one Lua call; ``False`` where a uniqueness lock was held."""
         if not records:
             return []
-        args: list[Any] = [repr(time.time() if now is None else now), WAKE_CAP]
+        now = time.time() if now is None else now
+        queue = records[0].queue
+        if all(r.queue == queue and not r.lock and r.at <= now for r in records):
+            # the common bulk case: one queue, no locks, run now
+            self._enqueue(keys=[self.keys.tag], args=[repr(now), WAKE_CAP, "Q", queue,
+                                                      *(r.payload for r in records)])
+            return [True] * len(records)
+        args: list[Any] = [repr(now), WAKE_CAP, "F"]
         for r in records:
             args += (r.queue, repr(r.at), r.lock, r.lock_ttl_ms, r.payload)
         flags = self._enqueue(keys=[self.keys.tag], args=args)

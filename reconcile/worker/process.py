@@ -281,12 +281,15 @@ class Worker:
                 self._running[d.field] = d
             op = self.executor.run(d)
             self.settlements.add(op)
+            if self._idle or self._quiet.is_set():
+                # no fetch will carry this ack (idle, or quiet: the fetcher has exited).
+                # Sent before the job stops counting as outstanding, so that stop() cannot
+                # release the lease (and requeue the finished job) while the ack is in flight.
+                self._settle(self.settlements.take())
             with self._cond:
                 del self._running[d.field]
                 self._outstanding -= 1
                 self._cond.notify_all()
-            if self._idle:
-                self._settle(self.settlements.take())
 
     def _heartbeat_loop(self) -> None:
         interval = self.settings.lease_seconds / 4

@@ -10,15 +10,38 @@
 --   {ns}:wake:<q>     LIST  wake-up tokens that idle workers BLPOP on
 -- ARGV[1]  now (epoch seconds)
 -- ARGV[2]  wake cap: most tokens kept per wake list
--- ARGV[3..] groups of 5 per job: queue, run-at (0 = now), lock digest ("" = none),
---          lock ttl (ms), payload
--- Returns  one integer per job: 1 pushed, 0 dropped because its lock was held.
+-- ARGV[3]  mode: "F" (full) or "Q" (quick: every job immediate, same queue, no lock)
+-- full:    ARGV[4..] groups of 5 per job: queue, run-at (0 = now), lock digest
+--          ("" = none), lock ttl (ms), payload
+-- quick:   ARGV[4] queue, ARGV[5..] payloads (a fifth of the arguments to send and parse)
+-- Returns  full: one integer per job: 1 pushed, 0 dropped because its lock was held;
+--          quick: the number of jobs pushed.
 local p = KEYS[1]
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
+
+local function wake(q)
+  local w = p .. ':wake:' .. q
+  if redis.call('LLEN', w) < cap then
+    redis.call('LPUSH', w, '1')
+  end
+end
+
+if ARGV[3] == 'Q' then
+  local q = ARGV[4]
+  local key = p .. ':queue:' .. q
+  -- unpack in slices: Lua's C stack holds ~8000 values
+  for s = 5, #ARGV, 1000 do
+    redis.call('LPUSH', key, unpack(ARGV, s, math.min(s + 999, #ARGV)))
+  end
+  redis.call('SADD', p .. ':queues', q)
+  wake(q)
+  return #ARGV - 4
+end
+
 local out, ready, order = {}, {}, {}
 local n = 0
-for i = 3, #ARGV, 5 do
+for i = 4, #ARGV, 5 do
   local q, at, lock, payload = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 4]
   local ok = true
   if lock ~= '' then
@@ -45,14 +68,10 @@ end
 for _, q in ipairs(order) do
   local list = ready[q]
   local key = p .. ':queue:' .. q
-  -- unpack in slices: Lua's C stack holds ~8000 values
   for s = 1, #list, 1000 do
     redis.call('LPUSH', key, unpack(list, s, math.min(s + 999, #list)))
   end
   redis.call('SADD', p .. ':queues', q)
-  local w = p .. ':wake:' .. q
-  if redis.call('LLEN', w) < cap then
-    redis.call('LPUSH', w, '1')
-  end
+  wake(q)
 end
 return out

@@ -1,0 +1,48 @@
+"""Engines: one pooled engine per database URL, pre-pinged, disposable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from reconcile.config import Settings
+from reconcile.store.engine import dispose_engines, get_engine, pool_size
+
+
+@pytest.fixture(autouse=True)
+def fresh_engines() -> Iterator[None]:
+    dispose_engines()
+    yield
+    dispose_engines()
+
+
+def test_one_engine_per_database_url(pg_settings: Settings, database_url: str) -> None:
+    engine = get_engine(pg_settings)
+
+    assert get_engine(pg_settings) is engine
+    assert get_engine(pg_settings.with_overrides(concurrency=50)) is engine
+    assert get_engine(pg_settings.with_overrides(database_url=database_url)) is not engine
+
+
+def test_the_engine_follows_the_urls_search_path(pg_settings: Settings, pg_schema: str) -> None:
+    with get_engine(pg_settings).connect() as conn:
+        assert conn.execute(sa.text("SELECT current_schema()")).scalar() == pg_schema
+
+
+def test_the_pool_is_pre_pinged_and_sized_for_the_worker_threads(pg_settings: Settings) -> None:
+    engine = get_engine(pg_settings.with_overrides(concurrency=20))
+
+    assert engine.pool._pre_ping is True
+    assert isinstance(engine.pool, sa.QueuePool)
+    assert engine.pool.size() == pool_size(pg_settings.with_overrides(concurrency=20)) == 22
+    assert pool_size(pg_settings.with_overrides(concurrency=1)) == 5
+
+
+def test_dispose_forgets_the_engines(pg_settings: Settings) -> None:
+    engine = get_engine(pg_settings)
+
+    dispose_engines()
+
+    assert get_engine(pg_settings) is not engine
