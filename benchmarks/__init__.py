@@ -1,1 +1,1 @@
-"""reconcile's benchmarks against dramatiq, huey, rq, arq, celery and saq (see docs/benchmarks.md)."""
+"""reconcile against dramatiq, huey, rq, arq, celery and saq (docs/benchmarks.md)."""

@@ -18,7 +18,6 @@ import redis
 
 from . import report
 from .common import BASE_URL, CONTROL_DB, DBS, FULL, QUICK, Sizes, claim_db, url
-from .scenarios import ALL as SCENARIOS
 from .scenarios import BY_NAME as SCENARIO_BY_NAME
 from .scenarios import DEFAULT as DEFAULT_SCENARIOS
 from .scenarios import Context, Metric, Scenario
@@ -48,7 +47,7 @@ def machine() -> dict[str, Any]:
         pass
     info = redis.Redis.from_url(url(CONTROL_DB)).info("server")
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "redis": info.get("redis_version"), "redis_url": BASE_URL,  # type: ignore[union-attr]
+            "redis": info.get("redis_version"), "redis_url": BASE_URL,
             "platform": platform.platform()}
 
 
@@ -94,7 +93,8 @@ def run_round(i: int, systems: list[System], scenarios: list[Scenario], ctx: Con
                     traceback.print_exc()
                 continue
             figures[system.name].update(got)
-            shown = ", ".join(f"{k}={v:,.2f}" if v < 100 else f"{k}={v:,.0f}" for k, v in got.items())
+            shown = ", ".join(f"{k}={v:,.2f}" if v < 100 else f"{k}={v:,.0f}"
+                              for k, v in got.items())
             ctx.say(f"  {system.name} {scenario.name}: {shown} [{time.monotonic() - t:.1f}s]")
     return figures
 

@@ -7,6 +7,7 @@ its own bookkeeping (probe reports, latency samples) in ``CONTROL_DB``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,8 +63,8 @@ class Sizes:
     latency: int     # latency samples per round
 
 
-QUICK = Sizes(single=500, bulk=5_000, drain=2_000, latency=30)
-FULL = Sizes(single=5_000, bulk=50_000, drain=20_000, latency=150)
+QUICK = Sizes(single=500, bulk=5_000, drain=3_000, latency=30)
+FULL = Sizes(single=5_000, bulk=50_000, drain=30_000, latency=150)
 
 
 class Workers:
@@ -91,10 +92,8 @@ class Workers:
             _signal_group(p, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for p in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         for p in self.procs:
             _signal_group(p, signal.SIGKILL)  # children of a process that exited too
             p.wait()
@@ -102,10 +101,8 @@ class Workers:
 
 
 def _signal_group(p: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(p.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def python() -> str:

@@ -86,7 +86,8 @@ def vs_fastest_peer(rounds: Rounds, key: str) -> tuple[float | None, str]:
 
 def targets(rounds: Rounds) -> list[Target]:
     out = []
-    for key, label, goal in [("drain1", "drain, 1 process", 1.5), ("drain2", "drain, 2 processes", 1.5),
+    for key, label, goal in [("drain1", "drain, 1 process", 1.5),
+                             ("drain2", "drain, 2 processes", 1.5),
                              ("single", "single enqueue", 1.0), ("bulk", "bulk enqueue", 10.0)]:
         ratio, peer = vs_fastest_peer(rounds, key)
         out.append(Target(f"{label}: reconcile / fastest peer ({peer}) >= {goal:g}x",
@@ -100,6 +101,7 @@ def targets(rounds: Rounds) -> list[Target]:
 def targets_text(ts: list[Target]) -> str:
     lines = []
     for t in ts:
-        got = "-" if t.reached is None else (f"{t.reached:.2f}x" if t.at_least else f"{t.reached:.2f} ms")
+        unit = "x" if t.at_least else " ms"
+        got = "-" if t.reached is None else f"{t.reached:.2f}{unit}"
         lines.append(f"  {t.verdict:6}  {t.text}: {got}")
     return "\n".join(lines)

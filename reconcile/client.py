@@ -71,7 +71,6 @@ def enqueue(
     settings = get_settings()
     opts = job_class.options() if not options else {**job_class.options(), **options}
     queue: str = opts["queue"]
-    name = job_class.job_name
     names = job_class.arg_names()
     unique_for = opts.get("unique_for")
     lock_ttl = int(unique_for * 1000) if unique_for else 0

@@ -90,6 +90,12 @@ class Settings:
     """A pass claim older than this is considered abandoned (its scheduler died) and the
     schedule may be claimed again. Default 300."""
 
+    runs_keep_days: float = 30.0
+    """History of reconcile passes kept in ``reconcile_runs``, in days. Default 30."""
+
+    database_connect_timeout: float = 10.0
+    """Seconds to wait for a PostgreSQL connection before failing. Default 10."""
+
     switch_cache_seconds: float = 5.0
     """How long a process caches kill switches read from PostgreSQL. Default 5."""
 
@@ -154,7 +160,7 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
         if values[name] < 0:
             raise bad(name, "must not be negative")
     for name in ("lease_seconds", "poll_interval", "idle_wait", "dead_timeout_seconds",
-                 "pass_stale_seconds"):
+                 "pass_stale_seconds", "runs_keep_days", "database_connect_timeout"):
         if values[name] <= 0:
             raise bad(name, "must be positive")
     for name in ("shutdown_timeout", "switch_cache_seconds"):

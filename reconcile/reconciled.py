@@ -45,20 +45,11 @@ MIN_UNIQUE_FOR = 600.0
 MAX_UNIQUE_FOR = 86_400.0
 
 
-_switch_caches: dict[Settings, SwitchCache] = {}
-
-
 def switch_cache(settings: Settings) -> SwitchCache:
-    """This process's kill-switch cache for ``settings`` (re-read every
-    ``switch_cache_seconds``)."""
-    cache = _switch_caches.get(settings)
-    if cache is None:
-        from .store.engine import get_engine
-        from .store.switches import SwitchCache
+    """This process's kill-switch cache (see :func:`reconcile.store.switches.switch_cache`)."""
+    from .store.switches import switch_cache as cache
 
-        cache = SwitchCache(lambda: get_engine(settings), ttl=settings.switch_cache_seconds)
-        _switch_caches[settings] = cache
-    return cache
+    return cache(settings)
 
 
 class ReconciledJob(Job):

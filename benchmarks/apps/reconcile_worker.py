@@ -16,10 +16,10 @@ from .. import jobs  # noqa: F401  (registers the job classes)
 from ..common import DBS, url
 
 
-def settings_for(concurrency: int = 10) -> Settings:
+def settings_for(concurrency: int = 10, prefetch: int = 0) -> Settings:
     return load_settings(
         {"redis_url": url(DBS["reconcile"]), "namespace": "bench", "concurrency": concurrency,
-         "log_level": "WARNING"},
+         "prefetch": prefetch, "log_level": "WARNING"},
         env={}, pyproject=False,
     )
 
@@ -27,9 +27,10 @@ def settings_for(concurrency: int = 10) -> Settings:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument("--prefetch", type=int, default=0, help="0: equal to concurrency")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    settings = settings_for(args.concurrency)
+    settings = settings_for(args.concurrency, args.prefetch)
     use_settings(settings)
     Worker(settings, [QueueSpec("default")]).run()
 

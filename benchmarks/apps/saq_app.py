@@ -19,7 +19,7 @@ async def lat(ctx: dict[str, Any], *, t0: float) -> None:
     probe.latency(t0)
 
 
-settings = {
+settings: dict[str, Any] = {
     "queue": Queue.from_url(url(DBS["saq"])),
     "functions": [noop, lat],
     "concurrency": CONCURRENCY,

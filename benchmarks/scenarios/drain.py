@@ -1,5 +1,7 @@
 """Drain: N no-op jobs already queued, then 1 or 2 worker processes start.
 
+N is ``Sizes.drain`` scaled by the system's ``drain_share`` (see ``System``).
+
 The figure is N / (last completion - first pickup), both taken inside the workers by
 :mod:`benchmarks.probe`, so worker start-up time is not counted.
 """
@@ -20,7 +22,7 @@ STALL_TIMEOUT = 30.0   # seconds without progress that fail the measurement
 
 
 def drain(system: System, ctx: Context, procs: int) -> float:
-    n = ctx.sizes.drain
+    n = max(100, int(ctx.sizes.drain * system.drain_share))
     system.flush()
     system.prefill(n)
     run = uuid.uuid4().hex
@@ -53,7 +55,7 @@ def drain(system: System, ctx: Context, procs: int) -> float:
 
 class Drain:
     name = "drain"
-    metrics = (DRAIN_1, DRAIN_2)
+    metrics: tuple[Metric, ...] = (DRAIN_1, DRAIN_2)
     implemented = True
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:

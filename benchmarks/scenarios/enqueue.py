@@ -12,7 +12,7 @@ WARMUP = 200
 
 class Enqueue:
     name = "enqueue"
-    metrics = (SINGLE, BULK)
+    metrics: tuple[Metric, ...] = (SINGLE, BULK)
     implemented = True
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:

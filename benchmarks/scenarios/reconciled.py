@@ -18,7 +18,7 @@ RECONCILED_DRAIN = Metric("reconciled_drain", "reconciled drain", "jobs/s", True
 
 class Reconciled:
     name = "reconciled"
-    metrics = (PASS, RECONCILED_DRAIN)
+    metrics: tuple[Metric, ...] = (PASS, RECONCILED_DRAIN)
     implemented = False
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:

@@ -17,6 +17,7 @@ CONCURRENT_ENQUEUES = 50  # prefill only: in-flight enqueue_job calls
 class Arq(System):
     name = "arq"
     package = "arq"
+    drain_share = 0.25
     no_bulk_reason = "no bulk API: enqueue_job() is one transaction per job"
     config = (f"run_worker(WorkerSettings) (= arq CLI with logging at WARNING): "
               f"max_jobs={MAX_JOBS}, poll_delay={POLL_DELAY}, keep_result=0")

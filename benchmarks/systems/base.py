@@ -24,6 +24,9 @@ class System(ABC):
     no_bulk_reason: str = ""
     runs_workers: bool = True          # False for raw redis-py (enqueue rows only)
     config: str = ""                   # worker configuration, for the report and docs
+    drain_share: float = 1.0
+    """Drain N = ``Sizes.drain * drain_share``: slow systems drain fewer jobs so each
+    drain still lasts seconds but a round stays short; fast ones more, for the same reason."""
 
     @property
     def db(self) -> int:

@@ -7,14 +7,15 @@ import time
 from ..common import tool
 from .base import System, timed_loop
 
-POOL = "prefork"
-CONCURRENCY = 2
-PREFETCH_MULTIPLIER = 64
+POOL = "threads"
+CONCURRENCY = 10
+PREFETCH_MULTIPLIER = 16
 
 
 class Celery(System):
     name = "celery"
     package = "celery"
+    drain_share = 0.25
     bulk_api = "kombu Producer.batch() + apply_async (pipelined LPUSH, 1000 per round trip)"
     config = (f"celery -A benchmarks.apps.celery_app worker -P {POOL} -c {CONCURRENCY} "
               "-l WARNING --without-gossip --without-mingle --without-heartbeat; "

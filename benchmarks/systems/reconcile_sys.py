@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from ..common import python
@@ -11,6 +12,7 @@ from .base import System, timed_loop
 class Reconcile(System):
     name = "reconcile"
     package = "reconcile"
+    drain_share = 2.0
     bulk_api = "perform_bulk"
     config = ("benchmarks.apps.reconcile_worker (= reconcile worker --app benchmarks.jobs "
               "-q default -c 10): 10 threads, prefetch 10, log level WARNING")
@@ -37,4 +39,5 @@ class Reconcile(System):
         self.jobs.Latency.perform_async(time.time())
 
     def worker_command(self) -> list[str]:
-        return [python(), "-m", "benchmarks.apps.reconcile_worker", "-c", "10"]
+        extra = os.environ.get("BENCH_RECONCILE_ARGS", "").split()  # for tuning experiments
+        return [python(), "-m", "benchmarks.apps.reconcile_worker", "-c", "10", *extra]

@@ -17,6 +17,7 @@ CONCURRENT_ENQUEUES = 50  # prefill only
 class Saq(System):
     name = "saq"
     package = "saq"
+    drain_share = 0.25
     no_bulk_reason = "no bulk API: Queue.map() gathers one enqueue per job (and waits for results)"
     config = (f"saq benchmarks.apps.saq_app.settings --quiet: concurrency={CONCURRENCY}; "
               f"jobs enqueued with ttl={TTL} (no result kept)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from ..reconciled import ReconciledJob
 
 log = logging.getLogger("reconcile.scheduler")
+
+KEEPALIVE_SECONDS = 10.0
 
 
 @dataclass
@@ -64,9 +67,13 @@ def run_pass(
     trigger: str = "manual",
     owner: str = "cli",
     settings: Settings | None = None,
+    keepalive: Callable[[], object] | None = None,
 ) -> PassResult:
     """Run one pass now and record it; never raises for a failing pending query
-    (the error is recorded and returned), so one bad class cannot stop a scheduler."""
+    (the error is recorded and returned), so one bad class cannot stop a scheduler.
+
+    ``keepalive`` is called between pages at most every 10 s: the scheduler uses it
+    to refresh its claim, so a long pass is not mistaken for an abandoned one."""
     from ..reconciled import switch_cache
     from ..store import pending as sql
     from ..store import quarantine, runs
@@ -79,12 +86,11 @@ def run_pass(
     started = time.monotonic()
     run_id = runs.start_run(engine, job=name, trigger=trigger, scheduler=owner)
     try:
-        cache = switch_cache(settings)
-        cache.invalidate()  # a pass decides with the current switch, not a cached one
-        if not cache.is_enabled(name):
+        # a pass decides with the current switch, not a cached one
+        if not switch_cache(settings).is_enabled(name, fresh=True):
             result.disabled = True
         else:
-            _scan(job_class, result, engine, sql, quarantine.keys(engine, name))
+            _scan(job_class, result, engine, sql, quarantine.keys(engine, name), keepalive)
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         log.exception("pass of %s failed", name)
@@ -100,7 +106,7 @@ def run_pass(
 
 def _scan(
     job_class: type[ReconciledJob], result: PassResult, engine: Any, sql: Any,
-    quarantined: set[tuple[Any, ...]],
+    quarantined: set[tuple[Any, ...]], keepalive: Callable[[], object] | None,
 ) -> None:
     stmt = job_class().pending()
     sql.key_columns(stmt)
@@ -108,7 +114,11 @@ def _scan(
     jitter = float(job_class.jitter)
     after: tuple[Any, ...] | None = None
     checked_types = False
+    kept = time.monotonic()
     while True:
+        if keepalive is not None and time.monotonic() - kept > KEEPALIVE_SECONDS:
+            keepalive()
+            kept = time.monotonic()
         rows = sql.page(engine, stmt, after, batch)
         if not rows:
             break

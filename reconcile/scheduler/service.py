@@ -111,6 +111,7 @@ class Scheduler:
         self._running: dict[str, Future[None]] = {}
         self._ensured = False
         self._switches_synced = -1e18
+        self._pruned = -1e18
 
     # -- pieces --------------------------------------------------------------------
 
@@ -164,6 +165,13 @@ class Scheduler:
         self.broker.mirror_switches(disabled)
         self._switches_synced = time.monotonic()
 
+    def prune(self) -> int:
+        """Delete ``reconcile_runs`` rows older than ``runs_keep_days`` (hourly)."""
+        from ..store import runs
+
+        self._pruned = time.monotonic()
+        return runs.prune_runs(self.engine, timedelta(days=self.settings.runs_keep_days))
+
     def claim(self) -> list[Any]:
         from ..store import schedules as store
 
@@ -185,8 +193,10 @@ class Scheduler:
                 cls.perform_async(*getattr(cls, "cron_args", ()))
                 log.info("cron tick: enqueued %s", cls.job_name)
             else:
-                self.results.append(run_pass(cls, trigger=trigger, owner=self.owner,  # type: ignore[arg-type]
-                                             settings=self.settings))
+                self.results.append(run_pass(
+                    cls, trigger=trigger, owner=self.owner, settings=self.settings,  # type: ignore[arg-type]
+                    keepalive=lambda: store.keep_running(self.engine, name, self.owner),
+                ))
         except Exception:
             log.exception("firing %s failed", name)
         finally:
@@ -224,6 +234,8 @@ class Scheduler:
                 lost = self.check_redis()
                 if lost or time.monotonic() - self._switches_synced > self.settings.switch_cache_seconds:
                     self.sync_switches()
+                if time.monotonic() - self._pruned > 3600:
+                    self.prune()
                 for c in self.claim():
                     trigger = "redis_loss" if lost else "tick"
                     self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)

@@ -48,6 +48,7 @@ def get_engine(settings: Settings | None = None) -> Engine:
             engine = sa.create_engine(
                 url,
                 pool_pre_ping=True,
+                connect_args={"connect_timeout": max(1, int(settings.database_connect_timeout))},
                 pool_size=pool_size(settings),
                 max_overflow=POOL_OVERFLOW,
             )
