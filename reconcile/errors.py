@@ -45,6 +45,11 @@ class NotConverged(ReconcileError):
     """
 
 
+class JobTimeout(ReconcileError):
+    """A job ran longer than its class's ``timeout``: the worker gave it up (and, for a
+    ReconciledJob, terminated its PostgreSQL backend so it cannot commit late)."""
+
+
 class BrokerError(ReconcileError):
     """Redis refused an operation (for example OOM under ``noeviction``)."""
 

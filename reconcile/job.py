@@ -83,8 +83,11 @@ class Job:
     """Exception types that discard the job at once, without retries. Default none."""
 
     timeout: ClassVar[float | None] = None
-    """Seconds after which a ReconciledJob's transaction is cancelled; informational for
-    plain jobs (Python cannot stop a thread). Default None."""
+    """Seconds after which the worker gives the job up: it fails with ``JobTimeout``
+    (retry rules apply) and a new thread takes its place. A ReconciledJob's PostgreSQL
+    backend is terminated, so it can never commit late; a plain job's code keeps running
+    in its orphaned thread (Python cannot stop a thread), its result ignored.
+    Default None (no limit)."""
 
     cron: ClassVar[str | None] = None
     """A cron expression (``"0 3 * * *"``) makes a plain job periodic: the scheduler

@@ -66,6 +66,8 @@ class ReconciledJob(Job):
     """Seconds over which one pass spreads its enqueues (uniformly). Default 0."""
 
     batch_size: ClassVar[int] = 1000
+
+    backend_pid: int | None = None  # set during execute when ``timeout`` is set
     """Keys per page of the pass and per Redis round trip. Default 1000."""
 
     def pending(self) -> Select[Any]:
@@ -155,6 +157,7 @@ class ReconciledJob(Job):
         with Session(get_engine(settings), expire_on_commit=False) as session, session.begin():
             if self.timeout:
                 sql.set_local_timeouts(session, float(self.timeout))
+                self.backend_pid = sql.backend_pid(session)  # the watchdog's kill switch
             if not sql.try_key_lock(session, name, args):
                 return "lock_busy"  # leaving the block commits an empty transaction
             if not self.is_pending(session, *args):

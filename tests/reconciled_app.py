@@ -102,3 +102,24 @@ class NewestItems(ReconciledJob):
 
     def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
         session.execute(items.update().where(items.c.id == item_id).values(done=True))
+
+
+class HangingItem(ReconciledJob):
+    """Hangs inside its transaction while ``release`` is unset (scenario: a job that hangs)."""
+
+    every = 3600
+    queue = "hang"
+    timeout = 1.0
+    release = threading.Event()
+    finished = threading.Event()
+
+    def pending(self) -> Select[Any]:
+        return sa.select(items.c.id).where(items.c.done.is_(False))
+
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
+        session.execute(effects.insert().values(item_id=item_id))
+        try:
+            HangingItem.release.wait(30)
+            session.execute(items.update().where(items.c.id == item_id).values(done=True))
+        finally:
+            HangingItem.finished.set()

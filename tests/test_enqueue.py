@@ -6,12 +6,13 @@ import datetime as dt
 import math
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
-from reconcile import ArgumentError, Job, PayloadTooLarge
+from reconcile import ArgumentError, Job, PayloadTooLarge, client_middleware
 from reconcile.broker import Broker
 
 
@@ -183,3 +184,58 @@ def test_jids_are_distinct_24_hex(broker: Broker) -> None:
     jids = Mail.perform_bulk([1] for _ in range(1000))
     assert len(set(jids)) == 1000
     assert all(j is not None and re.fullmatch(r"[0-9a-f]{24}", j) for j in jids)
+
+
+class Locked(Job):
+    unique_for = 30
+    unique_until = "start"
+
+    def perform(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "enqueue",
+    [
+        lambda: Mail.perform_bulk([[1], [2, "x"], [3, {"a": [1.5, None, True]}]]),
+        lambda: Mail.perform_in(60, 7, "é\u2028"),
+        lambda: Mail.set(queue="other", retry=4).perform_async(-(2**63), "z"),
+        lambda: Urgent.perform_async(2**64 - 1),
+        lambda: Locked.perform_bulk([[1], [1, 2]]),
+        lambda: Locked.set(wait=5, unique_until="success").perform_async([]),
+    ],
+    ids=["bulk", "perform_in", "set", "class-options", "unique", "unique-scheduled"],
+)
+def test_fast_path_writes_the_same_bytes_as_the_dict_path(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, enqueue: Callable[[], Any]
+) -> None:
+    """Without client middleware, payload bytes are assembled from pre-encoded parts;
+    with middleware they are ``orjson.dumps`` of a dict. Both must be identical."""
+    import reconcile.client
+
+    monkeypatch.setattr(reconcile.client.time, "time", lambda: 1_700_000_000.25)
+
+    def everything() -> list[bytes]:
+        out = []
+        for q in broker.queue_names():
+            out += broker.queue_entries(q, 1000)
+        out += [m for m, _ in broker.set_entries("scheduled", 0, -1)]
+        return out
+
+    def without_jids(raws: list[bytes]) -> list[bytes]:
+        return sorted(re.sub(rb'"jid":"[0-9a-f]{24}"', b'"jid":""', r) for r in raws)
+
+    enqueue()
+    fast = everything()
+    broker.flush_namespace()
+
+    def passthrough(job_class: Any, payload: dict[str, Any], call_next: Any) -> Any:
+        return call_next(payload)
+
+    client_middleware.add(passthrough)
+    try:
+        enqueue()
+    finally:
+        client_middleware.remove(passthrough)
+    slow = everything()
+    assert fast and without_jids(fast) == without_jids(slow)

@@ -231,3 +231,28 @@ def test_flush_in_the_middle_of_ten_thousand_keys_loses_nothing(
     assert lost == 0
     assert duplicates == 0
     assert any("epoch" in i for i in scheduler.incidents[1:]), "the flush was detected"
+
+
+def test_a_hanging_job_is_given_up_and_cannot_commit_late(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    from tests.reconciled_app import HangingItem
+
+    seed(engine, 1)
+    HangingItem.release.clear()
+    HangingItem.finished.clear()
+    HangingItem.perform_async(1)
+    worker = Worker(pg_settings.with_overrides(concurrency=2), [QueueSpec("hang")])
+    worker.start()
+    try:
+        given_up = wait_for(lambda: broker.set_sizes()["retry"] == 1, 10, "the timeout to fire")
+        HangingItem.release.set()  # the orphaned thread wakes and tries to finish
+        assert HangingItem.finished.wait(10)
+    finally:
+        worker.stop(2)
+    (raw, _), = broker.set_entries("retry")
+    assert b'"error_class":"reconcile.errors.JobTimeout"' in raw
+    assert effect_counts(engine) == {}, "the late transaction was terminated, nothing committed"
+    assert pending_count(engine) == 1
+    print(f"\nhanging job given up {given_up:.2f}s after the worker started (timeout 1.0 s); "
+          "late commit prevented")

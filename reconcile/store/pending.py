@@ -91,3 +91,15 @@ def set_local_timeouts(bind: Session | Connection, seconds: float) -> None:
     ms = max(1, int(seconds * 1000))
     bind.execute(sa.text(f"SET LOCAL statement_timeout = {ms}"))
     bind.execute(sa.text(f"SET LOCAL idle_in_transaction_session_timeout = {ms}"))
+
+
+def backend_pid(session: Session) -> int:
+    """PostgreSQL backend pid of the session's connection (no round trip)."""
+    driver = session.connection().connection.driver_connection
+    return int(driver.info.backend_pid)  # type: ignore[union-attr]
+
+
+def terminate_backend(engine: Engine, pid: int) -> bool:
+    """End backend ``pid`` (its open transaction is rolled back, it cannot commit)."""
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar())

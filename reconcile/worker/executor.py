@@ -26,12 +26,13 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import middleware, registry
 from ..broker import Delivery, SettleOp
 from ..config import Settings
-from ..errors import PayloadError, UnknownJobClass
+from ..errors import JobTimeout, PayloadError, UnknownJobClass
 from ..payload import decode, dumps
 from .retry import decide, error_name, run_death_hooks
 
@@ -48,6 +49,16 @@ HOLD_DELAY = 30.0
 """Seconds before a held job (its plain Job class is disabled) is looked at again."""
 
 _arity_cache: dict[type, tuple[int, int | None]] = {}
+
+
+class Active(NamedTuple):
+    """A delivery running under a timeout."""
+
+    delivery: Delivery
+    cls: type[Job]
+    job: Job
+    payload: dict[str, Any]
+    deadline: float
 
 
 class HeldJobs:
@@ -104,6 +115,8 @@ class Executor:
         self.settings = settings
         self.broker = broker
         self.held = HeldJobs(broker, settings.switch_cache_seconds)
+        self.active: dict[bytes, Active] = {}  # deliveries running under a timeout
+        self.abandoned: set[bytes] = set()  # given up by the watchdog; their result is void
         self.counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
@@ -170,6 +183,17 @@ class Executor:
             nonlocal outcome
             outcome = job.execute(args)
 
+        if cls.timeout:
+            self.active[d.field] = Active(d, cls, job, payload, time.monotonic() + float(cls.timeout))
+        try:
+            return self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
+        finally:
+            self.active.pop(d.field, None)
+
+    def _execute(
+        self, d: Delivery, cls: type[Job], job: Job, payload: dict[str, Any],
+        perform: Callable[[], None], lock: str, outcome_of: Callable[[], str],
+    ) -> SettleOp:
         try:
             chain = middleware.server_middleware.items
             if chain:
@@ -178,6 +202,7 @@ class Executor:
                 perform()
         except (Exception, SystemExit) as exc:  # sys.exit() in a job must not end the thread
             return self._failed(d, cls, job, payload, exc)
+        outcome = outcome_of()
         if outcome == "done":
             return SettleOp("A", d.field, lock)
         self.count(outcome)
@@ -185,6 +210,28 @@ class Executor:
             at = time.time() + random.uniform(*LOCK_BUSY_DELAY)
             return SettleOp("S", d.field, repr(at), dumps(payload))
         return SettleOp("X", d.field, lock)
+
+    def expired(self, now: float) -> list[Active]:
+        """Running deliveries past their deadline (the worker's watchdog gives them up)."""
+        return [a for a in list(self.active.values()) if now >= a.deadline]
+
+    def give_up(self, a: Active) -> SettleOp:
+        """Abandon a delivery that exceeded its class's timeout: its eventual result is
+        ignored, a ReconciledJob's backend is terminated (no late commit), and the job
+        fails with :class:`JobTimeout` under the normal retry rules."""
+        self.abandoned.add(a.delivery.field)
+        self.active.pop(a.delivery.field, None)
+        pid = getattr(a.job, "backend_pid", None)
+        if pid:
+            from ..store.engine import get_engine
+            from ..store.pending import terminate_backend
+
+            try:
+                terminate_backend(get_engine(self.settings), pid)
+            except Exception:
+                log.exception("could not terminate backend %s of a timed-out job", pid)
+        exc = JobTimeout(f"{a.cls.job_name} exceeded its timeout of {a.cls.timeout} s")
+        return self._failed(a.delivery, a.cls, a.job, a.payload, exc)
 
     def _failed(
         self, d: Delivery, cls: type[Job], job: Job | None, payload: dict[str, Any],

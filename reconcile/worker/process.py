@@ -127,6 +127,7 @@ class Worker:
             ("reconcile-fetcher", self._fetch_loop),
             ("reconcile-heartbeat", self._heartbeat_loop),
             ("reconcile-maintenance", lambda: self.maintenance.run(self._stopping)),
+            ("reconcile-watchdog", self._watchdog_loop),
         ]
         spawn += [(f"reconcile-exec-{i}", self._exec_loop) for i in range(self.concurrency)]
         for name, target in spawn:
@@ -280,6 +281,10 @@ class Worker:
                 d = self._buffer.popleft()
                 self._running[d.field] = d
             op = self.executor.run(d)
+            if d.field in self.executor.abandoned:
+                # the watchdog settled this delivery and started a replacement thread
+                self.executor.abandoned.discard(d.field)
+                return
             self.settlements.add(op)
             if self._idle or self._quiet.is_set():
                 # no fetch will carry this ack (idle, or quiet: the fetcher has exited).
@@ -290,6 +295,23 @@ class Worker:
                 del self._running[d.field]
                 self._outstanding -= 1
                 self._cond.notify_all()
+
+    def _watchdog_loop(self) -> None:
+        """Give up jobs that exceed their class's ``timeout`` (checked 4 times a second)."""
+        while not self._stopping.wait(0.25):
+            for a in self.executor.expired(time.monotonic()):
+                op = self.executor.give_up(a)
+                log.error("%s jid=%s exceeded its timeout of %s s: given up (%s)",
+                          a.cls.job_name, a.payload.get("jid"), a.cls.timeout, op.code)
+                self._settle([op])
+                with self._cond:
+                    self._running.pop(a.delivery.field, None)
+                    self._outstanding -= 1
+                    self._cond.notify_all()
+                # the stuck thread cannot be stopped; a new one keeps the concurrency
+                t = threading.Thread(target=self._exec_loop, name="reconcile-exec-r", daemon=True)
+                t.start()
+                self._threads.append(t)
 
     def _heartbeat_loop(self) -> None:
         interval = self.settings.lease_seconds / 4
