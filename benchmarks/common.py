@@ -64,7 +64,7 @@ class Sizes:
 
 
 QUICK = Sizes(single=500, bulk=5_000, drain=3_000, latency=30)
-FULL = Sizes(single=5_000, bulk=50_000, drain=30_000, latency=150)
+FULL = Sizes(single=10_000, bulk=50_000, drain=30_000, latency=150)
 
 
 class Workers:

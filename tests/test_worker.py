@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 
@@ -187,3 +188,33 @@ def test_a_job_that_cannot_be_built_or_exits_is_a_failure(settings: Settings, br
         assert all(t.is_alive() for t in worker._threads[3:]), "executor threads alive"
     errors = sorted(orjson.loads(m)["error_class"] for m, _ in broker.set_entries("dead"))
     assert errors == ["RuntimeError", "SystemExit"]
+
+
+def test_maintenance_backs_off_while_redis_is_down(settings: Settings, broker: Broker) -> None:
+    """A failing promotion is retried about once a second, not in a tight loop."""
+    import redis
+
+    from reconcile.scheduler.poller import Maintenance
+
+    calls: list[float] = []
+
+    class DownBroker:
+        def promote(self, limit: int = 1000, now: float | None = None) -> Any:
+            calls.append(time.monotonic())
+            raise redis.ConnectionError("down")
+
+        def reap(self, now: float | None = None) -> Any:
+            raise redis.ConnectionError("down")
+
+    stop = threading.Event()
+    maintenance = Maintenance(settings, DownBroker())  # type: ignore[arg-type]
+    thread = threading.Thread(target=maintenance.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(calls) >= 2, timeout=10, what="two attempts")
+    finally:
+        stop.set()
+        thread.join(5)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    print(f"\npromotion retries while Redis is down: gaps {[round(g, 2) for g in gaps]} s")
+    assert gaps and min(gaps) >= 0.9, gaps

@@ -23,6 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,35 +116,49 @@ def _scan(
     after: tuple[Any, ...] | None = None
     checked_types = False
     kept = time.monotonic()
-    while True:
-        if keepalive is not None and time.monotonic() - kept > KEEPALIVE_SECONDS:
-            keepalive()
-            kept = time.monotonic()
-        rows = sql.page(engine, stmt, after, batch)
-        if not rows:
-            break
-        after = rows[-1]
-        result.found += len(rows)
-        if not checked_types:
-            # Key values become JSON args: a UUID or datetime key would not survive.
-            try:
-                check_args(list(rows[0]), result.job)
-            except ArgumentError as exc:
-                raise ArgumentError(
-                    f"{exc}; pending() must select JSON-native key columns "
-                    "(cast UUIDs and timestamps to text)"
-                ) from None
-            checked_types = True
-        keys = [r for r in rows if r not in quarantined] if quarantined else rows
-        result.quarantined += len(rows) - len(keys)
-        if keys:
-            ats = None
-            if jitter > 0:
-                now = time.time()
-                ats = [now + random.uniform(0.0, jitter) for _ in keys]
-            jids = enqueue(job_class, keys, ats=ats)
-            pushed = sum(1 for j in jids if j is not None)
-            result.enqueued += pushed
-            result.already_queued += len(jids) - pushed
-        if len(rows) < batch:
-            break
+    # Reading page k+1 from PostgreSQL overlaps with enqueuing page k into Redis (one
+    # pusher thread; psycopg and redis-py release the GIL while they wait).
+    with ThreadPoolExecutor(1, thread_name_prefix="reconcile-pass-push") as pusher:
+        pushing: Future[None] | None = None
+        while True:
+            if keepalive is not None and time.monotonic() - kept > KEEPALIVE_SECONDS:
+                keepalive()
+                kept = time.monotonic()
+            rows = sql.page(engine, stmt, after, batch)
+            if not rows:
+                break
+            after = rows[-1]
+            result.found += len(rows)
+            if not checked_types:
+                # Key values become JSON args: a UUID or datetime key would not survive.
+                try:
+                    check_args(list(rows[0]), result.job)
+                except ArgumentError as exc:
+                    raise ArgumentError(
+                        f"{exc}; pending() must select JSON-native key columns "
+                        "(cast UUIDs and timestamps to text)"
+                    ) from None
+                checked_types = True
+            keys = [r for r in rows if r not in quarantined] if quarantined else rows
+            result.quarantined += len(rows) - len(keys)
+            if pushing is not None:
+                pushing.result()  # at most one page in flight; re-raises its error
+                pushing = None
+            if keys:
+                pushing = pusher.submit(_push, job_class, keys, jitter, result)
+            if len(rows) < batch:
+                break
+        if pushing is not None:
+            pushing.result()
+
+
+def _push(job_class: type[ReconciledJob], keys: list[tuple[Any, ...]], jitter: float,
+          result: PassResult) -> None:
+    ats = None
+    if jitter > 0:
+        now = time.time()
+        ats = [now + random.uniform(0.0, jitter) for _ in keys]
+    jids = enqueue(job_class, keys, ats=ats)
+    pushed = sum(1 for j in jids if j is not None)
+    result.enqueued += pushed
+    result.already_queued += len(jids) - pushed

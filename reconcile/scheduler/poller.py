@@ -107,6 +107,7 @@ class Maintenance:
                     next_reap = now + (s.lease_seconds / 4) * random.uniform(0.5, 1.5)
             except redis.RedisError as exc:
                 log.warning("maintenance round failed (%s); retrying", exc)
-                next_promote = min(next_promote, now + 1.0)
-                next_reap = min(next_reap, now + 1.0)
+                # the failed step is due (in the past): try it again in a second, not at once
+                next_promote = max(next_promote, now + 1.0)
+                next_reap = max(next_reap, now + 1.0)
             stop.wait(max(0.01, min(next_promote, next_reap) - time.monotonic()))

@@ -117,6 +117,7 @@ class Executor:
         self.held = HeldJobs(broker, settings.switch_cache_seconds)
         self.active: dict[bytes, Active] = {}  # deliveries running under a timeout
         self.abandoned: set[bytes] = set()  # given up by the watchdog; their result is void
+        self._claim = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
@@ -188,7 +189,8 @@ class Executor:
         try:
             return self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
         finally:
-            self.active.pop(d.field, None)
+            with self._claim:  # the watchdog and this thread agree on who settles
+                self.active.pop(d.field, None)
 
     def _execute(
         self, d: Delivery, cls: type[Job], job: Job, payload: dict[str, Any],
@@ -215,12 +217,15 @@ class Executor:
         """Running deliveries past their deadline (the worker's watchdog gives them up)."""
         return [a for a in list(self.active.values()) if now >= a.deadline]
 
-    def give_up(self, a: Active) -> SettleOp:
+    def give_up(self, a: Active) -> SettleOp | None:
         """Abandon a delivery that exceeded its class's timeout: its eventual result is
         ignored, a ReconciledJob's backend is terminated (no late commit), and the job
-        fails with :class:`JobTimeout` under the normal retry rules."""
-        self.abandoned.add(a.delivery.field)
-        self.active.pop(a.delivery.field, None)
+        fails with :class:`JobTimeout` under the normal retry rules. None if the job
+        finished in the meantime (its own thread settles it)."""
+        with self._claim:
+            if self.active.pop(a.delivery.field, None) is None:
+                return None
+            self.abandoned.add(a.delivery.field)
         pid = getattr(a.job, "backend_pid", None)
         if pid:
             from ..store.engine import get_engine

@@ -301,6 +301,8 @@ class Worker:
         while not self._stopping.wait(0.25):
             for a in self.executor.expired(time.monotonic()):
                 op = self.executor.give_up(a)
+                if op is None:
+                    continue
                 log.error("%s jid=%s exceeded its timeout of %s s: given up (%s)",
                           a.cls.job_name, a.payload.get("jid"), a.cls.timeout, op.code)
                 self._settle([op])
