@@ -4,7 +4,9 @@ jobs, composite keys, ``is_pending`` overrides, and the CLI commands behind them
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -138,7 +140,7 @@ def test_cron_plain_job_fires_once_per_tick_across_schedulers(
         assert s.run_once() == [], "not due before 03:00 Paris time"
     name = "cron:" + Nightly.job_name
     (row,) = [r for r in schedules.list_schedules(engine) if r.name == name]
-    local = row.next_run_at.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris"))
+    local = row.next_run_at.astimezone(ZoneInfo("Europe/Paris"))
     assert (local.hour, local.minute) == (3, 0)
     schedules.trigger_now(engine, [name])
     fired = [s.run_once() for s in schedulers]
@@ -165,3 +167,23 @@ def test_run_and_flush_commands(pg_settings: Settings, engine: sa.Engine, broker
     assert broker.queue_entries("plain") == []
     # every ReconciledJob of the app was re-derived: ProcessItem, ForgetfulItem, NewestItems
     assert len(broker.queue_entries("items", 1000)) == 100 + 100 + 5
+
+
+def test_plain_job_worker_opens_no_database_connection(settings: Settings, broker: Broker) -> None:
+    from reconcile.store import engine as engines
+    from reconcile.worker import QueueSpec, Worker
+    from tests.jobs_plain_cron import ran
+
+    nowhere = settings.with_overrides(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    ran.clear()
+    Mailer.perform_async("x@example.com")
+    worker = Worker(nowhere, [QueueSpec("plain")], broker=broker)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop(1)
+    assert ran == ["x@example.com"]
+    assert nowhere.database_url not in engines._engines, "no engine was even created"

@@ -218,3 +218,34 @@ def test_maintenance_backs_off_while_redis_is_down(settings: Settings, broker: B
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     print(f"\npromotion retries while Redis is down: gaps {[round(g, 2) for g in gaps]} s")
     assert gaps and min(gaps) >= 0.9, gaps
+
+
+def test_settlement_applies_only_while_the_lease_is_held(settings: Settings, broker: Broker) -> None:
+    """A late settlement (the job was requeued by a reaper or at shutdown) or one re-sent
+    after a lost reply adds no second copy of the job and counts nothing twice."""
+    from reconcile.broker import SettleOp
+
+    Record.perform_bulk([["a"], ["b"], ["c"]])
+    queue = broker.keys.queue("default")
+    d1, d2, d3 = broker.exchange("p1", ["default"], 3)
+    broker.release("p1")  # as a reaper would after the lease expired: all three requeued
+    assert broker.redis.llen(queue) == 3
+    broker.settle("p1", [
+        SettleOp("R", d1.field, repr(time.time() + 100), d1.raw, ""),
+        SettleOp("D", d2.field, d2.raw, ""),
+        SettleOp("Q", d3.field, "default", d3.raw),
+    ])
+    assert broker.set_sizes() == {"scheduled": 0, "retry": 0, "dead": 0}
+    assert broker.redis.llen(queue) == 3, "no second copy"
+    assert broker.counters()["failed"] == 0
+
+    (d,) = broker.exchange("p2", ["default"], 1)
+    ack = SettleOp("A", d.field, "")
+    broker.settle("p2", [ack])
+    broker.settle("p2", [ack])  # re-sent after a lost reply
+    assert broker.counters()["processed"] == 1
+    push_back = broker.exchange("p2", ["default"], 1)[0]
+    op = SettleOp("Q", push_back.field, "default", push_back.raw)
+    broker.settle("p2", [op])
+    broker.settle("p2", [op])
+    assert broker.redis.llen(queue) == 2, "pushed back once"

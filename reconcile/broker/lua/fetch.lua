@@ -22,6 +22,8 @@
 --   S field at payload      re-schedule (lock busy elsewhere; not a failure)
 --   D field payload lock    dead with the updated payload
 --   Q field queue payload   push back to the head of <queue> (shutdown)
+--   An op whose lease field is no longer held (requeued by a reaper or by release.lua,
+--   or already applied) is skipped.
 -- ARGV[8+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
 -- Returns  flat array: field1, payload1, field2, payload2, ...
 local p = KEYS[1]
@@ -42,10 +44,16 @@ local i = 8
 for _ = 1, k do
   local code, field, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
+  -- An op applies only while its lease is still held: once a reaper or release.lua
+  -- has requeued the job, a late settlement must not add a second copy (R, D, S, Q),
+  -- and an op re-sent after a lost reply must not apply twice.
+  local held = true
   if field ~= '' then
-    redis.call('HDEL', lease, field)
+    held = redis.call('HDEL', lease, field) == 1
   end
-  if code == 'A' or code == 'X' then
+  if not held then
+    -- skipped
+  elseif code == 'A' or code == 'X' then
     if code == 'A' then processed = processed + 1 end
     if a ~= '' then redis.call('DEL', p .. ':unique:' .. a) end
   elseif code == 'R' then
