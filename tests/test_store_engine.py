@@ -31,10 +31,9 @@ def test_the_engine_follows_the_urls_search_path(pg_settings: Settings, pg_schem
         assert conn.execute(sa.text("SELECT current_schema()")).scalar() == pg_schema
 
 
-def test_the_pool_is_pre_pinged_and_sized_for_the_worker_threads(pg_settings: Settings) -> None:
+def test_the_pool_is_sized_for_the_worker_threads(pg_settings: Settings) -> None:
     engine = get_engine(pg_settings.with_overrides(concurrency=20))
 
-    assert engine.pool._pre_ping is True
     assert isinstance(engine.pool, sa.QueuePool)
     assert engine.pool.size() == pool_size(pg_settings.with_overrides(concurrency=20)) == 22
     assert pool_size(pg_settings.with_overrides(concurrency=1)) == 5
@@ -46,3 +45,37 @@ def test_dispose_forgets_the_engines(pg_settings: Settings) -> None:
     dispose_engines()
 
     assert get_engine(pg_settings) is not engine
+
+
+def test_a_connection_killed_while_idle_in_the_pool_is_replaced(
+    pg_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconcile.store import engine as engines
+
+    engine = get_engine(pg_settings)
+    with engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    with sa.create_engine(pg_settings.database_url).connect() as admin:
+        admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE", 0.0)  # as if it had been idle a while
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
+
+
+def test_a_connection_reused_at_once_is_not_pinged(
+    pg_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The busy path skips the ping: a connection killed moments ago surfaces as an
+    error on its next use (a job failure, retried), and the pool then replaces it."""
+    from reconcile.store import engine as engines
+
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE", 3600.0)
+    engine = get_engine(pg_settings)
+    with engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    with sa.create_engine(pg_settings.database_url).connect() as admin:
+        admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(sa.exc.OperationalError), engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid

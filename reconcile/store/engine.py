@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -32,10 +34,12 @@ def pool_size(settings: Settings) -> int:
 def get_engine(settings: Settings | None = None) -> Engine:
     """The engine for ``settings.database_url`` (default: the process settings).
 
-    Created on first use with ``pool_pre_ping=True`` (a connection dropped by a
-    PostgreSQL restart or a proxy is replaced, not handed out) and the pool size of
-    :func:`pool_size`; later calls with the same URL return the same engine, whatever
-    their other settings.
+    Created on first use with the pool size of :func:`pool_size` and a *lazy* pre-ping:
+    a connection that sat idle in the pool for more than ``PING_AFTER_IDLE`` seconds is
+    pinged at checkout (one dropped by a PostgreSQL restart or a proxy is replaced, not
+    handed out), while one returned moments ago under load is handed out at once. That
+    saves a round trip per job on the busy path that ``pool_pre_ping=True`` would spend.
+    Later calls with the same URL return the same engine, whatever their other settings.
     """
     settings = settings or get_settings()
     url = settings.database_url
@@ -47,13 +51,35 @@ def get_engine(settings: Settings | None = None) -> Engine:
         if engine is None:
             engine = sa.create_engine(
                 url,
-                pool_pre_ping=True,
                 connect_args={"connect_timeout": max(1, int(settings.database_connect_timeout))},
                 pool_size=pool_size(settings),
                 max_overflow=POOL_OVERFLOW,
             )
+            sa.event.listen(engine, "checkin", _on_checkin)
+            sa.event.listen(engine, "checkout", _on_checkout)
             _engines[url] = engine
         return engine
+
+
+PING_AFTER_IDLE = 1.0
+"""Seconds of idleness in the pool after which a connection is pinged at checkout."""
+
+
+def _on_checkin(dbapi_conn: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+    since = record.info.get("idle_since")
+    if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+        return
+    try:
+        # psycopg 3: a protocol-level sync round trip, no transaction opened
+        dbapi_conn.execute("SELECT 1")
+        dbapi_conn.rollback()
+    except Exception as exc:
+        # the pool discards this connection and checks out (or opens) another
+        raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def dispose_engines() -> None:
