@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .config import Settings, load_settings, use_settings
+from .config import Settings, get_settings, load_settings, use_settings
 from .errors import ConfigError, ReconcileError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,6 +59,12 @@ def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise click.UsageError(f"--app {module}: cannot import it ({exc})") from None
+    current = get_settings()
+    if current is not settings:
+        # the app called reconcile.configure() at import: its values apply, but the
+        # command line still wins over them
+        settings = current.with_overrides(**overrides)
+        use_settings(settings)
     return settings
 
 
@@ -178,6 +184,13 @@ def _reconciled_class(name: str) -> Any:
     return _job_class(name, reconciled_only=True)
 
 
+def _job_name(name: str | None, apps: tuple[str, ...]) -> str | None:
+    """``--job`` as given, or resolved to the full registry name when ``--app`` is given."""
+    if name is None or not apps:
+        return name
+    return str(_job_class(name, reconciled_only=False).job_name)
+
+
 @main.command()
 @common_options
 def scheduler(apps: tuple[str, ...], **flags: Any) -> None:
@@ -219,6 +232,9 @@ def flush(apps: tuple[str, ...], yes: bool, **flags: Any) -> None:
     sched = Scheduler(settings)
     deleted = get_broker(settings).flush_namespace()
     click.echo(f"deleted {deleted} Redis keys of namespace {settings.namespace!r}")
+    # Every pass schedule in PostgreSQL is made due (running schedulers take those this
+    # command does not know); then this command runs the ones it can claim itself.
+    sched.check_redis()
     sched.run_once(trigger="flush")
     for r in sched.results:
         click.echo("pass " + r.summary())
@@ -241,7 +257,7 @@ def quarantine_list(apps: tuple[str, ...], job: str | None, **flags: Any) -> Non
     from .store.engine import get_engine
 
     settings = setup(apps, **flags)
-    entries = q.list_entries(get_engine(settings), job)
+    entries = q.list_entries(get_engine(settings), _job_name(job, apps))
     for e in entries:
         click.echo(f"{e.job} {json.dumps(list(e.key))} {e.quarantined_at:%Y-%m-%d %H:%M:%S} "
                    f"{e.error_class}: {e.error_message}")
@@ -262,6 +278,7 @@ def quarantine_release(
 
     settings = setup(apps, **flags)
     engine = get_engine(settings)
+    job = _job_name(job, apps)
     if release_all:
         n = q.release_all(engine, job)
     else:
@@ -303,7 +320,11 @@ def _switch(apps: tuple[str, ...], job: str, enabled: bool, reason: str, flags: 
 @click.argument("job")
 @click.option("--reason", required=True, help="Why (recorded in reconcile_switches).")
 def disable(apps: tuple[str, ...], job: str, reason: str, **flags: Any) -> None:
-    """Kill switch: stop enqueuing and running JOB (durable, in PostgreSQL)."""
+    """Kill switch for JOB (durable, in PostgreSQL).
+
+    A ReconciledJob's enqueues are rejected, its passes skip it and its queued jobs are
+    dropped (the next pass after enabling re-derives them). A plain Job still enqueues,
+    but workers hold its jobs (re-scheduled every 30 s) until it is enabled."""
     _switch(apps, job, False, reason, flags)
 
 
@@ -312,7 +333,8 @@ def disable(apps: tuple[str, ...], job: str, reason: str, **flags: Any) -> None:
 @click.argument("job")
 @click.option("--reason", default="", help="Why (recorded in reconcile_switches).")
 def enable(apps: tuple[str, ...], job: str, reason: str, **flags: Any) -> None:
-    """Re-enable JOB; its next pass re-derives everything that was dropped."""
+    """Re-enable JOB: held plain jobs run again, a ReconciledJob's next pass re-derives
+    what was dropped."""
     _switch(apps, job, True, reason, flags)
 
 
@@ -326,7 +348,7 @@ def runs(apps: tuple[str, ...], job: str | None, limit: int, **flags: Any) -> No
     from .store.engine import get_engine
 
     settings = setup(apps, **flags)
-    for r in store_runs.recent_runs(get_engine(settings), job=job, limit=limit):
+    for r in store_runs.recent_runs(get_engine(settings), job=_job_name(job, apps), limit=limit):
         click.echo(
             f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.job} {r.trigger}: found {r.found} enqueued "
             f"{r.enqueued} already {r.already_queued} quarantined {r.quarantined} "

@@ -37,8 +37,10 @@ class Settings:
 
     database_url: str = "postgresql+psycopg://localhost:5432/postgres"
     """PostgreSQL (SQLAlchemy URL, psycopg 3 driver) holding the truth.
-    Default ``postgresql+psycopg://localhost:5432/postgres``. Only ReconciledJobs,
-    the scheduler and ``reconcile db`` connect to it."""
+    Default ``postgresql+psycopg://localhost:5432/postgres``. ReconciledJobs (enqueue
+    reads their kill switch, workers run them), the scheduler and the ``db``, ``run``,
+    ``flush``, ``runs``, ``quarantine``, ``disable`` and ``enable`` commands connect to
+    it; a worker running only plain Jobs never does."""
 
     namespace: str = "reconcile"
     """Prefix of every Redis key, used as the hash tag ``{namespace}``. Default ``reconcile``."""
@@ -56,8 +58,8 @@ class Settings:
 
     lease_seconds: float = 20.0
     """How long a worker's leases live without a heartbeat. A SIGKILLed worker's jobs
-    return to their queues within ``lease_seconds`` plus one reaper interval
-    (at most ``lease_seconds / 2``), so within 30 s by default. Default 20."""
+    return to their queues within ``lease_seconds`` plus one reaper interval (at most
+    ``3/8 * lease_seconds``), so within 27.5 s by default. Default 20."""
 
     poll_interval: float = 5.0
     """Average seconds between promotions of the scheduled and retry sets in each

@@ -1,9 +1,9 @@
 """One exception tree for reconcile.
 
-Errors a user should handle derive from :class:`ReconcileError`. Control-flow
-signals that the framework raises and catches itself (never an error for the
-user) live apart, under :class:`ControlFlow`, so that ``except ReconcileError``
-in application code never swallows them.
+Every error reconcile raises on purpose derives from :class:`ReconcileError`. The
+engine has no control-flow exceptions: outcomes such as "already done" or "lock busy"
+are return values, so ``except ReconcileError`` in application code never swallows
+engine signalling.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ class JobTimeout(ReconcileError):
     ReconciledJob, terminated its PostgreSQL backend so it cannot commit late)."""
 
 
+class WorkerCrashed(ReconcileError):
+    """Recorded for a job recovered from crashed workers more than ``max_recoveries`` times."""
+
+
+class PendingQueryError(ReconcileError):
+    """A ReconciledJob's ``pending()`` did not return a usable SELECT."""
+
+
 class BrokerError(ReconcileError):
     """Redis refused an operation (for example OOM under ``noeviction``)."""
-
-
-class ControlFlow(BaseException):
-    """Signals used inside the worker; never seen by application code."""
-
-
-class Shutdown(ControlFlow):
-    """Raised in the fetch loop when the process is stopping."""

@@ -33,7 +33,7 @@ from sqlalchemy.sql import Select
 
 from .client import unique_digest
 from .config import Settings, get_settings
-from .errors import NotConverged
+from .errors import ConfigError, NotConverged
 from .job import Job
 
 if TYPE_CHECKING:
@@ -96,6 +96,12 @@ class ReconciledJob(Job):
             return
         if isinstance(cls.every, timedelta):
             cls.every = cls.every.total_seconds()
+        from .scheduler.cron import parse_schedule
+
+        try:  # fail at import, naming the class, not later in the scheduler
+            parse_schedule(every=cls.every, cron=cls.cron, tz=cls.tz if cls.cron else None)
+        except ConfigError as exc:
+            raise ConfigError(f"{cls.__module__}.{cls.__qualname__}: {exc}") from None
         if "unique_for" not in cls.__dict__ and cls.unique_for is None:
             cls.unique_for = cls.default_unique_for()
 

@@ -249,3 +249,22 @@ def test_settlement_applies_only_while_the_lease_is_held(settings: Settings, bro
     broker.settle("p2", [op])
     broker.settle("p2", [op])
     assert broker.redis.llen(queue) == 2, "pushed back once"
+
+
+def test_jobs_leased_by_a_lost_fetch_reply_come_back(settings: Settings, broker: Broker) -> None:
+    """A fetch whose reply never reached the worker leaves jobs in its lease hash; the
+    live worker's heartbeat keeps that lease alive, so its own sweep must return them."""
+    jids = Record.set(queue="side").perform_bulk([f"o{i}"] for i in range(3))
+    side = broker.keys.queue("side")
+    with running_worker(settings, concurrency=2) as worker:  # works "default" only
+        # the reply is "lost": the jobs are leased to the worker, which never saw them
+        assert len(broker.exchange(worker.proc_id, ["side"], 3)) == 3
+        t0 = time.monotonic()
+        wait_for(lambda: broker.redis.llen(side) == 3, timeout=5 * settings.lease_seconds,
+                 what="orphaned jobs back in their queue")
+        took = time.monotonic() - t0
+        assert broker.leased_count(worker.proc_id) == 0
+    print(f"\njobs of a lost fetch reply back in their queue after {took:.2f}s "
+          f"(heartbeat every {settings.lease_seconds / 4:.2f}s)")
+    assert {orjson.loads(r)["jid"] for r in broker.queue_entries("side")} == set(jids)
+    assert took < 3 * settings.lease_seconds / 4 + 0.5, "two to three heartbeats"

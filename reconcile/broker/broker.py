@@ -175,6 +175,14 @@ class Broker:
         )
         return ReapResult(int(out[0]), int(out[1]), list(out[2:]))
 
+    def trim_dead(self) -> None:
+        """Keep the dead set within ``dead_max_jobs`` and ``dead_timeout_seconds``
+        (fetch.lua trims when a worker kills a job; the reaper and promoter do not)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.keys.dead, "-inf", time.time() - self.settings.dead_timeout_seconds)
+        pipe.zremrangebyrank(self.keys.dead, 0, -(self.settings.dead_max_jobs + 1))
+        pipe.execute()
+
     def release(self, proc_id: str) -> int:
         """Push back every job ``proc_id`` holds and unregister it; returns the count."""
         return int(self._release(keys=[self.keys.tag], args=[proc_id, WAKE_CAP]))
@@ -190,6 +198,14 @@ class Broker:
         pipe.hset(k.proc(proc_id), mapping={key: str(v) for key, v in info.items()})
         pipe.set(k.alive(proc_id), b"1", px=int(self.settings.lease_seconds * 1000))
         pipe.execute()
+
+    def lease_fields(self, proc_id: str) -> set[bytes]:
+        """The lease fields ``proc_id`` holds."""
+        return set(self.redis.hkeys(self.keys.lease(proc_id)))  # type: ignore[arg-type]
+
+    def leased_payloads(self, proc_id: str, fields: Sequence[bytes]) -> list[bytes | None]:
+        """Payloads of the given lease fields (None where no longer held)."""
+        return list(self.redis.hmget(self.keys.lease(proc_id), list(fields)))  # type: ignore[arg-type]
 
     def leased_count(self, proc_id: str) -> int:
         return int(self.redis.hlen(self.keys.lease(proc_id)))

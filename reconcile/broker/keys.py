@@ -1,4 +1,6 @@
-"""Every Redis key name reconcile uses. No other module builds a key.
+"""Every Redis key name reconcile uses. No other Python module builds a key; the Lua
+scripts in ``lua/`` build the same names from the ``{namespace}`` tag they receive as
+KEYS[1], each documenting the keys it touches in its header.
 
 All keys start with the hash tag ``{namespace}`` so that every key one Lua call
 touches lives in one Redis Cluster slot. The layout is documented in
@@ -63,6 +65,10 @@ class Keys:
 
     def unique(self, digest: str) -> str:
         return f"{self.tag}:unique:{digest}"
+
+    def recoveries(self, jid: str) -> str:
+        """How often a job was recovered from crashed workers (written by reap.lua)."""
+        return f"{self.tag}:recov:{jid}"
 
     def stat(self, name: str) -> str:
         return f"{self.tag}:stat:{name}"

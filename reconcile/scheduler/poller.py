@@ -25,16 +25,12 @@ import redis
 from .. import registry
 from ..broker import Broker
 from ..config import Settings
-from ..errors import ReconcileError
+from ..errors import ReconcileError, WorkerCrashed
 from ..payload import loads_lenient
 
 log = logging.getLogger("reconcile.poller")
 
 PROMOTE_BATCH = 1000
-
-
-class WorkerCrashed(ReconcileError):
-    """The reason recorded for a job recovered from crashed workers too often."""
 
 
 class Maintenance:
@@ -55,6 +51,7 @@ class Maintenance:
             moved += sched + retry
             if not more:
                 break
+        self.broker.trim_dead()  # promote.lua may have dead-lettered an entry naming no queue
         self.promoted += moved
         return moved
 
@@ -68,6 +65,8 @@ class Maintenance:
             )
         for raw in result.poison:
             self._poisoned(raw)
+        if result.poison:
+            self.broker.trim_dead()
         self.recovered += result.requeued
         return result.requeued
 

@@ -65,22 +65,39 @@ def schedule_of(cls: type[Job]) -> Any:
 
 
 class RedisWatch:
-    """Detects that Redis lost our data: a vanished epoch sentinel or a new run_id."""
+    """Detects that Redis lost our data: a vanished epoch sentinel or a new run_id.
+
+    ``check()`` only looks; ``rearm()`` records the new state once the loss has been
+    handled, so a loss is never forgotten because handling it failed (PostgreSQL down).
+    """
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.run_id: str | None = None
+        self._seen_run_id: str | None = None
+
+    def check(self) -> str | None:
+        """The reason if Redis lost data since the last ``rearm`` (on the first call:
+        if the namespace is new or was emptied), else None."""
+        run_id = self.broker.run_id()
+        self._seen_run_id = run_id
+        if self.run_id is not None and run_id != self.run_id:
+            return f"Redis restarted (run_id {self.run_id[:8]} -> {run_id[:8]})"
+        if self.broker.epoch() is None:
+            return "epoch sentinel missing (namespace flushed, evicted or new)"
+        if self.run_id is None:
+            self.run_id = run_id
+        return None
+
+    def rearm(self) -> None:
+        self.broker.set_epoch(f"{time.time():.3f}:{uuid.uuid4().hex[:8]}")
+        self.run_id = self._seen_run_id
 
     def lost(self) -> str | None:
-        """The reason if Redis lost data since the last call (first call: if the
-        namespace is new or was emptied), else None. Re-arms the sentinel."""
-        reason = None
-        run_id = self.broker.run_id()
-        if self.run_id is not None and run_id != self.run_id:
-            reason = f"Redis restarted (run_id {self.run_id[:8]} -> {run_id[:8]})"
-        self.run_id = run_id
-        if self.broker.set_epoch(f"{time.time():.3f}:{uuid.uuid4().hex[:8]}"):
-            reason = reason or "epoch sentinel missing (namespace flushed, evicted or new)"
+        """``check()`` then ``rearm()``: for callers that handle the loss themselves."""
+        reason = self.check()
+        if reason:
+            self.rearm()
         return reason
 
 
@@ -145,12 +162,15 @@ class Scheduler:
         """Detect Redis loss; on loss make every schedule due now. Returns the reason."""
         from ..store import schedules as store
 
-        reason = self.watch.lost()
+        reason = self.watch.check()
         if reason:
+            # every pass schedule in the database, not only this process's classes, so
+            # that schedulers running other apps heal too
+            names = [s.name for s in store.list_schedules(self.engine) if s.kind == "pass"]
+            store.trigger_now(self.engine, names)
+            self.watch.rearm()
             self.incidents.append(reason)
-            log.error("INCIDENT: %s; triggering passes for all %d classes now",
-                      reason, len(self.classes))
-            store.trigger_now(self.engine, [n for n in self.classes if not n.startswith(CRON_PREFIX)])
+            log.error("INCIDENT: %s; made all %d reconcile passes due now", reason, len(names))
         return reason
 
     def sync_switches(self) -> None:
@@ -190,7 +210,12 @@ class Scheduler:
         cls = self.classes[name]
         try:
             if name.startswith(CRON_PREFIX):
-                cls.perform_async(*getattr(cls, "cron_args", ()))
+                try:
+                    cls.perform_async(*getattr(cls, "cron_args", ()))
+                except Exception:
+                    # the tick is claimed but its job was not enqueued: make it due again
+                    store.trigger_now(self.engine, [name])
+                    raise
                 log.info("cron tick: enqueued %s", cls.job_name)
             else:
                 self.results.append(run_pass(
@@ -212,7 +237,7 @@ class Scheduler:
         self.sync_switches()
         fired = []
         for c in self.claim():
-            self.fire(c.name, "redis_loss" if lost else trigger)
+            self.fire(c.name, "redis_loss" if lost and trigger == "tick" else trigger)
             fired.append(c.name)
         return fired
 
@@ -225,6 +250,10 @@ class Scheduler:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_term)
             signal.signal(signal.SIGINT, on_term)
+        policy = self.broker.eviction_policy()
+        if policy is not None and policy != "noeviction":
+            log.warning("Redis maxmemory-policy is %r, not 'noeviction': evicted work is "
+                        "re-derived by passes, but plain jobs are lost. Set noeviction.", policy)
         log.info("scheduler %s started: %d schedules", self.owner, len(self.classes))
         backoff = 0.5
         while not self._stop.is_set():

@@ -27,11 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from ..errors import ReconcileError
-
-
-class PendingQueryError(ReconcileError):
-    """``pending()`` did not return a usable SELECT."""
+from ..errors import PendingQueryError
 
 
 def key_columns(stmt: Select[Any]) -> int:

@@ -236,7 +236,8 @@ class Executor:
             except Exception:
                 log.exception("could not terminate backend %s of a timed-out job", pid)
         exc = JobTimeout(f"{a.cls.job_name} exceeded its timeout of {a.cls.timeout} s")
-        return self._failed(a.delivery, a.cls, a.job, a.payload, exc)
+        # a copy: the abandoned thread may still fail and stamp its own payload
+        return self._failed(a.delivery, a.cls, a.job, dict(a.payload), exc)
 
     def _failed(
         self, d: Delivery, cls: type[Job], job: Job | None, payload: dict[str, Any],

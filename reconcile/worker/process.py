@@ -74,6 +74,10 @@ class Settlements:
         with self._lock:
             self._ops[:0] = ops
 
+    def fields(self) -> set[bytes]:
+        with self._lock:
+            return {op.field for op in self._ops}
+
     def __len__(self) -> int:
         return len(self._ops)
 
@@ -110,6 +114,7 @@ class Worker:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_redis_error = 0.0
+        self._suspects: set[bytes] = set()  # lease fields unknown locally at the last beat
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -232,6 +237,8 @@ class Worker:
             except redis.RedisError as exc:
                 log.warning("could not settle %d jobs (%s), attempt %d", len(ops), exc, attempt + 1)
                 time.sleep(0.2 * (attempt + 1))
+        # never drop a settlement: the next fetch (or stop) carries it
+        self.settlements.put_back(ops)
 
     # -- threads ---------------------------------------------------------------------
 
@@ -323,10 +330,42 @@ class Worker:
                 self.broker.heartbeat(self.proc_id, self._info())
                 for name, n in counts.items():
                     self.broker.incr_counter(name, n)
+                counts = {}
+                self._sweep_orphans()
             except redis.RedisError as exc:
                 self._redis_trouble(exc)
                 for name, n in counts.items():
                     self.executor.count(name, n)
+
+    def _sweep_orphans(self) -> int:
+        """Push back leases this process holds in Redis but knows nothing about.
+
+        A fetch whose reply was lost (a connection reset after the script ran, which
+        redis-py then retries) leaves jobs in our lease hash that no thread will ever
+        run; a settlement given up after repeated Redis errors leaves finished jobs
+        there. The heartbeat keeps such a lease alive, so no reaper would return them.
+        A field unknown locally at two heartbeats in a row goes back to its queue
+        (at-least-once: a late settlement of it is skipped by ``fetch.lua``).
+        """
+        fields = self.broker.lease_fields(self.proc_id)
+        with self._cond:
+            known = {d.field for d in self._buffer}
+            known.update(self._running)
+        known |= self.settlements.fields()
+        unknown = fields - known
+        confirmed = sorted(unknown & self._suspects)
+        self._suspects = unknown - set(confirmed)
+        if not confirmed:
+            return 0
+        raws = self.broker.leased_payloads(self.proc_id, confirmed)
+        ops = [
+            SettleOp("Q", f, f.split(b"|", 1)[1].decode(), raw)
+            for f, raw in zip(confirmed, raws, strict=True) if raw is not None
+        ]
+        log.warning("%d leased jobs unknown to this process (a lost fetch reply?): "
+                    "pushed back to their queues", len(ops))
+        self._settle(ops)
+        return len(ops)
 
     # -- helpers ---------------------------------------------------------------------
 
