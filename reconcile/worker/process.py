@@ -12,10 +12,13 @@ Life of a job inside the process::
   milliseconds without polling; ``idle_wait`` only bounds a missed wake-up.
 * Each leased job sits in ``{ns}:lease:<proc>`` until settled. The **heartbeat**
   refreshes ``{ns}:alive:<proc>`` every ``lease_seconds / 4``; if the process dies,
-  any live process's reaper returns those jobs to their queues.
+  any live process's reaper returns those jobs to their queues. Each beat also returns
+  leased jobs the process does not know about (a fetch reply lost to a connection
+  reset) once they were unknown at two beats in a row.
 * Settlements are batched: a finished job's ack is sent with the next fetch, or at
-  once when the fetcher is idle. A crash before an ack is sent re-delivers the job
-  (at-least-once; ReconciledJobs make that re-delivery a no-op).
+  once when the fetcher is idle or quiet. A crash before an ack is sent re-delivers
+  the job (at-least-once; ReconciledJobs make that re-delivery a no-op). A settlement
+  applies only while its lease is held, so a late or repeated one is a no-op.
 
 Signals (installed by :meth:`Worker.run` in the main thread):
 

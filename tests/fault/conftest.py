@@ -16,8 +16,8 @@ import pytest
 
 from reconcile import config
 
-from .harness import World
-from .servers import PgCluster, RedisServer
+from tests.fault.harness import World
+from tests.fault.servers import PgCluster, RedisServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

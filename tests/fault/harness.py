@@ -33,8 +33,8 @@ import sqlalchemy as sa
 from reconcile.broker import Broker
 from reconcile.config import Settings, load_settings
 
-from .oracle_app import due, effects, metadata
-from .servers import PgCluster, RedisServer
+from tests.fault.oracle_app import due, effects, metadata
+from tests.fault.servers import PgCluster, RedisServer
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class Figures:
     performs: int
     deliveries: int
     dup_exec: int
-    per_key_performs: Counter[int] = field(default_factory=Counter)
+    per_key_performs: Counter[int] = field(default_factory=Counter, repr=False)
 
 
 class World:
@@ -322,3 +322,18 @@ class World:
         with self.engine.connect() as c:
             rows = c.execute(sa.text("SELECT * FROM reconcile_runs ORDER BY started_at, id")).mappings()
             return [dict(r) for r in rows]
+
+
+def db_now(world: World) -> Any:
+    """The database clock (``reconcile_runs`` times are on it)."""
+    with world.engine.connect() as c:
+        return c.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+
+
+def loss_pass_done(world: World, since: Any) -> bool:
+    """A ``redis_loss`` pass started after ``since`` has finished (everything pending
+    then is back in Redis)."""
+    with world.engine.connect() as c:
+        return bool(c.execute(sa.text(
+            "SELECT count(*) FROM reconcile_runs WHERE trigger = 'redis_loss' "
+            "AND started_at >= :t AND finished_at IS NOT NULL AND error IS NULL"), {"t": since}).scalar())

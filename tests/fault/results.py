@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from .harness import Figures
+from tests.fault.harness import Figures
 
 RESULTS_ENV = "RECONCILE_FAULT_RESULTS"
 
