@@ -8,7 +8,8 @@ A payload is a JSON object, encoded compactly (orjson), never pickled::
 
 Fields written by the engine as a job moves: ``retry_count``, ``error_class``,
 ``error_message``, ``failed_at``, ``retried_at``, ``at`` (scheduled run time),
-``lock`` (uniqueness lock digest), ``unique_until``.
+``lock`` (uniqueness lock digest), ``unique_until``, ``recovered`` (times the reaper
+returned it from a crashed worker; such a job is leased alone).
 
 Contracts:
 

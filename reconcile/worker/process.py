@@ -53,6 +53,9 @@ from .queues import QueueOrder, QueueSpec
 
 log = logging.getLogger("reconcile.worker")
 
+SUSPECT_MARK = b'"recovered":'
+"""Stamped by reap.lua on a job returned from a crashed worker."""
+
 MAX_FETCH = 1000
 """Most jobs leased in one round trip (bounds the Lua call's argument stack)."""
 
@@ -67,6 +70,10 @@ class Settlements:
     def add(self, op: SettleOp) -> None:
         with self._lock:
             self._ops.append(op)
+
+    def add_all(self, ops: list[SettleOp]) -> None:
+        with self._lock:
+            self._ops.extend(ops)
 
     def take(self) -> list[SettleOp]:
         with self._lock:
@@ -112,6 +119,8 @@ class Worker:
         self._outstanding = 0  # buffered + running, guarded by _cond
         self._running: dict[bytes, Delivery] = {}
         self._idle = False
+        self._isolating = False  # a suspect (recovered) job runs alone; guarded by _cond
+        self._fetching = False  # an exchange is in flight; guarded by _cond
         self._quiet = threading.Event()  # no new fetches
         self._stopping = threading.Event()  # threads wind down
         self._stopped = threading.Event()
@@ -249,26 +258,26 @@ class Worker:
         backoff = 0.05
         while not self._quiet.is_set():
             with self._cond:
-                while self._outstanding >= self.capacity and not self._quiet.is_set():
+                while (self._outstanding >= self.capacity or self._isolating) and not self._quiet.is_set():
                     self._cond.wait(0.5)
                 want = min(self.capacity - self._outstanding, MAX_FETCH)
+                self._fetching = True
             if self._quiet.is_set():
+                self._end_fetch([])
                 break
             ops = self.settlements.take()
             try:
                 got = self.broker.exchange(self.proc_id, self.order.next(), want, ops)
             except redis.RedisError as exc:
+                self._end_fetch([])
                 self.settlements.put_back(ops)
                 self._redis_trouble(exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            self._end_fetch(got)
             if got:
-                with self._cond:
-                    self._buffer.extend(got)
-                    self._outstanding += len(got)
-                    self._cond.notify_all()
                 continue
             self._idle = True
             try:
@@ -281,14 +290,25 @@ class Worker:
             finally:
                 self._idle = False
 
+    def _end_fetch(self, got: list[Delivery]) -> None:
+        with self._cond:
+            self._buffer.extend(got)
+            self._outstanding += len(got)
+            self._fetching = False
+            self._cond.notify_all()
+
     def _exec_loop(self) -> None:
         while True:
+            suspect = False
             with self._cond:
-                while not self._buffer and not self._stopping.is_set():
+                while (not self._buffer or self._isolating) and not self._stopping.is_set():
                     self._cond.wait(1.0)
                 if not self._buffer:
                     return
                 d = self._buffer.popleft()
+                if SUSPECT_MARK in d.raw:
+                    suspect = True
+                    self._isolate()
                 self._running[d.field] = d
             op = self.executor.run(d)
             if d.field in self.executor.abandoned:
@@ -304,7 +324,29 @@ class Worker:
             with self._cond:
                 del self._running[d.field]
                 self._outstanding -= 1
+                if suspect:
+                    self._isolating = False
                 self._cond.notify_all()
+
+    def _isolate(self) -> None:
+        """Called with ``_cond`` held, for a job the reaper recovered from a crashed worker:
+        it may be a poison pill, so it runs alone. Buffered jobs go back to their queues
+        and running ones finish first; if this job then kills the process, no other job
+        is in its lease to be counted as recovered with it."""
+        self._isolating = True
+        # wait for running jobs and for a fetch in flight (its jobs land in the buffer)
+        while (self._running or self._fetching) and not self._stopping.is_set():
+            self._cond.wait(0.1)
+        buffered = list(self._buffer)
+        self._buffer.clear()
+        self._outstanding -= len(buffered)
+        if buffered:
+            self.settlements.add_all([SettleOp("Q", b.field, b.queue, b.raw) for b in buffered])
+        self._cond.release()
+        try:
+            self._settle(self.settlements.take())  # the push-backs, before the suspect runs
+        finally:
+            self._cond.acquire()
 
     def _watchdog_loop(self) -> None:
         """Give up jobs that exceed their class's ``timeout`` (checked 4 times a second)."""

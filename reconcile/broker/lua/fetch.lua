@@ -3,7 +3,8 @@
 -- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH  field "<seq>|<queue>" -> payload, the jobs <proc> holds
---   {ns}:proc:<proc>    HASH  process info; field "seq" numbers its deliveries
+--   {ns}:proc:<proc>    HASH  process info; field "seq" numbers its deliveries (a lost
+--                             counter restarts at the clock in microseconds, never at 1)
 --   {ns}:queue:<q>      LIST  ready jobs (RPOP = oldest first)
 --   {ns}:queues         SET   known queue names
 --   {ns}:retry          ZSET  failed jobs waiting for their retry, score = run-at
@@ -26,6 +27,7 @@
 --   or already applied) is skipped.
 -- ARGV[8+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
 -- Returns  flat array: field1, payload1, field2, payload2, ...
+-- A payload carrying "recovered" (stamped by reap.lua) is leased alone in its batch.
 local p = KEYS[1]
 local proc, want, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, dead_max, dead_age, cap = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -91,12 +93,34 @@ if want > 0 then
     local q = ARGV[j]
     local key = p .. ':queue:' .. q
     local items = redis.call('RPOP', key, want)
+    local cut = false
     if items then
+      -- A job recovered from a crashed worker (reap.lua stamped "recovered") is leased
+      -- alone: a poison pill must not take the jobs fetched beside it down with it
+      -- again and again (they would be counted as recovered too).
+      for s = 1, #items do
+        if string.find(items[s], '"recovered":', 1, true) then
+          local keep = (s == 1) and 1 or s - 1
+          for r = #items, keep + 1, -1 do
+            redis.call('RPUSH', key, items[r])
+            items[r] = nil
+          end
+          cut = true
+          break
+        end
+      end
       local n = #items
       local last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq', n)
+      if last == n then
+        -- a new counter: the first fetch, or Redis lost the process hash (flush,
+        -- restart, eviction, reaped). Jump past every number this process may still
+        -- hold in flight, or a new lease field would equal a running one's.
+        last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq',
+          string.format('%.0f', math.floor(tonumber(now) * 1000000)))
+      end
       local pairs_ = {}
       for m = 1, n do
-        local field = (last - n + m) .. '|' .. q
+        local field = string.format('%.0f', last - n + m) .. '|' .. q
         pairs_[2 * m - 1] = field
         pairs_[2 * m] = items[m]
         got[#got + 1] = field
@@ -104,6 +128,7 @@ if want > 0 then
       end
       redis.call('HSET', lease, unpack(pairs_))
       want = want - n
+      if cut then break end
       if want == 0 then
         -- we took a full batch and work remains: wake the next idle worker (chain wake-up)
         if redis.call('LLEN', key) > 0 then wake(q) end

@@ -16,6 +16,7 @@
 --   {ns}:dead             ZSET   poison pills: recovered more than the maximum
 -- ARGV[1] now   ARGV[2] max recoveries   ARGV[3] recovery counter ttl (s)   ARGV[4] wake cap
 -- Returns  {jobs requeued, processes reaped, poison payload 1, poison payload 2, ...}
+-- A requeued payload gets "recovered": <n> appended, so fetch.lua leases it alone.
 --
 -- A poison payload gets error fields appended as extra keys at the end of the
 -- object: JSON decoders keep the last of duplicate keys, so they override older ones
@@ -54,6 +55,10 @@ for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
         mark_dead(item, n)
         poison[#poison + 1] = item
       else
+        -- stamp the recovery (appended key: the last duplicate wins when decoded), so
+        -- fetch.lua leases this suspect alone next time
+        local body = string.match(item, '^{(.+)}$')
+        if body then item = '{' .. body .. ',"recovered":' .. n .. '}' end
         redis.call('RPUSH', p .. ':queue:' .. q, item)
         redis.call('SADD', p .. ':queues', q)
         local w = p .. ':wake:' .. q
