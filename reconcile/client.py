@@ -25,7 +25,7 @@ import orjson
 from . import middleware
 from .broker import PushRecord, get_broker
 from .config import get_settings
-from .errors import PayloadTooLarge
+from .errors import ArgumentError, PayloadTooLarge
 from .payload import check_args, encode, new_jid
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ class Interceptor(Protocol):
 
 
 _interceptor: Interceptor | None = None
+
+_BAD_QUEUE_CHARS = "{}| \t\n"
 
 
 def set_interceptor(interceptor: Interceptor | None) -> Interceptor | None:
@@ -71,6 +73,11 @@ def enqueue(
     settings = get_settings()
     opts = job_class.options() if not options else {**job_class.options(), **options}
     queue: str = opts["queue"]
+    if not isinstance(queue, str) or not queue or any(c in queue for c in _BAD_QUEUE_CHARS):
+        raise ArgumentError(
+            f"{job_class.job_name}: queue {queue!r} must be a non-empty string without braces, "
+            "'|' or spaces"
+        )
     names = job_class.arg_names()
     unique_for = opts.get("unique_for")
     lock_ttl = int(unique_for * 1000) if unique_for else 0
@@ -91,6 +98,11 @@ def enqueue(
     if chain or _interceptor is not None:
         payloads = _build_dicts(job_class, args_list, queue, names, base, lock_ttl, now, chain)
         if _interceptor is not None:
+            if ats is not None:
+                for p, when in zip(payloads, ats, strict=True):
+                    if p is not None and when > now:
+                        p["at"] = when
+                        p.pop("enqueued_at", None)
             _interceptor.intercept(job_class, [p for p in payloads if p is not None])
             return [p["jid"] if p is not None else None for p in payloads]
         records, jids = _records_from_dicts(payloads, run_at, ats, now, lock_ttl, settings.max_payload_bytes)

@@ -239,3 +239,9 @@ def test_fast_path_writes_the_same_bytes_as_the_dict_path(
         client_middleware.remove(passthrough)
     slow = everything()
     assert fast and without_jids(fast) == without_jids(slow)
+
+
+@pytest.mark.parametrize("queue", ["", "a b", "x|y", "{ns}"])
+def test_a_malformed_queue_name_is_refused_at_enqueue(broker: Broker, queue: str) -> None:
+    with pytest.raises(ArgumentError, match="queue"):
+        Mail.set(queue=queue).perform_async("a@example.com")
