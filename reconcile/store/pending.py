@@ -55,15 +55,24 @@ def page(
         return [tuple(row) for row in conn.execute(q)]
 
 
-def still_pending(bind: Session | Connection, stmt: Select[Any], key: Sequence[Any]) -> bool:
-    """Whether ``key`` is among the rows of ``stmt``, seen by ``bind``'s transaction."""
+def key_check(stmt: Select[Any], key: Sequence[Any]) -> Select[Any]:
+    """``SELECT EXISTS (SELECT 1 FROM (stmt) WHERE key columns = key)``."""
     sub = stmt.subquery("pending")
     cols = list(sub.c)
     if len(cols) != len(key):
         raise PendingQueryError(f"key {list(key)!r} has {len(key)} values, pending() selects {len(cols)}")
     cond = sa.and_(*[c == sa.literal(v, c.type) for c, v in zip(cols, key, strict=True)])
-    q = sa.select(sa.exists(sa.select(sa.literal(1)).select_from(sub).where(cond)))
-    return bool(bind.execute(q).scalar())
+    return sa.select(sa.exists(sa.select(sa.literal(1)).select_from(sub).where(cond)))
+
+
+def run_check(bind: Session | Connection, check: Select[Any]) -> bool:
+    """Run a :func:`key_check` in ``bind``'s transaction."""
+    return bool(bind.execute(check).scalar())
+
+
+def still_pending(bind: Session | Connection, stmt: Select[Any], key: Sequence[Any]) -> bool:
+    """Whether ``key`` is among the rows of ``stmt``, seen by ``bind``'s transaction."""
+    return run_check(bind, key_check(stmt, key))
 
 
 def lock_id(job: str, key: Sequence[Any]) -> int:
