@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for i in range(rounds):
-            say(f"round {i + 1}/{rounds}")
+            # Other work on the machine shows here; ratios within a round absorb most of it.
+            say(f"round {i + 1}/{rounds} (load average {os.getloadavg()[0]:.1f})")
             all_rounds.append(run_round(i, systems, scenarios, ctx, errors))
     finally:
         for s in systems:

@@ -2,7 +2,8 @@
 
 ``hit()`` is the whole body of the no-op drain job: it counts the job and records the
 first and last perform times of this process in memory; a daemon thread publishes
-them every 20 ms to the control database (``probe:<BENCH_RUN>`` hash, field = pid), so
+them (and the longest pause between two jobs) every 20 ms to the control database
+(``probe:<BENCH_RUN>`` hash, field = pid, value "first last count gap"), so
 the driver can compute "first pickup to last completion" across processes without a
 Redis round trip per job. ``latency(t0)`` is the latency job's body: it reports how
 long ago the enqueue call started.
@@ -28,6 +29,7 @@ class _Probe:
         self.first = 0.0
         self.last = 0.0
         self.count = 0
+        self.gap = 0.0  # longest pause between two consecutive jobs (stall detector)
         self.redis = redis.Redis.from_url(url(CONTROL_DB))
         self.key = f"probe:{os.environ.get('BENCH_RUN', 'none')}"
         threading.Thread(target=self._publish, name="bench-probe", daemon=True).start()
@@ -37,6 +39,8 @@ class _Probe:
         with self.lock:
             if not self.count:
                 self.first = now
+            elif now - self.last > self.gap:
+                self.gap = now - self.last
             self.last = now
             self.count += 1
 
@@ -45,10 +49,10 @@ class _Probe:
         while True:
             time.sleep(PUBLISH_EVERY)
             with self.lock:
-                first, last, count = self.first, self.last, self.count
+                first, last, count, gap = self.first, self.last, self.count, self.gap
             if count != sent:
                 try:
-                    self.redis.hset(self.key, str(self.pid), f"{first!r} {last!r} {count}")
+                    self.redis.hset(self.key, str(self.pid), f"{first!r} {last!r} {count} {gap!r}")
                     sent = count
                 except redis.RedisError:
                     pass

@@ -40,6 +40,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import orjson
@@ -55,7 +56,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from reconcile.broker import Broker, Delivery, SettleOp
+from reconcile.broker import Broker, Delivery, SettleOp, get_broker
 from reconcile.config import Settings, use_settings
 from reconcile.scheduler.passes import run_pass
 from reconcile.scheduler.poller import Maintenance
@@ -351,18 +352,21 @@ class ReconcileMachine(RuleBasedStateMachine):
         self._die(reap_now)
 
     @precondition(lambda self: self._queued())
-    @rule(reap_now=st.booleans())
-    def crash_inside_perform(self, reap_now: bool) -> None:
-        """Die inside perform, after the effect row was written: the transaction rolls back."""
-        for d in self._lease(1):
-            StatefulItem.crash_next = True
-            try:
-                self.parked.append(self._run(d))  # the key was not pending: perform never ran
-            except SimulatedCrash:
-                self.fig.crash_inside_perform += 1
-            finally:
-                StatefulItem.crash_next = False
-        self._die(reap_now)
+    @rule(times=st.integers(1, 3), reap_now=st.booleans())
+    def crash_inside_perform(self, times: int, reap_now: bool) -> None:
+        """Die inside perform, after the effect row was written (the transaction rolls
+        back); ``times`` > 1: the recovered job is leased again and kills the next worker
+        too (recovered jobs run next), as a poison pill does."""
+        for i in range(times):
+            for d in self._lease(1):
+                StatefulItem.crash_next = True
+                try:
+                    self.parked.append(self._run(d))  # not pending any more: perform never ran
+                except SimulatedCrash:
+                    self.fig.crash_inside_perform += 1
+                finally:
+                    StatefulItem.crash_next = False
+            self._die(reap_now or i < times - 1)
 
     # -- invariants and the end of an episode -----------------------------------------------
 
@@ -421,24 +425,33 @@ class ReconcileMachine(RuleBasedStateMachine):
         assert self.fig.duplicate_effects == 0
 
 
-def test_stateful_reconcile_loses_nothing_and_duplicates_nothing(
-    pg_settings: Settings, broker: Broker
-) -> None:
-    # Poison pills after two recoveries (not four), so hypothesis reaches that path often;
-    # commits without waiting for the WAL flush (no server crash here): 3x faster.
-    pg_settings = pg_settings.with_overrides(
+@pytest.fixture
+def world(pg_settings: Settings) -> Iterator[tuple[Settings, Broker, sa.Engine]]:
+    """Settings, broker and engine of the test's namespace and schema, tables created.
+
+    Poison pills after two recoveries (not four), so hypothesis reaches that path often;
+    commits do not wait for the WAL flush (no server crash here): about 3x faster."""
+    cfg = pg_settings.with_overrides(
         max_recoveries=1,
         database_url=pg_settings.database_url.replace("options=", "options=-csynchronous_commit%3Doff%20"),
     )
-    use_settings(pg_settings)
-    engine = get_engine(pg_settings)
+    use_settings(cfg)
+    engine = get_engine(cfg)
     metadata.create_all(engine)
     stateful_metadata.create_all(engine)
+    yield cfg, get_broker(cfg), engine
+    dispose_engines()
+
+
+def test_stateful_reconcile_loses_nothing_and_duplicates_nothing(
+    world: tuple[Settings, Broker, sa.Engine],
+) -> None:
+    cfg, broker, engine = world
     total = Figures()
     started = time.monotonic()
     try:
         run_state_machine_as_test(
-            lambda: ReconcileMachine(pg_settings, broker, engine, total),
+            lambda: ReconcileMachine(cfg, broker, engine, total),
             settings=settings(
                 max_examples=EXAMPLES,
                 stateful_step_count=STEPS,
@@ -449,7 +462,42 @@ def test_stateful_reconcile_loses_nothing_and_duplicates_nothing(
         )
     finally:
         print(f"\n{total.summary()} in {time.monotonic() - started:.1f}s")
-        dispose_engines()
     assert total.lost == 0
     assert total.duplicate_effects == 0
     assert total.examples > 0
+
+
+# -- sequences the machine found (or can reach), replayed deterministically -------------------
+
+
+def test_poison_pill_released_from_quarantine_runs_again(world: tuple[Settings, Broker, sa.Engine]) -> None:
+    """The reaper sent a pass-enqueued job dead as a poison pill but kept its uniqueness
+    lock: once released from quarantine, passes said "already queued" for unique_for."""
+    m = ReconcileMachine(*world, Figures())
+    m.add_keys(1)
+    m.scheduler_tick()  # enqueued under the key's lock
+    m.crash_inside_perform(times=2, reap_now=True)  # recovered once, then dead
+    assert m.fig.crash_inside_perform == 2
+    assert [e.key for e in quarantine.list_entries(m.engine, JOB)] == [(1,)]
+    m.teardown()  # releases the quarantine and quiesces: key 1 must be done once
+    assert (m.fig.poisoned, m.fig.lost) == (1, 0)
+
+
+def test_settlement_from_before_a_flush_keeps_new_leases(world: tuple[Settings, Broker, sa.Engine]) -> None:
+    """After a flush a process's delivery numbers restarted at 1, so the late ack of a job
+    leased before the flush deleted the lease of a new job; when the process then died,
+    the reaper could not recover that job and its lock hid the key from passes."""
+    m = ReconcileMachine(*world, Figures())
+    m.add_keys(2)
+    m.enqueue([0], "locked")  # key 1
+    m.worker_lease(1)
+    m.worker_run(1)  # committed, ack parked
+    m.flush()
+    m.scheduler_tick()  # key 2 enqueued under its lock
+    m.worker_lease(1)
+    m.worker_settle()  # the pre-flush ack arrives
+    assert m.broker.leased_count(m.proc) == 1, "the new lease survived the old ack"
+    m.crash(after_commit=0, before_perform=0, reap_now=True)
+    assert m.fig.recovered == 1
+    m.teardown()
+    assert m.fig.lost == 0

@@ -1,7 +1,8 @@
-"""Runs one reconcile worker process on the benchmark's database.
+"""The benchmark's reconcile settings, and a fallback worker runner.
 
-Equivalent to ``reconcile worker --app benchmarks.jobs -q default -c 10``; used
-because it does not depend on the CLI's state while the CLI is being written.
+``settings_for`` is what the driver enqueues with. ``main`` runs one worker exactly
+like ``reconcile worker --app benchmarks.jobs -q default -c 10``; the benchmark uses
+it only if the installed reconcile has no ``worker`` command.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ DRAIN_1 = Metric("drain1", "drain, 1 process", "jobs/s", True)
 DRAIN_2 = Metric("drain2", "drain, 2 processes", "jobs/s", True)
 START_TIMEOUT = 60.0   # seconds until the first job must have run
 STALL_TIMEOUT = 30.0   # seconds without progress that fail the measurement
+STALL_WARN = 0.5       # a pause this long between two jobs of one process is reported
 
 
 def drain(system: System, ctx: Context, procs: int) -> float:
@@ -39,6 +40,9 @@ def drain(system: System, ctx: Context, procs: int) -> float:
             if total >= n:
                 first = min(float(r[0]) for r in rows)
                 last = max(float(r[1]) for r in rows)
+                gap = max(float(r[3]) for r in rows)
+                if gap > STALL_WARN:
+                    ctx.say(f"  {system.name}: a worker paused {gap:.2f}s between two jobs")
                 return n / (last - first)
             now = time.monotonic()
             if total > done:

@@ -23,6 +23,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..config import Settings
+from ..errors import BrokerError
 from .keys import Keys
 
 log = logging.getLogger("reconcile.broker")
@@ -104,6 +105,18 @@ class Broker:
         """Push a batch in one Lua call; ``False`` where a uniqueness lock was held."""
         if not records:
             return []
+        try:
+            return self._push(records, now)
+        except redis.OutOfMemoryError as exc:
+            # the script fails at its first write, before writing anything
+            raise BrokerError(
+                f"Redis refused to enqueue {len(records)} jobs: out of memory (used memory is "
+                "over maxmemory and the policy is noeviction); none of them was enqueued. "
+                "Free memory or raise maxmemory; ReconciledJob keys are enqueued again by "
+                f"the next pass. ({exc})"
+            ) from exc
+
+    def _push(self, records: Sequence[PushRecord], now: float | None) -> list[bool]:
         now = time.time() if now is None else now
         queue = records[0].queue
         if all(r.queue == queue and not r.lock and r.at <= now for r in records):
@@ -157,6 +170,11 @@ class Broker:
         """Drop a uniqueness lock (``unique_until = "start"``)."""
         self.redis.delete(self.keys.unique(digest))
 
+    def release_locks(self, digests: Sequence[str]) -> None:
+        """Drop uniqueness locks (a pass after a Redis loss no longer trusts them)."""
+        if digests:
+            self.redis.unlink(*[self.keys.unique(d) for d in digests])
+
     # -- maintenance -----------------------------------------------------------------
 
     def promote(self, limit: int = 1000, now: float | None = None) -> tuple[int, int, bool]:
@@ -197,7 +215,14 @@ class Broker:
         pipe.sadd(k.procs, proc_id)
         pipe.hset(k.proc(proc_id), mapping={key: str(v) for key, v in info.items()})
         pipe.set(k.alive(proc_id), b"1", px=int(self.settings.lease_seconds * 1000))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.OutOfMemoryError:
+            # At maxmemory under noeviction, SET/HSET/SADD are refused but PEXPIRE is
+            # not: keep the lease alive, or reapers would take this live (and draining)
+            # worker for dead and run its jobs a second time.
+            if not self.redis.pexpire(k.alive(proc_id), int(self.settings.lease_seconds * 1000)):
+                raise
 
     def lease_fields(self, proc_id: str) -> set[bytes]:
         """The lease fields ``proc_id`` holds."""
@@ -318,6 +343,10 @@ class Broker:
         """Redis's ``run_id``: changes when the server restarts."""
         info = self.redis.info("server")
         return str(info.get("run_id", ""))
+
+    def evicted_keys(self) -> int:
+        """Redis's ``evicted_keys`` counter (server-wide; reset by a restart)."""
+        return int(self.redis.info("stats").get("evicted_keys", 0))
 
     def epoch(self) -> bytes | None:
         """The namespace's epoch sentinel, or None if Redis lost it."""

@@ -10,7 +10,9 @@
 4. drop quarantined keys (read once per pass);
 5. enqueue each page with one Lua call that takes each key's uniqueness lock and
    gives each key a run-at spread uniformly over ``jitter`` seconds; a held lock
-   means the key is already queued (or waiting for a retry, whose backoff is kept);
+   means the key is already queued (or waiting for a retry, whose backoff is kept),
+   except in a pass triggered by a Redis loss, which first drops the page's locks
+   (a lock that survived an eviction proves nothing about its job);
 6. record found / enqueued / already queued / quarantined and the duration.
 
 Passes are idempotent and level-triggered: running one twice, or concurrently with a
@@ -27,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..broker import get_broker
 from ..client import enqueue
 from ..config import Settings, get_settings
 from ..errors import ArgumentError
@@ -91,7 +94,8 @@ def run_pass(
         if not switch_cache(settings).is_enabled(name, fresh=True):
             result.disabled = True
         else:
-            _scan(job_class, result, engine, sql, quarantine.keys(engine, name), keepalive)
+            _scan(job_class, result, engine, sql, quarantine.keys(engine, name), keepalive,
+                  distrust_locks=trigger == "redis_loss")
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         log.exception("pass of %s failed", name)
@@ -108,6 +112,7 @@ def run_pass(
 def _scan(
     job_class: type[ReconciledJob], result: PassResult, engine: Any, sql: Any,
     quarantined: set[tuple[Any, ...]], keepalive: Callable[[], object] | None,
+    distrust_locks: bool = False,
 ) -> None:
     stmt = job_class().pending()
     sql.key_columns(stmt)
@@ -145,7 +150,7 @@ def _scan(
                 pushing.result()  # at most one page in flight; re-raises its error
                 pushing = None
             if keys:
-                pushing = pusher.submit(_push, job_class, keys, jitter, result)
+                pushing = pusher.submit(_push, job_class, keys, jitter, result, distrust_locks)
             if len(rows) < batch:
                 break
         if pushing is not None:
@@ -153,7 +158,13 @@ def _scan(
 
 
 def _push(job_class: type[ReconciledJob], keys: list[tuple[Any, ...]], jitter: float,
-          result: PassResult) -> None:
+          result: PassResult, distrust_locks: bool = False) -> None:
+    if distrust_locks:
+        # After a Redis loss, a surviving uniqueness lock is no evidence that its job
+        # survived (eviction takes some keys and not others): drop the page's locks so
+        # every pending key is enqueued again. A key still queued runs twice, which
+        # step 2 of the protocol makes a no-op.
+        get_broker().release_locks([job_class.lock_digest(job_class.queue, list(k)) for k in keys])
     ats = None
     if jitter > 0:
         now = time.time()

@@ -65,7 +65,9 @@ def schedule_of(cls: type[Job]) -> Any:
 
 
 class RedisWatch:
-    """Detects that Redis lost our data: a vanished epoch sentinel or a new run_id.
+    """Detects that Redis lost our data: a vanished epoch sentinel, a new run_id, or
+    keys evicted (``evicted_keys`` grew: under an ``allkeys-*`` policy the sentinel
+    usually survives while queued jobs do not).
 
     ``check()`` only looks; ``rearm()`` records the new state once the loss has been
     handled, so a loss is never forgotten because handling it failed (PostgreSQL down).
@@ -75,23 +77,33 @@ class RedisWatch:
         self.broker = broker
         self.run_id: str | None = None
         self._seen_run_id: str | None = None
+        self.evicted: int | None = None
+        self._seen_evicted: int | None = None
 
     def check(self) -> str | None:
         """The reason if Redis lost data since the last ``rearm`` (on the first call:
         if the namespace is new or was emptied), else None."""
         run_id = self.broker.run_id()
+        evicted = self.broker.evicted_keys()
         self._seen_run_id = run_id
+        self._seen_evicted = evicted
         if self.run_id is not None and run_id != self.run_id:
             return f"Redis restarted (run_id {self.run_id[:8]} -> {run_id[:8]})"
         if self.broker.epoch() is None:
             return "epoch sentinel missing (namespace flushed, evicted or new)"
+        if self.evicted is not None and evicted > self.evicted:
+            return (f"Redis evicted {evicted - self.evicted} keys (maxmemory-policy is not "
+                    "noeviction): queued jobs may be gone")
         if self.run_id is None:
             self.run_id = run_id
+        if self.evicted is None or evicted < self.evicted:
+            self.evicted = evicted
         return None
 
     def rearm(self) -> None:
         self.broker.set_epoch(f"{time.time():.3f}:{uuid.uuid4().hex[:8]}")
         self.run_id = self._seen_run_id
+        self.evicted = self._seen_evicted
 
     def lost(self) -> str | None:
         """``check()`` then ``rearm()``: for callers that handle the loss themselves."""
@@ -126,6 +138,7 @@ class Scheduler:
         self.incidents: list[str] = []
         self._stop = threading.Event()
         self._running: dict[str, Future[None]] = {}
+        self._after_loss: set[str] = set()  # made due by a loss, not yet fired as such
         self._ensured = False
         self._switches_synced = -1e18
         self._pruned = -1e18
@@ -168,6 +181,7 @@ class Scheduler:
             # that schedulers running other apps heal too
             names = [s.name for s in store.list_schedules(self.engine) if s.kind == "pass"]
             store.trigger_now(self.engine, names)
+            self._after_loss.update(names)
             self.watch.rearm()
             self.incidents.append(reason)
             log.error("INCIDENT: %s; made all %d reconcile passes due now", reason, len(names))
@@ -266,7 +280,10 @@ class Scheduler:
                 if time.monotonic() - self._pruned > 3600:
                     self.prune()
                 for c in self.claim():
-                    trigger = "redis_loss" if lost else "tick"
+                    # a pass that was running when the loss was seen fires as a loss
+                    # pass later, when its claim comes round (it must not trust locks)
+                    trigger = "redis_loss" if lost or c.name in self._after_loss else "tick"
+                    self._after_loss.discard(c.name)
                     self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)
                 backoff = 0.5
             except (redis.RedisError, OSError) as exc:

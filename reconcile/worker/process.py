@@ -139,7 +139,13 @@ class Worker:
                 "Plain jobs evicted this way are lost; ReconciledJobs are re-derived by the "
                 "next pass. Set maxmemory-policy noeviction.", policy,
             )
-        self.broker.heartbeat(self.proc_id, self._info())
+        try:
+            self.broker.heartbeat(self.proc_id, self._info())
+        except redis.OutOfMemoryError as exc:
+            # Redis is full (noeviction): start anyway, draining the queues is what frees
+            # memory; the heartbeat registers this process as soon as a write is accepted.
+            log.warning("cannot register in Redis yet (%s); starting, registration retried "
+                        "by the heartbeat", exc)
         spawn: list[tuple[str, Callable[[], None]]] = [
             ("reconcile-fetcher", self._fetch_loop),
             ("reconcile-heartbeat", self._heartbeat_loop),

@@ -14,6 +14,7 @@
 --   {ns}:wake:<q>         LIST   wake-up tokens
 --   {ns}:recov:<jid>      STRING how often this job was recovered (expires)
 --   {ns}:dead             ZSET   poison pills: recovered more than the maximum
+--   {ns}:unique:<d>       STRING a poison pill's uniqueness lock, released
 -- ARGV[1] now   ARGV[2] max recoveries   ARGV[3] recovery counter ttl (s)   ARGV[4] wake cap
 -- Returns  {jobs requeued, processes reaped, poison payload 1, poison payload 2, ...}
 -- A requeued payload gets "recovered": <n> appended, so fetch.lua leases it alone.
@@ -37,6 +38,14 @@ local function mark_dead(item, n)
       failed_at = tonumber(now), raw = string.sub(item, 1, 2000)})
   end
   redis.call('ZADD', p .. ':dead', now, entry)
+  -- release its uniqueness lock, as a D settlement does: the key is quarantined, and
+  -- once an operator releases it the next pass must be able to enqueue it again
+  -- (a kept lock would make passes report it "already queued" for up to unique_for)
+  local ok, job = pcall(cjson.decode, item)
+  if ok and type(job) == 'table' and type(job.lock) == 'string' and job.lock ~= ''
+      and job.unique_until ~= 'start' then
+    redis.call('DEL', p .. ':unique:' .. job.lock)
+  end
 end
 
 for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
