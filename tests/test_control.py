@@ -187,3 +187,23 @@ def test_plain_job_worker_opens_no_database_connection(settings: Settings, broke
         worker.stop(1)
     assert ran == ["x@example.com"]
     assert nowhere.database_url not in engines._engines, "no engine was even created"
+
+
+def test_recovered_jobs_are_leased_alone_once_they_keep_coming_back(
+    settings: Settings, broker: Broker
+) -> None:
+    """max_recoveries 3: a first crash recovers jobs at full batch size; from the
+    second recovery on, each suspect is leased alone, so a pill's neighbours are
+    counted at most twice and never reach the limit."""
+    assert settings.max_recoveries == 3
+    Mailer.perform_bulk([[f"m{i}"] for i in range(3)])
+
+    def crash(proc: str) -> None:
+        broker.redis.sadd(broker.keys.procs, proc)  # registered; its alive key is gone
+        broker.reap()
+
+    assert len(broker.exchange("p1", ["plain"], 10)) == 3
+    crash("p1")
+    assert len(broker.exchange("p2", ["plain"], 10)) == 3, "recovered once: not yet a suspect"
+    crash("p2")
+    assert [len(broker.exchange(f"p3-{i}", ["plain"], 10)) for i in range(4)] == [1, 1, 1, 0]

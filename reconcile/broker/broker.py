@@ -35,6 +35,14 @@ RECOVERY_TTL = 7 * 24 * 3600
 """Seconds a per-job crash-recovery counter is remembered."""
 
 
+def suspect_threshold(max_recoveries: int) -> int:
+    """Recoveries from which a job is leased and run alone. One below the poison limit:
+    the first crash recovers the pill and its neighbours at full concurrency; only a
+    job that keeps coming back is isolated, so neighbours stop being counted before
+    they could reach the limit (they are counted at most ``threshold`` times)."""
+    return max(1, max_recoveries - 1)
+
+
 class PushRecord(NamedTuple):
     """One job to enqueue: queue, run-at (0 = now), lock digest ("" = none), lock ttl ms, payload."""
 
@@ -142,7 +150,7 @@ class Broker:
         s = self.settings
         args: list[Any] = [
             proc_id, count, len(ops), repr(time.time()), s.dead_max_jobs,
-            int(s.dead_timeout_seconds), WAKE_CAP,
+            int(s.dead_timeout_seconds), WAKE_CAP, suspect_threshold(s.max_recoveries),
         ]
         for op in ops:
             args += (op.code, op.field, op.a, op.b, op.c)

@@ -9,6 +9,8 @@ outcome               settlement
 performed             ``A`` ack (releases a ``unique_until="success"`` lock)
 already done          ``X`` drop, counted ``already_done`` (ReconciledJob step 2)
 lock busy elsewhere   ``S`` re-schedule in a few seconds, counted ``lock_busy``
+database connection   ``S`` re-schedule in a few seconds, counted ``db_unavailable``
+lost (ReconciledJob)  (no retry spent: PostgreSQL restarting or the backend killed)
 class disabled        ``X`` drop (ReconciledJob, re-derived after enabling)
 plain class disabled  ``S`` held: re-scheduled ``HOLD_DELAY`` s later, counted ``held``
 skipped by middleware ``A`` ack
@@ -208,7 +210,7 @@ class Executor:
         if outcome == "done":
             return SettleOp("A", d.field, lock)
         self.count(outcome)
-        if outcome == "lock_busy":
+        if outcome in ("lock_busy", "db_unavailable"):
             at = time.time() + random.uniform(*LOCK_BUSY_DELAY)
             return SettleOp("S", d.field, repr(at), dumps(payload))
         return SettleOp("X", d.field, lock)

@@ -46,6 +46,7 @@ from typing import Any
 import redis
 
 from ..broker import Broker, Delivery, SettleOp, get_broker
+from ..broker.broker import suspect_threshold
 from ..config import Settings
 from ..scheduler.poller import Maintenance
 from .executor import Executor
@@ -110,6 +111,7 @@ class Worker:
         self.capacity = settings.concurrency + settings.effective_prefetch
         self.proc_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.executor = Executor(settings, self.broker)
+        self.suspect_at = suspect_threshold(settings.max_recoveries)
         self.maintenance = Maintenance(settings, self.broker)
         self.settlements = Settlements()
         self.started_at = time.time()
@@ -312,7 +314,7 @@ class Worker:
                 if not self._buffer:
                     return
                 d = self._buffer.popleft()
-                if SUSPECT_MARK in d.raw:
+                if SUSPECT_MARK in d.raw and self._recoveries(d.raw) >= self.suspect_at:
                     suspect = True
                     self._isolate()
                 self._running[d.field] = d
@@ -333,6 +335,12 @@ class Worker:
                 if suspect:
                     self._isolating = False
                 self._cond.notify_all()
+
+    @staticmethod
+    def _recoveries(raw: bytes) -> int:
+        """The last ``"recovered":<n>`` reap.lua appended (0 if malformed)."""
+        tail = raw[raw.rfind(SUSPECT_MARK) + len(SUSPECT_MARK):].rstrip(b"}")
+        return int(tail) if tail.isdigit() else 0
 
     def _isolate(self) -> None:
         """Called with ``_cond`` held, for a job the reaper recovered from a crashed worker:

@@ -15,7 +15,8 @@
 --   {ns}:stat:processed, {ns}:stat:failed   STRING counters
 -- ARGV[1] proc id      ARGV[2] jobs to lease (0 = settle only)   ARGV[3] settle ops k
 -- ARGV[4] now          ARGV[5] dead max jobs   ARGV[6] dead max age (s)   ARGV[7] wake cap
--- ARGV[8 .. 7+5k]  settle ops, 5 values each: code, lease field, a, b, c
+-- ARGV[8] suspect threshold: a job recovered this many times or more is leased alone
+-- ARGV[9 .. 8+5k]  settle ops, 5 values each: code, lease field, a, b, c
 --   A field lock            ack: success (lock "" = none)
 --   X field lock            drop: discarded, already done, or disabled (not a failure)
 --   R field at payload lock retry at <at> with the updated payload; lock kept until
@@ -25,7 +26,7 @@
 --   Q field queue payload   push back to the head of <queue> (shutdown)
 --   An op whose lease field is no longer held (requeued by a reaper or by release.lua,
 --   or already applied) is skipped.
--- ARGV[8+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
+-- ARGV[9+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
 -- Returns  flat array: field1, payload1, field2, payload2, ...
 -- A payload carrying "recovered" (stamped by reap.lua) is leased alone in its batch.
 local p = KEYS[1]
@@ -42,7 +43,8 @@ local function wake(q)
 end
 
 local processed, failed, died = 0, 0, false
-local i = 8
+local suspect_at = tonumber(ARGV[8])
+local i = 9
 for _ = 1, k do
   local code, field, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
@@ -99,7 +101,8 @@ if want > 0 then
       -- alone: a poison pill must not take the jobs fetched beside it down with it
       -- again and again (they would be counted as recovered too).
       for s = 1, #items do
-        if string.find(items[s], '"recovered":', 1, true) then
+        local n_rec = string.match(items[s], '"recovered":(%d+)}$')
+        if n_rec and tonumber(n_rec) >= suspect_at then
           local keep = (s == 1) and 1 or s - 1
           for r = #items, keep + 1, -1 do
             redis.call('RPUSH', key, items[r])
