@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -17,12 +18,12 @@ from typing import Any
 import redis
 
 from . import report
-from .common import BASE_URL, CONTROL_DB, DBS, FULL, QUICK, Sizes, claim_db, url
+from .common import BASE_URL, CONTROL_DB, FULL, QUICK, Sizes, claim_db, url
 from .scenarios import BY_NAME as SCENARIO_BY_NAME
 from .scenarios import DEFAULT as DEFAULT_SCENARIOS
 from .scenarios import Context, Metric, Scenario
 from .systems import ALL as SYSTEMS
-from .systems import BASELINE, System
+from .systems import BASELINE, BY_NAME, System
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +34,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", help=f"comma-separated, default {','.join(DEFAULT_SCENARIOS)}")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--logdir", type=Path, help="worker logs (default: a temp directory)")
+    p.add_argument("--pass-rows", type=int, metavar="N",
+                   help="pending rows of the reconcile pass (default 1,000,000, or 100,000 with --quick)")
+    p.add_argument("--rdrain", type=int, metavar="N",
+                   help="reconciled-drain jobs before each system's share (default 6,000)")
     return p.parse_args(argv)
 
 
@@ -70,7 +75,8 @@ def open_systems(names: list[str], say: Any) -> tuple[list[System], dict[str, st
             missing[cls.name] = f"not installed ({exc.name or exc})"
             say(f"  {cls.name}: missing ({exc})")
             continue
-        claim_db(system.db)
+        if system.uses_redis:
+            claim_db(system.db)
         opened.append(system)
     return opened, missing
 
@@ -102,11 +108,15 @@ def run_round(i: int, systems: list[System], scenarios: list[Scenario], ctx: Con
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sizes: Sizes = QUICK if args.quick else FULL
+    if args.pass_rows:
+        sizes = dataclasses.replace(sizes, pass_rows=args.pass_rows)
+    if args.rdrain:
+        sizes = dataclasses.replace(sizes, rdrain=args.rdrain)
     rounds = args.rounds or (1 if args.quick else 3)
     names = args.only.split(",") if args.only else [c.name for c in SYSTEMS]
-    unknown = set(names) - set(DBS)
+    unknown = set(names) - set(BY_NAME)
     if unknown:
-        sys.exit(f"unknown systems: {', '.join(sorted(unknown))}; known: {', '.join(DBS)}")
+        sys.exit(f"unknown systems: {', '.join(sorted(unknown))}; known: {', '.join(BY_NAME)}")
     chosen = args.scenarios.split(",") if args.scenarios else DEFAULT_SCENARIOS
     scenarios = []
     for name in chosen:
@@ -137,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in systems:
             s.close()
+        for sc in scenarios:
+            close = getattr(sc, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as exc:
+                    say(f"  {sc.name}: cleanup failed: {exc}")
     summary = summarize(all_rounds, systems, scenarios, missing, errors)
     say(summary)
     say(f"total {time.monotonic() - started:.0f}s")
@@ -149,26 +166,42 @@ def metrics_of(scenarios: list[Scenario]) -> list[Metric]:
     return [m for s in scenarios for m in s.metrics]
 
 
+def sections(scenarios: list[Scenario]) -> list[list[Metric]]:
+    """Metrics grouped by the scenarios' ``section`` (default "redis"), in order."""
+    out: dict[str, list[Metric]] = {}
+    for sc in scenarios:
+        out.setdefault(getattr(sc, "section", "redis"), []).extend(sc.metrics)
+    return list(out.values())
+
+
 def summarize(rounds: report.Rounds, systems: list[System], scenarios: list[Scenario],
               missing: dict[str, str], errors: dict[str, list[str]]) -> str:
-    metrics = metrics_of(scenarios)
     out = ["", "Figures: median over rounds; (Nx) = peer / reconcile in the same round, "
-           "median over rounds. Higher is better for jobs/s, lower for ms.", ""]
-    out.append(report.table(rounds, [s.name for s in systems], metrics))
+           "median over rounds. Higher is better for jobs/s and keys/s, lower for ms."]
+    for metrics in sections(scenarios):
+        keys = {m.key for m in metrics}
+        shown = [s.name for s in systems if any(k in r.get(s.name, {}) for r in rounds for k in keys)]
+        if shown:
+            out += ["", report.table(rounds, shown, metrics)]
     notes = []
     for sc in scenarios:
-        for m in sc.metrics:
-            for s in systems:
-                why = sc.skip_reason(s, m)
-                if why and s.runs_workers:
-                    notes.append(f"  {m.label}: {s.name} left out: {why}")
+        for s in systems:
+            skipped = [m for m in sc.metrics if sc.skip_reason(s, m)]
+            if len(skipped) == len(sc.metrics):
+                continue  # the system takes no part in this scenario at all
+            notes += [f"  {m.label}: {s.name} left out: {sc.skip_reason(s, m)}" for m in skipped]
     notes += [f"  {name}: {why}" for name, why in missing.items()]
     notes += [f"  {name}: {e}" for name, errs in errors.items() for e in errs]
     if notes:
         out += ["", "Notes:", *notes]
     if BASELINE in [s.name for s in systems]:
         out += ["", "Targets (reconcile):", report.targets_text(report.targets(rounds))]
-    out += ["", "Configurations:"] + [f"  {s.name} {version(s)}: {s.config}" for s in systems]
+    out += ["", "Configurations:"]
+    for s in systems:
+        if s.uses_redis and any(getattr(sc, "section", "redis") == "redis" for sc in scenarios):
+            out.append(f"  {s.name} {version(s)}: {s.config}")
+        if s.pg_config and any(getattr(sc, "section", "redis") == "reconciled" for sc in scenarios):
+            out.append(f"  {s.name} {version(s)} (reconciled): {s.pg_config}")
     return "\n".join(out)
 
 
@@ -178,6 +211,7 @@ def dump(path: Path, sizes: Sizes, n: int, rounds: report.Rounds, systems: list[
     data = {
         "machine": machine(), "sizes": sizes.__dict__, "rounds": n, "raw": rounds,
         "systems": {s.name: {"version": version(s), "config": s.config,
+                             "reconciled_config": s.pg_config or None,
                              "bulk_api": s.bulk_api or None} for s in systems},
         "median": {s.name: {m.key: report.median_value(rounds, s.name, m.key) for m in metrics}
                    for s in systems},

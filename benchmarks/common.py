@@ -61,10 +61,12 @@ class Sizes:
     bulk: int        # jobs in the bulk enqueue
     drain: int       # jobs drained per measurement
     latency: int     # latency samples per round
+    pass_rows: int   # pending rows scanned by the reconcile pass (reconciled section)
+    rdrain: int      # reconciled-drain jobs, scaled by each system's rdrain_share
 
 
-QUICK = Sizes(single=500, bulk=5_000, drain=3_000, latency=30)
-FULL = Sizes(single=10_000, bulk=50_000, drain=30_000, latency=150)
+QUICK = Sizes(single=500, bulk=5_000, drain=3_000, latency=30, pass_rows=100_000, rdrain=1_000)
+FULL = Sizes(single=10_000, bulk=50_000, drain=30_000, latency=150, pass_rows=1_000_000, rdrain=6_000)
 
 
 class Workers:

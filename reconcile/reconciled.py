@@ -15,7 +15,9 @@ each key; the worker executes each delivery with this protocol, in one transacti
 5. commit; only then is the delivery acked in Redis.
 
 A kill between commit and ack re-delivers the job; step 2 makes that a no-op. A broken
-connection during COMMIT is an unknown outcome, resolved the same way. Keys that die
+connection during COMMIT is an unknown outcome, resolved the same way: a lost database
+connection (restart, terminated backend) re-schedules the delivery a few seconds later
+(outcome ``db_unavailable``) without spending a retry. Keys that die
 (retries exhausted, or recovered from crashed workers too often) are written to
 ``reconcile_quarantine`` so passes stop re-enqueuing a poison pill until released.
 """
@@ -28,6 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
@@ -50,6 +53,23 @@ def switch_cache(settings: Settings) -> SwitchCache:
     from .store.switches import switch_cache as cache
 
     return cache(settings)
+
+
+DB_LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+"""admin_shutdown (pg_terminate_backend, smart/fast stop), crash_shutdown, cannot_connect_now
+(starting up, recovering); class 08 (connection exceptions) counts too."""
+
+
+def database_lost(exc: DBAPIError) -> bool:
+    """Whether ``exc`` means the connection to PostgreSQL was lost (not an error of the
+    job's SQL). An idle-in-transaction timeout (25P03) is the job's own ``timeout``."""
+    state = getattr(exc.orig, "sqlstate", None)
+    if state == "25P03":
+        return False
+    if state in DB_LOST_SQLSTATES or (state or "").startswith("08"):
+        return True
+    # no SQLSTATE: the server never answered (refused, reset, closed mid-statement)
+    return state is None and (bool(exc.connection_invalidated) or isinstance(exc, OperationalError))
 
 
 class ReconciledJob(Job):
@@ -159,13 +179,26 @@ class ReconciledJob(Job):
     # -- the execution protocol ------------------------------------------------------
 
     def execute(self, args: list[Any]) -> str:
+        settings = get_settings()
+        name = self.job_name
+        try:
+            if not switch_cache(settings).is_enabled(name):
+                return "disabled"
+            return self._execute(settings, name, args)
+        except DBAPIError as exc:
+            if not database_lost(exc):
+                raise
+            # PostgreSQL restarted, or this backend was terminated: not the job's fault,
+            # so no retry is spent and no backoff applies; the delivery runs again in a
+            # few seconds, and step 2 resolves a COMMIT whose outcome is unknown.
+            log.warning("%s%r: database connection lost (%s); re-scheduled",
+                        name, tuple(args), str(exc.orig).strip().splitlines()[0][:200])
+            return "db_unavailable"
+
+    def _execute(self, settings: Settings, name: str, args: list[Any]) -> str:
         from .store import pending as sql
         from .store.engine import get_engine
 
-        settings = get_settings()
-        name = self.job_name
-        if not switch_cache(settings).is_enabled(name):
-            return "disabled"
         with Session(get_engine(settings), expire_on_commit=False) as session, session.begin():
             if self.timeout:
                 sql.set_local_timeouts(session, float(self.timeout))

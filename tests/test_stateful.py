@@ -9,9 +9,10 @@ schema), hypothesis interleaves:
   (``set(unique_for=0)``) and delayed ones (``perform_in``: the scheduled set);
 * Redis flushes (``Broker.flush_namespace``);
 * worker crashes at three points: before perform (leased, never run), inside perform
-  (the transaction rolls back), after perform and commit but before the ack (the
-  settlement never reaches Redis). The crashed process's lease expires (its alive key
-  is deleted, it stays in the procs set) and the reaper runs now or at a later step;
+  (the transaction rolls back; repeated, the job is a poison pill), after perform and
+  commit but before the ack (the settlement never reaches Redis). The crashed
+  process's lease expires (its alive key is deleted, it stays in the procs set) and
+  the reaper runs now or at a later step; ``max_recoveries`` is 1 here;
 * a live worker that leases, runs and settles in separate steps (so a flush, a pass
   or a crash can fall between its lease, its commit and its ack), or all in one step;
 * a worker step whose keys' advisory locks are held by "another worker" (lock busy);
@@ -31,7 +32,8 @@ beyond the first per generation, counted outside the transaction) are allowed an
 reported with the other figures in one summary line.
 
 ``RECONCILE_STATEFUL_EXAMPLES`` / ``RECONCILE_STATEFUL_STEPS`` raise the budget for
-a soak run (defaults 25 and 30).
+a soak run (defaults 25 and 30). Engine defects the machine found are replayed as
+plain, deterministic tests at the end of this file.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ QUEUE = StatefulItem.queue
 JOB = StatefulItem.job_name
 EXAMPLES = int(os.environ.get("RECONCILE_STATEFUL_EXAMPLES", "25"))
 STEPS = int(os.environ.get("RECONCILE_STATEFUL_STEPS", "30"))
+MAX_KEYS = 24
+"""Keys per example at most: more add run time, not interleavings."""
 MAX_ROUNDS = 20
 """Quiescence rounds (reap, promote, pass, drain) before an episode counts as stuck."""
 
@@ -243,6 +247,7 @@ class ReconcileMachine(RuleBasedStateMachine):
 
     # -- rules: rows -----------------------------------------------------------------------
 
+    @precondition(lambda self: len(self.gens) < MAX_KEYS)
     @rule(n=st.integers(1, 4))
     def add_keys(self, n: int) -> None:
         ids = list(range(self.next_id, self.next_id + n))
@@ -344,7 +349,7 @@ class ReconcileMachine(RuleBasedStateMachine):
     # -- rules: crashes ----------------------------------------------------------------------
 
     @precondition(lambda self: self._queued() or self.unrun or self.parked)
-    @rule(after_commit=st.integers(0, 2), before_perform=st.integers(0, 2), reap_now=st.booleans())
+    @rule(after_commit=st.integers(1, 3), before_perform=st.integers(0, 2), reap_now=st.booleans())
     def crash(self, after_commit: int, before_perform: int, reap_now: bool) -> None:
         """Lease and run some (committed, never acked), lease more (never run), die."""
         self.parked += [self._run(d) for d in self._lease(after_commit)]
@@ -394,7 +399,8 @@ class ReconcileMachine(RuleBasedStateMachine):
             return  # a step failed: hypothesis reports that failure, not a follow-up one
         self.fig.max_rounds = self._quiesce()
         entries = quarantine.list_entries(self.engine, JOB)
-        assert all(e.error_class == "WorkerCrashed" for e in entries), entries
+        assert all(e.error_class == "WorkerCrashed" and "crashed workers" in e.reason for e in entries), [
+            (e.key, e.reason, e.error_class, e.error_message, e.payload) for e in entries]
         if entries:
             self.fig.poisoned += len(entries)
             quarantine.release_all(self.engine, JOB)
@@ -471,15 +477,20 @@ def test_stateful_reconcile_loses_nothing_and_duplicates_nothing(
 
 
 def test_poison_pill_released_from_quarantine_runs_again(world: tuple[Settings, Broker, sa.Engine]) -> None:
-    """The reaper sent a pass-enqueued job dead as a poison pill but kept its uniqueness
-    lock: once released from quarantine, passes said "already queued" for unique_for."""
+    """The reaper sent a job dead as a poison pill but kept its uniqueness lock: once
+    released from quarantine, passes said "already queued" for up to unique_for. And
+    the quarantine recorded the error of an earlier retry, not the crashes."""
     m = ReconcileMachine(*world, Figures())
-    m.add_keys(1)
-    m.scheduler_tick()  # enqueued under the key's lock
+    m.add_keys(3)
+    m.enqueue([2], "locked")  # key 3, under its lock
+    m.worker_step(1)  # key 3 fails its first attempt: a retry
+    m.promote(advance=True)
     m.crash_inside_perform(times=2, reap_now=True)  # recovered once, then dead
-    assert m.fig.crash_inside_perform == 2
-    assert [e.key for e in quarantine.list_entries(m.engine, JOB)] == [(1,)]
-    m.teardown()  # releases the quarantine and quiesces: key 1 must be done once
+    assert (m.fig.transient_failures, m.fig.crash_inside_perform) == (1, 2)
+    (entry,) = quarantine.list_entries(m.engine, JOB)
+    assert (entry.key, entry.error_class) == ((3,), "WorkerCrashed")
+    assert entry.reason == "recovered from crashed workers more than 1 times"
+    m.teardown()  # releases the quarantine and quiesces: every key done once
     assert (m.fig.poisoned, m.fig.lost) == (1, 0)
 
 

@@ -26,11 +26,20 @@ def drain(system: System, ctx: Context, procs: int) -> float:
     n = max(100, int(ctx.sizes.drain * system.drain_share))
     system.flush()
     system.prefill(n)
+    try:
+        return run_workers(system.name, [system.worker_command()] * procs, system.worker_env(), n, ctx)
+    finally:
+        system.flush()
+
+
+def run_workers(label: str, commands: list[list[str]], env: dict[str, str], n: int,
+                ctx: Context) -> float:
+    """Start ``commands`` (with a fresh probe key), wait until the probes count ``n`` jobs,
+    stop the workers; jobs/s from the first job started to the last one finished."""
     run = uuid.uuid4().hex
     key = f"probe:{run}"
     ctl = control()
-    workers = Workers([system.worker_command()] * procs, {**system.worker_env(), "BENCH_RUN": run},
-                      ctx.logdir / f"{system.name}.log")
+    workers = Workers(commands, {**env, "BENCH_RUN": run}, ctx.logdir / f"{label}.log")
     try:
         done, progress_at = 0, time.monotonic() + START_TIMEOUT - STALL_TIMEOUT
         while True:
@@ -42,7 +51,7 @@ def drain(system: System, ctx: Context, procs: int) -> float:
                 last = max(float(r[1]) for r in rows)
                 gap = max(float(r[3]) for r in rows)
                 if gap > STALL_WARN:
-                    ctx.say(f"  {system.name}: a worker paused {gap:.2f}s between two jobs")
+                    ctx.say(f"  {label}: a worker paused {gap:.2f}s between two jobs")
                 return n / (last - first)
             now = time.monotonic()
             if total > done:
@@ -54,7 +63,6 @@ def drain(system: System, ctx: Context, procs: int) -> float:
     finally:
         workers.stop()
         ctl.delete(key)
-        system.flush()
 
 
 class Drain:
@@ -63,6 +71,8 @@ class Drain:
     implemented = True
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:
+        if not system.uses_redis:
+            return "PostgreSQL-only system"
         return None if system.runs_workers else "not a job system"
 
     def run(self, system: System, ctx: Context) -> dict[str, float]:

@@ -16,6 +16,8 @@ class Enqueue:
     implemented = True
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:
+        if not system.uses_redis:
+            return "PostgreSQL-only system"
         if metric is BULK and not system.bulk_api:
             return system.no_bulk_reason
         return None

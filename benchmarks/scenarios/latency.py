@@ -35,6 +35,8 @@ class Latency:
     implemented = True
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:
+        if not system.uses_redis:
+            return "PostgreSQL-only system"
         return None if system.runs_workers else "not a job system"
 
     def run(self, system: System, ctx: Context) -> dict[str, float]:

@@ -1,31 +1,135 @@
-"""Hook for the "reconciled" section (not implemented yet).
+"""The "reconciled" section: PostgreSQL is the truth (reconcile and procrastinate only).
 
-Planned: a reconcile pass over 1,000,000 pending rows in PostgreSQL (rows/s found and
-enqueued), and the drain of ReconciledJobs (each key re-checked under its advisory
-lock in one transaction) against procrastinate on the same PostgreSQL. It needs a
-procrastinate adapter in ``benchmarks/systems/`` and a table fixture; the scenario
-contract (``skip_reason`` / ``run``) is the same as the Redis-only ones.
+Two measurements, on the same PostgreSQL server, in a throwaway database of the run
+(:mod:`benchmarks.pg`, dropped at the end):
+
+* **Reconcile pass** (reconcile only). ``pass_items`` holds ``Sizes.pass_rows`` pending
+  rows (1,000,000 by default; ``generate_series``, a partial index ``(id) WHERE NOT
+  done`` for the pending query's keyset pages), seeded once per run. Each round, with
+  reconcile's Redis database empty, ``run_pass(PassItem)`` runs twice in the driver:
+  the first pass enqueues every key, the second finds every key already queued
+  (uniqueness locks held). Keys/s = rows found / wall time of ``run_pass``. The
+  Redis database is flushed afterwards.
+* **Reconciled drain** (both). ``items`` holds N pending rows; every job, in ONE
+  transaction, inserts an ``effects`` row and marks its item done. reconcile: the keys
+  are enqueued by one pass, then ``reconcile worker`` processes run the ReconciledJob
+  protocol (advisory lock, re-check, perform, re-check, commit, ack). procrastinate:
+  the jobs are deferred beforehand with ``batch_defer_async`` (1000 per call), then
+  ``procrastinate worker`` processes run an async task doing the same two statements in
+  one transaction of its own. 1 and 2 worker processes; jobs/s from the first job
+  started to the last job finished, both taken inside the workers by
+  :mod:`benchmarks.probe` (the probe's ``hit()`` is the last statement inside each
+  job's transaction, for both). After each drain the table is checked: N items done,
+  N effect rows, no item with two effects.
+
+N is ``Sizes.rdrain * system.rdrain_share``.
 """
 
 from __future__ import annotations
 
+import time
+
+from .. import pg
 from ..systems import System
 from .base import Context, Metric
+from .drain import run_workers
 
-PASS = Metric("reconcile_pass", "reconcile pass, 1M rows", "rows/s", True)
-RECONCILED_DRAIN = Metric("reconciled_drain", "reconciled drain", "jobs/s", True)
+PASS1 = Metric("pass1", "pass, first: all enqueued", "keys/s", True)
+PASS2 = Metric("pass2", "pass, second: all already queued", "keys/s", True)
+RDRAIN1 = Metric("rdrain1", "reconciled drain, 1 process", "jobs/s", True)
+RDRAIN2 = Metric("rdrain2", "reconciled drain, 2 processes", "jobs/s", True)
+PG_SYSTEMS = ("reconcile", "procrastinate")
+SETTLE_TIMEOUT = 15.0  # seconds for the last commits to become visible after the probe count
 
 
 class Reconciled:
     name = "reconciled"
-    metrics: tuple[Metric, ...] = (PASS, RECONCILED_DRAIN)
-    implemented = False
+    section = "reconciled"
+    metrics: tuple[Metric, ...] = (PASS1, PASS2, RDRAIN1, RDRAIN2)
+    implemented = True
+
+    def __init__(self) -> None:
+        self.prepared: set[str] = set()
+        self.pass_seeded = 0
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:
-        return None if system.name in ("reconcile", "procrastinate") else "PostgreSQL-only section"
+        if system.name not in PG_SYSTEMS:
+            return "PostgreSQL section"
+        if system.name != "reconcile" and metric in (PASS1, PASS2):
+            return "no reconcile pass: its jobs are deferred one by one (or in batches) by the app"
+        return None
 
     def run(self, system: System, ctx: Context) -> dict[str, float]:
-        raise NotImplementedError("the reconciled section is not implemented yet")
+        pg.DATABASE.ensure()
+        if system.name not in self.prepared:
+            system.pg_prepare()
+            self.prepared.add(system.name)
+        out: dict[str, float] = {}
+        if system.name == "reconcile":
+            out.update(self._passes(system, ctx))
+        out[RDRAIN1.key] = self._drain(system, ctx, 1)
+        out[RDRAIN2.key] = self._drain(system, ctx, 2)
+        return out
+
+    def close(self) -> None:
+        """End of the run: drop the bench database."""
+        self.prepared.clear()
+        self.pass_seeded = 0
+        pg.DATABASE.drop()
+
+    # -- the pass ------------------------------------------------------------------------
+
+    def _passes(self, system: System, ctx: Context) -> dict[str, float]:
+        from reconcile.scheduler.passes import run_pass
+
+        from ..reconciled_jobs import PassItem
+
+        n = ctx.sizes.pass_rows
+        engine = pg.DATABASE.engine(pg.RC_SCHEMA)
+        if self.pass_seeded != n:
+            t = time.monotonic()
+            pg.seed_pass_items(engine, n)
+            self.pass_seeded = n
+            ctx.say(f"  reconcile: seeded {n:,} pending rows in {time.monotonic() - t:.1f}s")
+        out: dict[str, float] = {}
+        system.flush()
+        try:
+            for metric, want in ((PASS1, "enqueued"), (PASS2, "already_queued")):
+                t = time.perf_counter()
+                result = run_pass(PassItem, trigger="manual", owner="bench")
+                dt = time.perf_counter() - t
+                if result.error or result.found != n or getattr(result, want) != n:
+                    raise RuntimeError(f"{metric.label}: expected {n} {want}: {result.summary()}")
+                out[metric.key] = n / dt
+        finally:
+            system.flush()
+        return out
+
+    # -- the drain -----------------------------------------------------------------------
+
+    def _drain(self, system: System, ctx: Context, procs: int) -> float:
+        n = max(100, int(ctx.sizes.rdrain * system.rdrain_share))
+        system.pg_prefill(n)
+        try:
+            rate = run_workers(f"{system.name}-reconciled", [system.pg_worker_command()] * procs,
+                               system.pg_worker_env(), n, ctx)
+            self._check(system, n)
+            return rate
+        finally:
+            system.flush()
+
+    @staticmethod
+    def _check(system: System, n: int) -> None:
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            done, effects, dup = system.pg_state()
+            if done >= n and effects >= n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{system.name}: {done}/{n} items done, {effects} effects after the drain")
+            time.sleep(0.1)
+        if effects != n or dup:
+            raise RuntimeError(f"{system.name}: {effects} effect rows for {n} items ({dup} duplicated)")
 
 
 SCENARIO = Reconciled()

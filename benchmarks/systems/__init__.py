@@ -7,12 +7,13 @@ from .base import System
 from .celery_sys import Celery
 from .dramatiq_sys import Dramatiq
 from .huey_sys import Huey
+from .procrastinate_sys import Procrastinate
 from .reconcile_sys import Reconcile
 from .redis_sys import RawRedis
 from .rq_sys import RQ
 from .saq_sys import Saq
 
-ALL: list[type[System]] = [Reconcile, Dramatiq, Huey, RQ, Arq, Celery, Saq, RawRedis]
+ALL: list[type[System]] = [Reconcile, Dramatiq, Huey, RQ, Arq, Celery, Saq, RawRedis, Procrastinate]
 BY_NAME: dict[str, type[System]] = {cls.name: cls for cls in ALL}
 BASELINE = "reconcile"
 

@@ -27,6 +27,13 @@ class System(ABC):
     drain_share: float = 1.0
     """Drain N = ``Sizes.drain * drain_share``: slow systems drain fewer jobs so each
     drain still lasts seconds but a round stays short; fast ones more, for the same reason."""
+    uses_redis: bool = True
+    """False for a PostgreSQL-only system (procrastinate): it has no Redis database and
+    takes part only in the "reconciled" section."""
+    rdrain_share: float = 1.0
+    """Reconciled-drain N = ``Sizes.rdrain * rdrain_share`` (same idea as ``drain_share``)."""
+    pg_config: str = ""
+    """Configuration of the reconciled section's workers, for the report and docs."""
 
     @property
     def db(self) -> int:
@@ -39,7 +46,8 @@ class System(ABC):
         """Release connections and event loops."""
 
     def flush(self) -> None:
-        flush_db(self.db)
+        if self.uses_redis:
+            flush_db(self.db)
 
     @abstractmethod
     def enqueue_single(self, n: int) -> float:
@@ -66,6 +74,27 @@ class System(ABC):
 
     def worker_env(self) -> dict[str, str]:
         """Extra environment of worker processes."""
+        return {}
+
+    # -- the "reconciled" section (PostgreSQL); see benchmarks/scenarios/reconciled.py --
+
+    def pg_prepare(self) -> None:
+        """Create this system's tables in its schema of the bench database (once a run)."""
+        raise NotImplementedError(f"{self.name} takes no part in the reconciled section")
+
+    def pg_prefill(self, n: int) -> None:
+        """Reset ``items`` to n pending rows and queue one job per item (not measured)."""
+        raise NotImplementedError
+
+    def pg_state(self) -> tuple[int, int, int]:
+        """(items done, effect rows, items with more than one effect)."""
+        raise NotImplementedError
+
+    def pg_worker_command(self) -> list[str]:
+        """Command line of one worker process of the reconciled drain."""
+        raise NotImplementedError
+
+    def pg_worker_env(self) -> dict[str, str]:
         return {}
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import time
 
+from .. import pg
 from ..common import DBS, python, url
 from .base import System, timed_loop
 
 CONCURRENCY = 10
+PG_CONCURRENCY = int(os.environ.get("BENCH_RC_PG_CONCURRENCY", "8"))
+"""Worker threads of the reconciled drain (each job holds a PostgreSQL connection)."""
 
 
 def _cli_has_worker() -> bool:
@@ -26,6 +29,11 @@ class Reconcile(System):
     bulk_api = "perform_bulk"
     config = (f"reconcile worker --app benchmarks.jobs -q default -c {CONCURRENCY} "
               "--namespace bench --log-level WARNING (prefetch default = concurrency)")
+    rdrain_share = 2.0
+    pg_config = (f"reconcile worker --app benchmarks.reconciled_jobs -q rdrain -c {PG_CONCURRENCY} "
+                 "--database-url <bench db, search_path=bench_rc> --namespace bench "
+                 "--log-level WARNING (prefetch default = concurrency; SQLAlchemy pool "
+                 "concurrency + 2); keys enqueued by one run_pass (jitter 0)")
 
     def open(self) -> None:
         from reconcile.config import use_settings
@@ -33,8 +41,14 @@ class Reconcile(System):
         from .. import jobs
         from ..apps.reconcile_worker import settings_for
 
-        use_settings(settings_for())
+        self.settings = settings_for(database_url=pg.sa_url(pg.RC_SCHEMA))
+        use_settings(self.settings)
         self.jobs = jobs
+
+    def close(self) -> None:
+        from reconcile.store.engine import dispose_engines
+
+        dispose_engines()  # before the bench database is dropped
 
     def enqueue_single(self, n: int) -> float:
         return timed_loop(n, self.jobs.Noop.perform_async)
@@ -56,3 +70,34 @@ class Reconcile(System):
         return [python(), "-m", "reconcile", "worker", "--app", "benchmarks.jobs",
                 "-q", "default", "-c", str(CONCURRENCY), "--redis-url", url(DBS["reconcile"]),
                 "--namespace", "bench", "--log-level", "WARNING", *extra]
+
+    # -- the reconciled section ------------------------------------------------------
+
+    def pg_prepare(self) -> None:
+        from reconcile.store import migrate
+
+        from .. import reconciled_jobs  # noqa: F401  (registers the job classes)
+
+        migrate.upgrade(pg.sa_url(pg.RC_SCHEMA))  # reconcile's tables, as `reconcile db upgrade`
+        pg.create_items(pg.DATABASE.engine(pg.RC_SCHEMA))
+
+    def pg_prefill(self, n: int) -> None:
+        from reconcile.scheduler.passes import run_pass
+
+        from ..reconciled_jobs import ProcessItem
+
+        pg.seed_items(pg.DATABASE.engine(pg.RC_SCHEMA), n)
+        self.flush()
+        result = run_pass(ProcessItem, settings=self.settings)
+        if result.error or result.enqueued != n:
+            raise RuntimeError(f"prefill pass: {result.summary()}")
+
+    def pg_state(self) -> tuple[int, int, int]:
+        return pg.items_state(pg.DATABASE.engine(pg.RC_SCHEMA))
+
+    def pg_worker_command(self) -> list[str]:
+        extra = os.environ.get("BENCH_RC_PG_ARGS", "").split()  # for tuning experiments
+        return [python(), "-m", "reconcile", "worker", "--app", "benchmarks.reconciled_jobs",
+                "-q", "rdrain", "-c", str(PG_CONCURRENCY), "--redis-url", url(DBS["reconcile"]),
+                "--database-url", pg.sa_url(pg.RC_SCHEMA), "--namespace", "bench",
+                "--log-level", "WARNING", *extra]

@@ -85,6 +85,8 @@ class Maintenance:
         exc = WorkerCrashed(
             f"recovered from crashed workers more than {self.settings.max_recoveries} times"
         )
+        # as in its dead-set entry (reap.lua): this failure, not one of an earlier retry
+        payload.update(error_class="WorkerCrashed", error_message=str(exc), failed_at=time.time())
         try:
             cls.on_death(payload, exc)
         except Exception:

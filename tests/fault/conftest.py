@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from reconcile import config
-
 from tests.fault.harness import World
 from tests.fault.servers import PgCluster, RedisServer
 

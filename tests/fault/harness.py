@@ -15,6 +15,7 @@ fixed sleeps), and measures the figures every scenario reports:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,7 +33,6 @@ import sqlalchemy as sa
 
 from reconcile.broker import Broker
 from reconcile.config import Settings, load_settings
-
 from tests.fault.oracle_app import due, effects, metadata
 from tests.fault.servers import PgCluster, RedisServer
 
@@ -152,7 +152,8 @@ class World:
         keys = list(range(start, start + n))
         with self.engine.begin() as c:
             c.execute(sa.text(
-                "INSERT INTO fault_due (key) SELECT g FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) g"
+                "INSERT INTO fault_due (key) SELECT g FROM "
+                "generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) g"
             ), {"a": start, "b": start + n - 1})
         self.keys_due += n
         return keys
@@ -181,10 +182,8 @@ class World:
         out: dict[int, str] = {}
         for member in self.redis.smembers(self.broker.keys.procs):  # type: ignore[union-attr]
             proc_id = member.decode()
-            try:
+            with contextlib.suppress(IndexError, ValueError):
                 out[int(proc_id.split(":")[-2])] = proc_id
-            except (IndexError, ValueError):
-                pass
         return out
 
     def wait_registered(self, *procs: Proc, timeout: float = 30) -> dict[int, str]:
@@ -211,16 +210,12 @@ class World:
         for proc in self.procs:
             proc.expect_alive = False
             if proc.alive():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGCONT)  # a frozen process cannot die otherwise
-                except ProcessLookupError:
-                    pass
                 proc.popen.kill()
         for proc in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
         self.broker.redis.close()
         self.engine.dispose()
         try:

@@ -1,0 +1,94 @@
+"""procrastinate: a PostgreSQL-only job queue, the peer of the reconciled section.
+
+It takes no part in the Redis scenarios. Its jobs are deferred beforehand with
+``batch_defer_async`` (one INSERT of 1000 jobs per call), then its worker drains them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from .. import pg
+from ..common import tool
+from .base import System
+
+CONCURRENCY = int(os.environ.get("BENCH_PQ_CONCURRENCY", "16"))
+DELETE_JOBS = os.environ.get("BENCH_PQ_DELETE_JOBS", "successful")
+DEFER_BATCH = 1000
+
+
+class Procrastinate(System):
+    name = "procrastinate"
+    package = "procrastinate"
+    uses_redis = False
+    rdrain_share = 0.5
+    no_bulk_reason = "PostgreSQL-only: reconciled section only"
+    config = "PostgreSQL-only (reconciled section)"
+    pg_config = (f"procrastinate --app benchmarks.apps.procrastinate_app.app --log-level warning "
+                 f"worker --queues rdrain --concurrency {CONCURRENCY} --delete-jobs {DELETE_JOBS} "
+                 f"(listen_notify on, the default); PsycopgConnector pool {CONCURRENCY + 2} "
+                 f"connections, the async task's own psycopg pool {CONCURRENCY}; jobs deferred "
+                 f"with batch_defer_async, {DEFER_BATCH} per call")
+
+    def open(self) -> None:
+        os.environ["BENCH_PQ_CONNINFO"] = pg.conninfo(pg.PQ_SCHEMA)
+        import procrastinate  # noqa: F401  (ImportError: reported as missing)
+
+        self.loop = asyncio.new_event_loop()
+        self.app: Any = None
+
+    def _app(self) -> Any:
+        if self.app is None:
+            from ..apps import procrastinate_app
+
+            self.module = procrastinate_app
+            self.app = procrastinate_app.app
+            self.loop.run_until_complete(self.app.open_async())
+        return self.app
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.loop.run_until_complete(self.app.close_async())
+            self.app = None
+        self.loop.close()
+
+    def enqueue_single(self, n: int) -> float:
+        raise NotImplementedError("procrastinate runs in the reconciled section only")
+
+    # -- the reconciled section ------------------------------------------------------
+
+    def pg_prepare(self) -> None:
+        app = self._app()
+        self.loop.run_until_complete(app.schema_manager.apply_schema_async())
+        pg.create_items(pg.DATABASE.engine(pg.PQ_SCHEMA))
+
+    def pg_prefill(self, n: int) -> None:
+        import sqlalchemy as sa
+
+        engine = pg.DATABASE.engine(pg.PQ_SCHEMA)
+        with engine.begin() as c:
+            c.execute(sa.text("TRUNCATE procrastinate_jobs, procrastinate_workers RESTART IDENTITY CASCADE"))
+        pg.seed_items(engine, n)
+        task = self.module.process_item
+
+        async def go() -> None:
+            for s in range(1, n + 1, DEFER_BATCH):
+                await task.batch_defer_async(*({"item_id": i} for i in range(s, min(n + 1, s + DEFER_BATCH))))
+
+        self._app()
+        self.loop.run_until_complete(go())
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.execute(sa.text("VACUUM ANALYZE procrastinate_jobs"))
+
+    def pg_state(self) -> tuple[int, int, int]:
+        return pg.items_state(pg.DATABASE.engine(pg.PQ_SCHEMA))
+
+    def pg_worker_command(self) -> list[str]:
+        return [tool("procrastinate"), "--app", "benchmarks.apps.procrastinate_app.app",
+                "--log-level", "warning", "worker", "--queues", "rdrain",
+                "--concurrency", str(CONCURRENCY), "--delete-jobs", DELETE_JOBS]
+
+    def pg_worker_env(self) -> dict[str, str]:
+        return {"BENCH_PQ_CONNINFO": pg.conninfo(pg.PQ_SCHEMA), "BENCH_PQ_CONCURRENCY": str(CONCURRENCY)}
