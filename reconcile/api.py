@@ -12,7 +12,7 @@
                      "quiet": false, "alive": true, "leased": 10,
                      "started_at": 1732357077.1, "beat": 1732357101.5}],
       "counters": {"processed": 1042, "failed": 3, "already_done": 17,
-                   "lock_busy": 2, "disabled": 0, "held": 0}
+                   "lock_busy": 2, "db_unavailable": 0, "disabled": 0, "held": 0}
     }
 
 ``latency`` is the age in seconds of the oldest job in the queue (0 when empty).

@@ -279,7 +279,7 @@ class Broker:
         return {"scheduled": int(s), "retry": int(r), "dead": int(d)}
 
     def counters(self) -> dict[str, int]:
-        names = ["processed", "failed", "already_done", "lock_busy", "disabled", "held"]
+        names = ["processed", "failed", "already_done", "lock_busy", "db_unavailable", "disabled", "held"]
         values = self.redis.mget([self.keys.stat(n) for n in names])
         return {n: int(v or 0) for n, v in zip(names, values, strict=True)}
 
