@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from tests.fault.harness import SOAK, World, db_now, loss_pass_done
 from tests.fault.results import record
 
-KEYS = 20_000 if SOAK else 4_000
+KEYS = 20_000 if SOAK else 3_000
 RESTARTS = 4 if SOAK else 2
 
 

@@ -22,7 +22,7 @@ from tests.fault.harness import SOAK
 from tests.fault.oracle_app import Oracle
 from tests.fault.results import record
 
-KEYS = 30_000 if SOAK else 8_000
+KEYS = 30_000 if SOAK else 5_000
 MAXMEMORY = "2mb"
 
 
@@ -49,8 +49,8 @@ def test_noeviction_back_pressure(make_world: MakeWorld) -> None:
            heal=f"all done {heal:.1f} s after workers started (queue held {queued_at_limit:,} "
                 "jobs at the limit)",
            heal_seconds=heal, target="nothing lost; enqueue errors are clear",
-           notes=f"client enqueue raised BrokerError ({message[:90]}...); {refused_passes} passes "
-                 f"recorded the refusal; {reaped} reaper recoveries of live workers")
+           notes=f"client enqueue raised BrokerError: \"{message[:120]}...\"; passes that recorded "
+                 f"the refusal: {refused_passes}; live workers reaped as dead: {reaped}")
     assert f.lost == 0
     assert f.dup_effects == 0
 
