@@ -468,9 +468,31 @@ def test_stateful_reconcile_loses_nothing_and_duplicates_nothing(
         )
     finally:
         print(f"\n{total.summary()} in {time.monotonic() - started:.1f}s")
+    record_row(total)
     assert total.lost == 0
     assert total.duplicate_effects == 0
     assert total.examples > 0
+
+
+def record_row(total: Figures) -> None:
+    """Scenario 11's row of docs/reliability.md (see tests/fault/report.py)."""
+    from tests.fault import harness
+    from tests.fault.results import record
+
+    figures = harness.Figures(
+        keys_due=total.due, done=total.due - total.lost, lost=total.lost,
+        dup_effects=total.duplicate_effects, performs=total.attempts, deliveries=total.attempts,
+        dup_exec=total.duplicate_executions,
+    )
+    record(
+        "11", f"hypothesis state machine: {total.examples} episodes of row changes, enqueues, "
+        f"{total.flushes} flushes, {total.crashes} worker crashes, passes, retries",
+        figures, f"every episode quiesced within {total.max_rounds} rounds of reap/promote/pass/drain",
+        "every key due at the end of an episode done exactly once",
+        notes=(f"{total.crash_before_perform} crashes before perform, {total.crash_inside_perform} "
+               f"inside, {total.crash_after_commit} after commit before ack; {total.poisoned} poison "
+               f"pills quarantined and released; {total.transient_failures} transient failures retried"),
+    )
 
 
 # -- sequences the machine found (or can reach), replayed deterministically -------------------
