@@ -356,6 +356,14 @@ class Broker:
         """Redis's ``evicted_keys`` counter (server-wide; reset by a restart)."""
         return int(self.redis.info("stats").get("evicted_keys", 0))
 
+    def claim_incident(self, ttl_ms: int = 5000) -> bool:
+        """True for the one caller that handles a Redis loss seen now (``SET NX PX``)."""
+        return bool(self.redis.set(self.keys.incident, b"1", nx=True, px=ttl_ms))
+
+    def release_incident(self) -> None:
+        """Give the claim back when handling failed, so the loss is handled again."""
+        self.redis.delete(self.keys.incident)
+
     def epoch(self) -> bytes | None:
         """The namespace's epoch sentinel, or None if Redis lost it."""
         return self.redis.get(self.keys.epoch)  # type: ignore[return-value]

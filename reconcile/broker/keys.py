@@ -79,6 +79,12 @@ class Keys:
         return f"{self.tag}:switches"
 
     @property
+    def incident(self) -> str:
+        """Held briefly by the scheduler handling a Redis loss, so that schedulers seeing
+        the same loss at once do not each trigger every pass."""
+        return f"{self.tag}:incident"
+
+    @property
     def epoch(self) -> str:
         """Sentinel whose disappearance means Redis lost our data."""
         return f"{self.tag}:epoch"

@@ -177,10 +177,18 @@ class Scheduler:
 
         reason = self.watch.check()
         if reason:
-            # every pass schedule in the database, not only this process's classes, so
-            # that schedulers running other apps heal too
-            names = [s.name for s in store.list_schedules(self.engine) if s.kind == "pass"]
-            store.trigger_now(self.engine, names)
+            if not self.broker.claim_incident():
+                # another scheduler saw the same loss a moment ago and is handling it
+                self.watch.rearm()
+                return None
+            try:
+                # every pass schedule in the database, not only this process's classes, so
+                # that schedulers running other apps heal too
+                names = [s.name for s in store.list_schedules(self.engine) if s.kind == "pass"]
+                store.trigger_now(self.engine, names)
+            except Exception:
+                self.broker.release_incident()  # not handled: the next round sees it again
+                raise
             self._after_loss.update(names)
             self.watch.rearm()
             self.incidents.append(reason)
