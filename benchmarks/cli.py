@@ -183,13 +183,17 @@ def summarize(rounds: report.Rounds, systems: list[System], scenarios: list[Scen
         shown = [s.name for s in systems if any(k in r.get(s.name, {}) for r in rounds for k in keys)]
         if shown:
             out += ["", report.table(rounds, shown, metrics)]
-    notes = []
+    left_out: dict[tuple[str, str], list[str]] = {}  # (metric labels, reason) -> systems
     for sc in scenarios:
         for s in systems:
             skipped = [m for m in sc.metrics if sc.skip_reason(s, m)]
             if len(skipped) == len(sc.metrics):
                 continue  # the system takes no part in this scenario at all
-            notes += [f"  {m.label}: {s.name} left out: {sc.skip_reason(s, m)}" for m in skipped]
+            for reason in dict.fromkeys(str(sc.skip_reason(s, m)) for m in skipped):
+                labels = " / ".join(m.label for m in skipped if sc.skip_reason(s, m) == reason)
+                left_out.setdefault((labels, reason), []).append(s.name)
+    notes = [f"  {labels}: {', '.join(names)} left out: {reason}"
+             for (labels, reason), names in left_out.items()]
     notes += [f"  {name}: {why}" for name, why in missing.items()]
     notes += [f"  {name}: {e}" for name, errs in errors.items() for e in errs]
     if notes:

@@ -7,7 +7,8 @@ measurement runs), with one schema per system, and drops it at the end:
 
 * ``bench_rc``: reconcile's framework tables (``reconcile db upgrade``, i.e. alembic),
   the drain's ``items`` / ``effects`` and the pass's ``pass_items``;
-* ``bench_pq``: procrastinate's schema and its own ``items`` / ``effects``.
+* ``bench_pq``: procrastinate's schema and its own ``items`` / ``effects``;
+* ``bench_raw``: ``items`` / ``effects`` of the raw psycopg floor.
 
 Each system reaches its schema through ``search_path`` in its connection URL, exactly
 as an application that keeps its tables in a schema would.
@@ -27,6 +28,7 @@ BASE_URL = os.environ.get("BENCH_DATABASE", "postgresql+psycopg://postgres@127.0
 DB_NAME = f"reconcile_bench_{os.getpid()}"
 RC_SCHEMA = "bench_rc"
 PQ_SCHEMA = "bench_pq"
+RAW_SCHEMA = "bench_raw"
 
 
 def sa_url(schema: str) -> str:
@@ -63,6 +65,7 @@ class BenchDatabase:
         with self.engine(RC_SCHEMA).begin() as c:
             c.execute(sa.text(f"CREATE SCHEMA {RC_SCHEMA}"))
             c.execute(sa.text(f"CREATE SCHEMA {PQ_SCHEMA}"))
+            c.execute(sa.text(f"CREATE SCHEMA {RAW_SCHEMA}"))
 
     def engine(self, schema: str) -> Engine:
         eng = self._engines.get(schema)

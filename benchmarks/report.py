@@ -14,7 +14,7 @@ from .scenarios import Metric
 from .systems import BASELINE
 
 Rounds = list[dict[str, dict[str, float]]]   # round -> system -> metric key -> value
-NOT_PEERS = {BASELINE, "redis", "procrastinate"}  # procrastinate: reconciled section only
+NOT_PEERS = {BASELINE, "redis", "procrastinate", "psycopg"}  # the last two: reconciled section only
 
 
 def median_value(rounds: Rounds, system: str, key: str) -> float | None:

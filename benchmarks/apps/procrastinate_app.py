@@ -11,19 +11,28 @@ from __future__ import annotations
 import asyncio
 import os
 
+import psycopg
 import psycopg_pool
 from procrastinate import App, PsycopgConnector
 
 from .. import probe
 
 CONNINFO = os.environ.get("BENCH_PQ_CONNINFO", "postgresql://postgres@127.0.0.1:5432/test")
-CONCURRENCY = int(os.environ.get("BENCH_PQ_CONCURRENCY", "16"))
+CONCURRENCY = int(os.environ.get("BENCH_PQ_CONCURRENCY", "8"))
 
 # procrastinate's own pool: fetch_job / finish_job of every running job, the listener
 # and the heartbeat share it, so it is sized above the concurrency (the default pool
 # of 4 connections would serialise them).
+AUTOCOMMIT = os.environ.get("BENCH_PQ_AUTOCOMMIT", "0") == "1"
+
+
+async def _autocommit(conn: psycopg.AsyncConnection) -> None:
+    await conn.set_autocommit(True)
+
+
 app = App(connector=PsycopgConnector(conninfo=CONNINFO, min_size=CONCURRENCY + 2,
-                                     max_size=CONCURRENCY + 2))
+                                     max_size=CONCURRENCY + 2,
+                                     **({"configure": _autocommit} if AUTOCOMMIT else {})))
 
 _pool: psycopg_pool.AsyncConnectionPool | None = None
 _pool_lock = asyncio.Lock()

@@ -94,6 +94,10 @@ class System(ABC):
         """Command line of one worker process of the reconciled drain."""
         raise NotImplementedError
 
+    def pg_worker_commands(self, procs: int) -> list[list[str]]:
+        """Command lines of the ``procs`` worker processes of the reconciled drain."""
+        return [self.pg_worker_command()] * procs
+
     def pg_worker_env(self) -> dict[str, str]:
         return {}
 

@@ -14,8 +14,8 @@ from .. import pg
 from ..common import tool
 from .base import System
 
-CONCURRENCY = int(os.environ.get("BENCH_PQ_CONCURRENCY", "16"))
-DELETE_JOBS = os.environ.get("BENCH_PQ_DELETE_JOBS", "successful")
+CONCURRENCY = int(os.environ.get("BENCH_PQ_CONCURRENCY", "8"))
+DELETE_JOBS = os.environ.get("BENCH_PQ_DELETE_JOBS", "never")
 DEFER_BATCH = 1000
 
 
@@ -91,4 +91,5 @@ class Procrastinate(System):
                 "--concurrency", str(CONCURRENCY), "--delete-jobs", DELETE_JOBS]
 
     def pg_worker_env(self) -> dict[str, str]:
-        return {"BENCH_PQ_CONNINFO": pg.conninfo(pg.PQ_SCHEMA), "BENCH_PQ_CONCURRENCY": str(CONCURRENCY)}
+        return {"BENCH_PQ_CONNINFO": pg.conninfo(pg.PQ_SCHEMA), "BENCH_PQ_CONCURRENCY": str(CONCURRENCY),
+                "BENCH_PQ_AUTOCOMMIT": os.environ.get("BENCH_PQ_AUTOCOMMIT", "0")}

@@ -29,7 +29,7 @@ class Reconcile(System):
     bulk_api = "perform_bulk"
     config = (f"reconcile worker --app benchmarks.jobs -q default -c {CONCURRENCY} "
               "--namespace bench --log-level WARNING (prefetch default = concurrency)")
-    rdrain_share = 2.0
+    rdrain_share = 1.0
     pg_config = (f"reconcile worker --app benchmarks.reconciled_jobs -q rdrain -c {PG_CONCURRENCY} "
                  "--database-url <bench db, search_path=bench_rc> --namespace bench "
                  "--log-level WARNING (prefetch default = concurrency; SQLAlchemy pool "
