@@ -123,3 +123,30 @@ def pg_settings(settings: Settings, schema_url: str) -> Settings:
     s = settings.with_overrides(database_url=schema_url)
     use_settings(s)
     return s
+
+
+@pytest.fixture
+def engine(schema_url: str) -> Iterator[sa.Engine]:
+    """An engine on this test's schema, migrated to head (framework tables only).
+    Tests of a ReconciledJob app override it with one that also creates the app tables."""
+    from reconcile.store import migrate
+
+    migrate.upgrade(schema_url)
+    eng = sa.create_engine(schema_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def app_engine(pg_settings: Settings) -> Iterator[sa.Engine]:
+    """reconcile's engine for this test's schema, with the framework tables and the
+    tables of ``tests/reconciled_app.py``; engines are disposed afterwards."""
+    from reconcile.store.engine import dispose_engines, get_engine
+    from reconcile.store.tables import metadata
+    from tests.reconciled_app import app_metadata
+
+    eng = get_engine(pg_settings)
+    metadata.create_all(eng)
+    app_metadata.create_all(eng)
+    yield eng
+    dispose_engines()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,20 +18,14 @@ from reconcile.reconciled import switch_cache
 from reconcile.scheduler.passes import run_pass
 from reconcile.scheduler.service import Scheduler
 from reconcile.store import quarantine, schedules, switches
-from reconcile.store.engine import dispose_engines, get_engine
-from reconcile.store.tables import metadata
 from reconcile.worker.executor import Executor
 from tests.jobs_plain_cron import Mailer, Nightly
-from tests.reconciled_app import NewestItems, ProcessItem, SyncStock, app_metadata, items, regions
+from tests.reconciled_app import NewestItems, ProcessItem, SyncStock, items, regions
 
 
 @pytest.fixture
-def engine(pg_settings: Settings) -> Iterator[sa.Engine]:
-    eng = get_engine(pg_settings)
-    metadata.create_all(eng)
-    app_metadata.create_all(eng)
-    yield eng
-    dispose_engines()
+def engine(app_engine: sa.Engine) -> sa.Engine:
+    return app_engine
 
 
 def disable(engine: sa.Engine, settings: Settings, name: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,11 +20,9 @@ from reconcile.scheduler.passes import run_pass
 from reconcile.scheduler.service import Scheduler
 from reconcile.store import pending as pending_sql
 from reconcile.store import quarantine, runs
-from reconcile.store.engine import dispose_engines, get_engine
-from reconcile.store.tables import metadata
 from reconcile.worker import QueueSpec, Worker
 from reconcile.worker.executor import Executor
-from tests.reconciled_app import ForgetfulItem, ProcessItem, app_metadata, effects, items
+from tests.reconciled_app import ForgetfulItem, ProcessItem, effects, items
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> float:
@@ -38,12 +36,8 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 @pytest.fixture
-def engine(pg_settings: Settings) -> Iterator[sa.Engine]:
-    eng = get_engine(pg_settings)
-    metadata.create_all(eng)
-    app_metadata.create_all(eng)
-    yield eng
-    dispose_engines()
+def engine(app_engine: sa.Engine) -> sa.Engine:
+    return app_engine
 
 
 def seed(engine: sa.Engine, n: int, start: int = 1) -> None:

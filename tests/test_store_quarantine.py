@@ -5,22 +5,11 @@ Keys are JSON arrays of JSON-native values; they come back as tuples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from reconcile.store import migrate, quarantine
+from reconcile.store import quarantine
 from reconcile.store.tables import quarantine as quarantine_table
-
-
-@pytest.fixture
-def engine(schema_url: str) -> Iterator[Engine]:
-    migrate.upgrade(schema_url)
-    engine = sa.create_engine(schema_url)
-    yield engine
-    engine.dispose()
 
 
 def test_quarantined_keys_come_back_as_tuples_per_job(engine: Engine) -> None:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from reconcile.store import migrate, runs
+from reconcile.store import runs
 from reconcile.store.tables import runs as runs_table
-
-
-@pytest.fixture
-def engine(schema_url: str) -> Iterator[Engine]:
-    migrate.upgrade(schema_url)
-    engine = sa.create_engine(schema_url)
-    yield engine
-    engine.dispose()
 
 
 def test_a_started_run_is_visible_before_it_finishes(engine: Engine) -> None:

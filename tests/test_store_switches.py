@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reconcile.config import Settings
-from reconcile.store import migrate, switches
+from reconcile.store import switches
 from reconcile.store.switches import SwitchCache
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"
-
-
-@pytest.fixture
-def engine(schema_url: str) -> Iterator[Engine]:
-    migrate.upgrade(schema_url)
-    engine = sa.create_engine(schema_url)
-    yield engine
-    engine.dispose()
 
 
 class Clock:
