@@ -356,7 +356,7 @@ class Broker:
         """Redis's ``evicted_keys`` counter (server-wide; reset by a restart)."""
         return int(self.redis.info("stats").get("evicted_keys", 0))
 
-    def claim_incident(self, ttl_ms: int = 5000) -> bool:
+    def claim_incident(self, ttl_ms: int = 1000) -> bool:
         """True for the one caller that handles a Redis loss seen now (``SET NX PX``)."""
         return bool(self.redis.set(self.keys.incident, b"1", nx=True, px=ttl_ms))
 

@@ -178,8 +178,10 @@ class Scheduler:
         reason = self.watch.check()
         if reason:
             if not self.broker.claim_incident():
-                # another scheduler saw the same loss a moment ago and is handling it
-                self.watch.rearm()
+                # another scheduler is handling a loss seen a moment ago. Not re-armed:
+                # if the loss is still there once the claim lapses (a second), this
+                # scheduler handles it then (an extra pass is harmless; a forgotten
+                # loss is not)
                 return None
             try:
                 # every pass schedule in the database, not only this process's classes, so
