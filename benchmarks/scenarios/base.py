@@ -36,3 +36,10 @@ class Scenario(Protocol):
 
     def run(self, system: System, ctx: Context) -> dict[str, float]:
         """Measure every metric not skipped; keys are ``Metric.key``. Raises on failure."""
+
+
+def worker_skip_reason(system: System) -> str | None:
+    """Why a scenario that runs worker processes on Redis cannot measure ``system``."""
+    if not system.uses_redis:
+        return "PostgreSQL-only system"
+    return None if system.runs_workers else "not a job system"

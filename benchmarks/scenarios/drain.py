@@ -13,7 +13,7 @@ import uuid
 
 from ..common import Workers, control
 from ..systems import System
-from .base import Context, Metric
+from .base import Context, Metric, worker_skip_reason
 
 DRAIN_1 = Metric("drain1", "drain, 1 process", "jobs/s", True)
 DRAIN_2 = Metric("drain2", "drain, 2 processes", "jobs/s", True)
@@ -71,9 +71,7 @@ class Drain:
     implemented = True
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:
-        if not system.uses_redis:
-            return "PostgreSQL-only system"
-        return None if system.runs_workers else "not a job system"
+        return worker_skip_reason(system)
 
     def run(self, system: System, ctx: Context) -> dict[str, float]:
         return {DRAIN_1.key: drain(system, ctx, 1), DRAIN_2.key: drain(system, ctx, 2)}

@@ -14,7 +14,7 @@ import uuid
 
 from ..common import Workers, control
 from ..systems import System
-from .base import Context, Metric
+from .base import Context, Metric, worker_skip_reason
 
 P50 = Metric("p50", "pickup p50", "ms", False)
 P99 = Metric("p99", "pickup p99", "ms", False)
@@ -35,9 +35,7 @@ class Latency:
     implemented = True
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:
-        if not system.uses_redis:
-            return "PostgreSQL-only system"
-        return None if system.runs_workers else "not a job system"
+        return worker_skip_reason(system)
 
     def run(self, system: System, ctx: Context) -> dict[str, float]:
         system.flush()
