@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
+import redis.connection
 
 from reconcile import ArgumentError, Job, PayloadTooLarge, client_middleware
 from reconcile.broker import Broker
@@ -124,14 +126,18 @@ def test_set_overrides_queue_wait_and_retry_for_one_call(broker: Broker) -> None
 
 
 def _count_commands(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the commands written to any Redis socket from now on (what goes on the
+    wire, whichever connection or pipeline sends it)."""
     sent: list[str] = []
-    real = broker.redis.execute_command
+    real = redis.connection.AbstractConnection.send_packed_command
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        sent.append(str(args[0]))
-        return real(*args, **kwargs)
+    def counting(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        data = command if isinstance(command, bytes) else b"".join(command)
+        names = re.findall(rb"(?:^|\r\n)\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n", data)
+        sent.extend(m.decode().upper() for m in names)
+        return real(self, command, *args, **kwargs)
 
-    monkeypatch.setattr(broker.redis, "execute_command", counting)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     return sent
 
 

@@ -268,3 +268,81 @@ def test_jobs_leased_by_a_lost_fetch_reply_come_back(settings: Settings, broker:
           f"(heartbeat every {settings.lease_seconds / 4:.2f}s)")
     assert {orjson.loads(r)["jid"] for r in broker.queue_entries("side")} == set(jids)
     assert took < 3 * settings.lease_seconds / 4 + 0.5, "two to three heartbeats"
+
+
+# -- the idle pickup of a single-queue worker: BLMOVE into a claim list ------------------
+
+
+def test_claim_takes_the_oldest_job_and_adoption_leases_it_first(
+    settings: Settings, broker: Broker
+) -> None:
+    """An idle single-queue worker blocks in ``claim`` (BLMOVE): the job arrives with the
+    wake-up. ``exchange(adopt=queue)`` then moves it into the lease hash, listed first,
+    beside newly leased jobs; a claim wait that finds nothing returns None in time."""
+    t0 = time.monotonic()
+    assert broker.claim("p1", "default", 0.2) is None
+    waited = time.monotonic() - t0
+    Record.perform_bulk([["c1"], ["c2"], ["c3"]])
+    raw = broker.claim("p1", "default", 1.0)
+    assert raw is not None and orjson.loads(raw)["args"] == ["c1"], "oldest first (FIFO)"
+    assert broker.redis.lrange(broker.keys.claim("p1"), 0, -1) == [raw]
+    got = broker.exchange("p1", ["default"], 1, adopt="default")
+    assert [orjson.loads(d.raw)["args"] for d in got] == [["c1"], ["c2"]]
+    assert got[0].raw == raw and got[0].queue == "default"
+    assert broker.redis.exists(broker.keys.claim("p1")) == 0
+    assert broker.leased_count("p1") == 2
+    # adopting an empty claim list (a retried call) leases nothing twice
+    assert broker.exchange("p1", ["default"], 0, adopt="default") == []
+    print(f"\nempty claim wait of 0.2 s returned after {waited:.3f} s")
+    assert 0.15 < waited < 1.0
+
+
+def test_claimed_jobs_of_a_dead_or_stopping_process_go_back(
+    settings: Settings, broker: Broker
+) -> None:
+    """A process killed between its claim and the adoption holds the job only in its claim
+    list: the reaper returns it like a leased job (stamped as recovered), and release at
+    shutdown pushes it back, so the claim window loses nothing."""
+    Record.perform_bulk([["k1"], ["k2"]])
+    broker.heartbeat("dead", {"queues": "default"})
+    assert broker.claim("dead", "default", 1.0) is not None
+    broker.redis.delete(broker.keys.alive("dead"))  # its lease expired: it was SIGKILLed
+    result = broker.reap()
+    assert (result.requeued, result.reaped_processes) == (1, 1)
+    back = broker.queue_entries("default")
+    assert [orjson.loads(r)["args"] for r in back] == [["k1"], ["k2"]], "k1 runs next"
+    assert orjson.loads(back[0])["recovered"] == 1
+    assert broker.redis.exists(broker.keys.claim("dead")) == 0
+
+    broker.heartbeat("leaving", {"queues": "default"})
+    assert broker.claim("leaving", "default", 1.0) is not None
+    assert broker.release("leaving") == 1
+    assert broker.redis.llen(broker.keys.queue("default")) == 2
+    assert broker.redis.exists(broker.keys.claim("leaving")) == 0
+
+
+def test_single_queue_worker_runs_claimed_jobs_once_and_stops_at_once(
+    settings: Settings, broker: Broker
+) -> None:
+    """Jobs picked up one at a time by claims are run once and acked (their settlement
+    waits for the adopted lease field); a stop while the fetcher waits in a claim ends
+    the wait instead of sitting out ``idle_wait``, and leaves no claim behind."""
+    Stamp.started.clear()
+    with running_worker(settings, concurrency=2, idle_wait=5.0) as worker:
+        for i in range(30):
+            wait_for(lambda: worker._idle, what="fetcher blocked in its claim")
+            Stamp.event.clear()
+            Stamp.perform_async(i)
+            assert Stamp.event.wait(5), "job not picked up"
+        wait_for(lambda: broker.counters()["processed"] == 30, what="30 acks")
+        assert broker.leased_count(worker.proc_id) == 0
+        wait_for(lambda: worker._idle, what="fetcher blocked in its claim")
+        t0 = time.monotonic()
+        worker.stop(2.0)
+        took = time.monotonic() - t0
+        proc = worker.proc_id
+    print(f"\nstop of an idle single-queue worker (idle_wait 5 s) took {took:.3f} s")
+    assert sorted(Stamp.started) == list(range(30))
+    assert took < 1.0, "the claim wait was ended, not sat out"
+    assert broker.redis.exists(broker.keys.claim(proc)) == 0
+    assert broker.redis.llen(broker.keys.queue("default")) == 0

@@ -63,6 +63,11 @@ class Keys:
     def lease(self, proc_id: str) -> str:
         return f"{self.tag}:lease:{proc_id}"
 
+    def claim(self, proc_id: str) -> str:
+        """Jobs an idle single-queue process moved out of its queue with BLMOVE and has
+        not yet adopted into its lease hash (reaped and released like leases)."""
+        return f"{self.tag}:claim:{proc_id}"
+
     def unique(self, digest: str) -> str:
         return f"{self.tag}:unique:{digest}"
 

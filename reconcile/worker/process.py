@@ -8,8 +8,12 @@ Life of a job inside the process::
 
 * The **fetcher** leases up to ``concurrency + prefetch - outstanding`` jobs per round
   trip (one Lua call that also applies the settlements of finished jobs). With nothing
-  to fetch it blocks on the queues' wake-up lists (BLPOP), so a new job is picked up in
-  milliseconds without polling; ``idle_wait`` only bounds a missed wake-up.
+  to fetch it blocks on Redis, so a new job is picked up in milliseconds without
+  polling; ``idle_wait`` only bounds a missed wake-up. A process with one queue blocks
+  on the queue itself (BLMOVE into its claim list): the job arrives with the wake-up
+  and starts at once, under a provisional lease field, while the fetcher adopts it
+  into the lease hash (its settlement waits for the real field). A process with
+  several queues blocks on their wake-up lists (BLPOP), then fetches.
 * Each leased job sits in ``{ns}:lease:<proc>`` until settled. The **heartbeat**
   refreshes ``{ns}:alive:<proc>`` every ``lease_seconds / 4``; if the process dies,
   any live process's reaper returns those jobs to their queues. Each beat also returns
@@ -117,7 +121,18 @@ class Worker:
         self.started_at = time.time()
 
         self._buffer: collections.deque[Delivery] = collections.deque()
-        self._cond = threading.Condition()
+        mutex = threading.RLock()
+        # _cond: capacity, running jobs, fetch state (fetcher, stop, isolation wait on it);
+        # _work: jobs in the buffer (executor threads wait on it, and are woken one per
+        # job instead of all at once)
+        self._cond = threading.Condition(mutex)
+        self._work = threading.Condition(mutex)
+        # single queue: idle pickup by BLMOVE (see the module docstring)
+        self._claim_queue = self.order.names[0] if len(self.order.names) == 1 else None
+        self._claims = 0  # claimed deliveries whose provisional field is not yet resolved
+        self._claim_seq = 0
+        self._aliases: dict[bytes, bytes | None] = {}  # provisional -> lease field (None: lost)
+        self._alias_lock = threading.Lock()
         self._outstanding = 0  # buffered + running, guarded by _cond
         self._running: dict[bytes, Delivery] = {}
         self._idle = False
@@ -208,10 +223,19 @@ class Worker:
         self.quiet()
         fetcher = self._threads[0] if self._threads else None
         if fetcher is not None:
-            # Wait for an in-flight fetch to land in the buffer. An idle fetcher (blocked
-            # on the wake-up list) leases nothing before it sees quiet: don't wait for it.
+            # Wait for an in-flight fetch to land in the buffer. An idle fetcher blocked
+            # on wake-up lists leases nothing before it sees quiet: don't wait for it. One
+            # blocked in a claim (BLMOVE) could still take a job: end its wait and let it
+            # hand the job back, before release.lua runs.
             deadline = time.monotonic() + self.settings.idle_wait + 2
-            while fetcher.is_alive() and not self._idle and time.monotonic() < deadline:
+            while fetcher.is_alive() and time.monotonic() < deadline:
+                if self._idle and self._claim_queue is None:
+                    break
+                if self._idle:
+                    try:
+                        self.broker.unblock(self.proc_id)
+                    except redis.RedisError:
+                        pass  # the wait ends by itself within idle_wait
                 fetcher.join(0.02)
         with self._cond:
             buffered = list(self._buffer)
@@ -229,6 +253,7 @@ class Worker:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+            self._work.notify_all()
         self._settle(self.settlements.take())
         pushed = self._release()
         if unfinished:
@@ -248,6 +273,7 @@ class Worker:
         return 0
 
     def _settle(self, ops: list[SettleOp]) -> None:
+        ops = self._resolve(ops)
         for attempt in range(5):
             if not ops:
                 return
@@ -273,7 +299,7 @@ class Worker:
             if self._quiet.is_set():
                 self._end_fetch([])
                 break
-            ops = self.settlements.take()
+            ops = self._resolve(self.settlements.take())
             try:
                 got = self.broker.exchange(self.proc_id, self.order.next(), want, ops)
             except redis.RedisError as exc:
@@ -288,15 +314,106 @@ class Worker:
             if got:
                 continue
             self._idle = True
+            claimed: bytes | None = None
             try:
                 if len(self.settlements):
                     self._settle(self.settlements.take())
-                self.broker.wait_for_work(self.order.names, self.settings.idle_wait)
+                if self._claim_queue is not None:
+                    claimed = self.broker.claim(self.proc_id, self._claim_queue, self.settings.idle_wait)
+                else:
+                    self.broker.wait_for_work(self.order.names, self.settings.idle_wait)
             except redis.RedisError as exc:
                 self._redis_trouble(exc)
                 time.sleep(backoff)
             finally:
                 self._idle = False
+            if claimed is not None:
+                self._take_claim(claimed)
+
+    def _take_claim(self, raw: bytes) -> None:
+        """Start a job taken by :meth:`Broker.claim` at once, then adopt it into the lease
+        hash (with more jobs if there is room). Until the adoption's reply names its
+        lease field, the delivery carries a provisional one (``~<n>|<queue>``) and its
+        settlement waits (:meth:`_resolve`). If Redis is unreachable, the adoption is
+        retried with backoff; the job stays safe in the claim list meanwhile."""
+        queue = self._claim_queue
+        assert queue is not None
+        self._claim_seq += 1
+        provisional = b"~%d|%s" % (self._claim_seq, queue.encode())
+        with self._alias_lock:
+            self._claims += 1
+        suspect = SUSPECT_MARK in raw and self._recoveries(raw) >= self.suspect_at
+        quiet = self._quiet.is_set()
+        with self._cond:
+            if not quiet:
+                self._buffer.append(Delivery(provisional, queue, raw))
+                self._outstanding += 1
+                self._work.notify()
+            self._fetching = True  # an isolating thread waits for the adoption
+        backoff = 0.05
+        while True:
+            with self._cond:
+                room = self.capacity - self._outstanding
+                busy = self._isolating or suspect or self._quiet.is_set()
+                want = 0 if busy else max(0, min(room, MAX_FETCH))
+            ops = self._resolve(self.settlements.take())
+            try:
+                got = self.broker.exchange(self.proc_id, self.order.next(), want, ops, adopt=queue)
+            except redis.RedisError as exc:
+                self.settlements.put_back(ops)
+                self._redis_trouble(exc)
+                if self._stopping.is_set():
+                    # release.lua returns the claim; the provisional settlement is dropped
+                    with self._alias_lock:
+                        self._aliases[provisional] = None
+                    self._end_fetch([])
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            break
+        field: bytes | None = None
+        rest: list[Delivery] = []
+        for d in got:
+            if field is None and d.raw == raw:
+                field = d.field
+            else:
+                rest.append(d)
+        if field is None:
+            # the claim list was already empty: a reply lost and the call retried. The
+            # job sits in the lease hash under a field we never saw; the orphan sweep
+            # pushes it back (at-least-once), so its settlement here is dropped.
+            log.warning("claimed job not found at adoption; the orphan sweep will requeue it")
+        with self._alias_lock:
+            self._aliases[provisional] = field
+        if quiet:
+            # claimed while going quiet (TSTP or shutdown): hand it back, not run it
+            self.settlements.add(SettleOp("Q", provisional, queue, raw))
+            self._settle(self.settlements.take())
+        self._end_fetch(rest)
+
+    def _resolve(self, ops: list[SettleOp]) -> list[SettleOp]:
+        """Swap provisional lease fields for the adopted ones; settlements of claims not
+        yet adopted go back to wait (the fetcher adopts right after claiming)."""
+        if not self._claims:
+            return ops
+        out: list[SettleOp] = []
+        waiting: list[SettleOp] = []
+        with self._alias_lock:
+            for op in ops:
+                if op.field[:1] == b"~":
+                    if op.field not in self._aliases:
+                        waiting.append(op)
+                        continue
+                    real = self._aliases.pop(op.field)
+                    self._claims -= 1
+                    if real is None:
+                        continue
+                    op = op._replace(field=real)
+                out.append(op)
+        if waiting:
+            self.settlements.put_back(waiting)
+        return out
 
     def _end_fetch(self, got: list[Delivery]) -> None:
         with self._cond:
@@ -304,13 +421,15 @@ class Worker:
             self._outstanding += len(got)
             self._fetching = False
             self._cond.notify_all()
+            if got:
+                self._work.notify(len(got))
 
     def _exec_loop(self) -> None:
         while True:
             suspect = False
             with self._cond:
                 while (not self._buffer or self._isolating) and not self._stopping.is_set():
-                    self._cond.wait(1.0)
+                    self._work.wait(1.0)
                 if not self._buffer:
                     return
                 d = self._buffer.popleft()
@@ -334,6 +453,7 @@ class Worker:
                 self._outstanding -= 1
                 if suspect:
                     self._isolating = False
+                    self._work.notify_all()
                 self._cond.notify_all()
 
     @staticmethod
@@ -411,6 +531,9 @@ class Worker:
             known = {d.field for d in self._buffer}
             known.update(self._running)
         known |= self.settlements.fields()
+        # claimed deliveries are known by their provisional field until settled
+        with self._alias_lock:
+            known |= {f for f in self._aliases.values() if f is not None}
         unknown = fields - known
         confirmed = sorted(unknown & self._suspects)
         self._suspects = unknown - set(confirmed)

@@ -6,6 +6,7 @@
 --   {ns}:proc:<proc>    HASH  process info; field "seq" numbers its deliveries (a lost
 --                             counter restarts at the clock in microseconds, never at 1)
 --   {ns}:queue:<q>      LIST  ready jobs (RPOP = oldest first)
+--   {ns}:claim:<proc>   LIST  jobs <proc> took with BLMOVE while idle, adopted by op C
 --   {ns}:queues         SET   known queue names
 --   {ns}:retry          ZSET  failed jobs waiting for their retry, score = run-at
 --   {ns}:schedule       ZSET  delayed jobs, score = run-at
@@ -24,10 +25,12 @@
 --   S field at payload      re-schedule (lock busy elsewhere; not a failure)
 --   D field payload lock    dead with the updated payload
 --   Q field queue payload   push back to the head of <queue> (shutdown)
+--   C "" queue              adopt: move every job of {ns}:claim:<proc> into the lease
+--                           hash under new fields (returned first, before new leases)
 --   An op whose lease field is no longer held (requeued by a reaper or by release.lua,
 --   or already applied) is skipped.
 -- ARGV[9+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
--- Returns  flat array: field1, payload1, field2, payload2, ...
+-- Returns  flat array: field1, payload1, field2, payload2, ... (adopted jobs first)
 -- A payload carrying "recovered" (stamped by reap.lua) is leased alone in its batch.
 local p = KEYS[1]
 local proc, want, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -40,6 +43,31 @@ local function wake(q)
   if redis.call('LLEN', w) < cap then
     redis.call('LPUSH', w, '1')
   end
+end
+
+local got = {}
+
+-- Give `items` (taken from queue q) lease fields "<seq>|<q>" and record them in
+-- the lease hash and in the reply.
+local function lease_items(items, q)
+  local n = #items
+  local last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq', n)
+  if last == n then
+    -- a new counter: the first fetch, or Redis lost the process hash (flush,
+    -- restart, eviction, reaped). Jump past every number this process may still
+    -- hold in flight, or a new lease field would equal a running one's.
+    last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq',
+      string.format('%.0f', math.floor(tonumber(now) * 1000000)))
+  end
+  local pairs_ = {}
+  for m = 1, n do
+    local field = string.format('%.0f', last - n + m) .. '|' .. q
+    pairs_[2 * m - 1] = field
+    pairs_[2 * m] = items[m]
+    got[#got + 1] = field
+    got[#got + 1] = items[m]
+  end
+  redis.call('HSET', lease, unpack(pairs_))
 end
 
 local processed, failed, died = 0, 0, false
@@ -79,6 +107,13 @@ for _ = 1, k do
     redis.call('RPUSH', p .. ':queue:' .. a, b)
     redis.call('SADD', p .. ':queues', a)
     wake(a)
+  elseif code == 'C' then
+    local claim = p .. ':claim:' .. proc
+    local items = redis.call('LRANGE', claim, 0, -1)
+    if #items > 0 then
+      redis.call('DEL', claim)
+      lease_items(items, a)
+    end
   end
 end
 if processed > 0 then redis.call('INCRBY', p .. ':stat:processed', processed) end
@@ -89,7 +124,6 @@ if died then
   redis.call('ZREMRANGEBYRANK', dead, 0, -(dead_max + 1))
 end
 
-local got = {}
 if want > 0 then
   for j = i, #ARGV do
     local q = ARGV[j]
@@ -113,23 +147,7 @@ if want > 0 then
         end
       end
       local n = #items
-      local last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq', n)
-      if last == n then
-        -- a new counter: the first fetch, or Redis lost the process hash (flush,
-        -- restart, eviction, reaped). Jump past every number this process may still
-        -- hold in flight, or a new lease field would equal a running one's.
-        last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq',
-          string.format('%.0f', math.floor(tonumber(now) * 1000000)))
-      end
-      local pairs_ = {}
-      for m = 1, n do
-        local field = string.format('%.0f', last - n + m) .. '|' .. q
-        pairs_[2 * m - 1] = field
-        pairs_[2 * m] = items[m]
-        got[#got + 1] = field
-        got[#got + 1] = items[m]
-      end
-      redis.call('HSET', lease, unpack(pairs_))
+      lease_items(items, q)
       want = want - n
       if cut then break end
       if want == 0 then

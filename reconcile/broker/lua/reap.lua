@@ -9,6 +9,9 @@
 --   {ns}:alive:<proc>     STRING lease sentinel of a process
 --   {ns}:proc:<proc>      HASH   process info (deleted with the process)
 --   {ns}:lease:<proc>     HASH   field "<seq>|<queue>" -> payload
+--   {ns}:claim:<proc>     LIST   jobs taken with BLMOVE, not yet adopted: treated as
+--                                leased (their queue: the process's only queue, else
+--                                the payload's "queue")
 --   {ns}:queue:<q>        LIST   recovered jobs are RPUSHed: they run next
 --   {ns}:queues           SET    known queue names
 --   {ns}:wake:<q>         LIST   wake-up tokens
@@ -53,6 +56,17 @@ for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
     reaped = reaped + 1
     local lease = p .. ':lease:' .. proc
     local entries = redis.call('HGETALL', lease)
+    local claim = p .. ':claim:' .. proc
+    local claimed = redis.call('LRANGE', claim, 0, -1)
+    if #claimed > 0 then
+      local only = redis.call('HGET', p .. ':proc:' .. proc, 'queues')
+      if only and string.find(only, ',', 1, true) then only = nil end
+      for _, item in ipairs(claimed) do
+        local q = only or string.match(item, '^{"queue":"([^"\\]+)"') or 'default'
+        entries[#entries + 1] = '0|' .. q
+        entries[#entries + 1] = item
+      end
+    end
     for e = 1, #entries, 2 do
       local field, item = entries[e], entries[e + 1]
       local q = string.match(field, '^%d+|(.+)$') or 'default'
@@ -75,7 +89,7 @@ for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
         requeued = requeued + 1
       end
     end
-    redis.call('DEL', lease, p .. ':proc:' .. proc)
+    redis.call('DEL', lease, claim, p .. ':proc:' .. proc)
     redis.call('SREM', p .. ':procs', proc)
   end
 end

@@ -3,6 +3,8 @@
 -- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH   field "<seq>|<queue>" -> payload; emptied and deleted
+--   {ns}:claim:<proc>   LIST   jobs taken with BLMOVE, not yet adopted; pushed back too
+--                              (to the process's only queue, else the payload's "queue")
 --   {ns}:queue:<q>      LIST   jobs are RPUSHed back: they run next, in lease order
 --   {ns}:queues         SET    known queue names
 --   {ns}:wake:<q>       LIST   wake-up tokens
@@ -13,6 +15,18 @@ local p = KEYS[1]
 local proc, cap = ARGV[1], tonumber(ARGV[2])
 local lease = p .. ':lease:' .. proc
 local entries = redis.call('HGETALL', lease)
+local claim = p .. ':claim:' .. proc
+local claimed = redis.call('LRANGE', claim, 0, -1)
+if #claimed > 0 then
+  local only = redis.call('HGET', p .. ':proc:' .. proc, 'queues')
+  if only and string.find(only, ',', 1, true) then only = nil end
+  -- LRANGE lists the newest claim first: RPUSHed in that order, the oldest runs first
+  for c = 1, #claimed do
+    local item = claimed[c]
+    entries[#entries + 1] = '0|' .. (only or string.match(item, '^{"queue":"([^"\\]+)"') or 'default')
+    entries[#entries + 1] = item
+  end
+end
 local n = 0
 for e = 1, #entries, 2 do
   local q = string.match(entries[e], '^%d+|(.+)$') or 'default'
@@ -22,6 +36,6 @@ for e = 1, #entries, 2 do
   if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
   n = n + 1
 end
-redis.call('DEL', lease, p .. ':proc:' .. proc, p .. ':alive:' .. proc)
+redis.call('DEL', lease, claim, p .. ':proc:' .. proc, p .. ':alive:' .. proc)
 redis.call('SREM', p .. ':procs', proc)
 return n
