@@ -325,18 +325,18 @@ def test_single_queue_worker_runs_claimed_jobs_once_and_stops_at_once(
     settings: Settings, broker: Broker
 ) -> None:
     """Jobs picked up one at a time by claims are run once and acked (their settlement
-    waits for the adopted lease field); a stop while the fetcher waits in a claim ends
-    the wait instead of sitting out ``idle_wait``, and leaves no claim behind."""
+    waits for the adopted lease field); a stop while an executor thread waits in a
+    claim ends the wait instead of sitting out ``idle_wait``, and leaves no claim behind."""
     Stamp.started.clear()
     with running_worker(settings, concurrency=2, idle_wait=5.0) as worker:
         for i in range(30):
-            wait_for(lambda: worker._idle, what="fetcher blocked in its claim")
+            wait_for(lambda: worker._claimer, what="an executor thread waiting in its claim")
             Stamp.event.clear()
             Stamp.perform_async(i)
             assert Stamp.event.wait(5), "job not picked up"
         wait_for(lambda: broker.counters()["processed"] == 30, what="30 acks")
         assert broker.leased_count(worker.proc_id) == 0
-        wait_for(lambda: worker._idle, what="fetcher blocked in its claim")
+        wait_for(lambda: worker._claimer, what="an executor thread waiting in its claim")
         t0 = time.monotonic()
         worker.stop(2.0)
         took = time.monotonic() - t0

@@ -240,6 +240,14 @@ class Broker:
             conn.disconnect()
             raise
 
+    def unclaim(self, proc_id: str, queue: str) -> int:
+        """Hand ``proc_id``'s claimed jobs back to the head of ``queue`` (they run next);
+        returns how many. For a job claimed while the process went quiet."""
+        n = 0
+        while self.redis.lmove(self.keys.claim(proc_id), self.keys.queue(queue), "LEFT", "RIGHT") is not None:
+            n += 1
+        return n
+
     def unblock(self, proc_id: str) -> None:
         """End ``proc_id``'s :meth:`claim` wait now (it returns None); no-op if not waiting."""
         client_id = self._blocked.get(proc_id)

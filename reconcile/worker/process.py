@@ -9,11 +9,13 @@ Life of a job inside the process::
 * The **fetcher** leases up to ``concurrency + prefetch - outstanding`` jobs per round
   trip (one Lua call that also applies the settlements of finished jobs). With nothing
   to fetch it blocks on Redis, so a new job is picked up in milliseconds without
-  polling; ``idle_wait`` only bounds a missed wake-up. A process with one queue blocks
-  on the queue itself (BLMOVE into its claim list): the job arrives with the wake-up
-  and starts at once, under a provisional lease field, while the fetcher adopts it
-  into the lease hash (its settlement waits for the real field). A process with
-  several queues blocks on their wake-up lists (BLPOP), then fetches.
+  polling; ``idle_wait`` only bounds a missed wake-up. In a process with one queue, an
+  idle **executor thread** blocks on the queue itself (BLMOVE into the process's claim
+  list) and runs the job it gets at once, with no hand-over between threads, under a
+  provisional lease field; the fetcher, woken by the claim, adopts the job into the
+  lease hash (its settlement waits for the real field) and fetches more if there are.
+  A process with several queues has the fetcher block on their wake-up lists (BLPOP),
+  then fetch.
 * Each leased job sits in ``{ns}:lease:<proc>`` until settled. The **heartbeat**
   refreshes ``{ns}:alive:<proc>`` every ``lease_seconds / 4``; if the process dies,
   any live process's reaper returns those jobs to their queues. Each beat also returns
@@ -127,8 +129,11 @@ class Worker:
         # job instead of all at once)
         self._cond = threading.Condition(mutex)
         self._work = threading.Condition(mutex)
-        # single queue: idle pickup by BLMOVE (see the module docstring)
+        # single queue: idle pickup by an executor thread's BLMOVE (see the module docstring)
         self._claim_queue = self.order.names[0] if len(self.order.names) == 1 else None
+        self._claim_duty = False  # posted by the idle fetcher, taken by one executor thread
+        self._claimer = False  # an executor thread waits in a claim
+        self._claimed: list[tuple[bytes, bytes]] = []  # (provisional field, payload) to adopt
         self._claims = 0  # claimed deliveries whose provisional field is not yet resolved
         self._claim_seq = 0
         self._aliases: dict[bytes, bytes | None] = {}  # provisional -> lease field (None: lost)
@@ -224,19 +229,24 @@ class Worker:
         fetcher = self._threads[0] if self._threads else None
         if fetcher is not None:
             # Wait for an in-flight fetch to land in the buffer. An idle fetcher blocked
-            # on wake-up lists leases nothing before it sees quiet: don't wait for it. One
-            # blocked in a claim (BLMOVE) could still take a job: end its wait and let it
-            # hand the job back, before release.lua runs.
+            # on wake-up lists leases nothing before it sees quiet: don't wait for it.
             deadline = time.monotonic() + self.settings.idle_wait + 2
-            while fetcher.is_alive() and time.monotonic() < deadline:
-                if self._idle and self._claim_queue is None:
-                    break
-                if self._idle:
-                    try:
-                        self.broker.unblock(self.proc_id)
-                    except redis.RedisError:
-                        pass  # the wait ends by itself within idle_wait
+            while fetcher.is_alive() and not self._idle and time.monotonic() < deadline:
                 fetcher.join(0.02)
+        # An executor thread waiting in a claim (BLMOVE) could still take a job, which
+        # release.lua, run below, would then miss: end its wait (it hands a job taken
+        # meanwhile back itself, seeing quiet) and wait until it is out.
+        deadline = time.monotonic() + self.settings.idle_wait + 2
+        with self._cond:
+            while self._claimer and time.monotonic() < deadline:
+                self._cond.release()
+                try:
+                    self.broker.unblock(self.proc_id)
+                except redis.RedisError:
+                    pass  # the wait ends by itself within idle_wait
+                finally:
+                    self._cond.acquire()
+                self._cond.wait(0.02)
         with self._cond:
             buffered = list(self._buffer)
             self._buffer.clear()
@@ -298,6 +308,7 @@ class Worker:
                 self._fetching = True
             if self._quiet.is_set():
                 self._end_fetch([])
+                self._adopt_claims()
                 break
             ops = self._resolve(self.settlements.take())
             try:
@@ -314,12 +325,11 @@ class Worker:
             if got:
                 continue
             self._idle = True
-            claimed: bytes | None = None
             try:
                 if len(self.settlements):
                     self._settle(self.settlements.take())
                 if self._claim_queue is not None:
-                    claimed = self.broker.claim(self.proc_id, self._claim_queue, self.settings.idle_wait)
+                    self._await_claim()
                 else:
                     self.broker.wait_for_work(self.order.names, self.settings.idle_wait)
             except redis.RedisError as exc:
@@ -327,70 +337,124 @@ class Worker:
                 time.sleep(backoff)
             finally:
                 self._idle = False
-            if claimed is not None:
-                self._take_claim(claimed)
+            self._adopt_claims()
+        self._adopt_claims()
 
-    def _take_claim(self, raw: bytes) -> None:
-        """Start a job taken by :meth:`Broker.claim` at once, then adopt it into the lease
-        hash (with more jobs if there is room). Until the adoption's reply names its
-        lease field, the delivery carries a provisional one (``~<n>|<queue>``) and its
-        settlement waits (:meth:`_resolve`). If Redis is unreachable, the adoption is
-        retried with backoff; the job stays safe in the claim list meanwhile."""
+    def _await_claim(self) -> None:
+        """The idle fetcher of a single-queue process: post the claim duty to an executor
+        thread and sleep until a claimed job needs adopting, quiet, or ``idle_wait``."""
+        deadline = time.monotonic() + self.settings.idle_wait
+        with self._cond:
+            if not self._claimer:
+                self._claim_duty = True
+                self._work.notify()
+            while not self._claimed and not self._quiet.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            self._claim_duty = False
+
+    def _adopt_claims(self) -> None:
+        """Adopt the jobs executor threads claimed into the lease hash (with more jobs if
+        there is room), and give their provisional fields the real ones. If Redis is
+        unreachable, retried with backoff; the jobs stay safe in the claim list."""
+        with self._cond:
+            claimed, self._claimed = self._claimed, []
+            if not claimed:
+                return
+            self._fetching = True  # an isolating thread waits for the adoption
         queue = self._claim_queue
         assert queue is not None
-        self._claim_seq += 1
-        provisional = b"~%d|%s" % (self._claim_seq, queue.encode())
-        with self._alias_lock:
-            self._claims += 1
-        suspect = SUSPECT_MARK in raw and self._recoveries(raw) >= self.suspect_at
-        quiet = self._quiet.is_set()
-        with self._cond:
-            if not quiet:
-                self._buffer.append(Delivery(provisional, queue, raw))
-                self._outstanding += 1
-                self._work.notify()
-            self._fetching = True  # an isolating thread waits for the adoption
         backoff = 0.05
         while True:
             with self._cond:
                 room = self.capacity - self._outstanding
-                busy = self._isolating or suspect or self._quiet.is_set()
+                busy = self._isolating or self._quiet.is_set()
                 want = 0 if busy else max(0, min(room, MAX_FETCH))
             ops = self._resolve(self.settlements.take())
             try:
                 got = self.broker.exchange(self.proc_id, self.order.next(), want, ops, adopt=queue)
+                break
             except redis.RedisError as exc:
                 self.settlements.put_back(ops)
                 self._redis_trouble(exc)
                 if self._stopping.is_set():
-                    # release.lua returns the claim; the provisional settlement is dropped
-                    with self._alias_lock:
-                        self._aliases[provisional] = None
-                    self._end_fetch([])
-                    return
+                    # release.lua returns the claims; their settlements are dropped
+                    got = []
+                    break
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                continue
-            break
-        field: bytes | None = None
+        fields: dict[bytes, bytes | None] = {}
         rest: list[Delivery] = []
+        pending = {raw: provisional for provisional, raw in claimed}
         for d in got:
-            if field is None and d.raw == raw:
-                field = d.field
+            provisional = pending.pop(d.raw, None)
+            if provisional is not None:
+                fields[provisional] = d.field
             else:
                 rest.append(d)
-        if field is None:
-            # the claim list was already empty: a reply lost and the call retried. The
-            # job sits in the lease hash under a field we never saw; the orphan sweep
-            # pushes it back (at-least-once), so its settlement here is dropped.
-            log.warning("claimed job not found at adoption; the orphan sweep will requeue it")
+        for provisional in pending.values():
+            # not in the claim list any more: a reply lost and the call retried (the job
+            # sits in the lease hash under a field we never saw, and the orphan sweep
+            # pushes it back: at-least-once), or released at shutdown. Its settlement
+            # is dropped.
+            log.warning("a claimed job was not found at adoption; it is pushed back to its queue")
+            fields[provisional] = None
         with self._alias_lock:
-            self._aliases[provisional] = field
-        if quiet:
-            # claimed while going quiet (TSTP or shutdown): hand it back, not run it
-            self.settlements.add(SettleOp("Q", provisional, queue, raw))
-            self._settle(self.settlements.take())
+            self._aliases.update(fields)
         self._end_fetch(rest)
+
+    def _claim(self) -> Delivery | None:
+        """Executor thread on claim duty: block in a claim (BLMOVE). A job taken is run
+        by this thread at once (or, if recovered from a crash, buffered to run alone);
+        a job taken while the process goes quiet is handed back to its queue."""
+        queue = self._claim_queue
+        assert queue is not None
+        raw: bytes | None = None
+        # stay blocked in Redis while nothing comes, so an idle process always has a
+        # thread waiting on its queue (the fetcher's own wait is only a safety net)
+        while raw is None and not self._quiet.is_set():
+            try:
+                raw = self.broker.claim(self.proc_id, queue, self.settings.idle_wait)
+            except redis.RedisError as exc:
+                self._redis_trouble(exc)
+                self._quiet.wait(0.5)
+        with self._cond:
+            self._claimer = False
+            self._cond.notify_all()  # stop() may wait for the claim to end
+            if raw is None:
+                return None
+            if self._quiet.is_set():
+                handed_back = True
+            else:
+                handed_back = False
+                self._claim_seq += 1
+                provisional = b"~%d|%s" % (self._claim_seq, queue.encode())
+                with self._alias_lock:
+                    self._claims += 1
+                d = Delivery(provisional, queue, raw)
+                self._claimed.append((provisional, raw))
+                self._outstanding += 1
+                if SUSPECT_MARK in raw and self._recoveries(raw) >= self.suspect_at:
+                    self._buffer.append(d)
+                    self._work.notify()
+                    return None
+                self._running[provisional] = d
+                return d
+        if handed_back:
+            self._unclaim(queue)
+        return None
+
+    def _unclaim(self, queue: str) -> None:
+        for attempt in range(5):
+            try:
+                self.broker.unclaim(self.proc_id, queue)
+                return
+            except redis.RedisError as exc:
+                log.warning("could not hand a claimed job back (%s), attempt %d", exc, attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+        # still in the claim list: release.lua at shutdown, or a reaper, returns it
 
     def _resolve(self, ops: list[SettleOp]) -> list[SettleOp]:
         """Swap provisional lease fields for the adopted ones; settlements of claims not
@@ -427,16 +491,27 @@ class Worker:
     def _exec_loop(self) -> None:
         while True:
             suspect = False
+            claiming = False
             with self._cond:
                 while (not self._buffer or self._isolating) and not self._stopping.is_set():
+                    if self._claim_duty and not self._isolating and not self._quiet.is_set():
+                        self._claim_duty = False
+                        self._claimer = claiming = True
+                        break
                     self._work.wait(1.0)
-                if not self._buffer:
-                    return
-                d = self._buffer.popleft()
-                if SUSPECT_MARK in d.raw and self._recoveries(d.raw) >= self.suspect_at:
-                    suspect = True
-                    self._isolate()
-                self._running[d.field] = d
+                if not claiming:
+                    if not self._buffer:
+                        return
+                    d = self._buffer.popleft()
+                    if SUSPECT_MARK in d.raw and self._recoveries(d.raw) >= self.suspect_at:
+                        suspect = True
+                        self._isolate()
+                    self._running[d.field] = d
+            if claiming:
+                got = self._claim()
+                if got is None:
+                    continue
+                d = got
             op = self.executor.run(d)
             if d.field in self.executor.abandoned:
                 # the watchdog settled this delivery and started a replacement thread
