@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -109,43 +108,57 @@ class Broker:
         self._promote = self.redis.register_script(_script_source("promote.lua"))
         self._reap = self.redis.register_script(_script_source("reap.lua"))
         self._release = self.redis.register_script(_script_source("release.lua"))
-        self._local = threading.local()
+        self._free: list[Any] = []  # idle connections of _eval and claim (see _checkout)
+        self._free_pid = os.getpid()
         self._blocked: dict[str, int] = {}  # proc id -> client id of its waiting claim
 
     # -- the hot-path call -------------------------------------------------------------
 
     def _eval(self, script: Script, args: Sequence[Any]) -> Any:
-        """EVALSHA ``script`` with ``args`` on this thread's own connection.
-
-        The hot paths (enqueue, fetch) run here instead of through ``Redis.evalsha``:
-        redis-py's command path (pool checkout and release, its observability hooks)
-        costs about 20-40 us per call, a third of a single enqueue. Each thread keeps
-        one connection of the pool's configuration (a connection is not thread-safe;
-        the pid check keeps a forked child off its parent's socket). NOSCRIPT and
-        connection errors fall back to the ``Script`` object, which loads the script
-        and retries with the client's backoff, exactly as before; so does a reply that
-        never came (the call may have run: the same at-least-once as redis-py's retry).
-        """
+        """EVALSHA ``script`` with ``args``: the hot paths (enqueue, fetch) run here
+        instead of through ``Redis.evalsha``, whose command path (pool checkout and
+        release, observability hooks) costs about 20-40 us per call, a third of a single
+        enqueue. NOSCRIPT and connection errors fall back to the ``Script`` object, which
+        loads the script and retries with the client's backoff, as before; so does a
+        reply that never came (the call may have run: the same at-least-once as
+        redis-py's own retry)."""
         tag = self.keys.tag
-        conn = self._thread_conn()
+        conn = self._checkout()
+        ok = False
         try:
             conn.send_packed_command(conn.pack_command("EVALSHA", script.sha, 1, tag, *args))
-            return conn.read_response()
+            reply = conn.read_response()
+            ok = True
+            return reply
         except redis.exceptions.NoScriptError:
-            pass
+            ok = True
+        except redis.ResponseError:
+            ok = True  # an error reply (out of memory...): the connection is fine
+            raise
         except (redis.ConnectionError, redis.TimeoutError, OSError):
-            conn.disconnect()
+            pass
+        finally:
+            self._checkin(conn, ok)
         return script(keys=[tag], args=args)
 
-    def _thread_conn(self) -> Any:
-        """This thread's own connection (redis-py's ``Connection``; its methods are untyped)."""
-        held: tuple[int, Any] | None = getattr(self._local, "conn", None)
-        pid = os.getpid()
-        if held is None or held[0] != pid:
-            conn = self.redis.connection_pool.make_connection()
-            self._local.conn = (pid, conn)
-            return conn
-        return held[1]
+    def _checkout(self) -> Any:
+        """An idle connection of the client's configuration (redis-py's ``Connection``,
+        whose methods are untyped), or a new one. A plain list is the whole pool: pop
+        and append are atomic, and a connection is used by one thread at a time. A
+        forked child starts with none, never its parent's sockets."""
+        if self._free_pid != os.getpid():
+            self._free, self._free_pid = [], os.getpid()
+        try:
+            return self._free.pop()
+        except IndexError:
+            return self.redis.connection_pool.make_connection()
+
+    def _checkin(self, conn: Any, ok: bool) -> None:
+        """Return a connection; one that failed or was interrupted mid-reply is
+        disconnected first (it reconnects on its next use)."""
+        if not ok:
+            conn.disconnect()
+        self._free.append(conn)
 
     # -- enqueue ---------------------------------------------------------------------
 
@@ -222,7 +235,8 @@ class Broker:
         safe as a leased one (reap.lua and release.lua push claim lists back); the
         caller adopts it into its lease hash with ``exchange(..., adopt=queue)``.
         """
-        conn = self._thread_conn()
+        conn = self._checkout()
+        ok = False
         try:
             # CLIENT ID rides in front of the BLMOVE (no extra round trip), so that
             # :meth:`unblock` can end the wait from another thread at shutdown
@@ -233,12 +247,13 @@ class Broker:
             )
             self._blocked[proc_id] = int(conn.read_response())
             try:
-                return conn.read_response()  # type: ignore[no-any-return]
+                got: bytes | None = conn.read_response()
             finally:
                 self._blocked.pop(proc_id, None)
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            conn.disconnect()
-            raise
+            ok = True
+            return got
+        finally:
+            self._checkin(conn, ok)
 
     def unclaim(self, proc_id: str, queue: str) -> int:
         """Hand ``proc_id``'s claimed jobs back to the head of ``queue`` (they run next);
