@@ -7,8 +7,10 @@ each key; the worker executes each delivery with this protocol, in one transacti
 
 1. ``pg_try_advisory_xact_lock(job, key)``; if another worker holds it, the delivery
    is re-scheduled a few seconds later (outcome ``lock_busy``);
-2. re-check ``is_pending(session, *key)`` under the lock; if the key is no longer
-   pending, ack as ``already_done``;
+2. re-check ``is_pending(session, *key)`` under the lock (by default ``pending()``
+   restricted to the key, compiled once per class and run on the driver connection:
+   :func:`reconcile.store.pending.delivery_check`); if the key is no longer pending,
+   ack as ``already_done``;
 3. ``perform(session, *key)`` in that transaction (it must not commit);
 4. re-check: if the key is still pending, roll back and raise :class:`NotConverged`
    (a perform that does not make its own effect visible is a bug, caught here);
@@ -40,6 +42,7 @@ from .errors import ConfigError, NotConverged
 from .job import Job
 
 if TYPE_CHECKING:
+    from .store.pending import Check, DriverTx
     from .store.switches import SwitchCache
 
 log = logging.getLogger("reconcile.reconciled")
@@ -48,11 +51,22 @@ MIN_UNIQUE_FOR = 600.0
 MAX_UNIQUE_FOR = 86_400.0
 
 
+_last_switches: tuple[Settings, SwitchCache] | None = None
+
+
 def switch_cache(settings: Settings) -> SwitchCache:
     """This process's kill-switch cache (see :func:`reconcile.store.switches.switch_cache`)."""
+    global _last_switches
+    # Read for every delivery: the last settings' cache is kept here, which spares the
+    # lookup under a process-wide lock (one assignment, so threads see either pair).
+    last = _last_switches
+    if last is not None and last[0] is settings:
+        return last[1]
     from .store.switches import switch_cache as cache
 
-    return cache(settings)
+    found = cache(settings)
+    _last_switches = (settings, found)
+    return found
 
 
 DB_LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
@@ -86,9 +100,9 @@ class ReconciledJob(Job):
     """Seconds over which one pass spreads its enqueues (uniformly). Default 0."""
 
     batch_size: ClassVar[int] = 1000
+    """Keys per page of the pass and per Redis round trip. Default 1000."""
 
     backend_pid: int | None = None  # set during execute when ``timeout`` is set
-    """Keys per page of the pass and per Redis round trip. Default 1000."""
 
     def pending(self) -> Select[Any]:
         """A SELECT of the keys that still need work; its columns are the key."""
@@ -101,18 +115,20 @@ class ReconciledJob(Job):
     def is_pending(self, session: Session, *key: Any) -> bool:
         """Whether ``key`` is still pending, inside the current transaction.
 
-        Default: ``pending()`` restricted to ``key``. Override for a query that cannot be
-        restricted automatically (for example one with LIMIT or window functions).
+        Default: ``pending()`` restricted to ``key`` (the session is flushed first, as
+        a query through it would be). Override for a query that cannot be restricted
+        automatically (for example one with LIMIT or window functions); the worker then
+        calls the override before and after ``perform``.
         """
-        from .store.pending import key_check, run_check
+        from .store import pending as sql
 
-        # Built once per delivery: the checks before and after perform are the same
-        # statement (pending() is called once, so its Python-side values agree too).
-        cached = self.__dict__.get("_key_check")
-        if cached is None or cached[0] != key:
-            cached = (key, key_check(self.pending(), key))
-            self._key_check = cached
-        return run_check(session, cached[1])
+        if session.autoflush:
+            session.flush()
+        bind = session.connection()
+        check = sql.delivery_check(type(self), self.pending, bind.dialect, key)
+        if isinstance(check, tuple):
+            return sql.DriverTx(bind).exists(check)
+        return sql.run_check(bind, check)
 
     # -- options derived from the schedule -----------------------------------------
 
@@ -199,22 +215,40 @@ class ReconciledJob(Job):
         from .store import pending as sql
         from .store.engine import get_engine
 
-        with Session(get_engine(settings), expire_on_commit=False) as session, session.begin():
+        engine = get_engine(settings)
+        # The default is_pending, inlined: the check is built once for both steps (the
+        # same values), and a compiled one runs on the driver connection. An override
+        # is the application's, called as is.
+        check = None
+        if type(self).is_pending is ReconciledJob.is_pending:
+            check = sql.delivery_check(type(self), self.pending, engine.dialect, args)
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            tx = sql.DriverTx(session)
             if self.timeout:
-                sql.set_local_timeouts(session, float(self.timeout))
-                self.backend_pid = sql.backend_pid(session)  # the watchdog's kill switch
-            if not sql.try_key_lock(session, name, args):
+                tx.set_local_timeouts(float(self.timeout))
+                self.backend_pid = tx.backend_pid  # the watchdog's kill switch
+            if not tx.try_lock(sql.lock_id(name, args)):
                 return "lock_busy"  # leaving the block commits an empty transaction
-            if not self.is_pending(session, *args):
+            if not self._still_pending(session, tx, check, args):
                 return "already_done"
             self.perform(session, *args)
             session.flush()
-            if self.is_pending(session, *args):
+            if self._still_pending(session, tx, check, args):
                 raise NotConverged(
                     f"{name}{tuple(args)!r}: perform returned but the key is still pending; "
                     "the transaction was rolled back"
                 )
         return "done"
+
+    def _still_pending(self, session: Session, tx: DriverTx, check: Check | None, args: list[Any]) -> bool:
+        """Steps 2 and 4: this delivery's check, or the class's own ``is_pending``."""
+        if check is None:
+            return self.is_pending(session, *args)
+        if isinstance(check, tuple):
+            return tx.exists(check)
+        from .store.pending import run_check
+
+        return run_check(session, check)  # through the Session: autoflush as before
 
     @classmethod
     def on_death(cls, payload: dict[str, Any], exc: BaseException) -> None:
