@@ -22,9 +22,11 @@ items = sa.Table(
     sa.Column("id", sa.BigInteger, primary_key=True),
     sa.Column("done", sa.Boolean, nullable=False),
 )
+# Only the column the job writes: with its identity key declared, SQLAlchemy would add
+# RETURNING id to fetch the new key, which procrastinate's task and the raw floor do not
+# (the INSERT is the same statement for all three systems this way)
 effects = sa.Table(
     "effects", meta,
-    sa.Column("id", sa.BigInteger, primary_key=True),
     sa.Column("item_id", sa.BigInteger, nullable=False),
 )
 pass_items = sa.Table(

@@ -115,6 +115,10 @@ class Worker:
         self.order = QueueOrder(queues, strict)
         self.concurrency = settings.concurrency
         self.capacity = settings.concurrency + settings.effective_prefetch
+        # While the buffer still feeds the threads, fetch only once this many jobs fit:
+        # a batch per round trip, not one job per finished job (slow jobs finish one
+        # at a time; each fetch would otherwise carry a single job and a single ack)
+        self.refill = max(1, settings.effective_prefetch // 2)
         self.proc_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.executor = Executor(settings, self.broker)
         self.suspect_at = suspect_threshold(settings.max_recoveries)
@@ -302,7 +306,11 @@ class Worker:
         backoff = 0.05
         while not self._quiet.is_set():
             with self._cond:
-                while (self._outstanding >= self.capacity or self._isolating) and not self._quiet.is_set():
+                while (
+                    self._outstanding >= self.capacity
+                    or self._isolating
+                    or (self._buffer and self.capacity - self._outstanding < self.refill)
+                ) and not self._quiet.is_set():
                     self._cond.wait(0.5)
                 want = min(self.capacity - self._outstanding, MAX_FETCH)
                 self._fetching = True
