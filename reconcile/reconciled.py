@@ -227,7 +227,7 @@ class ReconciledJob(Job):
             if self.timeout:
                 tx.set_local_timeouts(float(self.timeout))
                 self.backend_pid = tx.backend_pid  # the watchdog's kill switch
-            if not tx.try_lock(sql.lock_id(name, args)):
+            if not tx.begin_locked(sql.lock_id(name, args)):
                 return "lock_busy"  # leaving the block commits an empty transaction
             if not self._still_pending(session, tx, check, args):
                 return "already_done"

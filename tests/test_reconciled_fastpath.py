@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
+from psycopg import pq
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql import Select
@@ -331,7 +333,7 @@ def test_a_connection_lost_under_the_lock_statement_is_db_unavailable(
 ) -> None:
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}])
-    real = pending_sql.DriverTx.try_lock
+    real = pending_sql.DriverTx.begin_locked
     killed: list[int] = []
 
     def terminated_first(self: pending_sql.DriverTx, lock: int) -> bool:
@@ -340,7 +342,7 @@ def test_a_connection_lost_under_the_lock_statement_is_db_unavailable(
             assert pending_sql.terminate_backend(engine, self.backend_pid)
         return real(self, lock)
 
-    monkeypatch.setattr(pending_sql.DriverTx, "try_lock", terminated_first)
+    monkeypatch.setattr(pending_sql.DriverTx, "begin_locked", terminated_first)
     assert ProcessItem().execute([1]) == "db_unavailable"
     assert ProcessItem().execute([1]) == "done", "the pool replaced the dead connection"
 
@@ -355,6 +357,42 @@ def test_a_failed_driver_statement_is_a_sqlalchemy_error_and_the_connection_stay
         assert not err.value.connection_invalidated
         with conn.begin():  # SQLAlchemy closed the failed cursor: a new one is used
             assert pending_sql.DriverTx(conn).try_lock(42)
+
+
+def test_begin_and_lock_are_one_round_trip_and_the_connection_returns_transactional(
+    pg_settings: Settings, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Step 1 opens the transaction and takes the lock in one round trip (psycopg's own
+    BEGIN would be a round trip of its own); the connection is back in transactional
+    mode when the pool has it again, so its next user gets real transactions."""
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}, {"id": 2}])
+    trace = tmp_path / "libpq.trace"
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        with conn.begin():
+            tx = pending_sql.DriverTx(conn)
+            # libpq's protocol trace: every Query (simple) or Sync (extended) message the
+            # client sends ends a round trip
+            with trace.open("w") as f:
+                driver.pgconn.trace(f.fileno())
+                driver.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+                try:
+                    assert tx.begin_locked(pending_sql.lock_id("bench.ProcessItem", [1]))
+                finally:
+                    driver.pgconn.untrace()
+            assert driver.info.transaction_status == pq.TransactionStatus.INTRANS
+        sent = [line.split("\t") for line in trace.read_text().splitlines()]
+        trips = [m for m in sent if m[0] == "F" and m[2] in ("Query", "Sync")]
+        print(f"\nstep 1 sent {len(trips)} round trip(s): {trips[0][3:] if trips else []}")
+        assert len(trips) == 1 and "BEGIN; SELECT pg_try_advisory_xact_lock(" in trips[0][3]
+    assert driver.autocommit is False, "switched back at checkin"
+    with engine.connect() as conn:  # the same pooled connection: transactional again
+        conn.execute(items.update().where(items.c.id == 2).values(done=True))
+        conn.rollback()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(items.c.done).where(items.c.id == 2)).scalar() is False
 
 
 def test_threads_share_the_compiled_check(pg_settings: Settings, engine: sa.Engine,

@@ -34,6 +34,7 @@ from typing import Any, cast
 import orjson
 import psycopg
 import sqlalchemy as sa
+from psycopg import pq
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.orm import Session
@@ -283,6 +284,39 @@ class DriverTx:
     def try_lock(self, lock: int) -> bool:
         """``pg_try_advisory_xact_lock(lock)``: False if another transaction holds it."""
         return bool(self._scalar(LOCK_SQL, (lock,)))
+
+    def begin_locked(self, lock: int) -> bool:
+        """Open the transaction and take ``pg_try_advisory_xact_lock(lock)`` in ONE round
+        trip; falls back to :meth:`try_lock` once a transaction is open.
+
+        psycopg sends its implicit ``BEGIN`` as a round trip of its own. Here the
+        connection is switched to autocommit (so psycopg sends no ``BEGIN``) and
+        ``BEGIN; SELECT pg_try_advisory_xact_lock(<id>)`` goes as one simple query (the
+        id is an integer we made, so it is inlined safely). Everything after runs in
+        that server transaction, and ``commit()``/``rollback()`` still end it (psycopg
+        sends them whenever a transaction is open). Only for connections of
+        :func:`~reconcile.store.engine.get_engine`, whose checkin hook switches
+        autocommit off again before the connection can serve anyone else.
+        """
+        drv = self.cursor.connection
+        if (
+            drv.info.transaction_status != pq.TransactionStatus.IDLE
+            or drv.autocommit
+            or drv.isolation_level is not None
+            or drv.read_only is not None
+            or drv.deferrable is not None
+        ):
+            return self.try_lock(lock)
+        statement = b"BEGIN; SELECT pg_try_advisory_xact_lock(%d)" % int(lock)
+        drv.autocommit = True
+        try:
+            self.cursor.execute(statement, prepare=False)
+            self.cursor.nextset()
+            row = self.cursor.fetchone()
+        except psycopg.Error as exc:
+            text = statement.decode()
+            self.conn._handle_dbapi_exception(exc, text, (), cast(DBAPICursor, self.cursor), None)
+        return bool(row and row[0])
 
     def exists(self, check: tuple[str, dict[str, Any]]) -> bool:
         """Run a compiled check from :func:`delivery_check`: whether the key is still pending."""
