@@ -233,7 +233,13 @@ class ReconciledJob(Job):
                 return "already_done"
             self.perform(session, *args)
             session.flush()
-            if self._still_pending(session, tx, check, args):
+            if isinstance(check, tuple):
+                # steps 4 and 5 in one round trip; the Session's own commit then finds
+                # the transaction ended and sends nothing
+                converged = tx.commit_if_converged(check)
+            else:
+                converged = not self._still_pending(session, tx, check, args)
+            if not converged:
                 raise NotConverged(
                     f"{name}{tuple(args)!r}: perform returned but the key is still pending; "
                     "the transaction was rolled back"

@@ -31,7 +31,15 @@ from reconcile import ReconciledJob
 from reconcile.config import Settings
 from reconcile.errors import NotConverged
 from reconcile.store import pending as pending_sql
-from tests.reconciled_app import ForgetfulItem, NewestItems, ProcessItem, SyncStock, items, regions
+from tests.reconciled_app import (
+    ForgetfulItem,
+    NewestItems,
+    ProcessItem,
+    SyncStock,
+    effects,
+    items,
+    regions,
+)
 
 fast_metadata = sa.MetaData()
 tags = sa.Table(
@@ -311,7 +319,8 @@ def test_lock_busy_already_done_and_not_converged(pg_settings: Settings, engine:
     with pytest.raises(NotConverged):
         ForgetfulItem().execute([2])
     with engine.connect() as c:
-        assert c.execute(sa.select(items.c.done).where(items.c.id == 2)).scalar() is False
+        logged = c.execute(sa.select(sa.func.count()).where(effects.c.item_id == 2)).scalar()
+        assert logged == 0, "the non-converged delivery's effect was rolled back"
 
 
 def test_timeout_is_set_on_the_transaction_and_backend_pid_recorded(
@@ -393,6 +402,56 @@ def test_begin_and_lock_are_one_round_trip_and_the_connection_returns_transactio
         conn.rollback()
     with engine.connect() as conn:
         assert conn.execute(sa.select(items.c.done).where(items.c.id == 2)).scalar() is False
+
+
+def test_a_delivery_adds_three_round_trips_to_performs_own(
+    pg_settings: Settings, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """BEGIN and the lock go together (step 1), the first check alone (step 2: its
+    snapshot must follow the lock), and the second check with COMMIT (steps 4 and 5),
+    so a delivery adds 3 round trips to perform's own statements; a non-converging
+    perform still ends in NotConverged, rolled back."""
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}, {"id": 2}])
+    trace = tmp_path / "libpq.trace"
+    traced: list[Any] = []
+
+    def start(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        f = trace.open("a")
+        traced.append(f)
+        dbapi_conn.pgconn.trace(f.fileno())
+        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def stop(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.pgconn.untrace()
+
+    sa.event.listen(engine, "checkout", start)
+    sa.event.listen(engine, "checkin", stop)
+    try:
+        assert ProcessItem().execute([1]) == "done"
+    finally:
+        sa.event.remove(engine, "checkout", start)
+        sa.event.remove(engine, "checkin", stop)
+        for f in traced:
+            f.close()
+    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    # a simple Query, or the Sync that ends an extended-protocol statement, is a round
+    # trip; counted from the delivery's first (the switch cache may read its table first)
+    trips = [m for m in sent if m[0] == "F" and len(m) > 2 and m[2] in ("Query", "Sync")]
+    first = next(i for i, m in enumerate(trips) if "pg_try_advisory_xact_lock" in m[-1])
+    trips = trips[first:]
+    print(f"\na delivery of ProcessItem (perform: 2 statements) took {len(trips)} round trips")
+    assert len(trips) == 5, trips
+    assert trips[0][3].startswith(' "BEGIN; SELECT pg_try_advisory_xact_lock(')
+    assert trips[-1][2] == "Query" and "SELECT (CASE WHEN" in trips[-1][3]
+    assert "::int; COMMIT" in trace.read_text()  # the SQL of a check spans trace lines
+    with engine.connect() as c:
+        assert c.execute(sa.select(items.c.done).where(items.c.id == 1)).scalar() is True
+    with pytest.raises(NotConverged):
+        ForgetfulItem().execute([2])
+    with engine.connect() as c:
+        logged = c.execute(sa.select(sa.func.count()).where(effects.c.item_id == 2)).scalar()
+        assert logged == 0, "the non-converged delivery's effect was rolled back"
 
 
 def test_threads_share_the_compiled_check(pg_settings: Settings, engine: sa.Engine,

@@ -233,6 +233,9 @@ TIMEOUTS_SQL = ("SELECT set_config('statement_timeout', %(ms)s, true), "
 
 
 _CURSOR = "reconcile.cursor"
+_CLIENT_CURSOR = "reconcile.client_cursor"
+NOT_CONVERGED = "reconcile: the key is still pending after perform"
+"""Marker of the failed cast that aborts a non-converged delivery's COMMIT."""
 
 
 class DriverTx:
@@ -317,6 +320,42 @@ class DriverTx:
             text = statement.decode()
             self.conn._handle_dbapi_exception(exc, text, (), cast(DBAPICursor, self.cursor), None)
         return bool(row and row[0])
+
+    def commit_if_converged(self, check: tuple[str, dict[str, Any]]) -> bool:
+        """Steps 4 and 5 in ONE round trip: re-check and ``COMMIT`` together; False (and
+        the transaction aborted, to be rolled back) if the key is still pending.
+
+        The check becomes ``SELECT (CASE WHEN (<check>) THEN '<marker>' END)::int`` and
+        goes with ``COMMIT`` as one simple query: a pending key makes the cast fail, so
+        the server skips the ``COMMIT`` and the transaction is aborted; otherwise the
+        transaction is committed when the call returns. Parameters are bound on the
+        client by psycopg's own adapters (the simple protocol takes none). Any other
+        error (of the check or of the ``COMMIT``) is SQLAlchemy's, as for every
+        statement here.
+        """
+        sql, params = check
+        client = self._client_cursor()
+        bound = client.mogrify(sql, params)
+        # the cast applies to the CASE's result, so it fails at run time only (a cast of
+        # the constant itself would be folded, and fail, while planning)
+        statement = f"SELECT (CASE WHEN ({bound}) THEN '{NOT_CONVERGED}' END)::int; COMMIT"
+        try:
+            client.execute(statement, prepare=False)
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            if NOT_CONVERGED in str(exc):
+                return False
+            self.conn._handle_dbapi_exception(exc, statement, (), cast(DBAPICursor, client), None)
+        except psycopg.Error as exc:
+            self.conn._handle_dbapi_exception(exc, statement, (), cast(DBAPICursor, client), None)
+        return True
+
+    def _client_cursor(self) -> psycopg.ClientCursor[Any]:
+        pooled = self.conn.connection
+        client: psycopg.ClientCursor[Any] | None = pooled.info.get(_CLIENT_CURSOR)
+        if client is None or client.closed or client.connection is not pooled.driver_connection:
+            client = psycopg.ClientCursor(pooled.driver_connection)  # type: ignore[arg-type]
+            pooled.info[_CLIENT_CURSOR] = client
+        return client
 
     def exists(self, check: tuple[str, dict[str, Any]]) -> bool:
         """Run a compiled check from :func:`delivery_check`: whether the key is still pending."""
