@@ -18,7 +18,6 @@ from reconcile.broker import Broker, Delivery, get_broker
 from reconcile.config import Settings
 from reconcile.scheduler.passes import run_pass
 from reconcile.scheduler.service import Scheduler
-from reconcile.store import pending as pending_sql
 from reconcile.store import quarantine, runs
 from reconcile.worker import QueueSpec, Worker
 from reconcile.worker.executor import Executor
@@ -129,34 +128,6 @@ def test_not_converged_is_retried_before_dying(pg_settings: Settings, engine: sa
     op = Executor(pg_settings, broker).run(lease_one(broker))
     assert op.code == "R"
     assert quarantine.list_entries(engine) == []
-
-
-def test_keyset_pass_sees_rows_that_change_under_it(
-    pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seed(engine, 2000)
-    real_page = pending_sql.page
-    calls = 0
-
-    def page_then_change(*args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
-        nonlocal calls
-        rows = real_page(*args, **kwargs)
-        calls += 1
-        if calls == 2:  # mid-pass: rows ahead finish, new rows appear behind and ahead
-            with engine.begin() as c:
-                c.execute(items.update().where(items.c.id.between(1500, 1599)).values(done=True))
-                c.execute(items.insert(), [{"id": i} for i in range(5000, 5050)])
-                c.execute(items.insert(), [{"id": -i} for i in range(1, 11)])
-        return rows
-
-    monkeypatch.setattr(pending_sql, "page", page_then_change)
-    monkeypatch.setattr(ProcessItem, "batch_size", 300)
-    result = run_pass(ProcessItem, settings=pg_settings)
-    queued = {int(p.split(b'"args":[')[1].split(b"]")[0]) for p in broker.queue_entries("items", 10_000)}
-    expected = set(range(1, 1500)) | set(range(1600, 2001)) | set(range(5000, 5050))
-    assert queued == expected, "every row pending when its page was read, nothing else"
-    assert result.found == result.enqueued == len(expected)
-    assert calls == 7  # 1,950 keys / 300 per page (the last one short), one transaction each
 
 
 def test_second_pass_finds_everything_already_queued(pg_settings: Settings, engine: sa.Engine) -> None:

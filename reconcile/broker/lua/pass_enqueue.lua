@@ -1,0 +1,112 @@
+-- pass_enqueue.lua: a reconcile pass's enqueues, one page (up to 1,000 keys) a call
+-- (a push call: at most ~100 KB of payloads, so a page may take several).
+--
+-- The pass sends what is the same for every key of a page once, and each key's
+-- digest and payload packed into one argument each (digests at a fixed width,
+-- payloads each followed by "\n"): a page costs the client a handful of arguments
+-- instead of five per key. Payloads are compact JSON (orjson), which never contains a
+-- raw newline, so "\n" cannot occur inside one.
+--
+-- KEYS[1]  "{ns}"  the namespace hash tag; every key below is built from it, so
+--          all keys this script touches live in one Redis Cluster slot.
+-- Keys touched:
+--   {ns}:unique:<d>   STRING uniqueness lock for digest <d> ("1", PX = lock ttl);
+--                     the same lock enqueue.lua takes, so a pass and perform_async
+--                     of the same key dedupe against each other
+--   {ns}:queue:<q>    LIST   ready jobs; LPUSH here, workers RPOP (FIFO)
+--   {ns}:queues       SET    names of queues that ever held a job
+--   {ns}:schedule     ZSET   jobs to run later, score = run-at (epoch seconds)
+--   {ns}:wake:<q>     LIST   wake-up tokens that idle workers BLPOP on
+-- ARGV[1]  mode:
+--          "P" probe: read-only; which locks are free (MGET, one command a page)
+--          "N" push, taking each lock with SET NX PX; a held lock drops its job
+--          "O" push, overwriting each lock with SET PX (a pass after a Redis loss,
+--              which does not trust surviving locks); every job is pushed
+-- ARGV[2]  digest width w (characters of one digest); 0 = the jobs take no lock
+-- ARGV[3]  the digests, concatenated (w characters each, in job order)
+-- probe:   nothing else.
+-- push:    ARGV[4] now (epoch seconds)   ARGV[5] wake cap (most tokens per wake list)
+--          ARGV[6] queue   ARGV[7] lock ttl (ms)
+--          ARGV[8] the payloads, each followed by "\n", in job order
+--          ARGV[9] run-ats, each followed by "\n", in job order; "" = every job now.
+--          A run-at after now goes to the schedule (ZADD), others to the queue.
+-- Returns  a string with one character per job, in order. Probe: "1" lock free,
+--          "0" held. Push: "1" pushed, "0" dropped because its lock was held.
+-- A push fails at its first write (SET) under maxmemory with noeviction: then
+-- nothing of the call was written. A probe takes no lock, so a client that dies
+-- between its probe and its push leaves nothing behind.
+local p = KEYS[1]
+local mode = ARGV[1]
+local w = tonumber(ARGV[2])
+local digests = ARGV[3]
+local sub, find, concat = string.sub, string.find, table.concat
+local lock_prefix = p .. ':unique:'
+
+if mode == 'P' then
+  local n = #digests / w
+  local keys, out = {}, {}
+  for i = 1, n do
+    keys[i] = lock_prefix .. sub(digests, (i - 1) * w + 1, i * w)
+  end
+  -- unpack in slices: Lua's C stack holds ~8000 values
+  for s = 1, n, 1000 do
+    local got = redis.call('MGET', unpack(keys, s, math.min(s + 999, n)))
+    for j = 1, #got do
+      out[s + j - 1] = got[j] and '0' or '1'
+    end
+  end
+  return concat(out)
+end
+
+local now, cap, q, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local blob, ats = ARGV[8], ARGV[9]
+local nx = mode == 'N'
+local out, ready, later = {}, {}, {}
+local n, pos, apos, len = 0, 1, 1, #blob
+while pos <= len do
+  local stop = find(blob, '\n', pos, true)
+  n = n + 1
+  local ok = true
+  if w > 0 then
+    local key = lock_prefix .. sub(digests, (n - 1) * w + 1, n * w)
+    if nx then
+      ok = redis.call('SET', key, '1', 'NX', 'PX', ttl)
+    else
+      redis.call('SET', key, '1', 'PX', ttl)
+    end
+  end
+  local at = 0
+  if ats ~= '' then
+    local astop = find(ats, '\n', apos, true)
+    at = tonumber(sub(ats, apos, astop - 1))
+    apos = astop + 1
+  end
+  if ok then
+    out[n] = '1'
+    -- the payload string is only made for jobs that are pushed
+    if at > now then
+      later[#later + 1] = at
+      later[#later + 1] = sub(blob, pos, stop - 1)
+    else
+      ready[#ready + 1] = sub(blob, pos, stop - 1)
+    end
+  else
+    out[n] = '0'
+  end
+  pos = stop + 1
+end
+for s = 1, #later, 1000 do
+  redis.call('ZADD', p .. ':schedule', unpack(later, s, math.min(s + 999, #later)))
+end
+if #ready > 0 then
+  local key = p .. ':queue:' .. q
+  for s = 1, #ready, 1000 do
+    redis.call('LPUSH', key, unpack(ready, s, math.min(s + 999, #ready)))
+  end
+  redis.call('SADD', p .. ':queues', q)
+  local wake = p .. ':wake:' .. q
+  if redis.call('LLEN', wake) < cap then
+    redis.call('LPUSH', wake, '1')
+  end
+end
+return concat(out)

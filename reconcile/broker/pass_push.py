@@ -1,0 +1,85 @@
+"""The Redis side of reconcile-pass enqueues: ``pass_enqueue.lua``, a call per page.
+
+A pass pushes pages of jobs of one class: one queue, one lock TTL, payloads that
+differ only in jid, args and timestamps. :class:`PassPusher` sends what a page shares
+once, and each key's digest and payload packed into one argument each (see the
+script's header), instead of :meth:`Broker.push`'s five arguments per job. It takes
+the same uniqueness locks (``{ns}:unique:<digest>``) as ``enqueue.lua``, so a key
+enqueued by ``perform_async`` and the same key found by a pass dedupe against each
+other.
+
+Contracts:
+
+* :meth:`PassPusher.probe` is read-only: it says which locks are free and takes none,
+  so a pass may build payloads only for those keys without opening a window in which a
+  lock is held by a job that was never pushed;
+* :meth:`PassPusher.push` takes the locks and pushes in one atomic call; a job whose
+  lock is held (taken since the probe, say) is dropped and reported as such;
+* under ``maxmemory`` with ``noeviction`` a push raises :class:`BrokerError` and writes
+  nothing of its call, like :meth:`Broker.push`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+from ..errors import BrokerError
+from .broker import WAKE_CAP, Broker, _script_source
+
+PROBE = b"P"
+PUSH = b"N"
+PUSH_OVERWRITE = b"O"
+
+
+class PassPusher:
+    """Pass enqueues for one broker's namespace. Thread-safe (one script object, a
+    pooled client)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._tag = broker.keys.tag
+        self._script = broker.redis.register_script(_script_source("pass_enqueue.lua"))
+
+    def probe(self, digests: bytes, width: int) -> bytes:
+        """Which locks are free, without taking any: one byte per digest of the
+        concatenated ``digests`` (``width`` bytes each), ``1`` free, ``0`` held."""
+        if not digests:
+            return b""
+        return self._call([PROBE, width, digests], len(digests) // width)
+
+    def push(
+        self, *, queue: str, lock_ttl_ms: int, digests: bytes, width: int, payloads: bytes,
+        count: int, now: float, ats: Sequence[float] | None = None, overwrite: bool = False,
+    ) -> bytes:
+        """Push ``count`` jobs of one queue in one call; returns one byte per job, ``1``
+        pushed, ``0`` dropped because its lock was held.
+
+        ``payloads``: each job's payload followed by ``b"\\n"``; ``digests``: the jobs'
+        lock digests concatenated, ``width`` bytes each (``width`` 0 and ``b""``: the
+        jobs take no lock). ``ats``: each job's run-at (None: all now); one after
+        ``now`` goes to the scheduled set. ``overwrite`` takes every lock even if held
+        and pushes every job (a pass after a Redis loss, which does not trust locks).
+        """
+        if count == 0:
+            return b""
+        at_blob = b"" if ats is None else "".join([f"{a!r}\n" for a in ats]).encode()
+        mode = PUSH_OVERWRITE if overwrite else PUSH
+        args: list[bytes | str | int] = [mode, width, digests, repr(now), WAKE_CAP, queue,
+                                         lock_ttl_ms, payloads, at_blob]
+        return self._call(args, count)
+
+    def _call(self, args: list[bytes | str | int], count: int) -> bytes:
+        try:
+            flags: bytes = self._script(keys=[self._tag], args=args)
+        except redis.OutOfMemoryError as exc:
+            # a push fails at its first write, before writing anything
+            raise BrokerError(
+                f"Redis refused to enqueue {count} jobs: out of memory (used memory is "
+                "over maxmemory and the policy is noeviction); none of them was enqueued. "
+                "Free memory or raise maxmemory; ReconciledJob keys are enqueued again by "
+                f"the next pass. ({exc})"
+            ) from exc
+        if len(flags) != count:  # a framing mistake must not pass as a count
+            raise BrokerError(f"pass_enqueue.lua answered {len(flags)} flags for {count} jobs")
+        return flags
