@@ -36,6 +36,13 @@ pass_items = sa.Table(
 )
 
 
+# Built once with bind parameters, as procrastinate's task and the raw floor send
+# constant SQL with parameters (a statement built per call costs SQLAlchemy its
+# construction and cache key each time: about a third of this job's CPU)
+LOG_EFFECT = effects.insert().values(item_id=sa.bindparam("item_id"))
+MARK_DONE = items.update().where(items.c.id == sa.bindparam("item_id")).values(done=True)
+
+
 class ProcessItem(ReconciledJob):
     """The drain's job: in the protocol's one transaction, log an effect and mark the
     item done (which makes the key stop being pending)."""
@@ -48,8 +55,9 @@ class ProcessItem(ReconciledJob):
         return sa.select(items.c.id).where(sa.not_(items.c.done))
 
     def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
-        session.execute(effects.insert().values(item_id=item_id))
-        session.execute(items.update().where(items.c.id == item_id).values(done=True))
+        params = {"item_id": item_id}
+        session.execute(LOG_EFFECT, params)
+        session.execute(MARK_DONE, params)
         probe.hit()
 
 
