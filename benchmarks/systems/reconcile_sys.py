@@ -10,7 +10,7 @@ from ..common import DBS, python, url
 from .base import System, timed_loop
 
 CONCURRENCY = 10
-PG_CONCURRENCY = int(os.environ.get("BENCH_RC_PG_CONCURRENCY", "8"))
+PG_CONCURRENCY = int(os.environ.get("BENCH_RC_PG_CONCURRENCY", "16"))
 """Worker threads of the reconciled drain (each job holds a PostgreSQL connection)."""
 
 
