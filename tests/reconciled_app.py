@@ -28,6 +28,20 @@ effects = sa.Table(
 )
 
 
+class MarksItemDone(ReconciledJob):
+    """Base of test jobs over ``items``: a key is pending until perform marks it done.
+    Subclasses change one option or one method, and say which in their docstring."""
+
+    every = 3600
+    queue = "items"
+
+    def pending(self) -> Select[Any]:
+        return sa.select(items.c.id).where(items.c.done.is_(False))
+
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
+        session.execute(items.update().where(items.c.id == item_id).values(done=True))
+
+
 class ProcessItem(ReconciledJob):
     """Marks an item done and logs one effect row, in the job's transaction."""
 

@@ -37,7 +37,7 @@ from reconcile.scheduler.passes import run_pass
 from reconcile.store import keyset
 from reconcile.store import pending as pending_sql
 from reconcile.worker.executor import Executor
-from tests.reconciled_app import ProcessItem, SyncStock, effects, items, regions
+from tests.reconciled_app import MarksItemDone, ProcessItem, SyncStock, effects, items, regions
 
 fast_metadata = sa.MetaData()
 names = sa.Table(
@@ -60,42 +60,22 @@ class NamedThing(ReconciledJob):
         session.execute(names.update().where(names.c.name == name).values(done=True))
 
 
-class JitteredItem(ReconciledJob):
-    every = 3600
-    queue = "items"
+class JitteredItem(MarksItemDone):
+    """``jitter = 30``: a pass spreads its keys over the scheduled set."""
+
     jitter = 30.0
 
-    def pending(self) -> Select[Any]:
-        return sa.select(items.c.id).where(items.c.done.is_(False))
 
-    def perform(self, session: Session, item_id: int) -> None:
-        session.execute(items.update().where(items.c.id == item_id).values(done=True))
-
-
-class UnlockedItem(ReconciledJob):
+class UnlockedItem(MarksItemDone):
     """``unique_for = 0``: no lock, every pass enqueues every key again."""
 
-    every = 3600
-    queue = "items"
     unique_for = 0
 
-    def pending(self) -> Select[Any]:
-        return sa.select(items.c.id).where(items.c.done.is_(False))
 
-    def perform(self, session: Session, item_id: int) -> None:
-        session.execute(items.update().where(items.c.id == item_id).values(done=True))
-
-
-class ByParity(ReconciledJob):
+class ByParity(MarksItemDone):
     """A custom uniqueness identity (one lock per parity), known only to client.enqueue."""
 
-    every = 3600
-    queue = "items"
-
-    def pending(self) -> Select[Any]:
-        return sa.select(items.c.id).where(items.c.done.is_(False))
-
-    def perform(self, session: Session, item_id: int) -> None:
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
         pass
 
     @classmethod
