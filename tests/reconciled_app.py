@@ -30,8 +30,10 @@ effects = sa.Table(
 
 class MarksItemDone(ReconciledJob):
     """Base of test jobs over ``items``: a key is pending until perform marks it done.
-    Subclasses change one option or one method, and say which in their docstring."""
+    Subclasses change one option or one method, and say which in their docstring.
+    Abstract: not a job of this app (passes and flushes see only its subclasses)."""
 
+    abstract = True
     every = 3600
     queue = "items"
 
