@@ -11,6 +11,7 @@ the namespace), so a test can count lost and duplicated work across processes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +157,17 @@ def running_worker(
         yield worker
     finally:
         worker.stop(stop_timeout)
+
+
+def everything(broker: Broker) -> list[bytes]:
+    """Every payload waiting in Redis: all queues, then the scheduled set."""
+    out: list[bytes] = []
+    for q in broker.queue_names():
+        out += broker.queue_entries(q, 100_000)
+    out += [m for m, _ in broker.set_entries("scheduled", 0, -1)]
+    return out
+
+
+def without_jids(raws: list[bytes]) -> list[bytes]:
+    """Payloads with their random jids blanked, sorted: comparable across enqueue paths."""
+    return sorted(re.sub(rb'"jid":"[0-9a-f]{24}"', b'"jid":""', r) for r in raws)

@@ -16,6 +16,7 @@ import redis.connection
 
 from reconcile import ArgumentError, Job, PayloadTooLarge, client_middleware
 from reconcile.broker import Broker
+from tests.jobs_core import everything, without_jids
 
 
 class Mail(Job):
@@ -221,18 +222,8 @@ def test_fast_path_writes_the_same_bytes_as_the_dict_path(
 
     monkeypatch.setattr(reconcile.client.time, "time", lambda: 1_700_000_000.25)
 
-    def everything() -> list[bytes]:
-        out = []
-        for q in broker.queue_names():
-            out += broker.queue_entries(q, 1000)
-        out += [m for m, _ in broker.set_entries("scheduled", 0, -1)]
-        return out
-
-    def without_jids(raws: list[bytes]) -> list[bytes]:
-        return sorted(re.sub(rb'"jid":"[0-9a-f]{24}"', b'"jid":""', r) for r in raws)
-
     enqueue()
-    fast = everything()
+    fast = everything(broker)
     broker.flush_namespace()
 
     def passthrough(job_class: Any, payload: dict[str, Any], call_next: Any) -> Any:
@@ -243,7 +234,7 @@ def test_fast_path_writes_the_same_bytes_as_the_dict_path(
         enqueue()
     finally:
         client_middleware.remove(passthrough)
-    slow = everything()
+    slow = everything(broker)
     assert fast and without_jids(fast) == without_jids(slow)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from reconcile.scheduler.passes import run_pass
 from reconcile.store import keyset
 from reconcile.store import pending as pending_sql
 from reconcile.worker.executor import Executor
+from tests.jobs_core import everything, without_jids
 from tests.reconciled_app import MarksItemDone, ProcessItem, SyncStock, effects, items, regions
 
 fast_metadata = sa.MetaData()
@@ -133,18 +133,6 @@ def clean_chains() -> Iterator[None]:
 def seed(engine: sa.Engine, n: int, start: int = 1) -> None:
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": i} for i in range(start, start + n)])
-
-
-def everything(broker: Broker) -> list[bytes]:
-    out: list[bytes] = []
-    for q in broker.queue_names():
-        out += broker.queue_entries(q, 100_000)
-    out += [m for m, _ in broker.set_entries("scheduled", 0, -1)]
-    return out
-
-
-def without_jids(raws: list[bytes]) -> list[bytes]:
-    return sorted(re.sub(rb'"jid":"[0-9a-f]{24}"', b'"jid":""', r) for r in raws)
 
 
 def parsed_without_jids(raws: list[bytes]) -> list[dict[str, Any]]:
