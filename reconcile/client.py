@@ -50,6 +50,30 @@ def set_interceptor(interceptor: Interceptor | None) -> Interceptor | None:
     return previous
 
 
+def check_queue(job: str, queue: Any) -> str:
+    """``queue`` if it is a usable queue name; ArgumentError naming the job otherwise."""
+    if not isinstance(queue, str) or not queue or any(c in queue for c in _BAD_QUEUE_CHARS):
+        raise ArgumentError(
+            f"{job}: queue {queue!r} must be a non-empty string without braces, '|' or spaces"
+        )
+    return queue
+
+
+def payload_frame(name: str, queue: str, opts: dict[str, Any], locked: bool) -> tuple[bytes, bytes, bytes]:
+    """The parts of a payload that are the same for every job of one enqueue call, for
+    building payload bytes without a dict: ``head`` (``{"queue":..,"jid":"``, before
+    the jid), ``mid`` (``","class":..,"args":``, before the args) and ``options``
+    (``,"retry":..`` and, for a locked job, ``,"unique_until":..``, after
+    ``created_at``). Field order is the dict path's, so both give the same bytes."""
+    dumps = orjson.dumps
+    head = b'{"queue":' + dumps(queue) + b',"jid":"'
+    mid = b'","class":' + dumps(name) + b',"args":'
+    options = b',"retry":' + dumps(opts["retry"])
+    if locked:
+        options += b',"unique_until":' + dumps(opts.get("unique_until", "success"))
+    return head, mid, options
+
+
 def unique_digest(name: str, queue: str, args: Sequence[Any]) -> str:
     """Uniqueness identity of a job: class, queue and arguments (key order ignored)."""
     body = orjson.dumps([name, queue, list(args)], option=orjson.OPT_SORT_KEYS)
@@ -72,12 +96,7 @@ def enqueue(
     """
     settings = get_settings()
     opts = job_class.options() if not options else {**job_class.options(), **options}
-    queue: str = opts["queue"]
-    if not isinstance(queue, str) or not queue or any(c in queue for c in _BAD_QUEUE_CHARS):
-        raise ArgumentError(
-            f"{job_class.job_name}: queue {queue!r} must be a non-empty string without braces, "
-            "'|' or spaces"
-        )
+    queue = check_queue(job_class.job_name, opts["queue"])
     names = job_class.arg_names()
     unique_for = opts.get("unique_for")
     lock_ttl = int(unique_for * 1000) if unique_for else 0
@@ -175,11 +194,8 @@ def _build_records(
     """
     name = job_class.job_name
     dumps = orjson.dumps
-    head = b'{"queue":' + dumps(queue) + b',"jid":"'
-    mid = b'","class":' + dumps(name) + b',"args":'
-    common = b',"created_at":' + dumps(now) + b',"retry":' + dumps(opts["retry"])
-    if lock_ttl:
-        common += b',"unique_until":' + dumps(opts.get("unique_until", "success"))
+    head, mid, options = payload_frame(name, queue, opts, bool(lock_ttl))
+    common = b',"created_at":' + dumps(now) + options
     ready = b',"enqueued_at":' + dumps(now)
     later = b',"at":' + dumps(run_at) if run_at else b""
     digest = job_class.lock_digest

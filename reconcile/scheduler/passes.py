@@ -284,12 +284,7 @@ class _FastPass:
     def __init__(self, job_class: type[ReconciledJob], settings: Settings, jitter: float,
                  overwrite: bool) -> None:
         opts = job_class.options()
-        queue = opts["queue"]
-        if not isinstance(queue, str) or not queue or any(c in queue for c in client._BAD_QUEUE_CHARS):
-            raise ArgumentError(
-                f"{job_class.job_name}: queue {queue!r} must be a non-empty string without braces, "
-                "'|' or spaces"
-            )
+        queue = client.check_queue(job_class.job_name, opts["queue"])
         unique_for = opts.get("unique_for")
         dumps = orjson.dumps
         self.job_class = job_class
@@ -302,11 +297,7 @@ class _FastPass:
         self.limit = settings.max_payload_bytes
         self.pusher = PassPusher(get_broker(settings))
         self.new_fraction = 0.0  # of the last chunk pushed: probe first until keys are new
-        self.head = b'{"queue":' + dumps(queue) + b',"jid":"'
-        self.mid = b'","class":' + dumps(self.name) + b',"args":'
-        self.retry = b',"retry":' + dumps(opts["retry"])
-        if self.lock_ttl:
-            self.retry += b',"unique_until":' + dumps(opts.get("unique_until", "success"))
+        self.head, self.mid, self.retry = client.payload_frame(self.name, queue, opts, bool(self.lock_ttl))
         self.lock_open = b',"lock":"' if self.lock_ttl else b""
         self.close = b'"}\n' if self.lock_ttl else b"}\n"  # the newline frames the payload
         self.digest_prefix = hashlib.blake2b(b"[" + dumps(self.name) + b',"",', digest_size=16)
