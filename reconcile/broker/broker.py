@@ -80,6 +80,17 @@ class ReapResult:
     poison: list[bytes]
 
 
+def enqueue_refused(count: int, exc: redis.OutOfMemoryError) -> BrokerError:
+    """The error for an enqueue script that Redis refused for lack of memory. Such a
+    script fails at its first write, so none of its ``count`` jobs was enqueued."""
+    return BrokerError(
+        f"Redis refused to enqueue {count} jobs: out of memory (used memory is "
+        "over maxmemory and the policy is noeviction); none of them was enqueued. "
+        "Free memory or raise maxmemory; ReconciledJob keys are enqueued again by "
+        f"the next pass. ({exc})"
+    )
+
+
 def _script_source(name: str) -> str:
     return resources.files("reconcile.broker").joinpath("lua", name).read_text("utf-8")
 
@@ -169,13 +180,7 @@ class Broker:
         try:
             return self._push(records, now)
         except redis.OutOfMemoryError as exc:
-            # the script fails at its first write, before writing anything
-            raise BrokerError(
-                f"Redis refused to enqueue {len(records)} jobs: out of memory (used memory is "
-                "over maxmemory and the policy is noeviction); none of them was enqueued. "
-                "Free memory or raise maxmemory; ReconciledJob keys are enqueued again by "
-                f"the next pass. ({exc})"
-            ) from exc
+            raise enqueue_refused(len(records), exc) from exc
 
     def _push(self, records: Sequence[PushRecord], now: float | None) -> list[bool]:
         now = time.time() if now is None else now
@@ -221,10 +226,11 @@ class Broker:
             out.append(Delivery(field, queue, flat[i + 1]))
         return out
 
-    def settle(self, proc_id: str, ops: Sequence[SettleOp]) -> None:
-        """Apply settlements without leasing anything."""
+    def settle(self, proc_id: str, ops: Sequence[SettleOp]) -> int:
+        """Apply settlements without leasing anything; returns how many were sent."""
         if ops:
             self.exchange(proc_id, (), 0, ops)
+        return len(ops)
 
     def claim(self, proc_id: str, queue: str, timeout: float) -> bytes | None:
         """Block until a job is in ``queue``, then move it to ``proc_id``'s claim list

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import redis
 
 from ..errors import BrokerError
-from .broker import WAKE_CAP, Broker, _script_source
+from .broker import WAKE_CAP, Broker, _script_source, enqueue_refused
 
 PROBE = b"P"
 PUSH = b"N"
@@ -34,11 +34,11 @@ PUSH_OVERWRITE = b"O"
 
 
 class PassPusher:
-    """Pass enqueues for one broker's namespace. Thread-safe (one script object, a
-    pooled client)."""
+    """Pass enqueues for one broker's namespace. Thread-safe (one script object, the
+    broker's connections)."""
 
     def __init__(self, broker: Broker) -> None:
-        self._tag = broker.keys.tag
+        self._broker = broker
         self._script = broker.redis.register_script(_script_source("pass_enqueue.lua"))
 
     def probe(self, digests: bytes, width: int) -> bytes:
@@ -71,15 +71,10 @@ class PassPusher:
 
     def _call(self, args: list[bytes | str | int], count: int) -> bytes:
         try:
-            flags: bytes = self._script(keys=[self._tag], args=args)
+            # the broker's hot-path call (its own connections, NOSCRIPT handled)
+            flags: bytes = self._broker._eval(self._script, args)
         except redis.OutOfMemoryError as exc:
-            # a push fails at its first write, before writing anything
-            raise BrokerError(
-                f"Redis refused to enqueue {count} jobs: out of memory (used memory is "
-                "over maxmemory and the policy is noeviction); none of them was enqueued. "
-                "Free memory or raise maxmemory; ReconciledJob keys are enqueued again by "
-                f"the next pass. ({exc})"
-            ) from exc
+            raise enqueue_refused(count, exc) from exc
         if len(flags) != count:  # a framing mistake must not pass as a count
             raise BrokerError(f"pass_enqueue.lua answered {len(flags)} flags for {count} jobs")
         return flags
