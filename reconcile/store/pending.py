@@ -29,7 +29,7 @@ import struct
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import orjson
 import psycopg
@@ -233,6 +233,7 @@ TIMEOUTS_SQL = ("SELECT set_config('statement_timeout', %(ms)s, true), "
 
 
 _CURSOR = "reconcile.cursor"
+_C = TypeVar("_C", psycopg.Cursor[Any], psycopg.ClientCursor[Any])
 _CLIENT_CURSOR = "reconcile.client_cursor"
 NOT_CONVERGED = "reconcile: the key is still pending after perform"
 """Marker of the failed cast that aborts a non-converged delivery's COMMIT."""
@@ -255,23 +256,31 @@ class DriverTx:
 
     def __init__(self, bind: Session | Connection) -> None:
         self.conn = bind.connection() if isinstance(bind, Session) else bind
+        self.cursor = self._pooled_cursor(_CURSOR, psycopg.Cursor)
+
+    def _pooled_cursor(self, key: str, kind: type[_C]) -> _C:
+        """This connection's cursor of ``kind``, kept in the pool record's info (which
+        SQLAlchemy clears when the connection is closed or invalidated): creating a
+        cursor costs a third of running one of these statements. (SQLAlchemy closes the
+        cursor of a failed statement: then a new one.)"""
         pooled = self.conn.connection
-        # One cursor per database connection, kept in the pool record's info (which
-        # SQLAlchemy clears when the connection is closed or invalidated): creating a
-        # cursor costs a third of running one of these statements. (SQLAlchemy closes
-        # the cursor of a failed statement: then a new one.)
-        cursor: psycopg.Cursor[Any] | None = pooled.info.get(_CURSOR)
+        cursor: _C | None = pooled.info.get(key)
         if cursor is None or cursor.closed or cursor.connection is not pooled.driver_connection:
-            cursor = pooled.info[_CURSOR] = pooled.driver_connection.cursor()  # type: ignore[union-attr]
-        self.cursor = cursor
+            cursor = pooled.info[key] = kind(pooled.driver_connection)  # type: ignore[arg-type]
+        return cursor
+
+    def _fail(self, exc: psycopg.Error, statement: str, params: Any, cursor: Any) -> NoReturn:
+        """Hand a failed statement to SQLAlchemy's own handling (private, stable across
+        2.x): it raises the wrapped ``DBAPIError`` and invalidates a lost connection."""
+        self.conn._handle_dbapi_exception(exc, statement, params, cast(DBAPICursor, cursor), None)
+        raise AssertionError("unreachable: _handle_dbapi_exception always raises")
 
     def _scalar(self, statement: str, params: Sequence[Any] | dict[str, Any]) -> Any:
         try:
             self.cursor.execute(statement, params)
             row = self.cursor.fetchone()
         except psycopg.Error as exc:
-            # SQLAlchemy's own handling of a failed statement (private, stable across 2.x)
-            self.conn._handle_dbapi_exception(exc, statement, params, cast(DBAPICursor, self.cursor), None)
+            self._fail(exc, statement, params, self.cursor)
         return None if row is None else row[0]
 
     @property
@@ -317,8 +326,7 @@ class DriverTx:
             self.cursor.nextset()
             row = self.cursor.fetchone()
         except psycopg.Error as exc:
-            text = statement.decode()
-            self.conn._handle_dbapi_exception(exc, text, (), cast(DBAPICursor, self.cursor), None)
+            self._fail(exc, statement.decode(), (), self.cursor)
         return bool(row and row[0])
 
     def commit_if_converged(self, check: tuple[str, dict[str, Any]]) -> bool:
@@ -334,28 +342,18 @@ class DriverTx:
         statement here.
         """
         sql, params = check
-        client = self._client_cursor()
+        client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
         bound = client.mogrify(sql, params)
         # the cast applies to the CASE's result, so it fails at run time only (a cast of
         # the constant itself would be folded, and fail, while planning)
         statement = f"SELECT (CASE WHEN ({bound}) THEN '{NOT_CONVERGED}' END)::int; COMMIT"
         try:
             client.execute(statement, prepare=False)
-        except psycopg.errors.InvalidTextRepresentation as exc:
-            if NOT_CONVERGED in str(exc):
-                return False
-            self.conn._handle_dbapi_exception(exc, statement, (), cast(DBAPICursor, client), None)
         except psycopg.Error as exc:
-            self.conn._handle_dbapi_exception(exc, statement, (), cast(DBAPICursor, client), None)
+            if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and NOT_CONVERGED in str(exc):
+                return False
+            self._fail(exc, statement, (), client)
         return True
-
-    def _client_cursor(self) -> psycopg.ClientCursor[Any]:
-        pooled = self.conn.connection
-        client: psycopg.ClientCursor[Any] | None = pooled.info.get(_CLIENT_CURSOR)
-        if client is None or client.closed or client.connection is not pooled.driver_connection:
-            client = psycopg.ClientCursor(pooled.driver_connection)  # type: ignore[arg-type]
-            pooled.info[_CLIENT_CURSOR] = client
-        return client
 
     def exists(self, check: tuple[str, dict[str, Any]]) -> bool:
         """Run a compiled check from :func:`delivery_check`: whether the key is still pending."""
