@@ -277,28 +277,28 @@ class Worker:
         self._stopped.set()
         return pushed + len(buffered)
 
-    def _release(self) -> int:
+    @staticmethod
+    def _retrying(what: str, call: Callable[[], int]) -> int | None:
+        """``call()`` tried up to 5 times, pausing 0.2, 0.4 ... s after each Redis error
+        (logged with ``what``); None if every attempt failed."""
         for attempt in range(5):
             try:
-                return self.broker.release(self.proc_id)
+                return call()
             except redis.RedisError as exc:
-                log.warning("could not release leases (%s), attempt %d", exc, attempt + 1)
+                log.warning("could not %s (%s), attempt %d", what, exc, attempt + 1)
                 time.sleep(0.2 * (attempt + 1))
-        return 0
+        return None
+
+    def _release(self) -> int:
+        return self._retrying("release leases", lambda: self.broker.release(self.proc_id)) or 0
 
     def _settle(self, ops: list[SettleOp]) -> None:
         ops = self._resolve(ops)
-        for attempt in range(5):
-            if not ops:
-                return
-            try:
-                self.broker.settle(self.proc_id, ops)
-                return
-            except redis.RedisError as exc:
-                log.warning("could not settle %d jobs (%s), attempt %d", len(ops), exc, attempt + 1)
-                time.sleep(0.2 * (attempt + 1))
-        # never drop a settlement: the next fetch (or stop) carries it
-        self.settlements.put_back(ops)
+        if not ops:
+            return
+        if self._retrying(f"settle {len(ops)} jobs", lambda: self.broker.settle(self.proc_id, ops)) is None:
+            # never drop a settlement: the next fetch (or stop) carries it
+            self.settlements.put_back(ops)
 
     # -- threads ---------------------------------------------------------------------
 
@@ -444,7 +444,7 @@ class Worker:
                 d = Delivery(provisional, queue, raw)
                 self._claimed.append((provisional, raw))
                 self._outstanding += 1
-                if SUSPECT_MARK in raw and self._recoveries(raw) >= self.suspect_at:
+                if self._is_suspect(raw):
                     self._buffer.append(d)
                     self._work.notify()
                     return None
@@ -455,14 +455,9 @@ class Worker:
         return None
 
     def _unclaim(self, queue: str) -> None:
-        for attempt in range(5):
-            try:
-                self.broker.unclaim(self.proc_id, queue)
-                return
-            except redis.RedisError as exc:
-                log.warning("could not hand a claimed job back (%s), attempt %d", exc, attempt + 1)
-                time.sleep(0.2 * (attempt + 1))
-        # still in the claim list: release.lua at shutdown, or a reaper, returns it
+        # if every attempt fails the job stays in the claim list, where release.lua at
+        # shutdown, or a reaper, returns it
+        self._retrying("hand a claimed job back", lambda: self.broker.unclaim(self.proc_id, queue))
 
     def _resolve(self, ops: list[SettleOp]) -> list[SettleOp]:
         """Swap provisional lease fields for the adopted ones; settlements of claims not
@@ -511,7 +506,7 @@ class Worker:
                     if not self._buffer:
                         return
                     d = self._buffer.popleft()
-                    if SUSPECT_MARK in d.raw and self._recoveries(d.raw) >= self.suspect_at:
+                    if self._is_suspect(d.raw):
                         suspect = True
                         self._isolate()
                     self._running[d.field] = d
@@ -538,6 +533,10 @@ class Worker:
                     self._isolating = False
                     self._work.notify_all()
                 self._cond.notify_all()
+
+    def _is_suspect(self, raw: bytes) -> bool:
+        """A job recovered from crashed workers often enough to run alone."""
+        return SUSPECT_MARK in raw and self._recoveries(raw) >= self.suspect_at
 
     @staticmethod
     def _recoveries(raw: bytes) -> int:
