@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from . import report
-from .common import BASE_URL, CONTROL_DB, FULL, QUICK, Sizes, claim_db, url
+from .common import BASE_URL, CONTROL_DB, FULL, QUICK, Sizes, claim_db, cpu_model, url
 from .scenarios import BY_NAME as SCENARIO_BY_NAME
 from .scenarios import DEFAULT as DEFAULT_SCENARIOS
 from .scenarios import Context, Metric, Scenario
@@ -42,14 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info = redis.Redis.from_url(url(CONTROL_DB)).info("server")
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "redis": info.get("redis_version"), "redis_url": BASE_URL,

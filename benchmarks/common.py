@@ -116,3 +116,14 @@ def python() -> str:
 def tool(name: str) -> str:
     """A console script installed next to this interpreter (``dramatiq``, ``rq`` ...)."""
     return str(Path(sys.executable).with_name(name))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` ("?" where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
