@@ -98,6 +98,15 @@ class Settings:
     database_connect_timeout: float = 10.0
     """Seconds to wait for a PostgreSQL connection before failing. Default 10."""
 
+    prepared_checks: bool = True
+    """Run a ReconciledJob's key checks (steps 2 and 4 of the protocol) as prepared
+    statements, made once per pooled connection and job class with SQL ``PREPARE``:
+    PostgreSQL then skips parsing and planning them for every delivery. Set it false
+    behind a connection pooler in transaction mode (PgBouncer), where a statement
+    prepared on one server connection is unknown on the next; a worker that meets such
+    a missing statement switches them off by itself (logged) and loses nothing. Default
+    True."""
+
     switch_cache_seconds: float = 5.0
     """How long a process caches kill switches read from PostgreSQL. Default 5."""
 

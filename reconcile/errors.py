@@ -45,6 +45,14 @@ class NotConverged(ReconcileError):
     """
 
 
+class CheckGone(ReconcileError):
+    """Internal to a ReconciledJob delivery: its prepared commit check was deallocated
+    during perform (psycopg deallocates every prepared statement after a ``ROLLBACK TO
+    SAVEPOINT`` or DDL once it has prepared statements of its own). The transaction is
+    aborted, nothing was committed, and the delivery runs again at once with that
+    check sent as SQL; never raised to the application."""
+
+
 class JobTimeout(ReconcileError):
     """A job ran longer than its class's ``timeout``: the worker gave it up (and, for a
     ReconciledJob, terminated its PostgreSQL backend so it cannot commit late)."""

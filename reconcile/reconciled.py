@@ -38,7 +38,7 @@ from sqlalchemy.sql import Select
 
 from .client import unique_digest
 from .config import Settings, get_settings
-from .errors import ConfigError, NotConverged
+from .errors import CheckGone, ConfigError, NotConverged
 from .job import Job
 
 if TYPE_CHECKING:
@@ -200,7 +200,14 @@ class ReconciledJob(Job):
         try:
             if not switch_cache(settings).is_enabled(name):
                 return "disabled"
-            return self._execute(settings, name, args)
+            try:
+                return self._execute(settings, name, args)
+            except CheckGone as exc:
+                # nothing was committed; the next run commits with the check as SQL
+                log.info("%s%r: prepared commit check %s was deallocated during perform "
+                         "(a savepoint rollback or DDL); running the delivery again",
+                         name, tuple(args), exc)
+                return self._execute(settings, name, args)
         except DBAPIError as exc:
             if not database_lost(exc):
                 raise
@@ -223,13 +230,18 @@ class ReconciledJob(Job):
         if type(self).is_pending is ReconciledJob.is_pending:
             check = sql.delivery_check(type(self), self.pending, engine.dialect, args)
         with Session(engine, expire_on_commit=False) as session, session.begin():
-            tx = sql.DriverTx(session)
+            tx = sql.DriverTx(session, prepare=settings.prepared_checks)
             if self.timeout:
-                tx.set_local_timeouts(float(self.timeout))
                 self.backend_pid = tx.backend_pid  # the watchdog's kill switch
-            if not tx.begin_locked(sql.lock_id(name, args)):
+            # steps 1 and 2 in one round trip when the check is compiled SQL
+            locked, pending = tx.open_delivery(
+                sql.lock_id(name, args), check if isinstance(check, tuple) else None,
+                float(self.timeout) if self.timeout else None)
+            if not locked:
                 return "lock_busy"  # leaving the block commits an empty transaction
-            if not self._still_pending(session, tx, check, args):
+            if pending is None:
+                pending = self._still_pending(session, tx, check, args)
+            if not pending:
                 return "already_done"
             self.perform(session, *args)
             session.flush()

@@ -15,7 +15,7 @@ Every test runs on the real PostgreSQL (own schema) and Redis (own namespace).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
 
 from reconcile import ReconciledJob
-from reconcile.config import Settings
+from reconcile.config import Settings, use_settings
 from reconcile.errors import NotConverged
 from reconcile.store import pending as pending_sql
 from tests.reconciled_app import (
@@ -181,6 +181,51 @@ class Timed(ReconciledJob):
             "current_setting('idle_in_transaction_session_timeout'), pg_backend_pid()")).one()
         Timed.seen = {"statement": row[0], "idle": row[1], "pid": row[2], "backend_pid": self.backend_pid}
         session.execute(items.update().where(items.c.id == item_id).values(done=True))
+
+
+class Untyped(ReconciledJob):
+    """``pending()`` binds a value of no type PostgreSQL can infer (``:flag IS NULL``):
+    its check cannot be prepared, so it is sent as SQL."""
+
+    every = 3600
+    queue = "fast"
+
+    def pending(self) -> Select[Any]:
+        return sa.select(items.c.id).where(
+            items.c.done.is_(False), sa.text(":flag IS NULL").bindparams(flag=None))
+
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
+        session.execute(items.update().where(items.c.id == item_id).values(done=True))
+
+
+class SavepointItem(ReconciledJob):
+    """perform rolls a savepoint back, on a connection where psycopg holds a prepared
+    statement of its own (as any connection does once a statement ran 5 times)."""
+
+    every = 3600
+    queue = "fast"
+    runs: ClassVar[int] = 0
+
+    def pending(self) -> Select[Any]:
+        return sa.select(items.c.id).where(items.c.done.is_(False))
+
+    def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
+        SavepointItem.runs += 1
+        driver = session.connection().connection.driver_connection
+        driver.execute("SELECT 1", prepare=True)  # type: ignore[union-attr]
+        nested = session.begin_nested()
+        session.execute(effects.insert().values(item_id=item_id))
+        nested.rollback()
+        session.execute(items.update().where(items.c.id == item_id).values(done=True))
+
+
+@pytest.fixture(autouse=True)
+def prepared_state() -> Iterator[None]:
+    """Prepared checks switched off, or refused, in one test stay so only there."""
+    yield
+    pending_sql._prepared_off.clear()
+    pending_sql._unpreparable.clear()
+    pending_sql._commit_as_sql.clear()
 
 
 @pytest.fixture
@@ -342,16 +387,16 @@ def test_a_connection_lost_under_the_lock_statement_is_db_unavailable(
 ) -> None:
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}])
-    real = pending_sql.DriverTx.begin_locked
+    real = pending_sql.DriverTx.open_delivery
     killed: list[int] = []
 
-    def terminated_first(self: pending_sql.DriverTx, lock: int) -> bool:
+    def terminated_first(self: pending_sql.DriverTx, *args: Any) -> tuple[bool, bool | None]:
         if not killed:
             killed.append(self.backend_pid)
             assert pending_sql.terminate_backend(engine, self.backend_pid)
-        return real(self, lock)
+        return real(self, *args)
 
-    monkeypatch.setattr(pending_sql.DriverTx, "begin_locked", terminated_first)
+    monkeypatch.setattr(pending_sql.DriverTx, "open_delivery", terminated_first)
     assert ProcessItem().execute([1]) == "db_unavailable"
     assert ProcessItem().execute([1]) == "done", "the pool replaced the dead connection"
 
@@ -404,13 +449,17 @@ def test_begin_and_lock_are_one_round_trip_and_the_connection_returns_transactio
         assert conn.execute(sa.select(items.c.done).where(items.c.id == 2)).scalar() is False
 
 
-def test_a_delivery_adds_three_round_trips_to_performs_own(
-    pg_settings: Settings, engine: sa.Engine, tmp_path: Path
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "as-sql"])
+def test_a_delivery_adds_two_round_trips_to_performs_own(
+    pg_settings: Settings, engine: sa.Engine, tmp_path: Path, prepared: bool
 ) -> None:
-    """BEGIN and the lock go together (step 1), the first check alone (step 2: its
-    snapshot must follow the lock), and the second check with COMMIT (steps 4 and 5),
-    so a delivery adds 3 round trips to perform's own statements; a non-converging
-    perform still ends in NotConverged, rolled back."""
+    """BEGIN, the lock and the first check go together (steps 1 and 2: the check is a
+    statement of its own, so its snapshot follows the lock), and the second check with
+    COMMIT (steps 4 and 5), so a delivery adds 2 round trips to perform's own
+    statements; a non-converging perform still ends in NotConverged, rolled back. With
+    ``prepared_checks`` (the default) both checks are EXECUTEs of statements prepared
+    once per connection, before the delivery's first round trip; without, SQL."""
+    use_settings(pg_settings.with_overrides(prepared_checks=prepared))
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}, {"id": 2}])
     trace = tmp_path / "libpq.trace"
@@ -441,10 +490,18 @@ def test_a_delivery_adds_three_round_trips_to_performs_own(
     first = next(i for i, m in enumerate(trips) if "pg_try_advisory_xact_lock" in m[-1])
     trips = trips[first:]
     print(f"\na delivery of ProcessItem (perform: 2 statements) took {len(trips)} round trips")
-    assert len(trips) == 5, trips
+    assert len(trips) == 4, trips
     assert trips[0][3].startswith(' "BEGIN; SELECT pg_try_advisory_xact_lock(')
-    assert trips[-1][2] == "Query" and "SELECT (CASE WHEN" in trips[-1][3]
-    assert "::int; COMMIT" in trace.read_text()  # the SQL of a check spans trace lines
+    assert trips[-1][2] == "Query"
+    if prepared:
+        assert "; EXECUTE reconcile_" in trips[0][3], "the first check rides with the lock"
+        assert "EXECUTE reconcile_" in trips[-1][3] and "_c(1); COMMIT" in trips[-1][3]
+        assert trace.read_text().count("PREPARE reconcile_") == 2, "prepared once, before"
+    else:
+        assert "; SELECT EXISTS (SELECT 1" in trips[0][3], "the first check rides with the lock"
+        assert "SELECT (CASE WHEN" in trips[-1][3]
+        assert "::int; COMMIT" in trace.read_text()  # the SQL of a check spans trace lines
+        assert "PREPARE" not in trace.read_text()
     with engine.connect() as c:
         assert c.execute(sa.select(items.c.done).where(items.c.id == 1)).scalar() is True
     with pytest.raises(NotConverged):
@@ -452,6 +509,197 @@ def test_a_delivery_adds_three_round_trips_to_performs_own(
     with engine.connect() as c:
         logged = c.execute(sa.select(sa.func.count()).where(effects.c.item_id == 2)).scalar()
         assert logged == 0, "the non-converged delivery's effect was rolled back"
+
+
+def test_the_check_after_the_lock_sees_what_the_lock_holder_committed(
+    pg_settings: Settings, engine: sa.Engine
+) -> None:
+    """What steps 1 and 2 in one simple query rely on: under READ COMMITTED, a
+    statement of a simple query takes its snapshot when it starts, so the check (the
+    statement after the lock's) sees a commit made while the lock was being acquired.
+    Shown with the blocking lock, which makes the window wide enough to hold open: the
+    other transaction marks the key done under the lock and commits only once our query
+    waits for that lock; our check must then find the key no longer pending."""
+    import psycopg
+
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}])
+    lock = pending_sql.lock_id(ProcessItem.job_name, [1])
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    holder = psycopg.connect(dsn)
+    ours = psycopg.connect(dsn, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        holder.execute("UPDATE items SET done = true WHERE id = 1")
+        result: list[Any] = []
+
+        def deliver() -> None:
+            cur = ours.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock}); "
+                               "SELECT EXISTS (SELECT 1 FROM items WHERE id = 1 AND NOT done)")
+            cur.nextset()
+            cur.nextset()
+            result.append(cur.fetchone())
+            ours.execute("ROLLBACK")
+
+        t = threading.Thread(target=deliver)
+        t.start()
+        with engine.connect() as watch:  # our query is waiting for the lock
+            for _ in range(500):
+                waiting = watch.execute(sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE pid = :pid AND locktype = 'advisory' "
+                    "AND NOT granted"), {"pid": ours.info.backend_pid}).scalar()
+                if waiting:
+                    break
+                threading.Event().wait(0.01)
+            assert waiting == 1, "our query never waited for the lock"
+        holder.commit()
+        t.join(10)
+        assert result == [(False,)], "the check saw the key as pending: a stale snapshot"
+    finally:
+        holder.close()
+        ours.close()
+
+
+def test_step_one_carries_the_timeouts_and_a_check_with_quotes_and_percents(
+    pg_settings: Settings, engine: sa.Engine
+) -> None:
+    """The key is bound into the one simple query by psycopg's adapters: quotes and
+    percent signs in a text key neither break nor change the check."""
+    names = ["5%'x", "%s", "a''b%%"]
+    with engine.begin() as c:
+        c.execute(tags.insert(), [{"name": n, "done": False} for n in names])
+    assert [SyncTag().execute([n]) for n in names] == ["done"] * 3
+    assert [SyncTag().execute([n]) for n in names] == ["already_done"] * 3
+    assert SyncTag().execute(["5%'y"]) == "already_done", "an unknown key is not pending"
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}])
+    assert Timed().execute([1]) == "done"
+    assert Timed.seen["statement"] == Timed.seen["idle"] == "1500ms"
+
+
+def traced_deliveries(engine: sa.Engine, path: Path, run: Callable[[], Any]) -> tuple[Any, str, int]:
+    """``run()`` with a libpq trace of every connection it checks out: (its result, the
+    trace, how many distinct connections)."""
+    files: list[Any] = []
+    seen: set[int] = set()
+
+    def start(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        seen.add(id(dbapi_conn))
+        f = path.open("a")
+        files.append(f)
+        dbapi_conn.pgconn.trace(f.fileno())
+        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def stop(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.pgconn.untrace()
+
+    sa.event.listen(engine, "checkout", start)
+    sa.event.listen(engine, "checkin", stop)
+    try:
+        result = run()
+    finally:
+        sa.event.remove(engine, "checkout", start)
+        sa.event.remove(engine, "checkin", stop)
+        for f in files:
+            f.close()
+    return result, path.read_text(), len(seen)
+
+
+def test_checks_are_prepared_once_per_connection(
+    pg_settings: Settings, engine: sa.Engine, tmp_path: Path
+) -> None:
+    n = 30
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": i} for i in range(1, n + 1)])
+    outcomes, trace, connections = traced_deliveries(
+        engine, tmp_path / "trace",
+        lambda: [ProcessItem().execute([k]) for k in (*range(1, n + 1), 1)])
+    assert outcomes == ["done"] * n + ["already_done"]
+    prepares = trace.count('"PREPARE reconcile_')
+    executes = trace.count("EXECUTE reconcile_")
+    print(f"\n{n + 1} deliveries on {connections} connection(s): {prepares} PREPARE, {executes} EXECUTE")
+    assert 1 <= prepares <= connections
+    assert executes == 2 * n + 1, "both checks of each delivery, the first of the last"
+    assert not pending_sql._prepared_off
+
+
+def test_statements_deallocated_between_deliveries_are_prepared_again(
+    pg_settings: Settings, engine: sa.Engine
+) -> None:
+    """psycopg sends DEALLOCATE ALL after any rollback once it holds prepared statements
+    of its own (so do DISCARD ALL and DDL): step 1 finds its statement gone, and the
+    worker prepares it again and repeats the step in the same delivery."""
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}, {"id": 2}])
+    check = pending_sql.delivery_check(ProcessItem, ProcessItem().pending, engine.dialect, [1])
+    assert isinstance(check, tuple)
+    lock = pending_sql.lock_id(ProcessItem.job_name, [1])
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        assert pending_sql.DriverTx(conn, prepare=True).open_delivery(lock, check) == (True, True)
+        driver.rollback()
+        driver.execute("DEALLOCATE ALL")
+        driver.autocommit = False  # as the pool's checkin hook leaves it for the next delivery
+        assert pending_sql.DriverTx(conn, prepare=True).open_delivery(lock, check) == (True, True)
+        names = driver.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'reconcile_%'").fetchone()
+        assert names == (2,), "prepared again"
+        driver.rollback()
+    assert not pending_sql._prepared_off
+
+
+def test_a_statement_gone_at_once_switches_prepared_checks_off(
+    pg_settings: Settings, engine: sa.Engine, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a pooler in transaction mode the next transaction may run on another
+    server connection, where the statement just prepared does not exist: the step runs
+    as SQL in the same delivery, and the process stops preparing (logged, naming the
+    setting). Simulated with a PREPARE that prepares nothing."""
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}, {"id": 2}])
+    real = pending_sql.prepared_form
+
+    def elsewhere(sql: str) -> pending_sql.PreparedCheck:
+        form = real(sql)
+        return pending_sql.PreparedCheck(form.name, "SELECT 1", form.execute, form.commit)
+
+    monkeypatch.setattr(pending_sql, "prepared_form", elsewhere)
+    with caplog.at_level("WARNING", logger="reconcile.store"):
+        assert [ProcessItem().execute([k]) for k in (1, 2, 1)] == ["done", "done", "already_done"]
+    assert pending_sql._prepared_off
+    assert caplog.text.count("set prepared_checks = false") == 1
+
+
+def test_a_perform_that_rolls_back_a_savepoint_still_converges(
+    pg_settings: Settings, engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ROLLBACK TO SAVEPOINT makes psycopg deallocate every prepared statement of the
+    connection, the commit check's included, in the middle of the delivery: it runs
+    again at once (nothing was committed), and that check commits as SQL from then on."""
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}, {"id": 2}])
+    SavepointItem.runs = 0
+    with caplog.at_level("INFO", logger="reconcile.reconciled"):
+        assert SavepointItem().execute([1]) == "done"
+    assert SavepointItem.runs == 2, "the first run's commit check was gone: run again"
+    assert "deallocated during perform" in caplog.text
+    assert SavepointItem().execute([2]) == "done"
+    assert SavepointItem.runs == 3, "commits as SQL now: no second run"
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(effects)).scalar() == 0
+        assert c.execute(sa.select(sa.func.count()).where(items.c.done)).scalar() == 2
+
+
+def test_a_check_postgresql_cannot_prepare_is_sent_as_sql(
+    pg_settings: Settings, engine: sa.Engine
+) -> None:
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}, {"id": 2}])
+    assert [Untyped().execute([k]) for k in (1, 1, 2)] == ["done", "already_done", "done"]
+    assert len(pending_sql._unpreparable) == 1
+    assert not pending_sql._prepared_off, "other checks are still prepared"
 
 
 def test_threads_share_the_compiled_check(pg_settings: Settings, engine: sa.Engine,

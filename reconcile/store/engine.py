@@ -68,7 +68,7 @@ PING_AFTER_IDLE = 1.0
 def _on_checkin(dbapi_conn: Any, record: Any) -> None:
     record.info["idle_since"] = time.monotonic()
     if getattr(dbapi_conn, "autocommit", False):
-        # switched on for one ReconciledJob delivery (DriverTx.begin_locked); the pool
+        # switched on for one ReconciledJob delivery (DriverTx.open_delivery); the pool
         # has already rolled back, so the connection is idle and can be switched back
         if dbapi_conn.info.transaction_status != 0:  # not IDLE: end it first
             dbapi_conn.rollback()

@@ -25,6 +25,8 @@ Key columns must be NOT NULL and sortable (NULL keys cannot be paged by keyset).
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import struct
 import time
 from collections.abc import Callable, MutableMapping, Sequence
@@ -42,7 +44,9 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.cache_key import CacheKey
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from ..errors import PendingQueryError
+from ..errors import CheckGone, PendingQueryError
+
+log = logging.getLogger("reconcile.store")
 
 
 def key_columns(stmt: Select[Any]) -> int:
@@ -235,8 +239,67 @@ TIMEOUTS_SQL = ("SELECT set_config('statement_timeout', %(ms)s, true), "
 _CURSOR = "reconcile.cursor"
 _C = TypeVar("_C", psycopg.Cursor[Any], psycopg.ClientCursor[Any])
 _CLIENT_CURSOR = "reconcile.client_cursor"
+_PREPARED = "reconcile.prepared"
 NOT_CONVERGED = "reconcile: the key is still pending after perform"
 """Marker of the failed cast that aborts a non-converged delivery's COMMIT."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCheck:
+    """A compiled check as SQL-level prepared statements (see :func:`prepared_form`).
+
+    ``prepare`` creates two statements on a connection: ``<name>`` (the check) and
+    ``<name>_c`` (the check as the failing cast of :meth:`DriverTx.commit_if_converged`).
+    ``execute`` and ``commit`` call them: psycopg templates taking the check's params.
+    """
+
+    name: str
+    prepare: str
+    execute: str
+    commit: str
+
+
+_PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
+_forms: dict[str, PreparedCheck] = {}
+
+
+def prepared_form(sql: str) -> PreparedCheck:
+    """The prepared-statement form of check ``sql`` (psycopg's ``%(name)s`` format, as
+    :class:`KeyCheck` holds it): placeholders become ``$1..$n`` in order of first use,
+    ``%%`` becomes ``%``. Named after a hash of ``sql``, so every process and connection
+    gives the same check the same name. Memoised (one entry per check SQL)."""
+    form = _forms.get(sql)
+    if form is not None:
+        return form
+    order: list[str] = []
+
+    def positional(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return "%"
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    body = _PLACEHOLDER.sub(positional, sql)
+    name = "reconcile_" + hashlib.blake2b(sql.encode(), digest_size=8).hexdigest()
+    args = "(" + ", ".join(f"%({n})s" for n in order) + ")"
+    form = _forms[sql] = PreparedCheck(
+        name=name,
+        prepare=(f"PREPARE {name} AS {body}; PREPARE {name}_c AS "
+                 f"SELECT (CASE WHEN ({body}) THEN '{NOT_CONVERGED}' END)::int"),
+        execute=f"EXECUTE {name}{args}",
+        commit=f"EXECUTE {name}_c{args}",
+    )
+    return form
+
+
+_prepared_off: list[str] = []
+"""Holds the reason once prepared checks turned out not to work in this process."""
+_unpreparable: set[str] = set()
+"""Check SQL that PostgreSQL refused to prepare (sent as SQL instead)."""
+_commit_as_sql: set[str] = set()
+"""Check SQL whose prepared commit check was deallocated during a perform: its job's
+perform rolls back savepoints or runs DDL, so its commit checks go as SQL."""
 
 
 class DriverTx:
@@ -252,11 +315,13 @@ class DriverTx:
     disconnect, ``handle_error`` listeners called.
     """
 
-    __slots__ = ("conn", "cursor")
+    __slots__ = ("conn", "cursor", "prepare")
 
-    def __init__(self, bind: Session | Connection) -> None:
+    def __init__(self, bind: Session | Connection, prepare: bool = False) -> None:
         self.conn = bind.connection() if isinstance(bind, Session) else bind
         self.cursor = self._pooled_cursor(_CURSOR, psycopg.Cursor)
+        self.prepare = prepare and not _prepared_off
+        """Whether compiled checks run as prepared statements (``prepared_checks``)."""
 
     def _pooled_cursor(self, key: str, kind: type[_C]) -> _C:
         """This connection's cursor of ``kind``, kept in the pool record's info (which
@@ -297,37 +362,148 @@ class DriverTx:
         """``pg_try_advisory_xact_lock(lock)``: False if another transaction holds it."""
         return bool(self._scalar(LOCK_SQL, (lock,)))
 
-    def begin_locked(self, lock: int) -> bool:
-        """Open the transaction and take ``pg_try_advisory_xact_lock(lock)`` in ONE round
-        trip; falls back to :meth:`try_lock` once a transaction is open.
+    def _plain_idle(self) -> bool:
+        """Whether the connection is idle, transactional and at the server's defaults, so
+        :meth:`open_delivery` may open the transaction itself."""
+        drv = self.cursor.connection
+        return (
+            drv.info.transaction_status == pq.TransactionStatus.IDLE
+            and not drv.autocommit
+            and drv.isolation_level is None
+            and drv.read_only is None
+            and drv.deferrable is None
+        )
+
+    def open_delivery(
+        self, lock: int, check: tuple[str, dict[str, Any]] | None = None, timeout: float | None = None
+    ) -> tuple[bool, bool | None]:
+        """Steps 1 and 2 in ONE round trip: open the transaction, bound it to ``timeout``
+        seconds (see :func:`set_local_timeouts`), take ``pg_try_advisory_xact_lock(lock)``
+        and run ``check`` (from :func:`delivery_check`). Returns (locked, still pending);
+        pending is None when no check was given or the lock is held elsewhere.
 
         psycopg sends its implicit ``BEGIN`` as a round trip of its own. Here the
         connection is switched to autocommit (so psycopg sends no ``BEGIN``) and
-        ``BEGIN; SELECT pg_try_advisory_xact_lock(<id>)`` goes as one simple query (the
-        id is an integer we made, so it is inlined safely). Everything after runs in
-        that server transaction, and ``commit()``/``rollback()`` still end it (psycopg
-        sends them whenever a transaction is open). Only for connections of
+        ``BEGIN; [SELECT set_config(...);] SELECT pg_try_advisory_xact_lock(<id>);
+        SELECT EXISTS (<check>)`` goes as one simple query. The check is its own
+        statement after the lock's: under READ COMMITTED each statement of a simple
+        query takes a new snapshot, so the check sees every commit of a transaction
+        that held the lock before us (a check inside the lock's statement would use a
+        snapshot taken before the lock was granted). The id and the milliseconds are
+        integers made here and the check is bound by psycopg's own adapters
+        (``mogrify``), so inlining is safe. Everything after runs in that server
+        transaction, and ``commit()``/``rollback()`` still end it (psycopg sends them
+        whenever a transaction is open). Only for connections of
         :func:`~reconcile.store.engine.get_engine`, whose checkin hook switches
-        autocommit off again before the connection can serve anyone else.
+        autocommit off again before the connection can serve anyone else. On a
+        connection already in a transaction or with its own isolation settings, the
+        same steps run one statement each.
         """
-        drv = self.cursor.connection
-        if (
-            drv.info.transaction_status != pq.TransactionStatus.IDLE
-            or drv.autocommit
-            or drv.isolation_level is not None
-            or drv.read_only is not None
-            or drv.deferrable is not None
-        ):
-            return self.try_lock(lock)
-        statement = b"BEGIN; SELECT pg_try_advisory_xact_lock(%d)" % int(lock)
-        drv.autocommit = True
+        if not self._plain_idle():
+            if timeout:
+                self.set_local_timeouts(timeout)
+            if not self.try_lock(lock):
+                return False, None
+            return True, None if check is None else self.exists(check)
+        form = self._prepared(check[0]) if check is not None and self.prepare else None
         try:
-            self.cursor.execute(statement, prepare=False)
-            self.cursor.nextset()
-            row = self.cursor.fetchone()
+            return self._open(lock, check, timeout, form)
+        except psycopg.errors.InvalidSqlStatementName:
+            # Our record of this connection's statements is stale: psycopg sends
+            # DEALLOCATE ALL after a rollback once it has prepared statements of its own
+            # (so do DDL and DISCARD ALL). Nothing happened in that transaction yet:
+            # roll it back, prepare again and repeat the step.
+            self.cursor.connection.rollback()
+            self._names().clear()
+        assert check is not None
+        form = self._prepared(check[0])
+        try:
+            return self._open(lock, check, timeout, form)
+        except psycopg.errors.InvalidSqlStatementName:
+            # gone right after being made: not the same server session (a pooler)
+            self.cursor.connection.rollback()
+            self._prepared_off("a statement prepared on this connection was gone at once")
+            self.prepare = False
+            return self._open(lock, check, timeout, None)
+
+    def _open(self, lock: int, check: tuple[str, dict[str, Any]] | None, timeout: float | None,
+              form: PreparedCheck | None) -> tuple[bool, bool | None]:
+        parts = ["BEGIN"]
+        if timeout:
+            ms = max(1, int(timeout * 1000))
+            parts.append(f"SELECT set_config('statement_timeout', '{ms}', true), "
+                         f"set_config('idle_in_transaction_session_timeout', '{ms}', true)")
+        parts.append(f"SELECT pg_try_advisory_xact_lock({int(lock)})")
+        if check is not None:
+            client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
+            parts.append(client.mogrify(form.execute, check[1]) if form else client.mogrify(*check))
+        statement = "; ".join(parts)
+        cursor = self.cursor
+        cursor.connection.autocommit = True
+        try:
+            cursor.execute(statement, prepare=False)
+            for _ in range(2 if timeout else 1):  # to the lock's result
+                cursor.nextset()
+            row = cursor.fetchone()
+            locked = bool(row and row[0])
+            pending = None
+            if check is not None:
+                cursor.nextset()
+                row = cursor.fetchone()
+                pending = bool(row and row[0]) if locked else None
         except psycopg.Error as exc:
-            self._fail(exc, statement.decode(), (), self.cursor)
-        return bool(row and row[0])
+            if form is not None and isinstance(exc, psycopg.errors.InvalidSqlStatementName):
+                raise  # open_delivery switches prepared checks off and runs the step again
+            self._fail(exc, statement, (), cursor)
+        return locked, pending
+
+    def _names(self) -> set[str]:
+        """Names of the checks prepared on this connection (kept, like the cursors, in
+        the pool record's info, and tied to the driver connection they were made on)."""
+        pooled = self.conn.connection
+        entry: tuple[Any, set[str]] | None = pooled.info.get(_PREPARED)
+        if entry is None or entry[0] is not pooled.driver_connection:
+            entry = pooled.info[_PREPARED] = (pooled.driver_connection, set())
+        return entry[1]
+
+    def _prepared(self, sql: str) -> PreparedCheck | None:
+        """The prepared form of check ``sql``, prepared on this (idle) connection first
+        if it is not yet: one extra round trip per connection and check, outside any
+        transaction. None if PostgreSQL refuses to prepare it (a parameter whose type it
+        cannot infer, say): the check is then sent as SQL, as without prepared checks."""
+        form = prepared_form(sql)
+        names = self._names()
+        if form.name in names:
+            return form
+        if sql in _unpreparable:
+            return None
+        drv = self.cursor.connection
+        drv.autocommit = True  # idle (checked by the caller): PREPARE outside a transaction
+        try:
+            self.cursor.execute(form.prepare, prepare=False)
+        except psycopg.errors.DuplicatePreparedStatement:
+            pass  # made on this server connection before we kept track: usable
+        except psycopg.Error as exc:
+            # a statement PostgreSQL will not prepare (class 42: e.g. a parameter of no
+            # inferable type; 0A: not supported) is sent as SQL; anything else is an error
+            if not (exc.sqlstate or "").startswith(("42", "0A")):
+                self._fail(exc, form.prepare, (), self.cursor)
+            _unpreparable.add(sql)
+            log.info("key check not prepared (%s); it is sent as SQL: %s", str(exc).strip(), sql)
+            return None
+        names.add(form.name)
+        return form
+
+    @staticmethod
+    def _prepared_off(reason: str) -> None:
+        if not _prepared_off:
+            _prepared_off.append(reason)
+            log.warning("prepared key checks switched off in this process: %s (behind a pooler in "
+                        "transaction mode, set prepared_checks = false)", reason)
+
+    def begin_locked(self, lock: int) -> bool:
+        """Open the transaction and take the lock in one round trip (see :meth:`open_delivery`)."""
+        return self.open_delivery(lock)[0]
 
     def commit_if_converged(self, check: tuple[str, dict[str, Any]]) -> bool:
         """Steps 4 and 5 in ONE round trip: re-check and ``COMMIT`` together; False (and
@@ -343,15 +519,25 @@ class DriverTx:
         """
         sql, params = check
         client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
-        bound = client.mogrify(sql, params)
-        # the cast applies to the CASE's result, so it fails at run time only (a cast of
-        # the constant itself would be folded, and fail, while planning)
-        statement = f"SELECT (CASE WHEN ({bound}) THEN '{NOT_CONVERGED}' END)::int; COMMIT"
+        form = _forms.get(sql) if self.prepare and sql not in _commit_as_sql else None
+        if form is not None and form.name in self._names():
+            statement = client.mogrify(form.commit, params) + "; COMMIT"
+        else:
+            # the cast applies to the CASE's result, so it fails at run time only (a cast
+            # of the constant itself would be folded, and fail, while planning)
+            bound = client.mogrify(sql, params)
+            statement = f"SELECT (CASE WHEN ({bound}) THEN '{NOT_CONVERGED}' END)::int; COMMIT"
         try:
             client.execute(statement, prepare=False)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and NOT_CONVERGED in str(exc):
                 return False
+            if form is not None and isinstance(exc, psycopg.errors.InvalidSqlStatementName):
+                # deallocated during perform (psycopg does so after a ROLLBACK TO
+                # SAVEPOINT, and after DDL): this check commits as SQL from now on
+                self._names().clear()
+                _commit_as_sql.add(sql)
+                raise CheckGone(form.name) from exc
             self._fail(exc, statement, (), client)
         return True
 
