@@ -240,8 +240,11 @@ _CURSOR = "reconcile.cursor"
 _C = TypeVar("_C", psycopg.Cursor[Any], psycopg.ClientCursor[Any])
 _CLIENT_CURSOR = "reconcile.client_cursor"
 _PREPARED = "reconcile.prepared"
+_ENCODING = "reconcile.encoding"
 NOT_CONVERGED = "reconcile: the key is still pending after perform"
 """Marker of the failed cast that aborts a non-converged delivery's COMMIT."""
+LOCK_BUSY = "reconcile: the lock of the key is held by another transaction"
+"""Marker of the failed cast that ends step 1 when the key's lock is taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,29 +436,56 @@ class DriverTx:
             ms = max(1, int(timeout * 1000))
             parts.append(f"SELECT set_config('statement_timeout', '{ms}', true), "
                          f"set_config('idle_in_transaction_session_timeout', '{ms}', true)")
-        parts.append(f"SELECT pg_try_advisory_xact_lock({int(lock)})")
+        # a lock held elsewhere fails the cast with a marker: the query stops there
+        parts.append(f"SELECT (CASE WHEN pg_try_advisory_xact_lock({int(lock)}) THEN NULL "
+                     f"ELSE '{LOCK_BUSY}' END)::int")
         if check is not None:
             client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
             parts.append(client.mogrify(form.execute, check[1]) if form else client.mogrify(*check))
         statement = "; ".join(parts)
-        cursor = self.cursor
-        cursor.connection.autocommit = True
+        self.cursor.connection.autocommit = True
         try:
-            cursor.execute(statement, prepare=False)
-            for _ in range(2 if timeout else 1):  # to the lock's result
-                cursor.nextset()
-            row = cursor.fetchone()
-            locked = bool(row and row[0])
-            pending = None
-            if check is not None:
-                cursor.nextset()
-                row = cursor.fetchone()
-                pending = bool(row and row[0]) if locked else None
+            result = self._simple(statement)
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and LOCK_BUSY in str(exc):
+                self.cursor.connection.rollback()  # only the lock was tried
+                return False, None
             if form is not None and isinstance(exc, psycopg.errors.InvalidSqlStatementName):
-                raise  # open_delivery switches prepared checks off and runs the step again
-            self._fail(exc, statement, (), cursor)
-        return locked, pending
+                raise  # open_delivery prepares again, or switches prepared checks off
+            self._fail(exc, statement, (), self.cursor)
+        if check is None:
+            return True, None
+        return True, result.get_value(0, 0) == b"t"
+
+    def _simple(self, statement: str) -> pq.abc.PGresult:
+        """Send ``statement`` (SQL statements, no parameters) as ONE simple query and
+        return the result of its last statement. PostgreSQL stops at the first error,
+        which is raised as psycopg raises it (a lost connection: ``OperationalError``).
+
+        libpq's blocking ``PQexec`` (psycopg's ``pgconn.exec_``, which releases the GIL
+        while it waits) instead of a cursor: the protocol's statements need none of a
+        cursor's work (query conversion, its prepared-statement bookkeeping, result
+        sets), which cost as much Python time as the rest of the delivery's protocol.
+        psycopg reads the transaction state from libpq, so it stays right.
+        """
+        drv = self.cursor.connection
+        pgconn = drv.pgconn
+        result = pgconn.exec_(statement.encode(self._encoding()))
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            if pgconn.status == pq.ConnStatus.BAD:
+                raise psycopg.OperationalError(
+                    (result.error_message or pgconn.error_message).decode("utf-8", "replace").strip())
+            raise psycopg.errors.error_from_result(result, encoding=self._encoding())
+        return result
+
+    def _encoding(self) -> str:
+        """Python name of the connection's client encoding (kept in the pool record)."""
+        pooled = self.conn.connection
+        entry: tuple[Any, str] | None = pooled.info.get(_ENCODING)
+        if entry is None or entry[0] is not pooled.driver_connection:
+            entry = pooled.info[_ENCODING] = (pooled.driver_connection,
+                                              self.cursor.connection.info.encoding)
+        return entry[1]
 
     def _names(self) -> set[str]:
         """Names of the checks prepared on this connection (kept, like the cursors, in
@@ -528,7 +558,7 @@ class DriverTx:
             bound = client.mogrify(sql, params)
             statement = f"SELECT (CASE WHEN ({bound}) THEN '{NOT_CONVERGED}' END)::int; COMMIT"
         try:
-            client.execute(statement, prepare=False)
+            self._simple(statement)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and NOT_CONVERGED in str(exc):
                 return False
