@@ -649,6 +649,31 @@ def test_statements_deallocated_between_deliveries_are_prepared_again(
     assert not pending_sql._prepared_off
 
 
+def test_a_busy_lock_ends_step_one_and_keeps_the_prepared_checks(
+    pg_settings: Settings, engine: sa.Engine
+) -> None:
+    """A busy lock stops the simple query at the lock (the check does not run) and the
+    transaction is rolled back without psycopg's rollback(), which would deallocate
+    every prepared statement of the connection once psycopg holds one of its own."""
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": 1}])
+    check = pending_sql.delivery_check(ProcessItem, ProcessItem().pending, engine.dialect, [1])
+    assert isinstance(check, tuple)
+    lock = pending_sql.lock_id(ProcessItem.job_name, [1])
+    with engine.connect() as other, other.begin(), engine.connect() as conn:
+        assert pending_sql.try_key_lock(other, ProcessItem.job_name, [1])
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("SELECT 1", prepare=True)  # psycopg now holds a statement of its own
+        driver.commit()
+        assert pending_sql.DriverTx(conn, prepare=True).open_delivery(lock, check) == (False, None)
+        assert driver.info.transaction_status == pq.TransactionStatus.IDLE
+        ours = driver.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'reconcile_%'").fetchone()
+        assert ours == (2,)
+        driver.rollback()
+
+
 def test_a_statement_gone_at_once_switches_prepared_checks_off(
     pg_settings: Settings, engine: sa.Engine, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,

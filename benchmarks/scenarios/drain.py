@@ -20,6 +20,7 @@ DRAIN_2 = Metric("drain2", "drain, 2 processes", "jobs/s", True)
 START_TIMEOUT = 60.0   # seconds until the first job must have run
 STALL_TIMEOUT = 30.0   # seconds without progress that fail the measurement
 STALL_WARN = 0.5       # a pause this long between two jobs of one process is reported
+START_SPREAD_WARN = 0.03  # a worker process starting this share of the window late is reported
 
 
 def drain(system: System, ctx: Context, procs: int) -> float:
@@ -52,6 +53,10 @@ def run_workers(label: str, commands: list[list[str]], env: dict[str, str], n: i
                 gap = max(float(r[3]) for r in rows)
                 if gap > STALL_WARN:
                     ctx.say(f"  {label}: a worker paused {gap:.2f}s between two jobs")
+                late = max(float(r[0]) for r in rows) - first
+                if late > START_SPREAD_WARN * (last - first):
+                    ctx.say(f"  {label}: the last worker started {late:.2f}s after the first "
+                            f"({late / (last - first):.0%} of the window)")
                 return n / (last - first)
             now = time.monotonic()
             if total > done:

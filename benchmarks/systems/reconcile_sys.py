@@ -29,7 +29,11 @@ class Reconcile(System):
     bulk_api = "perform_bulk"
     config = (f"reconcile worker --app benchmarks.jobs -q default -c {CONCURRENCY} "
               "--namespace bench --log-level WARNING (prefetch default = concurrency)")
-    rdrain_share = 1.0
+    # 12,000 jobs: a drain of about 8 s, as long as procrastinate's 3,000. A second
+    # worker process starts its first job about 0.3 s after the first process (its
+    # imports compete with 16 busy threads for the two cores), which weighs less in a
+    # longer window
+    rdrain_share = 2.0
     pg_config = (f"reconcile worker --app benchmarks.reconciled_jobs -q rdrain -c {PG_CONCURRENCY} "
                  "--database-url <bench db, search_path=bench_rc> --namespace bench "
                  "--log-level WARNING (prefetch default = concurrency; SQLAlchemy pool "

@@ -416,7 +416,7 @@ class DriverTx:
             # DEALLOCATE ALL after a rollback once it has prepared statements of its own
             # (so do DDL and DISCARD ALL). Nothing happened in that transaction yet:
             # roll it back, prepare again and repeat the step.
-            self.cursor.connection.rollback()
+            self._rollback()
             self._names().clear()
         assert check is not None
         form = self._prepared(check[0])
@@ -424,7 +424,7 @@ class DriverTx:
             return self._open(lock, check, timeout, form)
         except psycopg.errors.InvalidSqlStatementName:
             # gone right after being made: not the same server session (a pooler)
-            self.cursor.connection.rollback()
+            self._rollback()
             self._prepared_off("a statement prepared on this connection was gone at once")
             self.prepare = False
             return self._open(lock, check, timeout, None)
@@ -448,7 +448,7 @@ class DriverTx:
             result = self._simple(statement)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.InvalidTextRepresentation) and LOCK_BUSY in str(exc):
-                self.cursor.connection.rollback()  # only the lock was tried
+                self._rollback()  # only the lock was tried
                 return False, None
             if form is not None and isinstance(exc, psycopg.errors.InvalidSqlStatementName):
                 raise  # open_delivery prepares again, or switches prepared checks off
@@ -477,6 +477,15 @@ class DriverTx:
                     (result.error_message or pgconn.error_message).decode("utf-8", "replace").strip())
             raise psycopg.errors.error_from_result(result, encoding=self._encoding())
         return result
+
+    def _rollback(self) -> None:
+        """End the server transaction step 1 opened (nothing happened in it yet). Sent
+        as a query of our own: psycopg's ``rollback()`` would also deallocate every
+        prepared statement of the connection, ours included, once it has any."""
+        try:
+            self._simple("ROLLBACK")
+        except psycopg.Error as exc:
+            self._fail(exc, "ROLLBACK", (), self.cursor)
 
     def _encoding(self) -> str:
         """Python name of the connection's client encoding (kept in the pool record)."""
