@@ -220,7 +220,7 @@ class ReconciledJob(Job):
 
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> str:
         from .store import pending as sql
-        from .store.engine import get_engine
+        from .store.engine import delivery_session, get_engine
 
         engine = get_engine(settings)
         # The default is_pending, inlined: the check is built once for both steps (the
@@ -229,7 +229,7 @@ class ReconciledJob(Job):
         check = None
         if type(self).is_pending is ReconciledJob.is_pending:
             check = sql.delivery_check(type(self), self.pending, engine.dialect, args)
-        with Session(engine, expire_on_commit=False) as session, session.begin():
+        with delivery_session(engine) as session, session.begin():
             tx = sql.DriverTx(session, prepare=settings.prepared_checks)
             if self.timeout:
                 self.backend_pid = tx.backend_pid  # the watchdog's kill switch

@@ -727,6 +727,50 @@ def test_a_check_postgresql_cannot_prepare_is_sent_as_sql(
     assert not pending_sql._prepared_off, "other checks are still prepared"
 
 
+def test_a_worker_thread_keeps_its_connection_between_deliveries(
+    pg_settings: Settings, engine: sa.Engine
+) -> None:
+    """Each executor thread checks a connection out for its first delivery and keeps
+    it (and its Session) while deliveries follow each other. After PING_AFTER_IDLE
+    without a delivery it is checked out again (so pinged), and at stop it goes back."""
+    from reconcile.store import engine as engine_module
+    from tests.jobs_core import running_worker, wait_for
+
+    n = 300
+    with engine.begin() as c:
+        c.execute(items.insert(), [{"id": i} for i in range(1, n + 2)])
+    checkouts: list[str] = []  # by executor threads
+
+    def count(*_: Any) -> None:
+        if threading.current_thread().name.startswith("reconcile-exec"):
+            checkouts.append(threading.current_thread().name)
+
+    sa.event.listen(engine, "checkout", count)
+    try:
+        with running_worker(pg_settings, [ProcessItem.queue], concurrency=2):
+            ProcessItem.perform_bulk([[i] for i in range(1, n + 1)])
+            wait_for(lambda: items_done(engine) == n, timeout=30, what="all deliveries")
+            busy = len(checkouts)
+            threading.Event().wait(engine_module.PING_AFTER_IDLE + 0.3)
+            before = len(checkouts)
+            ProcessItem.perform_async(n + 1)
+            wait_for(lambda: items_done(engine) == n + 1, timeout=10, what="the late delivery")
+            after_idle = len(checkouts) - before
+        left_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+    finally:
+        sa.event.remove(engine, "checkout", count)
+    print(f"\n{n} deliveries on 2 threads: {busy} pool checkouts by executor threads")
+    # one per thread, and the kill-switch cache's read if it fell to an executor thread
+    assert busy <= 3, f"{busy} checkouts for {n} deliveries"
+    assert after_idle >= 1, "checked out again after the idle time (and pinged)"
+    assert left_out == 0, "every connection back in the pool after stop"
+
+
+def items_done(engine: sa.Engine) -> int:
+    with engine.connect() as c:
+        return int(c.execute(sa.select(sa.func.count()).where(items.c.done)).scalar() or 0)
+
+
 def test_threads_share_the_compiled_check(pg_settings: Settings, engine: sa.Engine,
                                           compiles: list[Select[Any]]) -> None:
     n = 200

@@ -79,3 +79,25 @@ def test_a_connection_reused_at_once_is_not_pinged(
         conn.execute(sa.text("SELECT 1"))
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
+
+
+def test_the_ping_keeps_the_connections_prepared_statements(
+    pg_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle ping opens no transaction, so nothing rolls back: psycopg deallocates
+    every prepared statement of a connection after a rollback once it holds any, and
+    the ReconciledJob key checks would have to be prepared again after each idle spell."""
+    from reconcile.store import engine as engines
+
+    engine = get_engine(pg_settings)
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.execute("SELECT 1", prepare=True)  # psycopg holds a statement of its own
+        conn.exec_driver_sql("PREPARE reconcile_test AS SELECT 1")
+        conn.commit()
+    monkeypatch.setattr(engines, "PING_AFTER_IDLE", 0.0)  # as if it had been idle a while
+    with engine.connect() as conn:
+        assert conn.connection.driver_connection is driver, "the same pooled connection"
+        names = conn.exec_driver_sql("SELECT name FROM pg_prepared_statements").scalars().all()
+        assert "reconcile_test" in names

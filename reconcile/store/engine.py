@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from psycopg import pq
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
 from ..config import Settings, get_settings
 
@@ -68,7 +72,7 @@ PING_AFTER_IDLE = 1.0
 def _on_checkin(dbapi_conn: Any, record: Any) -> None:
     record.info["idle_since"] = time.monotonic()
     if getattr(dbapi_conn, "autocommit", False):
-        # switched on for one ReconciledJob delivery (DriverTx.open_delivery); the pool
+        # switched on for ReconciledJob deliveries (DriverTx.open_delivery); the pool
         # has already rolled back, so the connection is idle and can be switched back
         if dbapi_conn.info.transaction_status != 0:  # not IDLE: end it first
             dbapi_conn.rollback()
@@ -79,13 +83,83 @@ def _on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
     since = record.info.get("idle_since")
     if since is None or time.monotonic() - since < PING_AFTER_IDLE:
         return
+    # One simple query through libpq, which opens no transaction: psycopg's own
+    # execute() would open one, and its rollback() then deallocates every prepared
+    # statement of the connection (psycopg's and the ReconciledJob key checks).
     try:
-        # psycopg 3: a protocol-level sync round trip, no transaction opened
-        dbapi_conn.execute("SELECT 1")
-        dbapi_conn.rollback()
-    except Exception as exc:
+        result = dbapi_conn.pgconn.exec_(b"SELECT 1")
+        ok = result.status == pq.ExecStatus.TUPLES_OK
+        reason = (result.error_message or dbapi_conn.pgconn.error_message).decode("utf-8", "replace")
+    except Exception as exc:  # a closed connection
+        ok, reason = False, str(exc)
+    if not ok:
         # the pool discards this connection and checks out (or opens) another
-        raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
+        raise sa.exc.DisconnectionError(f"stale pooled connection: {reason.strip()}")
+
+
+class _Held(threading.local):
+    enabled = False
+    engine: Engine | None = None
+    conn: Connection | None = None
+    session: Session | None = None
+    used_at = 0.0
+
+
+_held = _Held()
+
+
+@contextmanager
+def holding_connections() -> Iterator[None]:
+    """Within this block (an executor thread's life), :func:`delivery_session` keeps the
+    thread's connection and Session between deliveries; both are released at exit."""
+    _held.enabled = True
+    try:
+        yield
+    finally:
+        _held.enabled = False
+        _release_held()
+
+
+def _release_held() -> None:
+    conn, _held.conn, _held.session, _held.engine = _held.conn, None, None, None
+    if conn is not None:
+        conn.close()  # back to the pool (its checkin hook runs), or discarded if invalid
+
+
+@contextmanager
+def delivery_session(engine: Engine) -> Iterator[Session]:
+    """A Session on ``engine`` for one ReconciledJob delivery, closed at exit.
+
+    Inside :func:`holding_connections` the calling thread keeps one pooled connection
+    checked out and one Session bound to it across deliveries: the pool's checkout and
+    checkin and a new Session cost more Python time per delivery than the protocol's
+    own statements. The connection goes back to the pool, and is checked out again
+    (so pinged, see :data:`PING_AFTER_IDLE`), after that long without a delivery, when
+    it was invalidated, or for another engine. Elsewhere: a new Session per call.
+    """
+    if not _held.enabled:
+        with Session(engine, expire_on_commit=False) as session:
+            yield session
+        return
+    now = time.monotonic()
+    conn = _held.conn
+    stale = now - _held.used_at >= PING_AFTER_IDLE
+    if conn is not None and (_held.engine is not engine or conn.invalidated or conn.closed or stale):
+        _release_held()
+        conn = None
+    if conn is None or _held.session is None:
+        conn = _held.conn = engine.connect()
+        _held.engine = engine
+        held = _held.session = Session(bind=conn, expire_on_commit=False)
+    else:
+        held = _held.session
+        if conn.in_transaction():
+            conn.rollback()  # a delivery left it open (it never commits one it did not finish)
+    try:
+        yield held
+    finally:
+        held.close()  # forgets the delivery's objects; the connection stays open
+        _held.used_at = time.monotonic()
 
 
 def dispose_engines() -> None:

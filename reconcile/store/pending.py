@@ -366,12 +366,12 @@ class DriverTx:
         return bool(self._scalar(LOCK_SQL, (lock,)))
 
     def _plain_idle(self) -> bool:
-        """Whether the connection is idle, transactional and at the server's defaults, so
-        :meth:`open_delivery` may open the transaction itself."""
+        """Whether the connection is idle and at the server's defaults, so
+        :meth:`open_delivery` may open the transaction itself. (Autocommit may be on: a
+        worker thread's held connection keeps it on between deliveries.)"""
         drv = self.cursor.connection
         return (
             drv.info.transaction_status == pq.TransactionStatus.IDLE
-            and not drv.autocommit
             and drv.isolation_level is None
             and drv.read_only is None
             and drv.deferrable is None
@@ -403,6 +403,9 @@ class DriverTx:
         same steps run one statement each.
         """
         if not self._plain_idle():
+            drv = self.cursor.connection
+            if drv.autocommit and drv.info.transaction_status == pq.TransactionStatus.IDLE:
+                drv.autocommit = False  # the statements below must share one transaction
             if timeout:
                 self.set_local_timeouts(timeout)
             if not self.try_lock(lock):

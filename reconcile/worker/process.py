@@ -66,6 +66,10 @@ SUSPECT_MARK = b'"recovered":'
 MAX_FETCH = 1000
 """Most jobs leased in one round trip (bounds the Lua call's argument stack)."""
 
+EXECUTOR_EXIT_WAIT = 2.0
+"""Seconds stop() waits, at its end, for its idle executor threads to end (and return
+their held database connections)."""
+
 
 class Settlements:
     """Settle ops of finished jobs, waiting to ride along with the next fetch."""
@@ -270,6 +274,14 @@ class Worker:
             self._work.notify_all()
         self._settle(self.settlements.take())
         pushed = self._release()
+        if not unfinished:
+            # every executor thread is idle and ends at once: waiting for them returns
+            # their held database connections to the pool before stop() does (threads
+            # still running jobs past the timeout are daemons, left to finish)
+            exit_by = time.monotonic() + EXECUTOR_EXIT_WAIT
+            for t in self._threads:
+                if t.name.startswith("reconcile-exec") and t is not threading.current_thread():
+                    t.join(max(0.0, exit_by - time.monotonic()))
         if unfinished:
             log.warning("%d jobs still running after %.1fs: pushed back to their queues",
                         unfinished, timeout)
@@ -492,6 +504,12 @@ class Worker:
                 self._work.notify(len(got))
 
     def _exec_loop(self) -> None:
+        from ..store.engine import holding_connections  # opens nothing until a ReconciledJob runs
+
+        with holding_connections():
+            self._execute_buffered()
+
+    def _execute_buffered(self) -> None:
         while True:
             suspect = False
             claiming = False
