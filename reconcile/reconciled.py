@@ -238,7 +238,7 @@ class ReconciledJob(Job):
                 sql.lock_id(name, args), check if isinstance(check, tuple) else None,
                 float(self.timeout) if self.timeout else None)
             if not locked:
-                return "lock_busy"  # leaving the block commits an empty transaction
+                return "lock_busy"  # step 1 ended its transaction (the fallback's is empty)
             if pending is None:
                 pending = self._still_pending(session, tx, check, args)
             if not pending:

@@ -387,8 +387,11 @@ class DriverTx:
 
         psycopg sends its implicit ``BEGIN`` as a round trip of its own. Here the
         connection is switched to autocommit (so psycopg sends no ``BEGIN``) and
-        ``BEGIN; [SELECT set_config(...);] SELECT pg_try_advisory_xact_lock(<id>);
-        SELECT EXISTS (<check>)`` goes as one simple query. The check is its own
+        ``BEGIN; [SELECT set_config(...);] SELECT (CASE WHEN
+        pg_try_advisory_xact_lock(<id>) THEN NULL ELSE '<marker>' END)::int; <check>``
+        goes as one simple query (the check as ``EXECUTE`` of its prepared statement
+        when ``prepare`` is on). A lock held elsewhere fails the cast, so the server
+        runs nothing after it and the transaction is rolled back. The check is its own
         statement after the lock's: under READ COMMITTED each statement of a simple
         query takes a new snapshot, so the check sees every commit of a transaction
         that held the lock before us (a check inside the lock's statement would use a
@@ -519,10 +522,8 @@ class DriverTx:
             return form
         if sql in _unpreparable:
             return None
-        drv = self.cursor.connection
-        drv.autocommit = True  # idle (checked by the caller): PREPARE outside a transaction
-        try:
-            self.cursor.execute(form.prepare, prepare=False)
+        try:  # the connection is idle (checked by the caller): outside any transaction
+            self._simple(form.prepare)
         except psycopg.errors.DuplicatePreparedStatement:
             pass  # made on this server connection before we kept track: usable
         except psycopg.Error as exc:
