@@ -449,6 +449,34 @@ def test_begin_and_lock_are_one_round_trip_and_the_connection_returns_transactio
         assert conn.execute(sa.select(items.c.done).where(items.c.id == 2)).scalar() is False
 
 
+def traced_deliveries(engine: sa.Engine, path: Path, run: Callable[[], Any]) -> tuple[Any, str, int]:
+    """``run()`` with a libpq trace of every connection it checks out: (its result, the
+    trace, how many distinct connections)."""
+    files: list[Any] = []
+    seen: set[int] = set()
+
+    def start(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        seen.add(id(dbapi_conn))
+        f = path.open("a")
+        files.append(f)
+        dbapi_conn.pgconn.trace(f.fileno())
+        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def stop(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.pgconn.untrace()
+
+    sa.event.listen(engine, "checkout", start)
+    sa.event.listen(engine, "checkin", stop)
+    try:
+        result = run()
+    finally:
+        sa.event.remove(engine, "checkout", start)
+        sa.event.remove(engine, "checkin", stop)
+        for f in files:
+            f.close()
+    return result, path.read_text(), len(seen)
+
+
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "as-sql"])
 def test_a_delivery_adds_two_round_trips_to_performs_own(
     pg_settings: Settings, engine: sa.Engine, tmp_path: Path, prepared: bool
@@ -462,28 +490,10 @@ def test_a_delivery_adds_two_round_trips_to_performs_own(
     use_settings(pg_settings.with_overrides(prepared_checks=prepared))
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}, {"id": 2}])
-    trace = tmp_path / "libpq.trace"
-    traced: list[Any] = []
-
-    def start(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        f = trace.open("a")
-        traced.append(f)
-        dbapi_conn.pgconn.trace(f.fileno())
-        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-
-    def stop(dbapi_conn: Any, record: Any) -> None:
-        dbapi_conn.pgconn.untrace()
-
-    sa.event.listen(engine, "checkout", start)
-    sa.event.listen(engine, "checkin", stop)
-    try:
-        assert ProcessItem().execute([1]) == "done"
-    finally:
-        sa.event.remove(engine, "checkout", start)
-        sa.event.remove(engine, "checkin", stop)
-        for f in traced:
-            f.close()
-    sent = [line.split("\t") for line in trace.read_text().splitlines()]
+    outcome, text, _ = traced_deliveries(engine, tmp_path / "libpq.trace",
+                                         lambda: ProcessItem().execute([1]))
+    assert outcome == "done"
+    sent = [line.split("\t") for line in text.splitlines()]
     # a simple Query, or the Sync that ends an extended-protocol statement, is a round
     # trip; counted from the delivery's first (the switch cache may read its table first)
     trips = [m for m in sent if m[0] == "F" and len(m) > 2 and m[2] in ("Query", "Sync")]
@@ -496,12 +506,12 @@ def test_a_delivery_adds_two_round_trips_to_performs_own(
     if prepared:
         assert "; EXECUTE reconcile_" in trips[0][3], "the first check rides with the lock"
         assert "EXECUTE reconcile_" in trips[-1][3] and "_c(1); COMMIT" in trips[-1][3]
-        assert trace.read_text().count("PREPARE reconcile_") == 2, "prepared once, before"
+        assert text.count("PREPARE reconcile_") == 2, "prepared once, before"
     else:
         assert "; SELECT EXISTS (SELECT 1" in trips[0][3], "the first check rides with the lock"
         assert "SELECT (CASE WHEN" in trips[-1][3]
-        assert "::int; COMMIT" in trace.read_text()  # the SQL of a check spans trace lines
-        assert "PREPARE" not in trace.read_text()
+        assert "::int; COMMIT" in text  # the SQL of a check spans trace lines
+        assert "PREPARE" not in text
     with engine.connect() as c:
         assert c.execute(sa.select(items.c.done).where(items.c.id == 1)).scalar() is True
     with pytest.raises(NotConverged):
@@ -575,34 +585,6 @@ def test_step_one_carries_the_timeouts_and_a_check_with_quotes_and_percents(
         c.execute(items.insert(), [{"id": 1}])
     assert Timed().execute([1]) == "done"
     assert Timed.seen["statement"] == Timed.seen["idle"] == "1500ms"
-
-
-def traced_deliveries(engine: sa.Engine, path: Path, run: Callable[[], Any]) -> tuple[Any, str, int]:
-    """``run()`` with a libpq trace of every connection it checks out: (its result, the
-    trace, how many distinct connections)."""
-    files: list[Any] = []
-    seen: set[int] = set()
-
-    def start(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        seen.add(id(dbapi_conn))
-        f = path.open("a")
-        files.append(f)
-        dbapi_conn.pgconn.trace(f.fileno())
-        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-
-    def stop(dbapi_conn: Any, record: Any) -> None:
-        dbapi_conn.pgconn.untrace()
-
-    sa.event.listen(engine, "checkout", start)
-    sa.event.listen(engine, "checkin", stop)
-    try:
-        result = run()
-    finally:
-        sa.event.remove(engine, "checkout", start)
-        sa.event.remove(engine, "checkin", stop)
-        for f in files:
-            f.close()
-    return result, path.read_text(), len(seen)
 
 
 def test_checks_are_prepared_once_per_connection(
