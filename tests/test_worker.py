@@ -9,6 +9,7 @@ import time
 from typing import Any, ClassVar
 
 import orjson
+import pytest
 
 from reconcile import Job
 from reconcile.broker import Broker
@@ -346,3 +347,44 @@ def test_single_queue_worker_runs_claimed_jobs_once_and_stops_at_once(
     assert took < 1.0, "the claim wait was ended, not sat out"
     assert broker.redis.exists(broker.keys.claim(proc)) == 0
     assert broker.redis.llen(broker.keys.queue("default")) == 0
+
+
+def test_a_job_claimed_just_before_stop_is_acked_not_pushed_back(
+    settings: Settings, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed job's ack waits for the fetcher to adopt it into the lease hash. If stop
+    came while the fetcher had not yet woken to adopt it (still idle, so stop() did
+    not wait for it), release.lua pushed the finished job back to its queue (a second
+    run). stop() now waits for the fetcher, which adopts on its way out. Here the
+    fetcher's wake-up is held until stop() has begun, and for up to a second after."""
+    from reconcile.worker.process import Worker
+
+    adopting = threading.Event()
+    go_on = threading.Event()
+    real = Worker._await_claim
+
+    def slow_wake(self: Worker) -> None:
+        real(self)
+        if self._claimed:
+            adopting.set()
+            assert go_on.wait(10)
+
+    monkeypatch.setattr(Worker, "_await_claim", slow_wake)
+    with running_worker(settings, concurrency=1) as worker:
+        wait_for(lambda: worker._claimer, what="an executor thread waiting in its claim")
+        Record.perform_async("claimed")
+        wait_for(lambda: counts(broker).get("claimed") == 1, what="the claimed job ran")
+        assert adopting.wait(5), "the fetcher woke to adopt the claim"
+        stopper = threading.Thread(target=worker.stop, args=(2.0,))
+        stopper.start()
+        wait_for(lambda: worker._quiet.is_set(), what="stop() begun")
+        # before the fix stop() released the claim here, without waiting
+        released_early = worker._stopped.wait(1.0)
+        go_on.set()
+        stopper.join(10)
+        proc = worker.proc_id
+    assert not released_early, "stop() waits for the adoption"
+    assert counts(broker) == {"claimed": 1}
+    assert broker.redis.llen(broker.keys.queue("default")) == 0, "not pushed back"
+    assert broker.redis.exists(broker.keys.claim(proc)) == 0
+    assert broker.counters()["processed"] == 1

@@ -255,6 +255,11 @@ class Worker:
                 finally:
                     self._cond.acquire()
                 self._cond.wait(0.02)
+        if fetcher is not None and self._claim_queue is not None:
+            # A job claimed just before quiet is adopted by the fetcher on its way out
+            # (quiet() woke it). Until then the job's ack cannot be resolved, and
+            # release.lua below would push the finished job back to its queue.
+            fetcher.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
             buffered = list(self._buffer)
             self._buffer.clear()
