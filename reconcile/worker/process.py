@@ -236,10 +236,15 @@ class Worker:
         self.quiet()
         fetcher = self._threads[0] if self._threads else None
         if fetcher is not None:
-            # Wait for an in-flight fetch to land in the buffer. An idle fetcher blocked
-            # on wake-up lists leases nothing before it sees quiet: don't wait for it.
+            # Wait for what the fetcher leases to land: an in-flight fetch, and (one
+            # queue) the adoption of a job claimed just before quiet, which the fetcher
+            # does on its way out (quiet() woke it); until then that job's ack cannot be
+            # resolved, and release.lua below would push the finished job back. An idle
+            # fetcher blocked on wake-up lists (several queues) leases nothing before it
+            # sees quiet: don't wait for it.
             deadline = time.monotonic() + self.settings.idle_wait + 2
-            while fetcher.is_alive() and not self._idle and time.monotonic() < deadline:
+            claims = self._claim_queue is not None
+            while fetcher.is_alive() and (claims or not self._idle) and time.monotonic() < deadline:
                 fetcher.join(0.02)
         # An executor thread waiting in a claim (BLMOVE) could still take a job, which
         # release.lua, run below, would then miss: end its wait (it hands a job taken
@@ -255,11 +260,6 @@ class Worker:
                 finally:
                     self._cond.acquire()
                 self._cond.wait(0.02)
-        if fetcher is not None and self._claim_queue is not None:
-            # A job claimed just before quiet is adopted by the fetcher on its way out
-            # (quiet() woke it). Until then the job's ack cannot be resolved, and
-            # release.lua below would push the finished job back to its queue.
-            fetcher.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
             buffered = list(self._buffer)
             self._buffer.clear()
