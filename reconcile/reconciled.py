@@ -42,7 +42,6 @@ from .errors import CheckGone, ConfigError, NotConverged
 from .job import Job
 
 if TYPE_CHECKING:
-    from .store.pending import Check, DriverTx
     from .store.switches import SwitchCache
 
 log = logging.getLogger("reconcile.reconciled")
@@ -229,28 +228,29 @@ class ReconciledJob(Job):
         check = None
         if type(self).is_pending is ReconciledJob.is_pending:
             check = sql.delivery_check(type(self), self.pending, engine.dialect, args)
+        compiled = check if isinstance(check, tuple) else None  # run by DriverTx
+        statement = None if isinstance(check, tuple) else check  # run by SQLAlchemy
         with delivery_session(engine) as session, session.begin():
             tx = sql.DriverTx(session, prepare=settings.prepared_checks)
             if self.timeout:
                 self.backend_pid = tx.backend_pid  # the watchdog's kill switch
             # steps 1 and 2 in one round trip when the check is compiled SQL
             locked, pending = tx.open_delivery(
-                sql.lock_id(name, args), check if isinstance(check, tuple) else None,
-                float(self.timeout) if self.timeout else None)
+                sql.lock_id(name, args), compiled, float(self.timeout) if self.timeout else None)
             if not locked:
                 return "lock_busy"  # step 1 ended its transaction (the fallback's is empty)
-            if pending is None:
-                pending = self._still_pending(session, tx, check, args)
+            if pending is None:  # a check SQLAlchemy runs, or the class's own is_pending
+                pending = self._still_pending(session, statement, args)
             if not pending:
                 return "already_done"
             self.perform(session, *args)
             session.flush()
-            if isinstance(check, tuple):
+            if compiled is not None:
                 # steps 4 and 5 in one round trip; the Session's own commit then finds
                 # the transaction ended and sends nothing
-                converged = tx.commit_if_converged(check)
+                converged = tx.commit_if_converged(compiled)
             else:
-                converged = not self._still_pending(session, tx, check, args)
+                converged = not self._still_pending(session, statement, args)
             if not converged:
                 raise NotConverged(
                     f"{name}{tuple(args)!r}: perform returned but the key is still pending; "
@@ -258,12 +258,12 @@ class ReconciledJob(Job):
                 )
         return "done"
 
-    def _still_pending(self, session: Session, tx: DriverTx, check: Check | None, args: list[Any]) -> bool:
-        """Steps 2 and 4: this delivery's check, or the class's own ``is_pending``."""
+    def _still_pending(self, session: Session, check: Select[Any] | None, args: list[Any]) -> bool:
+        """Steps 2 and 4 where the check is not compiled SQL (which ``open_delivery`` and
+        ``commit_if_converged`` run): a statement SQLAlchemy runs, or the class's own
+        ``is_pending`` when ``check`` is None."""
         if check is None:
             return self.is_pending(session, *args)
-        if isinstance(check, tuple):
-            return tx.exists(check)
         from .store.pending import run_check
 
         return run_check(session, check)  # through the Session: autoflush as before

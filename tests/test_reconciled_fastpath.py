@@ -433,7 +433,7 @@ def test_begin_and_lock_are_one_round_trip_and_the_connection_returns_transactio
                 driver.pgconn.trace(f.fileno())
                 driver.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
                 try:
-                    assert tx.begin_locked(pending_sql.lock_id("bench.ProcessItem", [1]))
+                    assert tx.open_delivery(pending_sql.lock_id("bench.ProcessItem", [1])) == (True, None)
                 finally:
                     driver.pgconn.untrace()
             assert driver.info.transaction_status == pq.TransactionStatus.INTRANS

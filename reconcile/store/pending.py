@@ -14,10 +14,10 @@ A job's ``pending()`` is a SELECT whose columns are its key. This module derives
 * :func:`try_key_lock` -- ``pg_try_advisory_xact_lock`` on a 64-bit hash of
   (job name, key): held until the transaction ends, never blocks.
 
-The worker runs three statements of its own per delivery (lock, check, check). Through
-a SQLAlchemy Session each cost several times the statement itself in Python (cache
-key, execution context, result object): they run on the driver cursor instead, and
-SQLAlchemy still sees their errors (see :class:`DriverTx`).
+The worker runs statements of its own per delivery (lock, check, check), in two simple
+queries. Through a SQLAlchemy Session each would cost several times the statement
+itself in Python (cache key, execution context, result object): they go to the driver
+connection instead, and SQLAlchemy still sees their errors (see :class:`DriverTx`).
 
 Key columns must be NOT NULL and sortable (NULL keys cannot be paged by keyset).
 """
@@ -232,12 +232,30 @@ def lock_id(job: str, key: Sequence[Any]) -> int:
 
 
 LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s::bigint)"
-TIMEOUTS_SQL = ("SELECT set_config('statement_timeout', %(ms)s, true), "
-                "set_config('idle_in_transaction_session_timeout', %(ms)s, true)")
+
+
+def timeouts_sql(seconds: float) -> str:
+    """``SET LOCAL`` of ``statement_timeout`` and ``idle_in_transaction_session_timeout``
+    to ``seconds`` (whole milliseconds, at least 1, inlined: an integer made here).
+
+    ``idle_in_transaction_session_timeout`` is the fence for a perform that hangs in
+    Python: PostgreSQL ends the session, so the transaction can never commit late.
+    """
+    ms = max(1, int(seconds * 1000))
+    return (f"SELECT set_config('statement_timeout', '{ms}', true), "
+            f"set_config('idle_in_transaction_session_timeout', '{ms}', true)")
+
+
+def not_converged_cast(check: str) -> str:
+    """``check`` as the statement that fails (with :data:`NOT_CONVERGED`) while the key
+    is still pending: the cast applies to the CASE's result, so it fails at run time
+    only (a cast of the constant itself would be folded, and fail, while planning)."""
+    return f"SELECT (CASE WHEN ({check}) THEN '{NOT_CONVERGED}' END)::int"
 
 
 _CURSOR = "reconcile.cursor"
 _C = TypeVar("_C", psycopg.Cursor[Any], psycopg.ClientCursor[Any])
+_V = TypeVar("_V")
 _CLIENT_CURSOR = "reconcile.client_cursor"
 _PREPARED = "reconcile.prepared"
 _ENCODING = "reconcile.encoding"
@@ -288,8 +306,7 @@ def prepared_form(sql: str) -> PreparedCheck:
     args = "(" + ", ".join(f"%({n})s" for n in order) + ")"
     form = _forms[sql] = PreparedCheck(
         name=name,
-        prepare=(f"PREPARE {name} AS {body}; PREPARE {name}_c AS "
-                 f"SELECT (CASE WHEN ({body}) THEN '{NOT_CONVERGED}' END)::int"),
+        prepare=f"PREPARE {name} AS {body}; PREPARE {name}_c AS {not_converged_cast(body)}",
         execute=f"EXECUTE {name}{args}",
         commit=f"EXECUTE {name}_c{args}",
     )
@@ -357,9 +374,9 @@ class DriverTx:
         return int(self.cursor.connection.info.backend_pid)
 
     def set_local_timeouts(self, seconds: float) -> None:
-        """See :func:`set_local_timeouts` (here in one statement)."""
-        ms = str(max(1, int(seconds * 1000)))
-        self._scalar(TIMEOUTS_SQL, {"ms": ms})
+        """Bound this transaction: any statement, and any idle time in it, to ``seconds``
+        (see :func:`timeouts_sql`)."""
+        self._scalar(timeouts_sql(seconds), ())
 
     def try_lock(self, lock: int) -> bool:
         """``pg_try_advisory_xact_lock(lock)``: False if another transaction holds it."""
@@ -381,7 +398,7 @@ class DriverTx:
         self, lock: int, check: tuple[str, dict[str, Any]] | None = None, timeout: float | None = None
     ) -> tuple[bool, bool | None]:
         """Steps 1 and 2 in ONE round trip: open the transaction, bound it to ``timeout``
-        seconds (see :func:`set_local_timeouts`), take ``pg_try_advisory_xact_lock(lock)``
+        seconds (see :func:`timeouts_sql`), take ``pg_try_advisory_xact_lock(lock)``
         and run ``check`` (from :func:`delivery_check`). Returns (locked, still pending);
         pending is None when no check was given or the lock is held elsewhere.
 
@@ -439,9 +456,7 @@ class DriverTx:
               form: PreparedCheck | None) -> tuple[bool, bool | None]:
         parts = ["BEGIN"]
         if timeout:
-            ms = max(1, int(timeout * 1000))
-            parts.append(f"SELECT set_config('statement_timeout', '{ms}', true), "
-                         f"set_config('idle_in_transaction_session_timeout', '{ms}', true)")
+            parts.append(timeouts_sql(timeout))
         # a lock held elsewhere fails the cast with a marker: the query stops there
         parts.append(f"SELECT (CASE WHEN pg_try_advisory_xact_lock({int(lock)}) THEN NULL "
                      f"ELSE '{LOCK_BUSY}' END)::int")
@@ -493,23 +508,22 @@ class DriverTx:
         except psycopg.Error as exc:
             self._fail(exc, "ROLLBACK", (), self.cursor)
 
-    def _encoding(self) -> str:
-        """Python name of the connection's client encoding (kept in the pool record)."""
+    def _kept(self, key: str, make: Callable[[], _V]) -> _V:
+        """A value of this driver connection, kept (like the cursors) in the pool
+        record's info and made again for another driver connection under the record."""
         pooled = self.conn.connection
-        entry: tuple[Any, str] | None = pooled.info.get(_ENCODING)
+        entry: tuple[Any, _V] | None = pooled.info.get(key)
         if entry is None or entry[0] is not pooled.driver_connection:
-            entry = pooled.info[_ENCODING] = (pooled.driver_connection,
-                                              self.cursor.connection.info.encoding)
+            entry = pooled.info[key] = (pooled.driver_connection, make())
         return entry[1]
 
+    def _encoding(self) -> str:
+        """Python name of the connection's client encoding."""
+        return self._kept(_ENCODING, lambda: self.cursor.connection.info.encoding)
+
     def _names(self) -> set[str]:
-        """Names of the checks prepared on this connection (kept, like the cursors, in
-        the pool record's info, and tied to the driver connection they were made on)."""
-        pooled = self.conn.connection
-        entry: tuple[Any, set[str]] | None = pooled.info.get(_PREPARED)
-        if entry is None or entry[0] is not pooled.driver_connection:
-            entry = pooled.info[_PREPARED] = (pooled.driver_connection, set())
-        return entry[1]
+        """Names of the checks prepared on this connection."""
+        return self._kept(_PREPARED, set)
 
     def _prepared(self, sql: str) -> PreparedCheck | None:
         """The prepared form of check ``sql``, prepared on this (idle) connection first
@@ -544,10 +558,6 @@ class DriverTx:
             log.warning("prepared key checks switched off in this process: %s (behind a pooler in "
                         "transaction mode, set prepared_checks = false)", reason)
 
-    def begin_locked(self, lock: int) -> bool:
-        """Open the transaction and take the lock in one round trip (see :meth:`open_delivery`)."""
-        return self.open_delivery(lock)[0]
-
     def commit_if_converged(self, check: tuple[str, dict[str, Any]]) -> bool:
         """Steps 4 and 5 in ONE round trip: re-check and ``COMMIT`` together; False (and
         the transaction aborted, to be rolled back) if the key is still pending.
@@ -566,10 +576,7 @@ class DriverTx:
         if form is not None and form.name in self._names():
             statement = client.mogrify(form.commit, params) + "; COMMIT"
         else:
-            # the cast applies to the CASE's result, so it fails at run time only (a cast
-            # of the constant itself would be folded, and fail, while planning)
-            bound = client.mogrify(sql, params)
-            statement = f"SELECT (CASE WHEN ({bound}) THEN '{NOT_CONVERGED}' END)::int; COMMIT"
+            statement = not_converged_cast(client.mogrify(sql, params)) + "; COMMIT"
         try:
             self._simple(statement)
         except psycopg.Error as exc:
@@ -592,22 +599,6 @@ class DriverTx:
 def try_key_lock(bind: Session | Connection, job: str, key: Sequence[Any]) -> bool:
     """Take the transaction-scoped advisory lock of (job, key); False if another holds it."""
     return DriverTx(bind).try_lock(lock_id(job, key))
-
-
-def set_local_timeouts(bind: Session | Connection, seconds: float) -> None:
-    """Bound this transaction: any statement, and any idle time inside it, to ``seconds``.
-
-    ``idle_in_transaction_session_timeout`` is the fence for a perform that hangs in
-    Python: PostgreSQL ends the session, so the transaction can never commit late.
-    (``set_config(..., true)`` is ``SET LOCAL``, with the value as a parameter.)
-    """
-    DriverTx(bind).set_local_timeouts(seconds)
-
-
-def backend_pid(session: Session) -> int:
-    """PostgreSQL backend pid of the session's connection (no round trip)."""
-    driver = session.connection().connection.driver_connection
-    return int(driver.info.backend_pid)  # type: ignore[union-attr]
 
 
 def terminate_backend(engine: Engine, pid: int) -> bool:
