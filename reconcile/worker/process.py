@@ -279,7 +279,10 @@ class Worker:
             self._work.notify_all()
         self._settle(self.settlements.take())
         pushed = self._release()
-        if not unfinished:
+        if unfinished:
+            log.warning("%d jobs still running after %.1fs: pushed back to their queues",
+                        unfinished, timeout)
+        else:
             # every executor thread is idle and ends at once: waiting for them returns
             # their held database connections to the pool before stop() does (threads
             # still running jobs past the timeout are daemons, left to finish)
@@ -287,9 +290,6 @@ class Worker:
             for t in self._threads:
                 if t.name.startswith("reconcile-exec") and t is not threading.current_thread():
                     t.join(max(0.0, exit_by - time.monotonic()))
-        if unfinished:
-            log.warning("%d jobs still running after %.1fs: pushed back to their queues",
-                        unfinished, timeout)
         log.info("worker %s stopped (%d jobs pushed back)", self.proc_id, pushed + len(buffered))
         self._stopped.set()
         return pushed + len(buffered)
