@@ -295,6 +295,81 @@ def quarantine_release(
     click.echo(f"released {n} keys")
 
 
+@main.group()
+def dead() -> None:
+    """Jobs in the dead set: list them, retry them, delete them."""
+
+
+@dead.command("list")
+@common_options
+@click.option("--limit", default=20, show_default=True, help="Newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the payloads as JSON, one per line.")
+def dead_list(apps: tuple[str, ...], limit: int, as_json: bool, **flags: Any) -> None:
+    """List the newest dead jobs with their error."""
+    import datetime as dt
+
+    from .api import dead_jobs
+
+    settings = setup(apps, **flags)
+    jobs = dead_jobs(settings, limit=limit)
+    for job in jobs:
+        if as_json:
+            click.echo(json.dumps(job))
+            continue
+        died = job.get("failed_at")
+        when = dt.datetime.fromtimestamp(died).strftime("%Y-%m-%d %H:%M:%S") if isinstance(
+            died, int | float) else "?"
+        args = json.dumps(job.get("args"))
+        args = args if len(args) <= 60 else args[:57] + "..."
+        click.echo(f"{job.get('jid') or '-'} {job.get('class')} {args} {when} "
+                   f"{job.get('error_class')}: {str(job.get('error_message'))[:200]}")
+    if not as_json:
+        from .broker import get_broker
+
+        click.echo(f"{len(jobs)} shown, {get_broker(settings).set_sizes()['dead']} dead")
+
+
+def _dead_change(
+    action: str, apps: tuple[str, ...], jids: tuple[str, ...], job: str | None, every: bool,
+    flags: dict[str, Any],
+) -> None:
+    from . import deadset
+
+    settings = setup(apps, **flags)
+    if bool(jids) == every:
+        raise click.UsageError("give JIDs, or --all (with --class to choose one job class)")
+    name = _job_name(job, apps)
+    run = deadset.retry if action == "retry" else deadset.delete
+    change = run(list(jids) if jids else None, job=name, settings=settings)
+    click.echo(f"{'retried' if action == 'retry' else 'deleted'} {change.changed} jobs")
+    for jid in change.not_found:
+        click.echo(f"not in the dead set: {jid}")
+    for what, why in change.not_retryable:
+        click.echo(f"not retried: {what!r}: {why}")
+
+
+@dead.command("retry")
+@common_options
+@click.argument("jids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every dead job (of --class, if given).")
+@click.option("--class", "job", default=None, help="Only jobs of this class (registry name).")
+def dead_retry(apps: tuple[str, ...], jids: tuple[str, ...], every: bool, job: str | None,
+               **flags: Any) -> None:
+    """Move dead jobs back to their queues for one more attempt (see docs/jobs.md)."""
+    _dead_change("retry", apps, jids, job, every, flags)
+
+
+@dead.command("delete")
+@common_options
+@click.argument("jids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every dead job (of --class, if given).")
+@click.option("--class", "job", default=None, help="Only jobs of this class (registry name).")
+def dead_delete(apps: tuple[str, ...], jids: tuple[str, ...], every: bool, job: str | None,
+                **flags: Any) -> None:
+    """Delete dead jobs."""
+    _dead_change("delete", apps, jids, job, every, flags)
+
+
 def _switch(apps: tuple[str, ...], job: str, enabled: bool, reason: str, flags: dict[str, Any]) -> None:
     import redis
 

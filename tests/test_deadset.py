@@ -1,0 +1,206 @@
+"""The dead set from the operator's side: ``reconcile dead list | retry | delete``.
+
+A retried dead job goes back to the end of its queue for one more attempt (Sidekiq's
+"retry now"): its retry count is lowered by one, its uniqueness fields are dropped,
+and a record that is not a job is reported and left in place.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from reconcile import Job, deadset
+from reconcile.broker import Broker
+from reconcile.cli import main
+from reconcile.config import Settings
+from reconcile.deadset import retry_payload
+from tests.jobs_core import running_worker, wait_for
+
+
+class Flaky(Job):
+    """Fails while ``failures_left`` is above zero, then succeeds."""
+
+    name = "deadset.Flaky"
+    retry = 1
+    failures_left: ClassVar[int] = 0
+    runs: ClassVar[list[tuple[int, int | None]]] = []  # (arg, retry_count seen)
+
+    def perform(self, n: int) -> None:
+        type(self).runs.append((n, self.payload.get("retry_count")))
+        if type(self).failures_left > 0:
+            type(self).failures_left -= 1
+            raise RuntimeError(f"flaky {n}")
+
+    def retry_in(self, count: int, exc: BaseException) -> Any:
+        return 0  # retry at once: the test does not wait out a backoff
+
+
+class Other(Job):
+    name = "deadset.Other"
+    retry = 0
+
+    def perform(self, n: int) -> None:
+        raise RuntimeError("other")
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    Flaky.failures_left = 0
+    Flaky.runs = []
+
+
+def dead(broker: Broker) -> list[dict[str, Any]]:
+    return [orjson.loads(m) for m, _ in broker.set_entries("dead", 0, -1)]
+
+
+def kill(settings: Settings, broker: Broker, *jobs: tuple[type[Job], int]) -> list[str]:
+    """Run each (class, arg) until it is in the dead set; returns the jids."""
+    jids = []
+    for cls, n in jobs:
+        if cls is Flaky:
+            Flaky.failures_left += 2  # the first run and its one retry
+        jids.append(cls.perform_async(n))
+    with running_worker(settings):
+        wait_for(lambda: broker.set_sizes()["dead"] == len(jobs), what="jobs dead")
+    return [str(j) for j in jids]
+
+
+def cli(settings: Settings, *args: str) -> Any:
+    env = {"RECONCILE_REDIS_URL": settings.redis_url, "RECONCILE_NAMESPACE": settings.namespace}
+    return CliRunner().invoke(main, ["dead", *args], env=env)
+
+
+def test_retried_dead_job_gets_one_more_attempt_and_can_succeed(
+    settings: Settings, broker: Broker
+) -> None:
+    [jid] = kill(settings, broker, (Flaky, 1))
+    [job] = dead(broker)
+    assert job["jid"] == jid and job["retry_count"] == 1, "died after its one retry"
+    out = cli(settings, "retry", jid)
+    assert out.exit_code == 0, out.output
+    assert "retried 1 jobs" in out.output
+    assert broker.set_sizes()["dead"] == 0
+    with running_worker(settings):
+        wait_for(lambda: len(Flaky.runs) == 3, what="the retried run")
+    assert Flaky.runs == [(1, None), (1, 0), (1, 0)], "run, retry, then the operator's retry"
+    assert broker.set_sizes() == {"scheduled": 0, "retry": 0, "dead": 0}
+    assert broker.counters()["processed"] == 1
+
+
+def test_retried_dead_job_that_fails_again_dies_again_at_once(
+    settings: Settings, broker: Broker
+) -> None:
+    [jid] = kill(settings, broker, (Flaky, 1))
+    Flaky.failures_left = 1
+    assert deadset.retry([jid], settings=settings).changed == 1
+    with running_worker(settings):
+        wait_for(lambda: broker.set_sizes()["dead"] == 1, what="dead again")
+    [job] = dead(broker)
+    assert job["jid"] == jid and job["retry_count"] == 1 and job["error_message"] == "flaky 1"
+    assert len(Flaky.runs) == 3, "one attempt, no new round of retries"
+    assert broker.set_sizes()["retry"] == 0
+
+
+def test_retry_payload_lowers_the_count_and_drops_uniqueness() -> None:
+    base = {"queue": "q", "class": "c", "args": [1], "jid": "j", "enqueued_at": 1.0,
+            "error_class": "E", "error_message": "m"}
+    now = time.time()
+    locked = {**base, "retry_count": 3, "lock": "d", "unique_until": "success"}
+    once = orjson.loads(retry_payload(locked, now))
+    assert once == {**base, "retry_count": 2, "enqueued_at": now}
+    first = orjson.loads(retry_payload({**base, "retry_count": 0}, now))
+    assert "retry_count" not in first, "died at its first failure: counts as new again"
+    assert next(iter(first)) == "queue", "key order kept (promote.lua reads the queue first)"
+
+
+def test_retry_all_of_one_class_leaves_the_others(settings: Settings, broker: Broker) -> None:
+    jids = kill(settings, broker, (Flaky, 1), (Flaky, 2), (Other, 3))
+    out = cli(settings, "retry", "--all", "--class", "deadset.Flaky")
+    assert out.exit_code == 0, out.output
+    assert "retried 2 jobs" in out.output
+    assert [j["jid"] for j in dead(broker)] == [jids[2]]
+    queued = [orjson.loads(r) for r in broker.queue_entries("default")]
+    assert sorted(j["jid"] for j in queued) == sorted(jids[:2])
+    assert all(list(j)[:2] == ["queue", "jid"] for j in queued), "reap.lua reads queue, then jid"
+
+
+def test_unknown_jids_are_reported_and_nothing_else_moves(settings: Settings, broker: Broker) -> None:
+    [jid] = kill(settings, broker, (Other, 1))
+    out = cli(settings, "retry", "nope")
+    assert out.exit_code == 0, out.output
+    assert "retried 0 jobs" in out.output and "not in the dead set: nope" in out.output
+    assert [j["jid"] for j in dead(broker)] == [jid]
+
+
+def test_records_that_are_not_jobs_are_left_and_can_be_deleted(
+    settings: Settings, broker: Broker
+) -> None:
+    [jid] = kill(settings, broker, (Other, 1))
+    broker.redis.zadd(broker.keys.dead, {b"not json at all": time.time(),
+                                         orjson.dumps({"queue": "default", "class": None,
+                                                       "error_class": "InvalidPayload"}): time.time()})
+    change = deadset.retry(settings=settings)
+    assert change.changed == 1 and len(change.not_retryable) == 2
+    assert all("not a job payload" in why for _, why in change.not_retryable)
+    assert broker.set_sizes()["dead"] == 2, "the two records stay"
+    assert [orjson.loads(r)["jid"] for r in broker.queue_entries("default")] == [jid]
+    out = cli(settings, "delete", "--all")
+    assert out.exit_code == 0, out.output
+    assert "deleted 2 jobs" in out.output and broker.set_sizes()["dead"] == 0
+
+
+def test_a_job_is_moved_once_by_concurrent_retries(settings: Settings, broker: Broker) -> None:
+    kill(settings, broker, (Other, 1))
+    [(member, _)] = broker.set_entries("dead", 0, -1)
+    move = (member, "default", retry_payload(orjson.loads(member), time.time()))
+    assert broker.requeue_dead([move]) == [True]
+    assert broker.requeue_dead([move]) == [False], "already out of the dead set: not pushed"
+    assert len(broker.queue_entries("default")) == 1
+
+
+def test_dead_list_shows_the_newest_with_their_error(settings: Settings, broker: Broker) -> None:
+    kill(settings, broker, (Other, 1), (Other, 2))
+    newest = dead(broker)[0]
+    out = cli(settings, "list", "--limit", "1")
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert len(lines) == 2 and lines[-1] == "1 shown, 2 dead"
+    assert lines[0].startswith(f"{newest['jid']} deadset.Other {newest['args']}".replace("'", '"'))
+    assert "RuntimeError: other" in lines[0]
+
+
+def test_retry_and_delete_need_jids_or_all(settings: Settings, broker: Broker) -> None:
+    for action in ("retry", "delete"):
+        out = cli(settings, action)
+        assert out.exit_code == 2 and "give JIDs, or --all" in out.output
+
+
+def test_unknown_class_dead_at_a_rolling_deploy_runs_once_retried_after_it(
+    settings: Settings, broker: Broker
+) -> None:
+    from reconcile.broker import PushRecord
+
+    payload = {"queue": "default", "jid": "a" * 24, "class": "deadset.Deployed", "args": [5],
+               "created_at": time.time(), "enqueued_at": time.time()}
+    broker.push([PushRecord("default", 0, "", 0, orjson.dumps(payload))])
+    with running_worker(settings):
+        wait_for(lambda: broker.set_sizes()["dead"] == 1, what="dead as unknown")
+    [job] = dead(broker)
+    assert job["error_class"] == "UnknownJobClass"
+    ran: list[int] = []
+
+    class Deployed(Job):  # the deploy: workers now know the class
+        name = "deadset.Deployed"
+
+        def perform(self, n: int) -> None:
+            ran.append(n)
+
+    assert deadset.retry(["a" * 24], settings=settings).changed == 1
+    with running_worker(settings):
+        wait_for(lambda: ran == [5], what="the retried job")
+    assert broker.set_sizes()["dead"] == 0
