@@ -388,3 +388,48 @@ def test_a_job_claimed_just_before_stop_is_acked_not_pushed_back(
     assert broker.redis.llen(broker.keys.queue("default")) == 0, "not pushed back"
     assert broker.redis.exists(broker.keys.claim(proc)) == 0
     assert broker.counters()["processed"] == 1
+
+
+
+class Nap(Job):
+    """Waits 2 ms, as a job waiting on its database would (the GIL is released)."""
+
+    done: ClassVar[list[int]] = []
+
+    def perform(self, n: int) -> None:
+        time.sleep(0.002)
+        Nap.done.append(n)
+
+
+def test_finished_jobs_wake_the_fetcher_once_per_batch_not_once_per_job(
+    settings: Settings, broker: Broker
+) -> None:
+    """Each finished job used to wake the fetcher, which mostly went back to sleep
+    (there was no room for a batch yet): a thread switch and a GIL hand-over per job.
+    A finished job now wakes the fetcher only when it can fetch."""
+    from reconcile.worker import Worker, parse_queue
+
+    class Counting(threading.Condition):
+        fetcher_waits = 0
+
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread().name == "reconcile-fetcher":
+                Counting.fetcher_waits += 1
+            return super().wait(timeout)
+
+    n = 600
+    Nap.done = []
+    Nap.perform_bulk([i] for i in range(n))
+    worker = Worker(settings.with_overrides(concurrency=4, prefetch=12), [parse_queue("default")])
+    assert worker.refill == 6
+    worker._cond = Counting(worker._cond._lock)  # type: ignore[attr-defined]
+    worker.start()
+    try:
+        wait_for(lambda: len(Nap.done) == n, timeout=20, what=f"{n} jobs done")
+    finally:
+        worker.stop(2.0)
+    print(f"\nthe fetcher waited {Counting.fetcher_waits} times for {n} jobs "
+          f"(batches of at least {worker.refill})")
+    assert sorted(Nap.done) == list(range(n))
+    # one wait per batch of at least 6 jobs (n / 6 = 100), not one per finished job
+    assert Counting.fetcher_waits < n / 3, f"{Counting.fetcher_waits} waits for {n} jobs"
