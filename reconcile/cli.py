@@ -370,6 +370,27 @@ def dead_delete(apps: tuple[str, ...], jids: tuple[str, ...], every: bool, job: 
     _dead_change("delete", apps, jids, job, every, flags)
 
 
+@main.command()
+@common_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8181, show_default=True, type=int, help="Port to listen on.")
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing.")
+def web(apps: tuple[str, ...], host: str, port: int, read_only: bool, **flags: Any) -> None:
+    """Serve the dashboard (no login: bind to a trusted address, see docs/web.md)."""
+    from .web import serve
+
+    settings = setup(apps, **flags)
+    server = serve(settings, host, port, read_only)
+    click.echo(f"reconcile dashboard on http://{host}:{server.server_port}/ "
+               f"(namespace {settings.namespace}{', read-only' if read_only else ''}); Ctrl-C stops it")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def _switch(apps: tuple[str, ...], job: str, enabled: bool, reason: str, flags: dict[str, Any]) -> None:
     import redis
 

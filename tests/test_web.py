@@ -1,0 +1,207 @@
+"""The web dashboard: what its pages show, what its buttons do, and what it refuses.
+
+Requests are made by calling the WSGI application directly (and once through the
+standalone server), against real Redis and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import urllib.request
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from reconcile import Job
+from reconcile.api import status
+from reconcile.broker import Broker
+from reconcile.config import Settings
+from reconcile.scheduler.passes import run_pass
+from reconcile.store import quarantine
+from reconcile.web import Dashboard, serve
+from tests.jobs_core import Record, running_worker, wait_for
+from tests.reconciled_app import ProcessItem, items
+
+HOST = "dash.example:8181"
+
+
+class Doomed(Job):
+    name = "web.Doomed"
+    retry = 0
+
+    def perform(self, text: str) -> None:
+        raise RuntimeError(f"cannot handle {text}")
+
+
+def call(app: Dashboard, path: str, method: str = "GET", form: dict[str, Any] | None = None,
+         **headers: str) -> tuple[int, dict[str, str], str]:
+    """One request through the WSGI interface: (status code, headers, body)."""
+    query = ""
+    if "?" in path:
+        path, query = path.split("?", 1)
+    body = urlencode(form or {}, doseq=True).encode()
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+        "SCRIPT_NAME": "/admin/jobs", "SERVER_NAME": "dash.example", "SERVER_PORT": "8181",
+        "HTTP_HOST": HOST, "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": "application/x-www-form-urlencoded", "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        **{"HTTP_" + k.upper(): v for k, v in headers.items()},
+    }
+    seen: dict[str, Any] = {}
+
+    def start_response(code: str, hdrs: list[tuple[str, str]]) -> None:
+        seen["code"], seen["headers"] = int(code.split()[0]), dict(hdrs)
+
+    out = b"".join(app(environ, start_response))
+    return seen["code"], seen["headers"], out.decode()
+
+
+def same_site(**extra: str) -> dict[str, str]:
+    return {"ORIGIN": f"http://{HOST}", **extra}
+
+
+def kill(settings: Settings, broker: Broker, text: str) -> str:
+    jid = Doomed.perform_async(text)
+    with running_worker(settings):
+        wait_for(lambda: broker.set_sizes()["dead"] >= 1, what="dead")
+    return str(jid)
+
+
+def test_overview_shows_queues_sets_processes_and_counters(settings: Settings, broker: Broker) -> None:
+    Record.perform_bulk([[f"w{i}"] for i in range(3)])
+    app = Dashboard(settings)
+    with running_worker(settings, ["other"]) as worker:
+        code, headers, page = call(app, "/")
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    assert ">default</a>" in page and "<td>3</td>" in page, "the queue and its size"
+    assert worker.proc_id in page and "alive" in page
+    assert 'href="/admin/jobs/dead"' in page, "links follow the mount point"
+    for name in ("scheduled", "retry", "dead", "processed", "already_done"):
+        assert name in page
+    assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+
+
+def test_job_arguments_are_escaped(settings: Settings, broker: Broker) -> None:
+    Record.perform_async('<script>alert("x")</script>')
+    code, _, page = call(Dashboard(settings), "/queue?name=default")
+    assert code == 200
+    assert "<script>alert" not in page
+    assert '[&quot;&lt;script&gt;alert(\\&quot;x\\&quot;)&lt;/script&gt;&quot;]' in page, "JSON, escaped"
+
+
+def test_dead_job_is_retried_from_its_button(settings: Settings, broker: Broker) -> None:
+    jid = kill(settings, broker, "a")
+    app = Dashboard(settings)
+    code, _, page = call(app, "/dead")
+    assert code == 200 and jid in page and "cannot handle a" in page
+    assert 'action="/admin/jobs/dead/retry"' in page
+    code, headers, _ = call(app, "/dead/retry", "POST", {"jid": jid}, **same_site())
+    assert code == 303
+    assert headers["Location"] == "/admin/jobs/dead?msg=retried%201%20jobs"
+    assert broker.set_sizes()["dead"] == 0
+    [queued] = broker.queue_entries("default")
+    assert orjson.loads(queued)["jid"] == jid
+    code, _, page = call(app, "/dead?msg=retried%201%20jobs")
+    assert "retried 1 jobs" in page
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"ORIGIN": "http://evil.example"},
+    {"REFERER": "http://evil.example/page"},
+    {"ORIGIN": "null"},
+    same_site(SEC_FETCH_SITE="cross-site"),
+], ids=["no origin", "other origin", "other referer", "null origin", "cross-site fetch"])
+def test_actions_from_another_site_are_refused(
+    settings: Settings, broker: Broker, headers: dict[str, str]
+) -> None:
+    kill(settings, broker, "b")
+    code, _, body = call(Dashboard(settings), "/dead/delete", "POST", {"all": "1"}, **headers)
+    assert code == 403 and "does not come from this dashboard" in body
+    assert broker.set_sizes()["dead"] == 1, "nothing deleted"
+
+
+def test_referer_of_the_same_host_is_accepted(settings: Settings, broker: Broker) -> None:
+    kill(settings, broker, "c")
+    code, _, _ = call(Dashboard(settings), "/dead/delete", "POST", {"all": "1"},
+                      REFERER=f"http://{HOST}/admin/jobs/dead")
+    assert code == 303 and broker.set_sizes()["dead"] == 0
+
+
+def test_read_only_dashboard_shows_no_buttons_and_refuses_actions(
+    settings: Settings, broker: Broker
+) -> None:
+    jid = kill(settings, broker, "d")
+    app = Dashboard(settings, read_only=True)
+    code, _, page = call(app, "/dead")
+    assert code == 200 and jid in page and "<form" not in page
+    code, _, _ = call(app, "/dead/retry", "POST", {"jid": jid}, **same_site())
+    assert code == 403 and broker.set_sizes()["dead"] == 1
+
+
+def test_quarantine_page_lists_and_releases_keys(
+    pg_settings: Settings, app_engine: sa.Engine, broker: Broker
+) -> None:
+    with app_engine.begin() as c:
+        c.execute(items.insert(), [{"id": 5}])
+    ProcessItem.on_death({"args": [5], "error_class": "Boom", "error_message": "<b>x</b>"},
+                         RuntimeError("<b>x</b>"))
+    app = Dashboard(pg_settings)
+    code, _, page = call(app, "/quarantine")
+    assert code == 200 and ProcessItem.job_name in page and "[5]" in page
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    code, headers, _ = call(app, "/quarantine/release", "POST",
+                            {"job": ProcessItem.job_name, "key": json.dumps([5])}, **same_site())
+    assert code == 303 and "released%201%20keys" in headers["Location"]
+    assert quarantine.keys(app_engine, ProcessItem.job_name) == set()
+
+
+def test_runs_page_lists_passes(pg_settings: Settings, app_engine: sa.Engine, broker: Broker) -> None:
+    with app_engine.begin() as c:
+        c.execute(items.insert(), [{"id": i} for i in range(1, 4)])
+    run_pass(ProcessItem, settings=pg_settings, trigger="manual")
+    code, _, page = call(Dashboard(pg_settings), "/runs")
+    assert code == 200 and ProcessItem.job_name in page and "manual" in page
+
+
+def test_status_json_is_the_api_document(settings: Settings, broker: Broker) -> None:
+    Record.perform_async("j")
+    code, headers, body = call(Dashboard(settings), "/status.json")
+    assert code == 200 and headers["Content-Type"] == "application/json"
+    doc = json.loads(body)
+    assert doc.keys() == status(settings).keys()
+    assert doc["queues"] == [{"name": "default", "size": 1, "latency": doc["queues"][0]["latency"]}]
+
+
+def test_unknown_paths_and_wrong_methods(settings: Settings) -> None:
+    app = Dashboard(settings)
+    assert call(app, "/nope")[0] == 404
+    code, headers, _ = call(app, "/dead", "POST", **same_site())
+    assert code == 405 and headers["Allow"] == "GET, HEAD"
+    code, headers, _ = call(app, "/dead/retry")
+    assert code == 405 and headers["Allow"] == "POST"
+
+
+def test_an_unreachable_redis_gives_a_503_page_naming_it(settings: Settings) -> None:
+    app = Dashboard(settings.with_overrides(redis_url="redis://127.0.0.1:1/0"))
+    code, _, page = call(app, "/")
+    assert code == 503 and "Redis is unavailable" in page
+
+
+def test_standalone_server_serves_the_dashboard(settings: Settings, broker: Broker) -> None:
+    server = serve(settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            assert reply.status == 200 and b"Overview" in reply.read()
+    finally:
+        server.shutdown()
+        server.server_close()
