@@ -191,7 +191,7 @@ def test_unknown_paths_and_wrong_methods(settings: Settings) -> None:
 def test_an_unreachable_redis_gives_a_503_page_naming_it(settings: Settings) -> None:
     app = Dashboard(settings.with_overrides(redis_url="redis://127.0.0.1:1/0"))
     code, _, page = call(app, "/")
-    assert code == 503 and "Redis is unavailable" in page
+    assert code == 503 and "Redis could not be read" in page
 
 
 def test_standalone_server_serves_the_dashboard(settings: Settings, broker: Broker) -> None:
@@ -205,3 +205,8 @@ def test_standalone_server_serves_the_dashboard(settings: Settings, broker: Brok
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_postgresql_pages_without_the_tables_give_a_503_naming_it(pg_settings: Settings) -> None:
+    code, _, page = call(Dashboard(pg_settings), "/quarantine")
+    assert code == 503 and "PostgreSQL could not be read" in page and "reconcile_quarantine" in page

@@ -101,7 +101,7 @@ class Dashboard:
             which = "Redis" if isinstance(exc, redis.RedisError) else "PostgreSQL"
             log.warning("dashboard: %s unavailable: %s", which, exc)
             html = layout("Unavailable", "", self._nav(view), self.settings.namespace,
-                          error=f"{which} is unavailable: {str(exc).strip()[:300]}")
+                          error=f"{which} could not be read: {str(exc).strip()[:300]}")
             return _reply(start_response, "503 Service Unavailable", html)
 
     def _nav(self, view: pages.View) -> list[tuple[str, str]]:
