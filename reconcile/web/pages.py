@@ -7,6 +7,7 @@ Data comes from the owners: :mod:`reconcile.api` and the broker for Redis,
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -74,7 +75,8 @@ def queue(v: View) -> tuple[str, Raw]:
                                 + table(["jid", "class", "args", "enqueued"], rows, "empty"))
 
 
-def scheduled_set(which: str) -> Any:
+def scheduled_set(which: str) -> Callable[[View], tuple[str, Raw]]:
+    """The page of the ``scheduled`` or ``retry`` set."""
     def page(v: View) -> tuple[str, Raw]:
         rows = []
         for raw, score in v.broker.set_entries(which, 0, PAGE_ROWS - 1):
