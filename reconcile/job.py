@@ -113,6 +113,7 @@ class Job:
     # instance state, set by the worker before perform
     jid: str
     payload: dict[str, Any]
+    _future: Any = None  # an async perform's future while it runs (see reconcile.aio)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -131,8 +132,10 @@ class Job:
         count = self.payload.get("retry_count")
         return int(count) + 1 if count is not None else 0
 
-    def perform(self, *args: Any) -> None:
-        """The work. Arguments are those given at enqueue, after a JSON round trip."""
+    def perform(self, *args: Any) -> Any:
+        """The work. Arguments are those given at enqueue, after a JSON round trip.
+        May be ``async def``: the coroutine runs on the process's event loop
+        (:mod:`reconcile.aio`) while the executor thread waits for it."""
         raise NotImplementedError(f"{type(self).__name__}.perform is not defined")
 
     def retry_in(self, count: int, exc: BaseException) -> RetryDecision:
@@ -151,8 +154,13 @@ class Job:
 
     def execute(self, args: list[Any]) -> str:
         """Run the job; returns the outcome: ``"done"``, ``"already_done"``,
-        ``"lock_busy"`` or ``"disabled"``. Plain jobs just perform."""
-        self.perform(*args)
+        ``"lock_busy"`` or ``"disabled"``. Plain jobs just perform (an async perform's
+        coroutine is run to its end)."""
+        result = self.perform(*args)
+        if inspect.iscoroutine(result):
+            from . import aio
+
+            aio.run(result, owner=self)
         return "done"
 
     @classmethod

@@ -27,6 +27,7 @@ connection (restart, terminated backend) re-schedules the delivery a few seconds
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -132,6 +133,15 @@ class ReconciledJob(Job):
     # -- options derived from the schedule -----------------------------------------
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        for hook in ("perform", "is_pending", "pending"):
+            if inspect.iscoroutinefunction(cls.__dict__.get(hook)):
+                # before registering: the class never becomes usable
+                raise ConfigError(
+                    f"{cls.__module__}.{cls.__qualname__}.{hook} is async: a ReconciledJob's "
+                    "methods run inside the delivery's PostgreSQL transaction with a "
+                    "synchronous Session, so they must be plain functions (a plain Job may "
+                    "have an async perform)"
+                )
         super().__init_subclass__(**kwargs)
         if cls.abstract:
             return

@@ -205,6 +205,10 @@ class Executor:
             else:
                 perform()
         except (Exception, SystemExit) as exc:  # sys.exit() in a job must not end the thread
+            if d.field in self.abandoned:
+                # given up by the watchdog, which settled it already (an async job is
+                # cancelled then): a late failure is void, no second retry or death
+                return SettleOp("X", d.field, "")
             return self._failed(d, cls, job, payload, exc)
         outcome = outcome_of()
         if outcome == "done":
@@ -221,13 +225,17 @@ class Executor:
 
     def give_up(self, a: Active) -> SettleOp | None:
         """Abandon a delivery that exceeded its class's timeout: its eventual result is
-        ignored, a ReconciledJob's backend is terminated (no late commit), and the job
-        fails with :class:`JobTimeout` under the normal retry rules. None if the job
-        finished in the meantime (its own thread settles it)."""
+        ignored, a ReconciledJob's backend is terminated (no late commit), an async
+        perform is cancelled in its event loop, and the job fails with
+        :class:`JobTimeout` under the normal retry rules. None if the job finished in
+        the meantime (its own thread settles it)."""
         with self._claim:
             if self.active.pop(a.delivery.field, None) is None:
                 return None
             self.abandoned.add(a.delivery.field)
+        future = a.job._future
+        if future is not None:
+            future.cancel()  # an async perform: cancelled in the loop, its thread freed
         pid = getattr(a.job, "backend_pid", None)
         if pid:
             from ..store.engine import get_engine
