@@ -23,10 +23,13 @@ import inspect
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from . import registry
 from .client import enqueue, unique_digest
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class _Sentinel:
@@ -223,6 +226,14 @@ class Job:
         return enqueue(cls, [args], at=_epoch(when))[0]
 
     @classmethod
+    def perform_after_commit(cls, session: Session, *args: Any) -> None:
+        """Enqueue when ``session``'s transaction commits; nothing if it rolls back
+        (see :mod:`reconcile.after_commit`). Arguments are checked now."""
+        from .after_commit import defer
+
+        defer(session, cls, args)
+
+    @classmethod
     def perform_bulk(cls, args_list: Iterable[Sequence[Any]]) -> list[str | None]:
         """Enqueue many jobs, ``bulk_batch_size`` (1000) per round trip. Every job's
         arguments are checked before any is written."""
@@ -267,6 +278,11 @@ class JobSetter:
 
     def perform_async(self, *args: Any) -> str | None:
         return enqueue(self.job_class, [args], options=self.opts, at=self.at)[0]
+
+    def perform_after_commit(self, session: Session, *args: Any) -> None:
+        from .after_commit import defer
+
+        defer(session, self.job_class, args, self.opts, self.at)
 
     def perform_in(self, interval: float | int | timedelta, *args: Any) -> str | None:
         return enqueue(self.job_class, [args], options=self.opts, at=time.time() + _seconds(interval))[0]
