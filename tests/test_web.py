@@ -210,3 +210,19 @@ def test_standalone_server_serves_the_dashboard(settings: Settings, broker: Brok
 def test_postgresql_pages_without_the_tables_give_a_503_naming_it(pg_settings: Settings) -> None:
     code, _, page = call(Dashboard(pg_settings), "/quarantine")
     assert code == 503 and "PostgreSQL could not be read" in page and "reconcile_quarantine" in page
+
+
+def test_metrics_are_the_status_in_prometheus_text_format(settings: Settings, broker: Broker) -> None:
+    Record.perform_bulk([["m1"], ["m2"]])
+    Record.set(queue='odd"q\\').perform_async("m3")
+    with running_worker(settings, ["idle"]):
+        code, headers, body = call(Dashboard(settings), "/metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = dict(line.rsplit(" ", 1) for line in body.splitlines() if not line.startswith("#"))
+    assert samples['reconcile_queue_jobs{queue="default"}'] == "2"
+    assert samples['reconcile_queue_jobs{queue="odd\\"q\\\\"}'] == "1", "label values escaped"
+    assert samples['reconcile_set_jobs{set="dead"}'] == "0"
+    assert samples['reconcile_processes{state="alive"}'] == "1"
+    assert samples["reconcile_threads"] == str(settings.concurrency)
+    assert samples['reconcile_jobs_total{outcome="processed"}'] == "0"
+    assert "# TYPE reconcile_jobs_total counter" in body

@@ -8,8 +8,8 @@ Contracts:
 
 * Pages (GET): ``/`` (queues, sets, processes, counters), ``/queue?name=Q``,
   ``/scheduled``, ``/retry``, ``/dead``, ``/quarantine`` and ``/runs`` (PostgreSQL),
-  ``/status.json`` (:func:`reconcile.api.status`). ``?refresh=N`` reloads a page every
-  N seconds.
+  ``/status.json`` (:func:`reconcile.api.status`), ``/metrics`` (the same for
+  Prometheus, see :mod:`.metrics`). ``?refresh=N`` reloads a page every N seconds.
 * Actions (POST, form-encoded): ``/dead/retry`` and ``/dead/delete`` (``jid``
   repeated, or ``all=1``), ``/quarantine/release`` (``job`` and ``key`` as JSON).
   Each answers 303 back to its page with what it did.
@@ -39,7 +39,7 @@ from .. import deadset
 from ..api import status
 from ..broker import get_broker
 from ..config import Settings, get_settings
-from . import pages
+from . import metrics, pages
 from .html import layout
 
 log = logging.getLogger("reconcile.web")
@@ -86,6 +86,9 @@ class Dashboard:
             if path == "/status.json" and method in ("GET", "HEAD"):
                 body = json.dumps(status(self.settings, self.broker)).encode()
                 return _reply(start_response, "200 OK", body, "application/json")
+            if path == "/metrics" and method in ("GET", "HEAD"):
+                body = metrics.render(status(self.settings, self.broker))
+                return _reply(start_response, "200 OK", body, metrics.CONTENT_TYPE)
             if path in PAGES:
                 if method not in ("GET", "HEAD"):
                     return _reply(start_response, "405 Method Not Allowed", b"GET only\n",
