@@ -10,7 +10,9 @@ exist" race of enqueueing inside a transaction). Contracts:
 * a rollback drops the job; so does a rolled-back savepoint (``begin_nested()``) the
   job was registered in, and a session closed without committing. A committed
   savepoint keeps its jobs until the outermost commit;
-* without a transaction in progress the job is enqueued at once;
+* called before the session's transaction has begun (SQLAlchemy begins it on the
+  session's next statement), the job waits for that transaction's commit all the
+  same: a Session always works inside a transaction, unlike Django's autocommit;
 * jobs are enqueued in the order they were registered, consecutive ones of the same
   class and options in one call (one Redis round trip per 1,000);
 * an enqueue that fails after the commit (Redis unreachable) cannot undo the commit:
@@ -53,15 +55,13 @@ def defer(session: Session, job_class: type[Job], args: tuple[Any, ...],
     """Enqueue ``job_class(*args)`` when ``session`` commits (see the module docs)."""
     check_args(list(args), job_class.job_name, job_class.arg_names())
     opts = options or {}
-    if not session.in_transaction():
-        enqueue(job_class, [args], options=opts, at=at)
-        return
     pending: list[_Deferred] | None = session.info.get(_KEY)
     if pending is None:
         pending = session.info[_KEY] = []
         event.listen(session, "after_commit", _on_commit)
         event.listen(session, "after_soft_rollback", _on_rollback)
         event.listen(session, "after_transaction_end", _on_end)
+    # None before the transaction begins: such jobs belong to the outermost transaction
     current = session.get_nested_transaction() or session.get_transaction()
     last = pending[-1] if pending else None
     if (last is not None and last.job_class is job_class and last.options == opts

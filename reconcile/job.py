@@ -227,8 +227,9 @@ class Job:
 
     @classmethod
     def perform_after_commit(cls, session: Session, *args: Any) -> None:
-        """Enqueue when ``session``'s transaction commits; nothing if it rolls back
-        (see :mod:`reconcile.after_commit`). Arguments are checked now."""
+        """Enqueue when ``session``'s transaction (the current one, or the next if none
+        has begun) commits; nothing if it rolls back (see :mod:`reconcile.after_commit`).
+        Arguments are checked now."""
         from .after_commit import defer
 
         defer(session, cls, args)

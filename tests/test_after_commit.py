@@ -85,10 +85,21 @@ def test_a_rolled_back_savepoint_drops_only_its_jobs(session: Session, broker: B
     assert queued(broker) == [("ac.Notify", [1]), ("ac.Notify", [2]), ("ac.Notify", [5])]
 
 
-def test_without_a_transaction_the_job_is_enqueued_at_once(session: Session, broker: Broker) -> None:
+def test_before_the_transaction_begins_the_job_waits_for_its_commit(
+    session: Session, broker: Broker
+) -> None:
     assert not session.in_transaction()
-    Notify.perform_after_commit(session, 9)
+    Notify.perform_after_commit(session, 9)  # then the writes the job is about
+    session.execute(sa.text("SELECT 1"))
+    assert queued(broker) == []
+    session.commit()
     assert queued(broker) == [("ac.Notify", [9])]
+    Notify.perform_after_commit(session, 10)
+    session.execute(sa.text("SELECT 1"))
+    session.rollback()
+    session.execute(sa.text("SELECT 1"))
+    session.commit()
+    assert queued(broker) == [("ac.Notify", [9])], "registered before a rolled-back one: dropped"
 
 
 def test_a_bad_argument_fails_at_the_call(session: Session, broker: Broker) -> None:

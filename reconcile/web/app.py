@@ -2,7 +2,7 @@
 
 ``Dashboard(settings)`` is a WSGI callable: mount it in your web app behind your own
 authentication, or run it alone with ``reconcile web`` (:func:`serve`, which binds
-127.0.0.1 by default). It has no login of its own, like Sidekiq Web and Flower.
+127.0.0.1 by default). It has no login of its own, like Sidekiq Web.
 
 Contracts:
 
