@@ -333,14 +333,17 @@ def _dead_change(
     action: str, apps: tuple[str, ...], jids: tuple[str, ...], job: str | None, every: bool,
     flags: dict[str, Any],
 ) -> None:
-    from . import deadset
+    from . import sets
 
     settings = setup(apps, **flags)
     if bool(jids) == every:
         raise click.UsageError("give JIDs, or --all (with --class to choose one job class)")
     name = _job_name(job, apps)
-    run = deadset.retry if action == "retry" else deadset.delete
-    change = run(list(jids) if jids else None, job=name, settings=settings)
+    chosen = list(jids) if jids else None
+    if action == "retry":
+        change = sets.retry_dead(chosen, job=name, settings=settings)
+    else:
+        change = sets.delete("dead", chosen, job=name, settings=settings)
     click.echo(f"{'retried' if action == 'retry' else 'deleted'} {change.changed} jobs")
     for jid in change.not_found:
         click.echo(f"not in the dead set: {jid}")

@@ -226,3 +226,16 @@ def test_metrics_are_the_status_in_prometheus_text_format(settings: Settings, br
     assert samples["reconcile_threads"] == str(settings.concurrency)
     assert samples['reconcile_jobs_total{outcome="processed"}'] == "0"
     assert "# TYPE reconcile_jobs_total counter" in body
+
+
+def test_scheduled_job_is_run_now_or_deleted_from_its_buttons(settings: Settings, broker: Broker) -> None:
+    first = Record.perform_in(3600, "s1")
+    second = Record.perform_in(3600, "s2")
+    app = Dashboard(settings)
+    code, _, page = call(app, "/scheduled")
+    assert code == 200 and str(first) in page and 'action="/admin/jobs/scheduled/run"' in page
+    code, headers, _ = call(app, "/scheduled/run", "POST", {"jid": first}, **same_site())
+    assert code == 303 and headers["Location"] == "/admin/jobs/scheduled?msg=queued%201%20jobs"
+    assert [orjson.loads(r)["jid"] for r in broker.queue_entries("default")] == [first]
+    code, headers, _ = call(app, "/scheduled/delete", "POST", {"jid": second}, **same_site())
+    assert code == 303 and broker.set_sizes()["scheduled"] == 0

@@ -33,8 +33,8 @@ log = logging.getLogger("reconcile.broker")
 WAKE_CAP = 64
 """Most wake-up tokens kept per queue: enough to wake every idle process at once."""
 
-DEAD_BATCH = 500
-"""Dead jobs per Redis call when an operator retries or deletes them."""
+SET_BATCH = 500
+"""Jobs per Redis call when an operator moves or deletes members of a set."""
 
 RECOVERY_TTL = 7 * 24 * 3600
 """Seconds a per-job crash-recovery counter is remembered."""
@@ -122,7 +122,7 @@ class Broker:
         self._promote = self.redis.register_script(_script_source("promote.lua"))
         self._reap = self.redis.register_script(_script_source("reap.lua"))
         self._release = self.redis.register_script(_script_source("release.lua"))
-        self._dead_retry = self.redis.register_script(_script_source("dead_retry.lua"))
+        self._set_move = self.redis.register_script(_script_source("set_move.lua"))
         self._free: list[Any] = []  # idle connections of _eval and claim (see _checkout)
         self._free_pid = os.getpid()
         self._blocked: dict[str, int] = {}  # proc id -> client id of its waiting claim
@@ -435,25 +435,27 @@ class Broker:
             rows = self.redis.zrange(key, start, stop, withscores=True)
         return [(m, float(sc)) for m, sc in rows]  # type: ignore[misc, str-unpack]
 
-    def requeue_dead(self, moves: Sequence[tuple[bytes, str, bytes]]) -> list[bool]:
-        """Move dead jobs back to their queues: each (dead member, queue, payload to
-        push) is taken out of the dead set and pushed, atomically per call. Returns a
-        flag per move: False where the member was already gone (nothing pushed). Sent
-        in calls of ``DEAD_BATCH`` jobs."""
-        flags: list[bool] = []
-        for i in range(0, len(moves), DEAD_BATCH):
-            args: list[Any] = [WAKE_CAP]
-            for member, queue, payload in moves[i:i + DEAD_BATCH]:
-                args += (member, queue, payload)
-            flags += [bool(f) for f in self._dead_retry(keys=[self.keys.tag], args=args)]
-        return flags
+    def set_move(self, which: str, moves: Sequence[tuple[bytes, str, bytes]]) -> list[bool]:
+        """Move members of set ``which`` (``scheduled``, ``retry``, ``dead``) to their
+        queues now: each (member, queue, payload to push) leaves the set and is pushed,
+        atomically per call. Returns a flag per move: False where the member was
+        already gone (nothing pushed). ``SET_BATCH`` jobs per call."""
+        return self._set_op(which, "Q", [list(m) for m in moves])
 
-    def remove_dead(self, members: Sequence[bytes]) -> int:
-        """Delete these exact members from the dead set; returns how many were there."""
-        removed = 0
-        for i in range(0, len(members), DEAD_BATCH):
-            removed += int(self.redis.zrem(self.keys.dead, *members[i:i + DEAD_BATCH]))
-        return removed
+    def set_delete(self, which: str, members: Sequence[tuple[bytes, str]]) -> list[bool]:
+        """Delete members of set ``which``: each (member, lock digest or "") leaves the
+        set and, if it was there, its uniqueness lock is released. A flag per member."""
+        return self._set_op(which, "X", [list(m) for m in members])
+
+    def _set_op(self, which: str, mode: str, groups: list[list[Any]]) -> list[bool]:
+        suffix = {"scheduled": "schedule", "retry": "retry", "dead": "dead"}[which]
+        flags: list[bool] = []
+        for i in range(0, len(groups), SET_BATCH):
+            args: list[Any] = [WAKE_CAP, suffix, mode]
+            for group in groups[i:i + SET_BATCH]:
+                args += group
+            flags += [bool(f) for f in self._set_move(keys=[self.keys.tag], args=args)]
+        return flags
 
     def queue_entries(self, queue: str, count: int = 100) -> list[bytes]:
         """The next ``count`` jobs of a queue, oldest first."""

@@ -10,8 +10,10 @@ Contracts:
   ``/scheduled``, ``/retry``, ``/dead``, ``/quarantine`` and ``/runs`` (PostgreSQL),
   ``/status.json`` (:func:`reconcile.api.status`), ``/metrics`` (the same for
   Prometheus, see :mod:`.metrics`). ``?refresh=N`` reloads a page every N seconds.
-* Actions (POST, form-encoded): ``/dead/retry`` and ``/dead/delete`` (``jid``
-  repeated, or ``all=1``), ``/quarantine/release`` (``job`` and ``key`` as JSON).
+* Actions (POST, form-encoded): ``/dead/retry``, ``/dead/delete``,
+  ``/scheduled/run``, ``/scheduled/delete``, ``/retry/run``, ``/retry/delete`` (``jid``
+  repeated, or ``all=1``; see :mod:`reconcile.sets`), ``/quarantine/release`` (``job``
+  and ``key`` as JSON).
   Each answers 303 back to its page with what it did.
 * Actions are refused (403) unless the request comes from the dashboard's own origin:
   its ``Origin`` (or, without one, ``Referer``) must name the ``Host`` it was sent
@@ -25,6 +27,7 @@ Contracts:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -35,7 +38,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 import redis
 import sqlalchemy as sa
 
-from .. import deadset
+from .. import sets
 from ..api import status
 from ..broker import get_broker
 from ..config import Settings, get_settings
@@ -71,10 +74,11 @@ class Dashboard:
         self.broker = get_broker(self.settings)
         self.read_only = read_only
         self.actions: dict[str, Callable[[dict[str, list[str]]], tuple[str, str]]] = {
-            "/dead/retry": self._dead_retry,
-            "/dead/delete": self._dead_delete,
-            "/quarantine/release": self._release,
+            f"/{which}/{action}": functools.partial(self._set_change, which, action)
+            for which, action in (("dead", "retry"), ("dead", "delete"), ("scheduled", "run"),
+                                  ("scheduled", "delete"), ("retry", "run"), ("retry", "delete"))
         }
+        self.actions["/quarantine/release"] = self._release
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -140,24 +144,24 @@ class Dashboard:
         return _reply(start_response, "303 See Other", b"",
                       location=view.url(back) + "?msg=" + quote(message))
 
-    def _dead_change(self, form: dict[str, list[str]], action: str) -> tuple[str, str]:
+    def _set_change(self, which: str, action: str, form: dict[str, list[str]]) -> tuple[str, str]:
+        back = "/" + which
         jids = None if form.get("all") == ["1"] else form.get("jid", [])
         if jids == []:
-            return "/dead", "nothing chosen"
-        run = deadset.retry if action == "retry" else deadset.delete
-        change = run(jids, settings=self.settings)
-        message = f"{'retried' if action == 'retry' else 'deleted'} {change.changed} jobs"
+            return back, "nothing chosen"
+        if action == "delete":
+            change = sets.delete(which, jids, settings=self.settings)
+            done = "deleted"
+        elif which == "dead":
+            change, done = sets.retry_dead(jids, settings=self.settings), "retried"
+        else:
+            change, done = sets.run_now(which, jids, settings=self.settings), "queued"
+        message = f"{done} {change.changed} jobs"
         if change.not_found:
-            message += f"; {len(change.not_found)} no longer in the dead set"
+            message += f"; {len(change.not_found)} no longer in the set"
         if change.not_retryable:
             message += f"; {len(change.not_retryable)} records that are not jobs left"
-        return "/dead", message
-
-    def _dead_retry(self, form: dict[str, list[str]]) -> tuple[str, str]:
-        return self._dead_change(form, "retry")
-
-    def _dead_delete(self, form: dict[str, list[str]]) -> tuple[str, str]:
-        return self._dead_change(form, "delete")
+        return back, message
 
     def _release(self, form: dict[str, list[str]]) -> tuple[str, str]:
         from ..store import quarantine

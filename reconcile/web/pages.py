@@ -1,7 +1,7 @@
 """The dashboard's pages: each takes the request's view and returns (title, body).
 
 Data comes from the owners: :mod:`reconcile.api` and the broker for Redis,
-:mod:`reconcile.store` for PostgreSQL, :mod:`reconcile.deadset` for dead jobs.
+:mod:`reconcile.store` for PostgreSQL, :mod:`reconcile.sets` for the buttons of the sets.
 """
 
 from __future__ import annotations
@@ -76,16 +76,27 @@ def queue(v: View) -> tuple[str, Raw]:
 
 
 def scheduled_set(which: str) -> Callable[[View], tuple[str, Raw]]:
-    """The page of the ``scheduled`` or ``retry`` set."""
+    """The page of the ``scheduled`` or ``retry`` set, with run-now and delete buttons."""
     def page(v: View) -> tuple[str, Raw]:
         rows = []
         for raw, score in v.broker.set_entries(which, 0, PAGE_ROWS - 1):
             j = _job(raw)
-            rows.append((j.get("jid"), j.get("class"), clip(j.get("args")), when(score),
-                         clip(j.get("error_message") or "")))
+            jid = str(j.get("jid") or "")
+            actions = Raw("")
+            if not v.read_only and jid:
+                actions = Raw(form(v.url(f"/{which}/run"), "run now", {"jid": jid})
+                              + form(v.url(f"/{which}/delete"), "delete", {"jid": jid}))
+            rows.append((jid or "-", j.get("class"), clip(j.get("args")), when(score),
+                         clip(j.get("error_message") or ""), actions))
         title = "Scheduled" if which == "scheduled" else "Retries"
-        return title, Raw(f"<p>First {PAGE_ROWS}, soonest first.</p>"
-                          + table(["jid", "class", "args", "runs", "last error"], rows))
+        bulk = ""
+        if not v.read_only:
+            bulk = (form(v.url(f"/{which}/run"), "run all now", {"all": "1"}, f"Run every {which} job now?")
+                    + form(v.url(f"/{which}/delete"), "delete all", {"all": "1"},
+                           f"Delete every {which} job?"))
+        return title, Raw(f"<p>First {PAGE_ROWS}, soonest first. Run now moves a job to the back "
+                          f"of its queue; delete also releases its uniqueness lock.</p>{bulk}"
+                          + table(["jid", "class", "args", "runs", "last error", ""], rows))
     return page
 
 

@@ -1,8 +1,10 @@
-"""The dead set from the operator's side: ``reconcile dead list | retry | delete``.
+"""The sets from the operator's side: ``reconcile dead list | retry | delete`` and
+:mod:`reconcile.sets` (the dashboard's buttons).
 
 A retried dead job goes back to the end of its queue for one more attempt (Sidekiq's
 "retry now"): its retry count is lowered by one, its uniqueness fields are dropped,
-and a record that is not a job is reported and left in place.
+and a record that is not a job is reported and left in place. Scheduled and retry-set
+jobs can be run now or deleted; a deleted one's uniqueness lock is released.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from reconcile import Job, deadset
+from reconcile import Job, sets
 from reconcile.broker import Broker
 from reconcile.cli import main
 from reconcile.config import Settings
-from reconcile.deadset import retry_payload
+from reconcile.sets import retry_payload
 from tests.jobs_core import running_worker, wait_for
 
 
 class Flaky(Job):
     """Fails while ``failures_left`` is above zero, then succeeds."""
 
-    name = "deadset.Flaky"
+    name = "sets.Flaky"
     retry = 1
     failures_left: ClassVar[int] = 0
     runs: ClassVar[list[tuple[int, int | None]]] = []  # (arg, retry_count seen)
@@ -41,7 +43,7 @@ class Flaky(Job):
 
 
 class Other(Job):
-    name = "deadset.Other"
+    name = "sets.Other"
     retry = 0
 
     def perform(self, n: int) -> None:
@@ -97,7 +99,7 @@ def test_retried_dead_job_that_fails_again_dies_again_at_once(
 ) -> None:
     [jid] = kill(settings, broker, (Flaky, 1))
     Flaky.failures_left = 1
-    assert deadset.retry([jid], settings=settings).changed == 1
+    assert sets.retry_dead([jid], settings=settings).changed == 1
     with running_worker(settings):
         wait_for(lambda: broker.set_sizes()["dead"] == 1, what="dead again")
     [job] = dead(broker)
@@ -120,7 +122,7 @@ def test_retry_payload_lowers_the_count_and_drops_uniqueness() -> None:
 
 def test_retry_all_of_one_class_leaves_the_others(settings: Settings, broker: Broker) -> None:
     jids = kill(settings, broker, (Flaky, 1), (Flaky, 2), (Other, 3))
-    out = cli(settings, "retry", "--all", "--class", "deadset.Flaky")
+    out = cli(settings, "retry", "--all", "--class", "sets.Flaky")
     assert out.exit_code == 0, out.output
     assert "retried 2 jobs" in out.output
     assert [j["jid"] for j in dead(broker)] == [jids[2]]
@@ -144,7 +146,7 @@ def test_records_that_are_not_jobs_are_left_and_can_be_deleted(
     broker.redis.zadd(broker.keys.dead, {b"not json at all": time.time(),
                                          orjson.dumps({"queue": "default", "class": None,
                                                        "error_class": "InvalidPayload"}): time.time()})
-    change = deadset.retry(settings=settings)
+    change = sets.retry_dead(settings=settings)
     assert change.changed == 1 and len(change.not_retryable) == 2
     assert all("not a job payload" in why for _, why in change.not_retryable)
     assert broker.set_sizes()["dead"] == 2, "the two records stay"
@@ -158,8 +160,8 @@ def test_a_job_is_moved_once_by_concurrent_retries(settings: Settings, broker: B
     kill(settings, broker, (Other, 1))
     [(member, _)] = broker.set_entries("dead", 0, -1)
     move = (member, "default", retry_payload(orjson.loads(member), time.time()))
-    assert broker.requeue_dead([move]) == [True]
-    assert broker.requeue_dead([move]) == [False], "already out of the dead set: not pushed"
+    assert broker.set_move("dead", [move]) == [True]
+    assert broker.set_move("dead", [move]) == [False], "already out of the dead set: not pushed"
     assert len(broker.queue_entries("default")) == 1
 
 
@@ -170,7 +172,7 @@ def test_dead_list_shows_the_newest_with_their_error(settings: Settings, broker:
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     assert len(lines) == 2 and lines[-1] == "1 shown, 2 dead"
-    assert lines[0].startswith(f"{newest['jid']} deadset.Other {newest['args']}".replace("'", '"'))
+    assert lines[0].startswith(f"{newest['jid']} sets.Other {newest['args']}".replace("'", '"'))
     assert "RuntimeError: other" in lines[0]
 
 
@@ -185,7 +187,7 @@ def test_unknown_class_dead_at_a_rolling_deploy_runs_once_retried_after_it(
 ) -> None:
     from reconcile.broker import PushRecord
 
-    payload = {"queue": "default", "jid": "a" * 24, "class": "deadset.Deployed", "args": [5],
+    payload = {"queue": "default", "jid": "a" * 24, "class": "sets.Deployed", "args": [5],
                "created_at": time.time(), "enqueued_at": time.time()}
     broker.push([PushRecord("default", 0, "", 0, orjson.dumps(payload))])
     with running_worker(settings):
@@ -195,12 +197,62 @@ def test_unknown_class_dead_at_a_rolling_deploy_runs_once_retried_after_it(
     ran: list[int] = []
 
     class Deployed(Job):  # the deploy: workers now know the class
-        name = "deadset.Deployed"
+        name = "sets.Deployed"
 
         def perform(self, n: int) -> None:
             ran.append(n)
 
-    assert deadset.retry(["a" * 24], settings=settings).changed == 1
+    assert sets.retry_dead(["a" * 24], settings=settings).changed == 1
     with running_worker(settings):
         wait_for(lambda: ran == [5], what="the retried job")
     assert broker.set_sizes()["dead"] == 0
+
+
+class Later(Job):
+    name = "sets.Later"
+    unique_for = 600
+    ran: ClassVar[list[int]] = []
+
+    def perform(self, n: int) -> None:
+        Later.ran.append(n)
+
+
+def test_scheduled_jobs_run_now_keeping_their_lock(settings: Settings, broker: Broker) -> None:
+    Later.ran = []
+    jid = Later.perform_in(3600, 1)
+    Later.perform_in(3600, 2)
+    assert jid and broker.set_sizes()["scheduled"] == 2
+    change = sets.run_now("scheduled", [jid], settings=settings)
+    assert change.changed == 1 and broker.set_sizes()["scheduled"] == 1
+    [queued] = [orjson.loads(r) for r in broker.queue_entries("default")]
+    assert queued["jid"] == jid and "at" not in queued and queued["enqueued_at"] > 0
+    assert Later.perform_in(3600, 1) is None, "still unique: the lock stays with the job"
+    with running_worker(settings):
+        wait_for(lambda: Later.ran == [1], what="the job run now")
+
+
+def test_deleting_a_scheduled_job_releases_its_lock(settings: Settings, broker: Broker) -> None:
+    Later.perform_in(3600, 5)
+    assert Later.perform_in(3600, 5) is None, "locked"
+    change = sets.delete("scheduled", settings=settings)
+    assert change.changed == 1 and broker.set_sizes()["scheduled"] == 0
+    assert Later.perform_in(3600, 5) is not None, "the lock went with the deleted job"
+
+
+def test_a_retry_runs_now_with_its_count(settings: Settings, broker: Broker) -> None:
+    Flaky.failures_left = 1
+    jid = Flaky.perform_async(4)
+    with running_worker(settings, poll_interval=3600.0):  # no promotion: the test runs it
+        wait_for(lambda: broker.set_sizes()["retry"] == 1, what="in the retry set")
+        assert sets.run_now("retry", settings=settings).changed == 1
+        wait_for(lambda: len(Flaky.runs) == 2, what="the retry, run now")
+    assert Flaky.runs == [(4, None), (4, 0)], "the retry kept its count"
+    assert broker.set_sizes() == {"scheduled": 0, "retry": 0, "dead": 0}
+    assert jid
+
+
+def test_run_now_refuses_the_dead_set_and_unknown_sets(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="retry_dead"):
+        sets.run_now("dead", settings=settings)
+    with pytest.raises(ValueError, match="no set 'lost'"):
+        sets.delete("lost", settings=settings)

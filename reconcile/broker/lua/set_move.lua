@@ -1,0 +1,44 @@
+-- set_move.lua: operator actions on chosen members of the scheduled, retry or dead set.
+--
+-- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- Keys touched:
+--   {ns}:schedule, {ns}:retry, {ns}:dead   ZSET  the set acted on (ARGV[2])
+--   {ns}:queue:<q>    LIST    mode Q: LPUSH, the job joins the back of the line
+--   {ns}:queues       SET     mode Q: known queue names
+--   {ns}:wake:<q>     LIST    mode Q: wake-up tokens
+--   {ns}:unique:<d>   STRING  mode X: the deleted job's uniqueness lock, released
+-- ARGV[1] wake cap   ARGV[2] set: "schedule", "retry" or "dead"
+-- ARGV[3] mode:
+--   Q  groups of 3: member (exact bytes), queue, payload to push (the caller's
+--      updated copy of the member): move the job to its queue now
+--   X  groups of 2: member, lock digest ("" = none): delete the job, and release its
+--      lock (a deleted scheduled job must not keep its key "already queued")
+-- Returns  one integer per job: 1 done, 0 skipped because the member was no longer in
+-- the set (moved, run or deleted by someone else meanwhile, trimmed), so concurrent
+-- operators act on a job once.
+local p = KEYS[1]
+local cap = tonumber(ARGV[1])
+local set = p .. ':' .. ARGV[2]
+local mode = ARGV[3]
+local out = {}
+local woken = {}
+local step = (mode == 'Q') and 3 or 2
+for i = 4, #ARGV, step do
+  local gone = redis.call('ZREM', set, ARGV[i])
+  out[#out + 1] = gone
+  if gone == 1 then
+    if mode == 'Q' then
+      local q = ARGV[i + 1]
+      redis.call('LPUSH', p .. ':queue:' .. q, ARGV[i + 2])
+      if not woken[q] then
+        woken[q] = true
+        redis.call('SADD', p .. ':queues', q)
+        local w = p .. ':wake:' .. q
+        if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+      end
+    elseif ARGV[i + 1] ~= '' then
+      redis.call('DEL', p .. ':unique:' .. ARGV[i + 1])
+    end
+  end
+end
+return out
