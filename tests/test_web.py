@@ -239,3 +239,20 @@ def test_scheduled_job_is_run_now_or_deleted_from_its_buttons(settings: Settings
     assert [orjson.loads(r)["jid"] for r in broker.queue_entries("default")] == [first]
     code, headers, _ = call(app, "/scheduled/delete", "POST", {"jid": second}, **same_site())
     assert code == 303 and broker.set_sizes()["scheduled"] == 0
+
+
+def test_a_dashboard_built_before_configure_uses_the_settings_of_each_request(
+    settings: Settings, broker: Broker
+) -> None:
+    from reconcile.config import use_settings
+
+    other = settings.with_overrides(namespace=settings.namespace + "x")
+    use_settings(other)
+    try:
+        app = Dashboard()  # built at import, say, before the app configures reconcile
+        assert call(app, "/")[2].count(f"namespace {other.namespace}") == 1
+    finally:
+        use_settings(settings)
+    Record.perform_async("late")
+    code, _, page = call(app, "/")
+    assert code == 200 and f"namespace {settings.namespace}<" in page and "<td>1</td>" in page

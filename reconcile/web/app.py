@@ -40,7 +40,7 @@ import sqlalchemy as sa
 
 from .. import sets
 from ..api import status
-from ..broker import get_broker
+from ..broker import Broker, get_broker
 from ..config import Settings, get_settings
 from . import metrics, pages
 from .html import layout
@@ -67,11 +67,11 @@ NAV = (("Overview", "/"), ("Scheduled", "/scheduled"), ("Retries", "/retry"),
 
 
 class Dashboard:
-    """The WSGI application; ``settings`` default to the process settings."""
+    """The WSGI application. Without ``settings`` it reads the process settings at each
+    request, so it may be built at import, before the app calls ``reconcile.configure()``."""
 
     def __init__(self, settings: Settings | None = None, *, read_only: bool = False) -> None:
-        self.settings = settings or get_settings()
-        self.broker = get_broker(self.settings)
+        self._settings = settings
         self.read_only = read_only
         self.actions: dict[str, Callable[[dict[str, list[str]]], tuple[str, str]]] = {
             f"/{which}/{action}": functools.partial(self._set_change, which, action)
@@ -79,6 +79,14 @@ class Dashboard:
                                   ("scheduled", "delete"), ("retry", "run"), ("retry", "delete"))
         }
         self.actions["/quarantine/release"] = self._release
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    @property
+    def broker(self) -> Broker:
+        return get_broker(self.settings)  # cached per settings
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
