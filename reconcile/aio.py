@@ -16,8 +16,10 @@ on the first async job) and waits for it. So:
 * loop-bound resources (an ``asyncpg`` pool, an ``httpx.AsyncClient``) must be made
   inside the loop that uses them: create them lazily in the job, not at import.
 
-The test modes (:mod:`reconcile.testing`) run async performs the same way. After
-``fork()``, the child starts its own loop on first use.
+The test modes (:mod:`reconcile.testing`) run async performs the same way; an async
+job that an async job enqueues in inline mode runs on a loop of its own in a helper
+thread (the process loop cannot wait for itself). After ``fork()``, the child starts
+its own loop on first use.
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ def run(coro: Coroutine[Any, Any, Any], owner: Any = None) -> Any:
     raised here). ``owner`` (the job) keeps the future as ``_future`` while it runs,
     so that the watchdog can cancel it."""
     if _in_loop_thread():
-        coro.close()
-        raise RuntimeError("an async job cannot be run from reconcile's own event loop")
+        # an async job run from inside another (inline test mode: one job's enqueue
+        # runs the next at once): the loop cannot wait for itself, so this one gets
+        # a loop of its own in a helper thread, and the caller blocks as inline does
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reconcile-inline") as pool:
+            return pool.submit(asyncio.run, coro).result()
     future = submit(coro)
     if owner is not None:
         owner._future = future

@@ -122,9 +122,18 @@ def test_inline_test_mode_runs_async_performs() -> None:
             await asyncio.sleep(0)
             ran.append(who)
 
+    class Chain(Job):  # an async job enqueuing another: inline runs it at once
+        name = "aio.Chain"
+
+        async def perform(self, who: str) -> None:
+            await asyncio.sleep(0)
+            Greeter.perform_async(who.upper())
+            ran.append(f"after {who}")
+
     with inline():
         Greeter.perform_async("ada")
-    assert ran == ["ada"]
+        Chain.perform_async("bob")
+    assert ran == ["ada", "BOB", "after bob"]
 
 
 @pytest.mark.parametrize("hook", ["perform", "is_pending"])
