@@ -670,7 +670,7 @@ def test_a_statement_gone_at_once_switches_prepared_checks_off(
 
     def elsewhere(sql: str) -> pending_sql.PreparedCheck:
         form = real(sql)
-        return pending_sql.PreparedCheck(form.name, "SELECT 1", form.execute, form.commit)
+        return pending_sql.PreparedCheck(form.name, "SELECT 1", form.execute, form.commit, form.order)
 
     monkeypatch.setattr(pending_sql, "prepared_form", elsewhere)
     with caplog.at_level("WARNING", logger="reconcile.store"):
@@ -770,3 +770,22 @@ def test_threads_share_the_compiled_check(pg_settings: Settings, engine: sa.Engi
         t.join()
     assert outcomes.count("done") == n
     assert 1 <= len(compiles) <= 4, "at most one compilation per racing thread"
+
+
+@pytest.mark.parametrize(("params", "inlined"), [
+    ({"reconcile_key_0": 42}, "EXECUTE {n}(42)"),
+    ({"reconcile_key_0": -(2**63), "reconcile_key_1": 7}, "EXECUTE {n}(-9223372036854775808, 7)"),
+    ({"reconcile_key_0": "42"}, None),
+    ({"reconcile_key_0": True}, None),
+    ({"reconcile_key_0": 1.5}, None),
+    ({"reconcile_key_0": 1, "reconcile_key_1": None}, None),
+], ids=["int", "two ints", "text", "bool", "float", "null"])
+def test_integer_keys_are_inlined_and_anything_else_is_bound_by_psycopg(
+    params: dict[str, Any], inlined: str | None
+) -> None:
+    """The prepared checks' EXECUTE: an int's decimal text is its SQL literal, so plain
+    int keys are written directly; every other value goes through psycopg's mogrify."""
+    names = ", ".join(f"%({k})s" for k in params)
+    form = pending_sql.prepared_form(f"SELECT ({names}) IS NOT NULL")
+    assert form.inline(False, params) == (inlined and inlined.format(n=form.name))
+    assert form.inline(True, params) == (inlined and inlined.format(n=form.name + "_c"))

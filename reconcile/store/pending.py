@@ -278,6 +278,19 @@ class PreparedCheck:
     prepare: str
     execute: str
     commit: str
+    order: tuple[str, ...]
+    """Parameter names in positional order."""
+
+    def inline(self, commit: bool, params: dict[str, Any]) -> str | None:
+        """``EXECUTE`` (or the commit check's) with ``params`` inlined when every one
+        is a plain ``int`` (the common integer key), which needs no quoting: the
+        decimal text of an int is its SQL literal. None otherwise (psycopg's
+        ``mogrify`` binds them)."""
+        values = [params[n] for n in self.order]
+        if not all(type(v) is int for v in values):
+            return None
+        suffix = "_c" if commit else ""
+        return f"EXECUTE {self.name}{suffix}({', '.join(map(str, values))})"
 
 
 _PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
@@ -309,6 +322,7 @@ def prepared_form(sql: str) -> PreparedCheck:
         prepare=f"PREPARE {name} AS {body}; PREPARE {name}_c AS {not_converged_cast(body)}",
         execute=f"EXECUTE {name}{args}",
         commit=f"EXECUTE {name}_c{args}",
+        order=tuple(order),
     )
     return form
 
@@ -461,8 +475,11 @@ class DriverTx:
         parts.append(f"SELECT (CASE WHEN pg_try_advisory_xact_lock({int(lock)}) THEN NULL "
                      f"ELSE '{LOCK_BUSY}' END)::int")
         if check is not None:
-            client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
-            parts.append(client.mogrify(form.execute, check[1]) if form else client.mogrify(*check))
+            bound = form.inline(False, check[1]) if form else None
+            if bound is None:
+                client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
+                bound = client.mogrify(form.execute, check[1]) if form else client.mogrify(*check)
+            parts.append(bound)
         statement = "; ".join(parts)
         self.cursor.connection.autocommit = True
         try:
@@ -574,7 +591,7 @@ class DriverTx:
         client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
         form = _forms.get(sql) if self.prepare and sql not in _commit_as_sql else None
         if form is not None and form.name in self._names():
-            statement = client.mogrify(form.commit, params) + "; COMMIT"
+            statement = (form.inline(True, params) or client.mogrify(form.commit, params)) + "; COMMIT"
         else:
             statement = not_converged_cast(client.mogrify(sql, params)) + "; COMMIT"
         try:
