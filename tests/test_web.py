@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import urllib.request
 from typing import Any
@@ -200,8 +201,13 @@ def test_standalone_server_serves_the_dashboard(settings: Settings, broker: Brok
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/"
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            assert reply.status == 200 and b"Overview" in reply.read()
+        # a client that connects and sends nothing must not hold up the next one
+        idle = socket.create_connection(("127.0.0.1", server.server_port))
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                assert reply.status == 200 and b"Overview" in reply.read()
+        finally:
+            idle.close()
     finally:
         server.shutdown()
         server.server_close()

@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 from wsgiref.simple_server import WSGIServer, make_server
@@ -210,9 +211,16 @@ def _reply(start_response: StartResponse, code: str, body: bytes,
     return [body]
 
 
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """The standard library's WSGI server with a thread per request, so a page waiting
+    on an unreachable PostgreSQL does not hold up the others."""
+
+    daemon_threads = True
+
+
 def serve(settings: Settings | None = None, host: str = "127.0.0.1", port: int = 8181,
           read_only: bool = False) -> WSGIServer:
-    """A standalone server for ``reconcile web`` (the standard library's WSGI server,
-    one request at a time: enough for an operator's dashboard). Call
-    ``serve_forever()`` on it; ``port=0`` picks a free port."""
-    return make_server(host, port, Dashboard(settings, read_only=read_only))
+    """A standalone server for ``reconcile web``. Call ``serve_forever()`` on it;
+    ``port=0`` picks a free port."""
+    return make_server(host, port, Dashboard(settings, read_only=read_only),
+                       server_class=ThreadingWSGIServer)
