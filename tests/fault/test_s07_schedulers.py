@@ -18,19 +18,37 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from tests.fault.harness import SOAK, World, db_now
+from tests.fault.harness import SOAK, Proc, World, db_now
 from tests.fault.results import record
 
 KEYS = 1_500
 EVERY = 2.0
 OBSERVE = 30.0 if SOAK else 8.0
 FREEZE = 3.0
+MAX_FREEZE_TRIES = 50
 
 
 def owner_running(world: World) -> str | None:
     with world.engine.connect() as c:
         return c.execute(sa.text("SELECT running_owner FROM reconcile_schedules "
                                  "WHERE running_owner IS NOT NULL")).scalar()
+
+
+def freeze_claim_holder(world: World, scheds: list[Proc]) -> tuple[Proc, int]:
+    """SIGSTOP the scheduler that holds a running pass; returns it and the tries. A pass takes a
+    few milliseconds, so it may end between reading its owner and the stop landing:
+    then the stopped scheduler holds nothing, so it is resumed and the next pass is
+    tried (the freeze must catch a claim held, or the scenario tests nothing)."""
+    for attempt in range(1, MAX_FREEZE_TRIES + 1):
+        owner = world.wait(lambda: owner_running(world), 30, "a scheduler holding a running pass",
+                           interval=0.002)
+        pid = int(owner.split(":")[-2])
+        proc = next(p for p in scheds if p.pid == pid)
+        os.kill(pid, signal.SIGSTOP)
+        if owner_running(world) == owner:
+            return proc, attempt  # stopped while holding the claim
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError(f"no scheduler was stopped mid-pass in {MAX_FREEZE_TRIES} tries")
 
 
 def test_three_schedulers_freeze_and_clock_skew(world: World) -> None:
@@ -43,11 +61,8 @@ def test_three_schedulers_freeze_and_clock_skew(world: World) -> None:
     while time.monotonic() - t_start < OBSERVE:  # observation window: skewed clocks
         world.check_procs()
         time.sleep(0.1)
-    owner = world.wait(lambda: owner_running(world), 30, "a scheduler holding a running pass",
-                       interval=0.002)
-    pid = int(owner.split(":")[-2])
-    frozen = next(p for p in scheds if p.pid == pid)
-    os.kill(pid, signal.SIGSTOP)
+    frozen, tries = freeze_claim_holder(world, scheds)
+    pid = frozen.pid
     stop_db = db_now(world)
     time.sleep(FREEZE)  # the fault's duration, not a wait for a condition
     cont_db = db_now(world)
@@ -84,7 +99,8 @@ def test_three_schedulers_freeze_and_clock_skew(world: World) -> None:
            target=f"no overlap, no gap < {EVERY / 2:.0f} s (double fire) or > {EVERY + 1.5:.1f} s (skip)",
            notes=f"{len(runs)} tick passes in {end - t_start:.0f} s (about {expected:.0f} ticks "
                  f"outside the freeze); per scheduler {sorted(by_sched.values())}; "
-                 f"{in_freeze} passes started during the freeze")
+                 f"{in_freeze} passes started during the freeze; the holder was stopped mid-pass "
+                 f"on try {tries}")
     assert frozen.alive()
     assert not overlaps, f"two passes of the class at once: {overlaps}\n{detail}"
     assert min(gaps) >= 0.5 * EVERY, f"a tick fired twice: gaps {gaps}\n{detail}"
