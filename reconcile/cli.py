@@ -295,44 +295,45 @@ def quarantine_release(
     click.echo(f"released {n} keys")
 
 
-@main.group()
-def dead() -> None:
-    """Jobs in the dead set: list them, retry them, delete them."""
+SET_GROUPS = (
+    # (command group, set, group help, the action moving a job to its queue, its help)
+    ("dead", "dead", "Jobs in the dead set: list them, retry them, delete them.", "retry",
+     "Move dead jobs back to their queues for one more attempt (see docs/jobs.md)."),
+    ("scheduled", "scheduled", "Jobs scheduled for later: list them, run them now, delete them.",
+     "run", "Move scheduled jobs to the back of their queues now."),
+    ("retries", "retry", "Jobs waiting for a retry: list them, run them now, delete them.",
+     "run", "Move jobs waiting for a retry to the back of their queues now (count kept)."),
+)
 
 
-@dead.command("list")
-@common_options
-@click.option("--limit", default=20, show_default=True, help="Newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Print the payloads as JSON, one per line.")
-def dead_list(apps: tuple[str, ...], limit: int, as_json: bool, **flags: Any) -> None:
-    """List the newest dead jobs with their error."""
+def _set_list(which: str, apps: tuple[str, ...], limit: int, as_json: bool,
+              flags: dict[str, Any]) -> None:
     import datetime as dt
 
-    from .api import dead_jobs
+    from .broker import get_broker
+    from .payload import loads_lenient
 
     settings = setup(apps, **flags)
-    jobs = dead_jobs(settings, limit=limit)
-    for job in jobs:
+    broker = get_broker(settings)
+    rows = broker.set_entries(which, 0, limit - 1)
+    for raw, score in rows:
+        job = loads_lenient(raw)
+        job = job if isinstance(job, dict) else {"raw": job}
         if as_json:
             click.echo(json.dumps(job))
             continue
-        died = job.get("failed_at")
-        when = dt.datetime.fromtimestamp(died).strftime("%Y-%m-%d %H:%M:%S") if isinstance(
-            died, int | float) else "?"
+        when = dt.datetime.fromtimestamp(score).strftime("%Y-%m-%d %H:%M:%S")
         args = json.dumps(job.get("args"))
         args = args if len(args) <= 60 else args[:57] + "..."
-        click.echo(f"{job.get('jid') or '-'} {job.get('class')} {args} {when} "
-                   f"{job.get('error_class')}: {str(job.get('error_message'))[:200]}")
+        error = f" {job.get('error_class')}: {str(job.get('error_message'))[:200]}" if (
+            "error_class" in job) else ""
+        click.echo(f"{job.get('jid') or '-'} {job.get('class')} {args} {when}{error}")
     if not as_json:
-        from .broker import get_broker
-
-        click.echo(f"{len(jobs)} shown, {get_broker(settings).set_sizes()['dead']} dead")
+        click.echo(f"{len(rows)} shown, {broker.set_sizes()[which]} {which}")
 
 
-def _dead_change(
-    action: str, apps: tuple[str, ...], jids: tuple[str, ...], job: str | None, every: bool,
-    flags: dict[str, Any],
-) -> None:
+def _set_change(which: str, action: str, apps: tuple[str, ...], jids: tuple[str, ...],
+                job: str | None, every: bool, flags: dict[str, Any]) -> None:
     from . import sets
 
     settings = setup(apps, **flags)
@@ -340,37 +341,49 @@ def _dead_change(
         raise click.UsageError("give JIDs, or --all (with --class to choose one job class)")
     name = _job_name(job, apps)
     chosen = list(jids) if jids else None
-    if action == "retry":
-        change = sets.retry_dead(chosen, job=name, settings=settings)
+    if action == "delete":
+        change, done = sets.delete(which, chosen, job=name, settings=settings), "deleted"
+    elif which == "dead":
+        change, done = sets.retry_dead(chosen, job=name, settings=settings), "retried"
     else:
-        change = sets.delete("dead", chosen, job=name, settings=settings)
-    click.echo(f"{'retried' if action == 'retry' else 'deleted'} {change.changed} jobs")
+        change, done = sets.run_now(which, chosen, job=name, settings=settings), "queued"
+    click.echo(f"{done} {change.changed} jobs")
     for jid in change.not_found:
-        click.echo(f"not in the dead set: {jid}")
+        click.echo(f"not in the {which} set: {jid}")
     for what, why in change.not_retryable:
-        click.echo(f"not retried: {what!r}: {why}")
+        click.echo(f"not moved: {what!r}: {why}")
 
 
-@dead.command("retry")
-@common_options
-@click.argument("jids", nargs=-1)
-@click.option("--all", "every", is_flag=True, help="Every dead job (of --class, if given).")
-@click.option("--class", "job", default=None, help="Only jobs of this class (registry name).")
-def dead_retry(apps: tuple[str, ...], jids: tuple[str, ...], every: bool, job: str | None,
-               **flags: Any) -> None:
-    """Move dead jobs back to their queues for one more attempt (see docs/jobs.md)."""
-    _dead_change("retry", apps, jids, job, every, flags)
-
-
-@dead.command("delete")
-@common_options
-@click.argument("jids", nargs=-1)
-@click.option("--all", "every", is_flag=True, help="Every dead job (of --class, if given).")
-@click.option("--class", "job", default=None, help="Only jobs of this class (registry name).")
-def dead_delete(apps: tuple[str, ...], jids: tuple[str, ...], every: bool, job: str | None,
+def _set_action(group: click.Group, which: str, action: str, help_text: str) -> None:
+    @group.command(action, help=help_text)
+    @common_options
+    @click.argument("jids", nargs=-1)
+    @click.option("--all", "every", is_flag=True, help="Every job of the set (of --class, if given).")
+    @click.option("--class", "job", default=None, help="Only jobs of this class (registry name).")
+    def command(apps: tuple[str, ...], jids: tuple[str, ...], every: bool, job: str | None,
                 **flags: Any) -> None:
-    """Delete dead jobs."""
-    _dead_change("delete", apps, jids, job, every, flags)
+        _set_change(which, action, apps, jids, job, every, flags)
+
+
+def _set_group(name: str, which: str, help_text: str, move: str, move_help: str) -> None:
+    """``reconcile <name> list | <move> | delete`` for one of the sets."""
+    group = click.Group(name, help=help_text)
+
+    @group.command("list", help=f"List the {'newest' if which == 'dead' else 'next'} jobs of the set.")
+    @common_options
+    @click.option("--limit", default=20, show_default=True, help="How many.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the payloads as JSON, one per line.")
+    def list_command(apps: tuple[str, ...], limit: int, as_json: bool, **flags: Any) -> None:
+        _set_list(which, apps, limit, as_json, flags)
+
+    _set_action(group, which, move, move_help)
+    _set_action(group, which, "delete",
+                "Delete jobs" + ("." if which == "dead" else ", releasing their uniqueness locks."))
+    main.add_command(group)
+
+
+for _group in SET_GROUPS:
+    _set_group(*_group)
 
 
 @main.command()

@@ -256,3 +256,19 @@ def test_run_now_refuses_the_dead_set_and_unknown_sets(settings: Settings) -> No
         sets.run_now("dead", settings=settings)
     with pytest.raises(ValueError, match="no set 'lost'"):
         sets.delete("lost", settings=settings)
+
+
+def test_scheduled_and_retries_commands(settings: Settings, broker: Broker) -> None:
+    later = Later.perform_in(3600, 7)
+    env = {"RECONCILE_REDIS_URL": settings.redis_url, "RECONCILE_NAMESPACE": settings.namespace}
+    runner = CliRunner()
+    listed = runner.invoke(main, ["scheduled", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.startswith(f"{later} sets.Later [7] ") and "1 shown, 1 scheduled" in listed.output
+    ran = runner.invoke(main, ["scheduled", "run", str(later)], env=env)
+    assert "queued 1 jobs" in ran.output and broker.set_sizes()["scheduled"] == 0
+    assert runner.invoke(main, ["retries", "list"], env=env).output == "0 shown, 0 retry\n"
+    deleted = runner.invoke(main, ["retries", "delete", "--all"], env=env)
+    assert "deleted 0 jobs" in deleted.output
+    usage = runner.invoke(main, ["scheduled", "delete"], env=env)
+    assert usage.exit_code == 2 and "give JIDs, or --all" in usage.output
