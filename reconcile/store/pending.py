@@ -427,8 +427,8 @@ class DriverTx:
         query takes a new snapshot, so the check sees every commit of a transaction
         that held the lock before us (a check inside the lock's statement would use a
         snapshot taken before the lock was granted). The id and the milliseconds are
-        integers made here and the check is bound by psycopg's own adapters
-        (``mogrify``), so inlining is safe. Everything after runs in that server
+        integers made here and the check's parameters are bound as :meth:`_bound`
+        says, so inlining is safe. Everything after runs in that server
         transaction, and ``commit()``/``rollback()`` still end it (psycopg sends them
         whenever a transaction is open). Only for connections of
         :func:`~reconcile.store.engine.get_engine`, whose checkin hook switches
@@ -475,11 +475,7 @@ class DriverTx:
         parts.append(f"SELECT (CASE WHEN pg_try_advisory_xact_lock({int(lock)}) THEN NULL "
                      f"ELSE '{LOCK_BUSY}' END)::int")
         if check is not None:
-            bound = form.inline(False, check[1]) if form else None
-            if bound is None:
-                client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
-                bound = client.mogrify(form.execute, check[1]) if form else client.mogrify(*check)
-            parts.append(bound)
+            parts.append(self._bound(check, form, commit=False))
         statement = "; ".join(parts)
         self.cursor.connection.autocommit = True
         try:
@@ -494,6 +490,24 @@ class DriverTx:
         if check is None:
             return True, None
         return True, result.get_value(0, 0) == b"t"
+
+    def _bound(self, check: tuple[str, dict[str, Any]], form: PreparedCheck | None,
+               commit: bool) -> str:
+        """``check`` as one statement of a simple query: the ``EXECUTE`` of its prepared
+        ``form`` (with ``commit``, of the failing-cast one), or without a form its SQL
+        (with ``commit``, as :func:`not_converged_cast`). Plain ints are written as their
+        decimal text (:meth:`PreparedCheck.inline`); any other parameter is bound by
+        psycopg's own adapters (``ClientCursor.mogrify``), so inlining is safe."""
+        sql, params = check
+        if form is not None:
+            inlined = form.inline(commit, params)
+            if inlined is not None:
+                return inlined
+        client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
+        if form is not None:
+            return client.mogrify(form.commit if commit else form.execute, params)
+        bound = client.mogrify(sql, params)
+        return not_converged_cast(bound) if commit else bound
 
     def _simple(self, statement: str) -> pq.abc.PGresult:
         """Send ``statement`` (SQL statements, no parameters) as ONE simple query and
@@ -583,17 +597,15 @@ class DriverTx:
         goes with ``COMMIT`` as one simple query: a pending key makes the cast fail, so
         the server skips the ``COMMIT`` and the transaction is aborted; otherwise the
         transaction is committed when the call returns. Parameters are bound on the
-        client by psycopg's own adapters (the simple protocol takes none). Any other
+        client, as :meth:`_bound` says (the simple protocol takes none). Any other
         error (of the check or of the ``COMMIT``) is SQLAlchemy's, as for every
         statement here.
         """
-        sql, params = check
-        client = self._pooled_cursor(_CLIENT_CURSOR, psycopg.ClientCursor)
+        sql = check[0]
         form = _forms.get(sql) if self.prepare and sql not in _commit_as_sql else None
-        if form is not None and form.name in self._names():
-            statement = (form.inline(True, params) or client.mogrify(form.commit, params)) + "; COMMIT"
-        else:
-            statement = not_converged_cast(client.mogrify(sql, params)) + "; COMMIT"
+        if form is not None and form.name not in self._names():
+            form = None  # not prepared on this connection: the check goes as SQL
+        statement = self._bound(check, form, commit=True) + "; COMMIT"
         try:
             self._simple(statement)
         except psycopg.Error as exc:
@@ -605,7 +617,7 @@ class DriverTx:
                 self._names().clear()
                 _commit_as_sql.add(sql)
                 raise CheckGone(form.name) from exc
-            self._fail(exc, statement, (), client)
+            self._fail(exc, statement, (), self.cursor)
         return True
 
     def exists(self, check: tuple[str, dict[str, Any]]) -> bool:
