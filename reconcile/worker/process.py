@@ -323,11 +323,7 @@ class Worker:
         backoff = 0.05
         while not self._quiet.is_set():
             with self._cond:
-                while (
-                    self._outstanding >= self.capacity
-                    or self._isolating
-                    or (self._buffer and self.capacity - self._outstanding < self.refill)
-                ) and not self._quiet.is_set():
+                while self._fetch_must_wait() and not self._quiet.is_set():
                     self._cond.wait(0.5)
                 want = min(self.capacity - self._outstanding, MAX_FETCH)
                 self._fetching = True
@@ -558,20 +554,21 @@ class Worker:
                 if suspect or self._worth_waking():
                     self._cond.notify_all()
 
+    def _fetch_must_wait(self) -> bool:
+        """With ``_cond`` held: whether the fetcher must wait before fetching: no room,
+        a suspect job running alone, or, while the buffer still feeds the threads, less
+        room than a batch (``refill`` slots)."""
+        room = self.capacity - self._outstanding
+        return room <= 0 or self._isolating or (bool(self._buffer) and room < self.refill)
+
     def _worth_waking(self) -> bool:
         """With ``_cond`` held, after a job finished: whether a thread waiting on
-        ``_cond`` may now go on. The fetcher waits for room for a batch (``refill``
-        slots, or any room once the buffer is empty), ``stop()`` and an isolating thread
-        for the running jobs to end; a quiet process wakes everyone. Waking the fetcher
-        for every finished job instead cost a thread switch and a GIL hand-over per job
-        (it went back to sleep 7 times in 8 with the default prefetch)."""
-        room = self.capacity - self._outstanding
-        return (
-            room >= self.refill
-            or (room > 0 and not self._buffer)
-            or not self._running
-            or self._quiet.is_set()
-        )
+        ``_cond`` may now go on: the fetcher (:meth:`_fetch_must_wait`), ``stop()`` and
+        an isolating thread waiting for the running jobs to end; a quiet process wakes
+        everyone. Waking the fetcher for every finished job instead cost a thread switch
+        and a GIL hand-over per job (it went back to sleep 7 times in 8 with the default
+        prefetch)."""
+        return not self._fetch_must_wait() or not self._running or self._quiet.is_set()
 
     def _is_suspect(self, raw: bytes) -> bool:
         """A job recovered from crashed workers often enough to run alone."""
