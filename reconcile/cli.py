@@ -339,14 +339,8 @@ def _set_change(which: str, action: str, apps: tuple[str, ...], jids: tuple[str,
     settings = setup(apps, **flags)
     if bool(jids) == every:
         raise click.UsageError("give JIDs, or --all (with --class to choose one job class)")
-    name = _job_name(job, apps)
-    chosen = list(jids) if jids else None
-    if action == "delete":
-        change, done = sets.delete(which, chosen, job=name, settings=settings), "deleted"
-    elif which == "dead":
-        change, done = sets.retry_dead(chosen, job=name, settings=settings), "retried"
-    else:
-        change, done = sets.run_now(which, chosen, job=name, settings=settings), "queued"
+    done, change = sets.act(which, "delete" if action == "delete" else "move",
+                            list(jids) if jids else None, job=_job_name(job, apps), settings=settings)
     click.echo(f"{done} {change.changed} jobs")
     for jid in change.not_found:
         click.echo(f"not in the {which} set: {jid}")

@@ -115,6 +115,22 @@ def delete(
     return out
 
 
+def act(
+    which: str, action: str, jids: Sequence[str] | None = None, *, job: str | None = None,
+    settings: Settings | None = None,
+) -> tuple[str, SetChange]:
+    """The operator's action on set ``which``: ``"move"`` (:func:`retry_dead` for the
+    dead set, :func:`run_now` for the others) or ``"delete"``. Returns the verb that
+    says what was done ("retried", "queued", "deleted") and the change."""
+    if action == "delete":
+        return "deleted", delete(which, jids, job=job, settings=settings)
+    if action != "move":
+        raise ValueError(f"no action {action!r}: 'move' or 'delete'")
+    if which == "dead":
+        return "retried", retry_dead(jids, job=job, settings=settings)
+    return "queued", run_now(which, jids, job=job, settings=settings)
+
+
 def retry_payload(payload: dict[str, Any], now: float) -> bytes:
     """The payload a retried dead job is pushed with (see the module docs)."""
     job = {k: v for k, v in payload.items() if k not in ("lock", "unique_until")}

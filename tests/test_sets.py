@@ -256,6 +256,8 @@ def test_run_now_refuses_the_dead_set_and_unknown_sets(settings: Settings) -> No
         sets.run_now("dead", settings=settings)
     with pytest.raises(ValueError, match="no set 'lost'"):
         sets.delete("lost", settings=settings)
+    with pytest.raises(ValueError, match="no action 'retry'"):
+        sets.act("dead", "retry", settings=settings)
 
 
 def test_scheduled_and_retries_commands(settings: Settings, broker: Broker) -> None:

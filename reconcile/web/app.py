@@ -158,13 +158,8 @@ class Dashboard:
         jids = None if form.get("all") == ["1"] else form.get("jid", [])
         if jids == []:
             return back, "nothing chosen"
-        if action == "delete":
-            change = sets.delete(which, jids, settings=self.settings)
-            done = "deleted"
-        elif which == "dead":
-            change, done = sets.retry_dead(jids, settings=self.settings), "retried"
-        else:
-            change, done = sets.run_now(which, jids, settings=self.settings), "queued"
+        done, change = sets.act(which, "delete" if action == "delete" else "move", jids,
+                                settings=self.settings)
         message = f"{done} {change.changed} jobs"
         if change.not_found:
             message += f"; {len(change.not_found)} no longer in the set"
