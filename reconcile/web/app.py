@@ -57,9 +57,9 @@ MAX_FORM_BYTES = 1_000_000
 PAGES: dict[str, Page] = {
     "/": pages.overview,
     "/queue": pages.queue,
-    "/scheduled": pages.scheduled_set("scheduled"),
-    "/retry": pages.scheduled_set("retry"),
-    "/dead": pages.dead,
+    "/scheduled": pages.set_page("scheduled"),
+    "/retry": pages.set_page("retry"),
+    "/dead": pages.set_page("dead"),
     "/quarantine": pages.quarantine,
     "/runs": pages.runs,
 }
@@ -74,11 +74,10 @@ class Dashboard:
     def __init__(self, settings: Settings | None = None, *, read_only: bool = False) -> None:
         self._settings = settings
         self.read_only = read_only
-        self.actions: dict[str, Callable[[dict[str, list[str]]], tuple[str, str]]] = {
-            f"/{which}/{action}": functools.partial(self._set_change, which, action)
-            for which, action in (("dead", "retry"), ("dead", "delete"), ("scheduled", "run"),
-                                  ("scheduled", "delete"), ("retry", "run"), ("retry", "delete"))
-        }
+        self.actions: dict[str, Callable[[dict[str, list[str]]], tuple[str, str]]] = {}
+        for which, spec in pages.SET_PAGES.items():  # the paths the pages' buttons post to
+            self.actions[f"/{which}/{spec.move}"] = functools.partial(self._set_change, which, "move")
+            self.actions[f"/{which}/delete"] = functools.partial(self._set_change, which, "delete")
         self.actions["/quarantine/release"] = self._release
 
     @property
@@ -158,8 +157,7 @@ class Dashboard:
         jids = None if form.get("all") == ["1"] else form.get("jid", [])
         if jids == []:
             return back, "nothing chosen"
-        done, change = sets.act(which, "delete" if action == "delete" else "move", jids,
-                                settings=self.settings)
+        done, change = sets.act(which, action, jids, settings=self.settings)
         message = f"{done} {change.changed} jobs"
         if change.not_found:
             message += f"; {len(change.not_found)} no longer in the set"

@@ -75,8 +75,41 @@ def queue(v: View) -> tuple[str, Raw]:
                                 + table(["jid", "class", "args", "enqueued"], rows, "empty"))
 
 
-def scheduled_set(which: str) -> Callable[[View], tuple[str, Raw]]:
-    """The page of the ``scheduled`` or ``retry`` set, with run-now and delete buttons."""
+@dataclass(frozen=True)
+class _SetPage:
+    """What differs between the pages of the three sets."""
+
+    title: str
+    intro: str
+    move: str  # the path of the action moving a job to its queue (see reconcile.sets.act)
+    move_label: str
+    move_all: str  # its bulk button, and its confirmation
+    confirm: str
+    when: str  # what a member's score is
+
+
+SET_PAGES = {
+    "dead": _SetPage(
+        "Dead jobs", f"Newest {PAGE_ROWS} first. A retry gives the job one more attempt at the "
+        "back of its queue (<code>reconcile dead retry</code>).",
+        "retry", "retry", "retry all", "Retry every dead job?", "died"),
+    "scheduled": _SetPage(
+        "Scheduled", f"First {PAGE_ROWS}, soonest first. Run now moves a job to the back of its "
+        "queue; delete also releases its uniqueness lock.",
+        "run", "run now", "run all now", "Run every scheduled job now?", "runs"),
+    "retry": _SetPage(
+        "Retries", f"First {PAGE_ROWS}, soonest first. Run now moves a job to the back of its "
+        "queue, its retry count kept; delete also releases its uniqueness lock.",
+        "run", "run now", "run all now", "Run every retry now?", "runs"),
+}
+
+
+def set_page(which: str) -> Callable[[View], tuple[str, Raw]]:
+    """The page of set ``which``, with a button per job (move it to its queue, or
+    delete it) and for all of them."""
+    spec = SET_PAGES[which]
+    move, delete = f"/{which}/{spec.move}", f"/{which}/delete"
+
     def page(v: View) -> tuple[str, Raw]:
         rows = []
         for raw, score in v.broker.set_entries(which, 0, PAGE_ROWS - 1):
@@ -84,41 +117,20 @@ def scheduled_set(which: str) -> Callable[[View], tuple[str, Raw]]:
             jid = str(j.get("jid") or "")
             actions = Raw("")
             if not v.read_only and jid:
-                actions = Raw(form(v.url(f"/{which}/run"), "run now", {"jid": jid})
-                              + form(v.url(f"/{which}/delete"), "delete", {"jid": jid}))
-            rows.append((jid or "-", j.get("class"), clip(j.get("args")), when(score),
-                         clip(j.get("error_message") or ""), actions))
-        title = "Scheduled" if which == "scheduled" else "Retries"
+                actions = Raw(form(v.url(move), spec.move_label, {"jid": jid})
+                              + form(v.url(delete), "delete", {"jid": jid}))
+            error = clip(j.get("error_message") or "")
+            if j.get("error_class"):
+                error = f'{j["error_class"]}: {error}'
+            rows.append((jid or "-", j.get("class") or "-", clip(j.get("args")), when(score),
+                         error, actions))
         bulk = ""
         if not v.read_only:
-            bulk = (form(v.url(f"/{which}/run"), "run all now", {"all": "1"}, f"Run every {which} job now?")
-                    + form(v.url(f"/{which}/delete"), "delete all", {"all": "1"},
-                           f"Delete every {which} job?"))
-        return title, Raw(f"<p>First {PAGE_ROWS}, soonest first. Run now moves a job to the back "
-                          f"of its queue; delete also releases its uniqueness lock.</p>{bulk}"
-                          + table(["jid", "class", "args", "runs", "last error", ""], rows))
+            bulk = (form(v.url(move), spec.move_all, {"all": "1"}, spec.confirm)
+                    + form(v.url(delete), "delete all", {"all": "1"}, "Delete every job of this set?"))
+        return spec.title, Raw(f"<p>{spec.intro}</p>{bulk}"
+                               + table(["jid", "class", "args", spec.when, "error", ""], rows))
     return page
-
-
-def dead(v: View) -> tuple[str, Raw]:
-    rows = []
-    for raw, score in v.broker.set_entries("dead", 0, PAGE_ROWS - 1):
-        j = _job(raw)
-        jid = str(j.get("jid") or "")
-        actions = Raw("")
-        if not v.read_only and jid:
-            actions = Raw(form(v.url("/dead/retry"), "retry", {"jid": jid})
-                          + form(v.url("/dead/delete"), "delete", {"jid": jid}))
-        rows.append((jid or "-", j.get("class") or "-", clip(j.get("args")), when(score),
-                     f'{j.get("error_class")}: {clip(j.get("error_message") or "")}', actions))
-    bulk = ""
-    if not v.read_only:
-        bulk = (form(v.url("/dead/retry"), "retry all", {"all": "1"}, "Retry every dead job?")
-                + form(v.url("/dead/delete"), "delete all", {"all": "1"}, "Delete every dead job?"))
-    return "Dead jobs", Raw(
-        f"<p>Newest {PAGE_ROWS} first. A retry gives the job one more attempt at the back "
-        f"of its queue (<code>reconcile dead retry</code>).</p>{bulk}"
-        + table(["jid", "class", "args", "died", "error", ""], rows))
 
 
 def quarantine(v: View) -> tuple[str, Raw]:
