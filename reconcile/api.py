@@ -32,8 +32,6 @@ def _age(raw: bytes | None, now: float) -> float:
     if raw is None:
         return 0.0
     job = loads_lenient(raw)
-    if not isinstance(job, dict):
-        return 0.0
     stamp = job.get("enqueued_at") or job.get("at") or job.get("created_at")
     return max(0.0, now - float(stamp)) if isinstance(stamp, int | float) else 0.0
 
@@ -77,8 +75,6 @@ def dead_jobs(settings: Settings | None = None, limit: int = 50) -> list[dict[st
     out = []
     for raw, score in broker.set_entries("dead", 0, limit - 1):
         job = loads_lenient(raw)
-        if not isinstance(job, dict):
-            job = {"raw": job}
         job.setdefault("failed_at", score)
         out.append(job)
     return out

@@ -318,7 +318,6 @@ def _set_list(which: str, apps: tuple[str, ...], limit: int, as_json: bool,
     rows = broker.set_entries(which, 0, limit - 1)
     for raw, score in rows:
         job = loads_lenient(raw)
-        job = job if isinstance(job, dict) else {"raw": job}
         if as_json:
             click.echo(json.dumps(job))
             continue

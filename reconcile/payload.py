@@ -152,13 +152,16 @@ _TYPED_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
 )
 
 
-def loads_lenient(raw: bytes | str) -> Any:
-    """Best-effort parse for inspection (status, dead set); never raises."""
+def loads_lenient(raw: bytes | str) -> dict[str, Any]:
+    """Best-effort parse for inspection (status, the sets); never raises. Always a
+    dict: a payload, or ``{"raw": ...}`` holding other JSON or the text (cut at 2,000
+    characters) of what is not JSON."""
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         return {"raw": text[:2000]}
+    return value if isinstance(value, dict) else {"raw": value}
 
 
 def dumps(value: Any) -> bytes:

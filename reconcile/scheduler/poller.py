@@ -73,9 +73,9 @@ class Maintenance:
     def _poisoned(self, raw: bytes) -> None:
         self.poisoned += 1
         payload = loads_lenient(raw)
-        name = payload.get("class") if isinstance(payload, dict) else None
+        name = payload.get("class")
         log.error("job %s jid=%s killed workers too often: sent to the dead set",
-                  name, payload.get("jid") if isinstance(payload, dict) else None)
+                  name, payload.get("jid"))
         if not isinstance(name, str):
             return
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
 
 from ..api import status
@@ -34,11 +33,6 @@ class View:
 
     def url(self, path: str, **params: str) -> str:
         return self.root + path + ("?" + urlencode(params) if params else "")
-
-
-def _job(raw: bytes) -> dict[str, Any]:
-    job = loads_lenient(raw)
-    return job if isinstance(job, dict) else {"raw": str(job)}
 
 
 def overview(v: View) -> tuple[str, Raw]:
@@ -70,7 +64,7 @@ def overview(v: View) -> tuple[str, Raw]:
 def queue(v: View) -> tuple[str, Raw]:
     name = v.query.get("name", "")
     rows = [(j.get("jid"), j.get("class"), clip(j.get("args")), when(j.get("enqueued_at")))
-            for j in map(_job, v.broker.queue_entries(name, PAGE_ROWS))]
+            for j in map(loads_lenient, v.broker.queue_entries(name, PAGE_ROWS))]
     return f"Queue {name}", Raw(f"<p>Next {PAGE_ROWS} jobs, next first.</p>"
                                 + table(["jid", "class", "args", "enqueued"], rows, "empty"))
 
@@ -113,7 +107,7 @@ def set_page(which: str) -> Callable[[View], tuple[str, Raw]]:
     def page(v: View) -> tuple[str, Raw]:
         rows = []
         for raw, score in v.broker.set_entries(which, 0, PAGE_ROWS - 1):
-            j = _job(raw)
+            j = loads_lenient(raw)
             jid = str(j.get("jid") or "")
             actions = Raw("")
             if not v.read_only and jid:
