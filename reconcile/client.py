@@ -111,6 +111,12 @@ def enqueue(
     else:
         base["enqueued_at"] = now
 
+    if job_class.keyed:
+        # One identity per row: "3", 3.0 and 3 become the key's canonical form before
+        # any lock digest or payload is made of them (InvalidKey where that would lose
+        # information); a bulk call with one bad key writes nothing.
+        canonical = job_class.canonical_args
+        args_list = [canonical(a) for a in args_list]
     if not job_class.enqueue_allowed():
         return [None] * len(args_list)
     chain = middleware.client_middleware.items

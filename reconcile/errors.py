@@ -25,6 +25,13 @@ class ArgumentError(PayloadError, TypeError):
     """An enqueue argument is not JSON-native. The message names the argument and its type."""
 
 
+class InvalidKey(ArgumentError):
+    """A ReconciledJob key value cannot take its column's canonical form losslessly
+    (see :mod:`reconcile.keys`). The message names the class, the key column, its type
+    and the value. In a worker such a delivery goes to the dead set with this reason
+    and is not quarantined."""
+
+
 class PayloadTooLarge(PayloadError):
     """An encoded payload exceeds ``Settings.max_payload_bytes``."""
 

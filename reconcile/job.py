@@ -113,6 +113,10 @@ class Job:
     injected_params: ClassVar[int] = 0
     """Leading perform parameters the engine supplies (ReconciledJob: the session)."""
 
+    keyed: ClassVar[bool] = False
+    """Whether arguments are a key with a canonical form (ReconciledJob): enqueue and
+    delivery then pass them through :meth:`canonical_args`."""
+
     # instance state, set by the worker before perform
     jid: str
     payload: dict[str, Any]
@@ -169,6 +173,12 @@ class Job:
     @classmethod
     def on_death(cls, payload: dict[str, Any], exc: BaseException) -> None:
         """Engine hook when a job enters the dead set (ReconciledJob quarantines its key)."""
+
+    @classmethod
+    def canonical_args(cls, args: Sequence[Any]) -> list[Any]:
+        """The one form of ``args`` that identities are computed from. Plain jobs: the
+        arguments as given; ReconciledJob: the key's canonical form (:mod:`reconcile.keys`)."""
+        return list(args)
 
     # -- options -------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,6 +42,7 @@ from .client import unique_digest
 from .config import Settings, get_settings
 from .errors import CheckGone, ConfigError, NotConverged
 from .job import Job
+from .keys import KeyCodec
 
 if TYPE_CHECKING:
     from .store.switches import SwitchCache
@@ -189,9 +191,24 @@ class ReconciledJob(Job):
         log.info("%s is disabled: enqueue rejected", cls.job_name)
         return False
 
+    keyed = True
+
+    @classmethod
+    def key_codec(cls) -> KeyCodec:
+        """The canonical forms of this class's keys, derived from the column types of
+        ``pending()`` (called once per process to read them)."""
+        return KeyCodec.of(cls)
+
+    @classmethod
+    def canonical_args(cls, args: Sequence[Any]) -> list[Any]:
+        """The key's canonical (wire) form; :class:`~reconcile.errors.InvalidKey`, naming
+        the key column and the value, for a value its column cannot take losslessly."""
+        return KeyCodec.of(cls).wire(args)
+
     @classmethod
     def lock_digest(cls, queue: str, args: list[Any]) -> str:
-        """Uniqueness identity of a reconciled job: (class, key), whatever the queue."""
+        """Uniqueness identity of a reconciled job: (class, key), whatever the queue.
+        ``args`` is the key's canonical form (enqueue canonicalises first)."""
         return unique_digest(cls.job_name, "", args)
 
     @property
@@ -204,6 +221,9 @@ class ReconciledJob(Job):
     # -- the execution protocol ------------------------------------------------------
 
     def execute(self, args: list[Any]) -> str:
+        """Run one delivery of the key ``args``, which must be in canonical form (the
+        worker canonicalises a payload's args first): the lock id is computed from it,
+        and ``perform`` receives its native form (:meth:`KeyCodec.native`)."""
         settings = get_settings()
         name = self.job_name
         try:
@@ -232,12 +252,14 @@ class ReconciledJob(Job):
         from .store.engine import delivery_session, get_engine
 
         engine = get_engine(settings)
+        # the lock is the canonical key's; the check and perform get the typed values
+        key = KeyCodec.of(type(self)).native(args)
         # The default is_pending, inlined: the check is built once for both steps (the
         # same values), and a compiled one runs on the driver connection. An override
         # is the application's, called as is.
         check = None
         if type(self).is_pending is ReconciledJob.is_pending:
-            check = sql.delivery_check(type(self), self.pending, engine.dialect, args)
+            check = sql.delivery_check(type(self), self.pending, engine.dialect, key)
         compiled = check if isinstance(check, tuple) else None  # run by DriverTx
         statement = None if isinstance(check, tuple) else check  # run by SQLAlchemy
         with delivery_session(engine) as session, session.begin():
@@ -250,17 +272,17 @@ class ReconciledJob(Job):
             if not locked:
                 return "lock_busy"  # step 1 ended its transaction (the fallback's is empty)
             if pending is None:  # a check SQLAlchemy runs, or the class's own is_pending
-                pending = self._still_pending(session, statement, args)
+                pending = self._still_pending(session, statement, key)
             if not pending:
                 return "already_done"
-            self.perform(session, *args)
+            self.perform(session, *key)
             session.flush()
             if compiled is not None:
                 # steps 4 and 5 in one round trip; the Session's own commit then finds
                 # the transaction ended and sends nothing
                 converged = tx.commit_if_converged(compiled)
             else:
-                converged = not self._still_pending(session, statement, args)
+                converged = not self._still_pending(session, statement, key)
             if not converged:
                 raise NotConverged(
                     f"{name}{tuple(args)!r}: perform returned but the key is still pending; "
@@ -268,7 +290,7 @@ class ReconciledJob(Job):
                 )
         return "done"
 
-    def _still_pending(self, session: Session, check: Select[Any] | None, args: list[Any]) -> bool:
+    def _still_pending(self, session: Session, check: Select[Any] | None, args: Sequence[Any]) -> bool:
         """Steps 2 and 4 where the check is not compiled SQL (which ``open_delivery`` and
         ``commit_if_converged`` run): a statement SQLAlchemy runs, or the class's own
         ``is_pending`` when ``check`` is None."""

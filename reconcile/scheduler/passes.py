@@ -60,10 +60,11 @@ from .. import client, middleware
 from ..broker import get_broker
 from ..broker.pass_push import PassPusher
 from ..config import Settings, get_settings
-from ..errors import ArgumentError, PayloadTooLarge
+from ..errors import InvalidKey, PayloadTooLarge
 from ..payload import check_args
 
 if TYPE_CHECKING:
+    from ..keys import KeyCodec
     from ..reconciled import ReconciledJob
 
 log = logging.getLogger("reconcile.scheduler")
@@ -150,7 +151,13 @@ def _scan(
     fast = _FastPass.create(job_class, settings, jitter, distrust_locks)
     step = max(1, settings.bulk_batch_size)
     after: tuple[Any, ...] | None = None
-    checked_types = False
+    # Keys become payload args and identities in their canonical form (reconcile.keys).
+    # Integer and text columns come from the driver as ints and strs, which are that
+    # form already: such pages are used as read (the common case, and the fast one).
+    codec = job_class.key_codec()
+    convert = not codec.driver_is_wire
+    if quarantined:
+        quarantined = _canonical_keys(codec, quarantined)
     kept = time.monotonic()
     # Two stages overlap: this thread reads page k+1 from PostgreSQL and builds its
     # payloads while pusher threads wait for Redis to run the scripts of the chunks
@@ -173,17 +180,8 @@ def _scan(
                 break
             after = rows[-1]
             result.found += len(rows)
-            if not checked_types:
-                # Key values become JSON args: a UUID or datetime key would not survive.
-                try:
-                    check_args(list(rows[0]), result.job)
-                except ArgumentError as exc:
-                    raise ArgumentError(
-                        f"{exc}; pending() must select JSON-native key columns "
-                        "(cast UUIDs and timestamps to text)"
-                    ) from None
-                checked_types = True
-            keys = [r for r in rows if r not in quarantined] if quarantined else rows
+            page = [tuple(codec.wire(r)) for r in rows] if convert else rows
+            keys = [r for r in page if r not in quarantined] if quarantined else page
             result.quarantined += len(rows) - len(keys)
             for start in range(0, len(keys), step):
                 chunk = keys[start : start + step]
@@ -200,6 +198,18 @@ def _scan(
                 break
         while pushing:
             settle_one()
+
+
+def _canonical_keys(codec: KeyCodec, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    """Quarantined keys in canonical form, to compare with the pass's (an entry written
+    before keys were canonical, or one no longer valid for the columns, is kept as is)."""
+    out: set[tuple[Any, ...]] = set()
+    for k in keys:
+        try:
+            out.add(tuple(codec.wire(k)))
+        except InvalidKey:
+            out.add(k)
+    return out
 
 
 def _needs_enqueue_path() -> bool:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import middleware, registry
 from ..broker import Delivery, SettleOp
 from ..config import Settings
-from ..errors import JobTimeout, PayloadError, UnknownJobClass
+from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
 from ..payload import decode, dumps
 from .retry import decide, error_name, run_death_hooks
 
@@ -160,6 +160,18 @@ class Executor:
                 d, payload, "ArgumentError",
                 f"{cls.__name__}.perform takes {want} arguments, the payload has {len(args)}",
             )
+        if cls.keyed:
+            # A payload in Redis may be crafted or old: its key takes the canonical form
+            # here, so the lock, the re-check, perform, the idempotency key and any
+            # quarantine entry all see one identity per row.
+            try:
+                args = cls.canonical_args(args)
+            except InvalidKey as exc:
+                # no identity to quarantine under: dead with the reason, nothing else
+                return self._reject(d, payload, "InvalidKey", str(exc), death_hooks=False)
+            except Exception as exc:  # pending() itself failed to build: a failure
+                return self._failed(d, cls, None, payload, exc)
+            payload["args"] = args
         return self._perform(d, cls, payload, args)
 
     # -- the normal path -------------------------------------------------------------
@@ -278,14 +290,19 @@ class Executor:
         }
         return SettleOp("D", d.field, dumps(record), "")
 
-    def _reject(self, d: Delivery, payload: dict[str, Any], kind: str, reason: str) -> SettleOp:
-        """A well-formed payload this worker cannot run: dead with the reason, no retries."""
+    def _reject(self, d: Delivery, payload: dict[str, Any], kind: str, reason: str,
+                death_hooks: bool = True) -> SettleOp:
+        """A well-formed payload this worker cannot run: dead with the reason, no retries.
+        ``death_hooks`` False skips the class's hooks and its quarantine (a key with no
+        canonical form must not be quarantined under a second identity)."""
         log.warning("job %s jid=%s sent to the dead set: %s",
                     payload.get("class"), payload.get("jid"), reason)
         payload["error_class"] = kind
         payload["error_message"] = reason
         payload["failed_at"] = time.time()
         exc = PayloadError(reason)
+        if not death_hooks:
+            return SettleOp("D", d.field, dumps(payload), payload.get("lock", ""))
         try:
             cls = registry.resolve(payload["class"])
         except UnknownJobClass:
