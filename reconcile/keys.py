@@ -323,10 +323,10 @@ def column_codec(type_: TypeEngine[Any]) -> tuple[str, Convert, Convert | None]:
     return type(t).__name__.upper(), _opaque, None
 
 
-_DRIVER_IDENTITY = frozenset({"SMALLINT", "INTEGER", "BIGINT", "TEXT", "BOOLEAN", "ENUM"})
-"""Kinds whose wire form is the value the database driver returns for the column (an
-int for an integer column, the str of a text column): a pass reading such keys from
-PostgreSQL needs no conversion."""
+_DRIVER_IDENTITY = frozenset({"SMALLINT", "INTEGER", "BIGINT", "TEXT", "BOOLEAN"})
+"""Kinds whose wire form is the value read from PostgreSQL for the column (an int for
+an integer column, the str of a text column): a pass reading such keys needs no
+conversion. Not ENUM: SQLAlchemy's result processing gives a Python enum's members."""
 
 
 class KeyCodec:

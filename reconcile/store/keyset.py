@@ -66,7 +66,13 @@ class KeysetPages:
         binds = [sa.bindparam(n, None, type_=c.type) for n, c in zip(names, cols, strict=True)]
         nxt = first.where(sa.tuple_(*cols) > sa.tuple_(*binds))
         for col in cols:
-            if col.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
+            try:
+                processor = col.type.dialect_impl(dialect).result_processor(dialect, None)
+            except Exception:
+                # some types need the column's type code to decide (psycopg's NUMERIC):
+                # without it, assume they process values
+                return None
+            if processor is not None:
                 return None
         with engine.connect() as conn:
             driver = conn.connection.dbapi_connection
