@@ -28,7 +28,15 @@ from reconcile.store import quarantine
 from reconcile.worker.executor import Executor
 from tests.jobs_core import RECONCILE, ROOT, wait_for
 from tests.keyed_app import (
-    BY_N_NAME, TYPED_JOBS, Colour, SlowShip, keyed_metadata, ship_effects, ships, typed_effects, typed_rows,
+    BY_N_NAME,
+    TYPED_JOBS,
+    Colour,
+    SlowShip,
+    keyed_metadata,
+    ship_effects,
+    ships,
+    typed_effects,
+    typed_rows,
 )
 
 
@@ -132,7 +140,7 @@ def test_one_row_enqueued_as_3_and_3_string_and_3_float_has_one_effect(
     duplicates = {k: v for k, v in per_row.items() if v != 1}
     print(f"\nrows {rows}, effects {sum(per_row.values())}, rows with duplicate effects {len(duplicates)}")
     assert len(per_row) == rows and not duplicates, f"duplicate effects: {duplicates}"
-    assert all(a.isdigit() for a in args), f"perform received non-canonical keys: {args - set(map(str, range(99)))}"
+    assert all(a.isdigit() for a in args), f"perform received non-canonical keys: {args}"
     assert broker.set_sizes().get("dead", 0) == 0
 
 
