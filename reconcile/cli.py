@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from .config import Settings, get_settings, load_settings, use_settings
-from .errors import ConfigError, ReconcileError
+from .errors import ConfigError, InvalidKey, ReconcileError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("reconcile.cli")
@@ -291,6 +291,14 @@ def quarantine_release(
             except json.JSONDecodeError:
                 v = k
             parsed.append(v if isinstance(v, list) else [v])
+        if apps:
+            # "42" and 42 name one row: release the key's canonical form (and the form
+            # given, which an entry written before keys were canonical may hold)
+            cls = _reconciled_class(job)
+            try:
+                parsed += [c for c in (cls.canonical_args(k) for k in parsed) if c not in parsed]
+            except InvalidKey as exc:
+                raise click.UsageError(str(exc)) from None
         n = q.release(engine, job, parsed)
     click.echo(f"released {n} keys")
 

@@ -200,3 +200,17 @@ def test_recovered_jobs_are_leased_alone_once_they_keep_coming_back(
     assert len(broker.exchange("p2", ["plain"], 10)) == 3, "recovered once: not yet a suspect"
     crash("p2")
     assert [len(broker.exchange(f"p3-{i}", ["plain"], 10)) for i in range(4)] == [1, 1, 1, 0]
+
+
+def test_cli_release_takes_any_spelling_of_the_key(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    ProcessItem.on_death({"args": [7], "error_class": "Boom", "error_message": "x"}, RuntimeError("x"))
+    env = {"RECONCILE_DATABASE_URL": pg_settings.database_url,
+           "RECONCILE_REDIS_URL": pg_settings.redis_url, "RECONCILE_NAMESPACE": pg_settings.namespace}
+    base = ["quarantine", "release", "--app", "tests.reconciled_app", "--job", "ProcessItem"]
+    bad = CliRunner().invoke(main, [*base, "7.5"], env=env)
+    assert bad.exit_code == 2 and "key column 'id' (BIGINT): 7.5 is not a whole number" in bad.output
+    released = CliRunner().invoke(main, [*base, '"7"'], env=env)
+    assert "released 1 keys" in released.output, released.output
+    assert quarantine.keys(engine, ProcessItem.job_name) == set()
