@@ -31,6 +31,9 @@ POISON: dict[str, tuple[bytes, str]] = {
     "JSON not an object": (b"[1, 2, 3]", "InvalidPayload"),
     "unknown class": (envelope("evil.Module", [1]), "UnknownJobClass"),
     "wrong arity": (envelope("fault.Oracle", [1, 2]), "ArgumentError"),
+    "key of the wrong type (3.5 for an integer)": (envelope("fault.Oracle", [3.5]), "InvalidKey"),
+    "key that is no number": (envelope("fault.Oracle", ["seven"]), "InvalidKey"),
+    "key that is a boolean": (envelope("fault.Oracle", [True]), "InvalidKey"),
     "20 MB payload": (envelope("fault.Oracle", ["x" * 20_000_000]), "InvalidPayload"),
     "deeply nested JSON": (b'{"queue":"oracle","jid":"p","class":"fault.Oracle","args":['
                            + b"[" * 100_000 + b"]" * 100_000 + b"]}", "InvalidPayload"),
