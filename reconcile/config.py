@@ -258,9 +258,6 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     for name in ("concurrency", "dead_max_jobs", "bulk_batch_size", "max_payload_bytes"):
         if values[name] < 1:
             raise bad(name, "must be at least 1")
-    if values["lease_seconds"] < 0.5:
-        # leases are Redis PX values in ms, refreshed every third of the lease
-        raise bad("lease_seconds", "must be at least 0.5")
     for name in ("prefetch", "max_recoveries", "default_retry"):
         if values[name] < 0:
             raise bad(name, "must not be negative")
@@ -268,6 +265,9 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
                  "pass_stale_seconds", "runs_keep_days", "database_connect_timeout"):
         if values[name] <= 0:
             raise bad(name, "must be positive")
+    if values["lease_seconds"] < 0.5:
+        # leases are Redis PX values in ms, refreshed every third of the lease
+        raise bad("lease_seconds", "must be at least 0.5")
     for name in ("shutdown_timeout", "switch_cache_seconds"):
         if values[name] < 0:
             raise bad(name, "must not be negative")
