@@ -4,6 +4,13 @@ Every command takes ``--app`` (modules to import so their job classes register;
 repeatable or comma-separated) and the connection flags ``--redis-url``,
 ``--database-url``, ``--namespace``, which override ``RECONCILE_*`` environment
 variables and ``[tool.reconcile]`` in pyproject.toml.
+
+Errors: a bad setting, an unreachable or refusing server (Redis, PostgreSQL), a TLS
+failure or a Redis ACL refusal ends any command with ONE line on stderr, ``reconcile:
+<what failed>``, naming the server (password masked) and the setting's source, and
+exit code 2. The top-level ``--debug`` flag (``reconcile --debug worker``), or log level
+DEBUG, prints the traceback before that line. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
-from .config import Settings, get_settings, load_settings, use_settings
+from .config import Settings, current_settings, get_settings, load_settings, scrub, use_settings
 from .errors import ConfigError, InvalidKey, ReconcileError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,12 +46,56 @@ def common_options(func: F) -> F:
     return func
 
 
+class CliError(click.ClickException):
+    """A failure the operator fixes outside the code (a setting, a server, a
+    permission): shown as one line ``reconcile: <message>``, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"reconcile: {self.format_message()}", err=True, file=file)
+
+
+def explain(exc: BaseException) -> str | None:
+    """The one line for ``exc`` if it is an operator's failure (a ReconcileError, a
+    Redis or PostgreSQL failure), with every password of the settings masked; None for
+    anything else (a bug: its traceback is kept)."""
+    from .startup import describe
+
+    settings = current_settings()
+    if isinstance(exc, ReconcileError):
+        return scrub(str(exc), settings)
+    if settings is None:
+        return None
+    return describe(exc, settings)
+
+
+class ReconcileGroup(click.Group):
+    """The top-level group: turns the failures :func:`explain` knows into a
+    :class:`CliError` for every command below it (subgroups included)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            line = explain(exc)
+            if line is None:
+                raise
+            settings = current_settings()
+            if ctx.params.get("debug") or (settings is not None and settings.log_level.upper() == "DEBUG"):
+                click.echo(scrub("".join(traceback.format_exception(exc)), settings), err=True)
+            raise CliError(line) from exc
+
+
 def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
-    """Build and install settings, configure logging, import the app modules."""
+    """Build and install settings, configure logging, import the app modules.
+    A bad setting or an app that cannot be imported raises :class:`CliError`."""
     try:
-        settings = load_settings(overrides)
+        settings = load_settings(overrides, overrides_source="command line")
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise CliError(str(exc)) from None
     use_settings(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -58,7 +110,7 @@ def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise click.UsageError(f"--app {module}: cannot import it ({exc})") from None
+                raise CliError(f"--app {module}: cannot import it ({exc})") from None
     current = get_settings()
     if current is not settings:
         # the app called reconcile.configure() at import: its values apply, but the
@@ -68,9 +120,11 @@ def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
     return settings
 
 
-@click.group()
+@click.group(cls=ReconcileGroup)
 @click.version_option(package_name="reconcile")
-def main() -> None:
+@click.option("--debug", is_flag=True,
+              help="Print the traceback of a failure (settings, servers) before its one-line error.")
+def main(debug: bool) -> None:
     """reconcile: background jobs on Redis, with PostgreSQL as the truth."""
 
 
@@ -92,7 +146,7 @@ def worker(apps: tuple[str, ...], queues: tuple[str, ...], strict: bool, **flags
         specs = [parse_queue(q) for q in (queues or ("default",))]
         w = Worker(settings, specs, strict=strict)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise CliError(str(exc)) from None
     w.run()
 
 
@@ -208,10 +262,27 @@ def run_cmd(apps: tuple[str, ...], job: str, **flags: Any) -> None:
     from .scheduler.passes import run_pass
 
     settings = setup(apps, **flags)
+    _quiet_pass_log()
     result = run_pass(_reconciled_class(job), trigger="manual", settings=settings)
     click.echo(result.summary())
     if result.error:
         sys.exit(1)
+
+
+class _NoPassSummary(logging.Filter):
+    """Drops the INFO line ``pass <summary>`` that ``run_pass`` logs (and nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.msg == "pass %s")
+
+
+def _quiet_pass_log() -> None:
+    """``run`` and ``flush`` print each pass's summary on stdout: its INFO log line
+    would say it a second time on stderr. The scheduler's other lines, and the passes'
+    warnings and errors, are still logged."""
+    logger = logging.getLogger("reconcile.scheduler")
+    if not any(isinstance(f, _NoPassSummary) for f in logger.filters):
+        logger.addFilter(_NoPassSummary())
 
 
 @main.command()
@@ -230,11 +301,14 @@ def flush(apps: tuple[str, ...], yes: bool, **flags: Any) -> None:
     if not yes:
         raise click.UsageError("flush deletes every key of the namespace: pass --yes")
     sched = Scheduler(settings)
-    deleted = get_broker(settings).flush_namespace()
+    _quiet_pass_log()
+    # the epoch sentinel is kept: this command makes every pass due itself, so running
+    # schedulers must not take the flush for an unplanned Redis loss (an INCIDENT)
+    deleted = get_broker(settings).flush_namespace(keep_epoch=True)
     click.echo(f"deleted {deleted} Redis keys of namespace {settings.namespace!r}")
     # Every pass schedule in PostgreSQL is made due (running schedulers take those this
     # command does not know); then this command runs the ones it can claim itself.
-    sched.check_redis()
+    sched.flushed_by_operator()
     sched.run_once(trigger="flush")
     for r in sched.results:
         click.echo("pass " + r.summary())
@@ -485,9 +559,10 @@ def demo(apps: tuple[str, ...], orders: int, invoices: int, **flags: Any) -> Non
 
 
 def run() -> None:
-    """Entry point that turns framework errors into clean messages."""
+    """Entry point. Failures inside a command are turned into one line by
+    :class:`ReconcileGroup`; this catches what escapes it (none expected)."""
     try:
         main(standalone_mode=True)
     except ReconcileError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"reconcile: {scrub(str(exc), current_settings())}", err=True)
         sys.exit(2)

@@ -9,23 +9,89 @@ Resolution order, highest first:
 4. the defaults documented on each field below.
 
 Every value is validated when settings are built; a bad value raises
-:class:`~reconcile.errors.ConfigError` naming the setting and where it came from.
+:class:`~reconcile.errors.ConfigError` naming the setting, the value and where it came
+from (numbers must be finite and in range; URLs must parse). Each built
+:class:`Settings` remembers where each value came from (:meth:`Settings.source_of`), so
+start-up errors can name the environment variable or file to fix.
+
+Passwords never leave this module in clear: :func:`mask_url` is the one helper every
+message, log line and error of reconcile uses to show a URL, and ``repr(Settings)``
+masks both URLs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from .errors import ConfigError
 
 ENV_PREFIX = "RECONCILE_"
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+"""URL schemes accepted for ``redis_url``. Later versions add ``redis+sentinel`` and
+``redis+cluster``: the check below reads this tuple, so adding one is one line here
+plus the client that serves it in ``broker.make_client``."""
+
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (userinfo and any ``password=`` query value) replaced
+    by ``***``; everything else, user name included, is kept so the culprit stays
+    recognisable. SQLAlchemy URLs go through ``URL.render_as_string(hide_password=True)``.
+    A string that does not parse as a URL is returned with anything after ``:`` in its
+    userinfo masked, so a malformed URL cannot leak its secret either."""
+    if url.startswith("postgresql"):
+        try:
+            import sqlalchemy as sa
+
+            return str(sa.engine.make_url(url).render_as_string(hide_password=True))
+        except Exception:  # not a URL SQLAlchemy can parse: mask it by hand below
+            pass
+    masked = re.sub(r"^([^:/?#]+://[^:@/?#]*):[^@/?#]*@", rf"\1:{MASK}@", url)
+    return re.sub(r"([?&]password=)[^&#]*", rf"\g<1>{MASK}", masked)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords a URL carries (userinfo and ``password=`` query value), for
+    :func:`scrub`. Empty for a URL that carries none."""
+    found = []
+    m = re.match(r"^[^:/?#]+://[^:@/?#]*:([^@/?#]*)@", url)
+    if m and m.group(1):
+        found.append(m.group(1))
+    found += [v for v in re.findall(r"[?&]password=([^&#]*)", url) if v]
+    return found
+
+
+def scrub(text: str, settings: Settings | None = None) -> str:
+    """``text`` with the passwords of ``settings``' URLs (default: this process's
+    settings, if built) replaced by ``***``: for messages reconcile did not write
+    itself (a driver's exception text) before they are shown or logged."""
+    settings = settings if settings is not None else _current
+    if settings is None:
+        return text
+    for url in (settings.redis_url, settings.database_url):
+        for secret in url_secrets(url):
+            # drivers may show the percent-decoded form
+            for form in {secret, unquote(secret)}:
+                if form:
+                    text = text.replace(form, MASK)
+    return text
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A setting's value as messages show it: URLs masked."""
+    return mask_url(value) if name.endswith("_url") and isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -114,9 +180,25 @@ class Settings:
     """Logging level of ``reconcile`` commands. Default ``INFO``."""
 
     def with_overrides(self, **values: Any) -> Settings:
-        """Return a copy with ``values`` applied (validated), ignoring ``None`` values."""
+        """Return a copy with ``values`` applied (validated), ignoring ``None`` values.
+        The copy remembers this one's sources, those of ``values`` being ``code``."""
         clean = {k: v for k, v in values.items() if v is not None}
-        return _build(dataclasses.asdict(self) | clean, {k: "code" for k in clean})
+        sources = dict(getattr(self, "_sources", {})) | {k: "code" for k in clean}
+        return _build(dataclasses.asdict(self) | clean, sources)
+
+    def source_of(self, name: str) -> str:
+        """Where setting ``name`` came from: ``environment variable RECONCILE_...``,
+        ``[tool.reconcile] in <file>``, ``code or command line``, ``code`` or
+        ``default``. Not part of equality: two settings with the same values are equal."""
+        sources: Mapping[str, str] = getattr(self, "_sources", {})
+        return sources.get(name, "default")
+
+    def __repr__(self) -> str:
+        # a Settings in a log line or traceback must not show the URLs' passwords
+        shown = ", ".join(
+            f"{f.name}={_shown(f.name, getattr(self, f.name))!r}" for f in fields(self)
+        )
+        return f"Settings({shown})"
 
     @property
     def effective_prefetch(self) -> int:
@@ -146,22 +228,31 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
         if want is float:
             if isinstance(raw, bool):
                 raise ValueError(raw)
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                # float() accepts "nan" and "inf": a lease of nan seconds never expires
+                # and compares false with everything, so refuse them by name
+                raise ConfigError(
+                    f"setting {name!r} from {source} must be a finite number, got {raw!r}"
+                )
+            return value
         if want is str:
             if not isinstance(raw, str):
                 raise ValueError(raw)
             return raw
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        shown = _shown(name, raw)
         raise ConfigError(
-            f"setting {name!r} from {source} must be a {want.__name__}, got {raw!r}"
+            f"setting {name!r} from {source} must be a {want.__name__}, got {shown!r}"
         ) from None
     return raw
 
 
 def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     def bad(name: str, why: str) -> ConfigError:
+        shown = _shown(name, values[name])
         return ConfigError(
-            f"setting {name!r} (from {sources.get(name, 'default')}) {why}, got {values[name]!r}"
+            f"setting {name!r} (from {sources.get(name, 'default')}) {why}, got {shown!r}"
         )
 
     for name in ("concurrency", "dead_max_jobs", "bulk_batch_size", "max_payload_bytes"):
@@ -174,13 +265,23 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
                  "pass_stale_seconds", "runs_keep_days", "database_connect_timeout"):
         if values[name] <= 0:
             raise bad(name, "must be positive")
+    if values["lease_seconds"] < 0.5:
+        # leases are Redis PX values in ms, refreshed every third of the lease
+        raise bad("lease_seconds", "must be at least 0.5")
     for name in ("shutdown_timeout", "switch_cache_seconds"):
         if values[name] < 0:
             raise bad(name, "must not be negative")
-    if not values["redis_url"].startswith(("redis://", "rediss://", "unix://")):
-        raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+    why = _redis_url_problem(values["redis_url"])
+    if why:
+        raise bad("redis_url", why)
     if not values["database_url"].startswith("postgresql"):
         raise bad("database_url", "must be a PostgreSQL SQLAlchemy URL (postgresql+psycopg://...)")
+    try:
+        import sqlalchemy as sa
+
+        sa.engine.make_url(values["database_url"])
+    except Exception as exc:  # ArgumentError, ValueError (bad port): a malformed URL
+        raise bad("database_url", f"is not a valid URL ({type(exc).__name__})") from None
     ns = values["namespace"]
     if not ns or any(c in ns for c in "{}: \t\n"):
         raise bad("namespace", "must be non-empty without braces, colons or spaces")
@@ -188,12 +289,38 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
         raise bad("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
 
+def _redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable Redis URL, or None. Checked here rather than left to
+    redis-py, which reads ``redis://h:6379/abc`` as database 0 and an unknown scheme as
+    a ValueError with the whole URL (password included) in its message."""
+    allowed = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        return f"must start with one of {allowed}"
+    try:
+        parts: SplitResult = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        return "has a port that is not a number 0..65535"
+    if scheme == "unix":
+        if not parts.path:
+            return "must name a socket path (unix:///path/to/redis.sock)"
+        return None
+    if parts.path not in ("", "/") and not re.fullmatch(r"/\d+", parts.path):
+        return "must end in a database number (redis://host:6379/0), not a path"
+    return None
+
+
 def _build(values: dict[str, Any], sources: Mapping[str, str]) -> Settings:
     coerced = {
         k: _coerce(k, v, sources.get(k, "default")) for k, v in values.items()
     }
     _check(coerced, sources)
-    return Settings(**coerced)
+    settings = Settings(**coerced)
+    # not a field: sources take no part in equality and hashing (brokers and engines
+    # are cached by settings), and with_overrides carries them over
+    object.__setattr__(settings, "_sources", dict(sources))
+    return settings
 
 
 def find_pyproject(start: Path | None = None) -> Path | None:
@@ -210,11 +337,15 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     pyproject: Path | bool | None = True,
+    overrides_source: str = "code or command line",
 ) -> Settings:
     """Resolve settings: ``overrides`` > ``env`` > ``[tool.reconcile]`` > defaults.
 
     ``pyproject=True`` looks for the nearest file; a path uses that file; ``None`` or
     ``False`` skips it. ``None`` values in ``overrides`` are ignored (unset CLI flags).
+    ``overrides_source`` is how errors name where ``overrides`` came from (the CLI
+    passes ``command line``). A malformed pyproject.toml raises ConfigError with the
+    file name and tomllib's line and column.
     """
     env = os.environ if env is None else env
     names = {f.name for f in fields(Settings)}
@@ -223,8 +354,18 @@ def load_settings(
 
     path = find_pyproject() if pyproject is True else (pyproject or None)
     if isinstance(path, Path) and path.is_file():
-        with path.open("rb") as fh:
-            table = tomllib.load(fh).get("tool", {}).get("reconcile", {})
+        try:
+            with path.open("rb") as fh:
+                document = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            # tomllib's message ends in "(at line L, column C)"
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        tool = document.get("tool", {})
+        table = tool.get("reconcile", {}) if isinstance(tool, dict) else {}
+        if not isinstance(table, dict):
+            raise ConfigError(f"[tool.reconcile] in {path} must be a table, got {table!r}")
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in names:
@@ -244,7 +385,7 @@ def load_settings(
         if name not in names:
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = value
-        sources[name] = "code or command line"
+        sources[name] = overrides_source
 
     base = {f.name: getattr(Settings(), f.name) for f in fields(Settings)}
     return _build(base | values, sources)
@@ -272,6 +413,12 @@ def use_settings(settings: Settings) -> None:
     global _current
     with _lock:
         _current = settings
+
+
+def current_settings() -> Settings | None:
+    """This process's settings if already built or installed, else None (never loads:
+    for error reporting, which must not fail on a bad setting itself)."""
+    return _current
 
 
 def get_settings() -> Settings:

@@ -98,13 +98,38 @@ def _script_source(name: str) -> str:
     return resources.files("reconcile.broker").joinpath("lua", name).read_text("utf-8")
 
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection (TCP and TLS handshake): without it a ``rediss://`` URL
+pointing at a plain port, or a black-holed address, would hang a command forever."""
+
+
+class _TLSConnection(redis.SSLConnection):
+    """redis-py's TLS connection with its handshake bounded by the connect timeout:
+    redis-py runs the handshake under ``socket_timeout`` (none, for blocking commands),
+    so a ``rediss://`` URL pointing at a plain-text port waited forever."""
+
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        sock.settimeout(self.socket_connect_timeout)
+        wrapped = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
+        wrapped.settimeout(self.socket_timeout)
+        return wrapped
+
+
 def make_client(url: str) -> redis.Redis:
-    """A pooled client that retries connection errors with backoff (not replies)."""
+    """A pooled client that retries connection errors with backoff (not replies).
+    ``url`` is one validated by :mod:`reconcile.config` (``redis://``, ``rediss://``,
+    ``unix://``). Opening a connection, TLS handshake included, takes at most
+    :data:`CONNECT_TIMEOUT` seconds."""
+    extra: dict[str, Any] = {}
+    if url.lower().startswith("rediss://"):
+        extra["connection_class"] = _TLSConnection
     return redis.Redis.from_url(
         url,
+        **extra,
         decode_responses=False,
         health_check_interval=30,
         socket_keepalive=True,
+        socket_connect_timeout=CONNECT_TIMEOUT,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.01), retries=3),
         retry_on_error=[redis.ConnectionError],
     )
@@ -137,11 +162,11 @@ class Broker:
         loads the script and retries with the client's backoff, as before; so does a
         reply that never came (the call may have run: the same at-least-once as
         redis-py's own retry)."""
-        tag = self.keys.tag
+        key = self.keys.script_key
         conn = self._checkout()
         ok = False
         try:
-            conn.send_packed_command(conn.pack_command("EVALSHA", script.sha, 1, tag, *args))
+            conn.send_packed_command(conn.pack_command("EVALSHA", script.sha, 1, key, *args))
             reply = conn.read_response()
             ok = True
             return reply
@@ -154,7 +179,7 @@ class Broker:
             pass
         finally:
             self._checkin(conn, ok)
-        return script(keys=[tag], args=args)
+        return script(keys=[key], args=args)
 
     def _checkout(self) -> Any:
         """An idle connection of the client's configuration (redis-py's ``Connection``,
@@ -298,14 +323,14 @@ class Broker:
     def promote(self, limit: int = 1000, now: float | None = None) -> tuple[int, int, bool]:
         """Move due scheduled and retry jobs to their queues: (scheduled, retries, more due)."""
         sched, retry, more = self._promote(
-            keys=[self.keys.tag], args=[repr(time.time() if now is None else now), limit, WAKE_CAP]
+            keys=[self.keys.script_key], args=[repr(time.time() if now is None else now), limit, WAKE_CAP]
         )
         return int(sched), int(retry), bool(more)
 
     def reap(self, now: float | None = None) -> ReapResult:
         """Return the jobs of processes whose lease expired; report poison pills."""
         out = self._reap(
-            keys=[self.keys.tag],
+            keys=[self.keys.script_key],
             args=[repr(time.time() if now is None else now), self.settings.max_recoveries,
                   RECOVERY_TTL, WAKE_CAP],
         )
@@ -321,7 +346,7 @@ class Broker:
 
     def release(self, proc_id: str) -> int:
         """Push back every job ``proc_id`` holds and unregister it; returns the count."""
-        return int(self._release(keys=[self.keys.tag], args=[proc_id, WAKE_CAP]))
+        return int(self._release(keys=[self.keys.script_key], args=[proc_id, WAKE_CAP]))
 
     def heartbeat(self, proc_id: str, info: dict[str, Any]) -> None:
         """Register or refresh a process: info hash, membership, and its lease sentinel.
@@ -353,11 +378,20 @@ class Broker:
     def leased_count(self, proc_id: str) -> int:
         return int(self.redis.hlen(self.keys.lease(proc_id)))
 
+    def ping(self) -> None:
+        """One PING: raises the connection, TLS or authentication error if Redis cannot
+        be used (the start-up check of workers and schedulers)."""
+        self.redis.ping()
+
     def eviction_policy(self) -> str | None:
-        """Redis's ``maxmemory-policy``, or None if CONFIG is not allowed."""
+        """Redis's ``maxmemory-policy``, or None if CONFIG GET is not allowed (managed
+        Redis services and ACL users restricted to the namespace): then one warning is
+        logged, and the check is skipped."""
         try:
             reply = self.redis.config_get("maxmemory-policy")
-        except redis.ResponseError:
+        except redis.ResponseError as exc:
+            log.warning("cannot read Redis's maxmemory-policy (%s); make sure it is "
+                        "noeviction, or Redis may evict queued jobs", exc)
             return None
         value = reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy")  # type: ignore[call-overload]
         if isinstance(value, bytes):
@@ -454,7 +488,7 @@ class Broker:
             args: list[Any] = [WAKE_CAP, suffix, mode]
             for group in groups[i:i + SET_BATCH]:
                 args += group
-            flags += [bool(f) for f in self._set_move(keys=[self.keys.tag], args=args)]
+            flags += [bool(f) for f in self._set_move(keys=[self.keys.script_key], args=args)]
         return flags
 
     def queue_entries(self, queue: str, count: int = 100) -> list[bytes]:
@@ -463,14 +497,20 @@ class Broker:
 
     # -- namespace-wide ----------------------------------------------------------------
 
-    def flush_namespace(self, batch: int = 1000) -> int:
+    def flush_namespace(self, batch: int = 1000, keep_epoch: bool = False) -> int:
         """Delete every key of this namespace (SCAN + UNLINK); returns how many.
 
         Keys of other namespaces or applications in the same database are untouched.
+        ``keep_epoch`` leaves the epoch sentinel in place (``reconcile flush``, which
+        makes every pass due itself): running schedulers then do not take the planned
+        flush for a Redis loss. Without it (tests, simulated loss) it goes too.
         """
         deleted = 0
         chunk: list[bytes] = []
+        epoch = self.keys.epoch.encode()
         for key in self.redis.scan_iter(match=self.keys.pattern, count=batch):
+            if keep_epoch and key == epoch:
+                continue
             chunk.append(key)
             if len(chunk) >= batch:
                 deleted += int(self.redis.unlink(*chunk))

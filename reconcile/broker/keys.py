@@ -1,6 +1,7 @@
 """Every Redis key name reconcile uses. No other Python module builds a key; the Lua
-scripts in ``lua/`` build the same names from the ``{namespace}`` tag they receive as
-KEYS[1], each documenting the keys it touches in its header.
+scripts in ``lua/`` build the same names from the ``{namespace}`` prefix of the real
+key they receive as KEYS[1] (:attr:`Keys.script_key`), each documenting the keys it
+touches in its header.
 
 All keys start with the hash tag ``{namespace}`` so that every key one Lua call
 touches lives in one Redis Cluster slot. The layout is documented in
@@ -20,8 +21,16 @@ class Keys:
 
     @property
     def tag(self) -> str:
-        """``{ns}``: the hash tag, passed to every script as KEYS[1]."""
+        """``{ns}``: the hash tag every key starts with (no key by itself)."""
         return "{" + self.namespace + "}"
+
+    @property
+    def script_key(self) -> str:
+        """KEYS[1] of every Lua script: ``{ns}:queues``, a real key of the namespace's
+        slot, so that ACL key patterns (``~{ns}:*``) and Redis Cluster routing apply to
+        it (the bare tag ``{ns}`` is no key and matches no such pattern). The scripts
+        strip its ``:queues`` suffix to build the other keys."""
+        return self.queues
 
     @property
     def pattern(self) -> str:

@@ -36,7 +36,7 @@ import redis
 
 from .. import registry
 from ..broker import Broker, get_broker
-from ..config import Settings
+from ..config import Settings, mask_url
 from ..job import Job
 from ..reconciled import ReconciledJob
 from .cron import parse_schedule
@@ -79,6 +79,11 @@ class RedisWatch:
         self._seen_run_id: str | None = None
         self.evicted: int | None = None
         self._seen_evicted: int | None = None
+
+    @property
+    def armed(self) -> bool:
+        """True once a check found the namespace intact (or a loss was handled)."""
+        return self.run_id is not None
 
     def check(self) -> str | None:
         """The reason if Redis lost data since the last ``rearm`` (on the first call:
@@ -175,6 +180,7 @@ class Scheduler:
         """Detect Redis loss; on loss make every schedule due now. Returns the reason."""
         from ..store import schedules as store
 
+        first = not self.watch.armed
         reason = self.watch.check()
         if reason:
             if not self.broker.claim_incident():
@@ -186,16 +192,40 @@ class Scheduler:
             try:
                 # every pass schedule in the database, not only this process's classes, so
                 # that schedulers running other apps heal too
-                names = [s.name for s in store.list_schedules(self.engine) if s.kind == "pass"]
+                schedules = [s for s in store.list_schedules(self.engine) if s.kind == "pass"]
+                names = [s.name for s in schedules]
                 store.trigger_now(self.engine, names)
             except Exception:
                 self.broker.release_incident()  # not handled: the next round sees it again
                 raise
             self._after_loss.update(names)
             self.watch.rearm()
+            # on the first check the only possible reason is the missing epoch (no
+            # run_id or eviction count was recorded yet)
+            if first and not any(
+                    s.last_started_at for s in schedules):
+                # a first start on an empty namespace: no pass ever ran, so Redis held
+                # nothing of ours to lose. Not an incident (operators alert on INCIDENT)
+                log.info("namespace %r is new (no epoch sentinel yet, no pass ever ran): "
+                         "created it; made all %d reconcile passes due now",
+                         self.settings.namespace, len(names))
+                return reason
             self.incidents.append(reason)
             log.error("INCIDENT: %s; made all %d reconcile passes due now", reason, len(names))
         return reason
+
+    def flushed_by_operator(self) -> int:
+        """``reconcile flush`` emptied the namespace on purpose: make every pass schedule
+        due now (running schedulers take those this process cannot claim) and log it at
+        INFO as what it is, not as an INCIDENT. Returns how many were made due."""
+        from ..store import schedules as store
+
+        names = [s.name for s in store.list_schedules(self.engine) if s.kind == "pass"]
+        store.trigger_now(self.engine, names)
+        self.watch.rearm()  # the flush kept the epoch; this records run_id and evictions
+        log.info("namespace %r flushed by an operator (reconcile flush): made all %d "
+                 "reconcile passes due now", self.settings.namespace, len(names))
+        return len(names)
 
     def sync_switches(self) -> None:
         """Copy disabled classes from PostgreSQL to the Redis mirror that plain-job
@@ -274,11 +304,16 @@ class Scheduler:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_term)
             signal.signal(signal.SIGINT, on_term)
+        if not self.wait_for_servers():
+            self.pool.shutdown(wait=True)
+            return
         policy = self.broker.eviction_policy()
         if policy is not None and policy != "noeviction":
             log.warning("Redis maxmemory-policy is %r, not 'noeviction': evicted work is "
                         "re-derived by passes, but plain jobs are lost. Set noeviction.", policy)
-        log.info("scheduler %s started: %d schedules", self.owner, len(self.classes))
+        log.info("scheduler %s started: %d schedules, Redis %s namespace %s, PostgreSQL %s",
+                 self.owner, len(self.classes), mask_url(self.settings.redis_url),
+                 self.settings.namespace, mask_url(self.settings.database_url))
         backoff = 0.5
         while not self._stop.is_set():
             try:
@@ -308,6 +343,20 @@ class Scheduler:
             self._stop.wait(tick if backoff == 0.5 else backoff)
         self.pool.shutdown(wait=True)
         log.info("scheduler %s stopped", self.owner)
+
+    def wait_for_servers(self) -> bool:
+        """At the start of :meth:`run`: wait until Redis and PostgreSQL answer, logging
+        one line saying what for while one is not there yet; raise a permanent failure
+        (credentials, TLS, ACL permission, missing database) at once. False if stopped
+        while waiting. After the start every round retries with backoff instead."""
+        from ..startup import wait_for_servers
+        from ..store.engine import check_connection
+
+        return wait_for_servers(self.settings, [
+            (f"Redis at {mask_url(self.settings.redis_url)}", self.broker.ping),
+            (f"PostgreSQL at {mask_url(self.settings.database_url)}",
+             lambda: check_connection(self.engine)),
+        ], self._stop, f"scheduler {self.owner}")
 
     def stop(self) -> None:
         self._stop.set()

@@ -65,6 +65,14 @@ def get_engine(settings: Settings | None = None) -> Engine:
         return engine
 
 
+def check_connection(engine: Engine) -> None:
+    """Open a connection and run ``SELECT 1``: raises SQLAlchemy's ``OperationalError``
+    (server unreachable, wrong password, unknown role or database) if ``engine`` cannot
+    be used. The start-up check of schedulers and of workers running ReconciledJobs."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
 PING_AFTER_IDLE = 1.0
 """Seconds of idleness in the pool after which a connection is pinged at checkout."""
 

@@ -53,7 +53,7 @@ import redis
 
 from ..broker import Broker, Delivery, SettleOp, get_broker
 from ..broker.broker import suspect_threshold
-from ..config import Settings
+from ..config import Settings, mask_url
 from ..scheduler.poller import Maintenance
 from .executor import Executor
 from .queues import QueueOrder, QueueSpec
@@ -188,10 +188,33 @@ class Worker:
             t.start()
             self._threads.append(t)
         log.info(
-            "worker %s started: queues %s (%s), concurrency %d",
+            "worker %s started: queues %s (%s), concurrency %d, Redis %s namespace %s",
             self.proc_id, ",".join(f"{s.name}:{s.weight}" for s in self.order.specs),
             "strict" if self.order.strict else "weighted", self.concurrency,
+            mask_url(self.settings.redis_url), self.settings.namespace,
         )
+
+    def wait_for_servers(self, stop: threading.Event) -> bool:
+        """Before :meth:`start` (``reconcile worker``): wait until Redis answers, and
+        PostgreSQL too if a ReconciledJob of this worker's queues is registered. A server
+        not there yet (refused, unknown host, timeout) is waited for, like Sidekiq and
+        Celery do, with one log line saying what for; a permanent failure (credentials,
+        TLS, ACL permission, missing database) is raised for the CLI to report. Returns
+        False if ``stop`` was set while waiting."""
+        from .. import registry
+        from ..reconciled import ReconciledJob
+        from ..startup import wait_for_servers
+        from ..store.engine import check_connection, get_engine
+
+        checks: list[tuple[str, Callable[[], object]]] = [
+            (f"Redis at {mask_url(self.settings.redis_url)}", self.broker.ping)]
+        names = set(self.order.names)
+        if any(issubclass(c, ReconciledJob) and c.queue in names
+               for c in registry.all_classes().values()):
+            engine = get_engine(self.settings)
+            checks.append((f"PostgreSQL at {mask_url(self.settings.database_url)}",
+                           lambda: check_connection(engine)))
+        return wait_for_servers(self.settings, checks, stop, f"worker {self.proc_id}")
 
     def run(self) -> None:
         """Start, install signal handlers, and block until TERM/INT completes shutdown."""
@@ -212,6 +235,8 @@ class Worker:
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGTSTP, on_tstp)
         signal.signal(signal.SIGTTIN, on_ttin)
+        if not self.wait_for_servers(stop_requested):
+            return  # stopped while waiting: nothing was registered or leased
         self.start()
         while not stop_requested.wait(0.5):
             pass

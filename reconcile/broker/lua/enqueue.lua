@@ -1,7 +1,9 @@
 -- enqueue.lua: push a batch of jobs, taking uniqueness locks in the same call.
 --
--- KEYS[1]  "{ns}"  the namespace hash tag; every key below is built from it, so
---          all keys this script touches live in one Redis Cluster slot.
+-- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
+--          namespace's slot (so ACL key patterns and Redis Cluster routing apply
+--          to it); every other key is built from its prefix "{ns}" (KEYS[1]
+--          without ":queues"), so all keys this script touches share that slot.
 -- Keys touched:
 --   {ns}:queue:<q>    LIST  ready jobs; LPUSH here, workers RPOP (FIFO)
 --   {ns}:queues       SET   names of queues that ever held a job
@@ -16,7 +18,7 @@
 -- quick:   ARGV[4] queue, ARGV[5..] payloads (a fifth of the arguments to send and parse)
 -- Returns  full: one integer per job: 1 pushed, 0 dropped because its lock was held;
 --          quick: the number of jobs pushed.
-local p = KEYS[1]
+local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 

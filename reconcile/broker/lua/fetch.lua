@@ -1,6 +1,9 @@
 -- fetch.lua: settle finished deliveries, then lease up to N new ones, in one call.
 --
--- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
+--          namespace's slot (so ACL key patterns and Redis Cluster routing apply
+--          to it); every other key is built from its prefix "{ns}" (KEYS[1]
+--          without ":queues"), so all keys this script touches share that slot.
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH  field "<seq>|<queue>" -> payload, the jobs <proc> holds
 --   {ns}:proc:<proc>    HASH  process info; field "seq" numbers its deliveries (a lost
@@ -32,7 +35,7 @@
 -- ARGV[9+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
 -- Returns  flat array: field1, payload1, field2, payload2, ... (adopted jobs first)
 -- A payload carrying "recovered" (stamped by reap.lua) is leased alone in its batch.
-local p = KEYS[1]
+local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local proc, want, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, dead_max, dead_age, cap = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease = p .. ':lease:' .. proc

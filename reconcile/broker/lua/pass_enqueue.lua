@@ -7,8 +7,10 @@
 -- instead of five per key. Payloads are compact JSON (orjson), which never contains a
 -- raw newline, so "\n" cannot occur inside one.
 --
--- KEYS[1]  "{ns}"  the namespace hash tag; every key below is built from it, so
---          all keys this script touches live in one Redis Cluster slot.
+-- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
+--          namespace's slot (so ACL key patterns and Redis Cluster routing apply
+--          to it); every other key is built from its prefix "{ns}" (KEYS[1]
+--          without ":queues"), so all keys this script touches share that slot.
 -- Keys touched:
 --   {ns}:unique:<d>   STRING uniqueness lock for digest <d> ("1", PX = lock ttl);
 --                     the same lock enqueue.lua takes, so a pass and perform_async
@@ -35,7 +37,7 @@
 -- A push fails at its first write (SET) under maxmemory with noeviction: then
 -- nothing of the call was written. A probe takes no lock, so a client that dies
 -- between its probe and its push leaves nothing behind.
-local p = KEYS[1]
+local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local mode = ARGV[1]
 local w = tonumber(ARGV[2])
 local digests = ARGV[3]

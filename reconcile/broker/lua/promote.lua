@@ -1,6 +1,9 @@
 -- promote.lua: move due jobs from the scheduled and retry sets to their queues.
 --
--- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
+--          namespace's slot (so ACL key patterns and Redis Cluster routing apply
+--          to it); every other key is built from its prefix "{ns}" (KEYS[1]
+--          without ":queues"), so all keys this script touches share that slot.
 -- Keys touched:
 --   {ns}:schedule, {ns}:retry   ZSET  score = run-at (epoch seconds)
 --   {ns}:queue:<q>              LIST  LPUSH: promoted jobs join the back of the line
@@ -13,7 +16,7 @@
 -- Payloads written by reconcile begin with {"queue":"<name>", so the queue is read
 -- with an anchored match; anything else falls back to cjson. Payloads are moved as
 -- the exact same string (never re-encoded: cjson would turn [] into {}).
-local p = KEYS[1]
+local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local now, limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local function queue_of(item)

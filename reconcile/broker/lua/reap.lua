@@ -3,7 +3,10 @@
 -- A process is dead when its {ns}:alive:<proc> key (PX = lease time, refreshed by
 -- its heartbeat) has expired. Any live process may run this; it is idempotent.
 --
--- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
+--          namespace's slot (so ACL key patterns and Redis Cluster routing apply
+--          to it); every other key is built from its prefix "{ns}" (KEYS[1]
+--          without ":queues"), so all keys this script touches share that slot.
 -- Keys touched:
 --   {ns}:procs            SET    registered process ids
 --   {ns}:alive:<proc>     STRING lease sentinel of a process
@@ -25,7 +28,7 @@
 -- A poison payload gets error fields appended as extra keys at the end of the
 -- object: JSON decoders keep the last of duplicate keys, so they override older ones
 -- without re-encoding the payload (cjson would turn [] into {}).
-local p = KEYS[1]
+local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local now, max_rec, ttl, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local requeued, reaped, poison = 0, 0, {}
 

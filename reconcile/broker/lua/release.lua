@@ -1,6 +1,9 @@
 -- release.lua: a stopping process hands back every job it still holds and leaves.
 --
--- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
+--          namespace's slot (so ACL key patterns and Redis Cluster routing apply
+--          to it); every other key is built from its prefix "{ns}" (KEYS[1]
+--          without ":queues"), so all keys this script touches share that slot.
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH   field "<seq>|<queue>" -> payload; emptied and deleted
 --   {ns}:claim:<proc>   LIST   jobs taken with BLMOVE, not yet adopted; pushed back too
@@ -11,7 +14,7 @@
 --   {ns}:proc:<proc>, {ns}:alive:<proc>   deleted;   {ns}:procs   SREM <proc>
 -- ARGV[1] proc id   ARGV[2] wake cap
 -- Returns  number of jobs pushed back.
-local p = KEYS[1]
+local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local proc, cap = ARGV[1], tonumber(ARGV[2])
 local lease = p .. ':lease:' .. proc
 local entries = redis.call('HGETALL', lease)

@@ -1,6 +1,9 @@
 -- set_move.lua: operator actions on chosen members of the scheduled, retry or dead set.
 --
--- KEYS[1]  "{ns}"  namespace hash tag (all keys below share it).
+-- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
+--          namespace's slot (so ACL key patterns and Redis Cluster routing apply
+--          to it); every other key is built from its prefix "{ns}" (KEYS[1]
+--          without ":queues"), so all keys this script touches share that slot.
 -- Keys touched:
 --   {ns}:schedule, {ns}:retry, {ns}:dead   ZSET  the set acted on (ARGV[2])
 --   {ns}:queue:<q>    LIST    mode Q: LPUSH, the job joins the back of the line
@@ -16,7 +19,7 @@
 -- Returns  one integer per job: 1 done, 0 skipped because the member was no longer in
 -- the set (moved, run or deleted by someone else meanwhile, trimmed), so concurrent
 -- operators act on a job once.
-local p = KEYS[1]
+local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local cap = tonumber(ARGV[1])
 local set = p .. ':' .. ARGV[2]
 local mode = ARGV[3]
