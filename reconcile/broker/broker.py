@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, NamedTuple
@@ -434,6 +434,41 @@ class Broker:
         else:
             rows = self.redis.zrange(key, start, stop, withscores=True)
         return [(m, float(sc)) for m, sc in rows]  # type: ignore[misc, str-unpack]
+
+    def _set_key(self, which: str) -> str:
+        return {"scheduled": self.keys.schedule, "retry": self.keys.retry, "dead": self.keys.dead}[which]
+
+    def set_members_at(self, which: str, score: float) -> list[bytes]:
+        """The members of set ``which`` whose score is exactly ``score``
+        (``ZRANGEBYSCORE key s s``): what an action on one entry whose score the caller
+        knows (the dashboard's buttons carry it) reads, instead of the whole set. The
+        score must come from Redis (``repr`` of the float round-trips exactly)."""
+        bound = repr(float(score))
+        return list(self.redis.zrangebyscore(self._set_key(which), bound, bound))  # type: ignore[arg-type]
+
+    def set_scan(
+        self, which: str, containing: bytes | None = None, batch: int = SET_BATCH
+    ) -> Iterator[list[tuple[bytes, float]]]:
+        """Every member of set ``which`` with its score, about ``batch`` at a time
+        (``ZSCAN``), so a caller that acts on the whole set never holds it all in
+        memory. ``containing`` keeps only members holding those bytes (``MATCH``,
+        filtered by Redis: only the candidates cross the network).
+
+        ZSCAN's guarantees: a member present from start to end is seen (possibly
+        twice, when Redis rehashes meanwhile); one added or removed meanwhile may or
+        may not be. Acting on members while scanning is safe."""
+        key = self._set_key(which)
+        match = None
+        if containing is not None:
+            escaped = b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in containing)
+            match = b"*" + escaped + b"*"
+        cursor = 0
+        while True:
+            cursor, rows = self.redis.zscan(key, cursor, match=match, count=batch)
+            if rows:
+                yield [(m, float(sc)) for m, sc in rows]  # type: ignore[misc]
+            if cursor == 0:
+                return
 
     def set_move(self, which: str, moves: Sequence[tuple[bytes, str, bytes]]) -> list[bool]:
         """Move members of set ``which`` (``scheduled``, ``retry``, ``dead``) to their
