@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -393,6 +393,13 @@ class Broker:
         values = self.redis.mget([self.keys.stat(n) for n in names])
         return {n: int(v or 0) for n, v in zip(names, values, strict=True)}
 
+    def counters_raw(self) -> dict[str, bytes | None]:
+        """The counters of :meth:`counters` as stored (None: never counted), for
+        inspection that must show a value that is not a number instead of failing."""
+        names = ["processed", "failed", "already_done", "lock_busy", "db_unavailable", "disabled", "held"]
+        values = self.redis.mget([self.keys.stat(n) for n in names])
+        return dict(zip(names, values, strict=True))  # type: ignore[arg-type]
+
     def disabled_jobs(self) -> dict[str, str]:
         """The Redis mirror of disabled job classes: name -> reason."""
         raw = self.redis.hgetall(self.keys.switches)
@@ -434,6 +441,45 @@ class Broker:
         else:
             rows = self.redis.zrange(key, start, stop, withscores=True)
         return [(m, float(sc)) for m, sc in rows]  # type: ignore[misc, str-unpack]
+
+    def queue_stats_raw(self) -> list[tuple[bytes, int, bytes | None]]:
+        """(name as stored, size, oldest payload) of every known queue, sorted by name,
+        in two round trips. Names stay bytes: inspection must show a name that is not
+        UTF-8 (written by something else) rather than fail on it."""
+        names = sorted(cast("set[bytes]", self.redis.smembers(self.keys.queues)))
+        prefix = self.keys.queue("").encode()
+        pipe = self.redis.pipeline(transaction=False)
+        for n in names:
+            pipe.llen(prefix + n)
+            pipe.lindex(prefix + n, -1)
+        res = pipe.execute(raise_on_error=False)
+        out = []
+        for i, n in enumerate(names):
+            size, oldest = res[2 * i], res[2 * i + 1]
+            out.append((n, size if isinstance(size, int) else 0,
+                        oldest if isinstance(oldest, bytes) else None))
+        return out
+
+    def process_records(self) -> list[tuple[bytes, dict[bytes, bytes] | str, bool, int]]:
+        """Every registered process as stored: (id, info hash, alive, leased count).
+        The info is the error text instead when its key is not a hash. For inspection,
+        which must survive records written by something else (:meth:`processes` is the
+        strict reading)."""
+        k = self.keys
+        ids = sorted(cast("set[bytes]", self.redis.smembers(k.procs)))
+        prefix = k.proc("").encode(), k.alive("").encode(), k.lease("").encode()
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(prefix[0] + i)
+            pipe.exists(prefix[1] + i)
+            pipe.hlen(prefix[2] + i)
+        res = pipe.execute(raise_on_error=False)
+        out: list[tuple[bytes, dict[bytes, bytes] | str, bool, int]] = []
+        for n, i in enumerate(ids):
+            info, alive, leased = res[3 * n: 3 * n + 3]
+            out.append((i, info if isinstance(info, dict) else str(info), alive is True or alive == 1,
+                        leased if isinstance(leased, int) else 0))
+        return out
 
     def _set_key(self, which: str) -> str:
         return {"scheduled": self.keys.schedule, "retry": self.keys.retry, "dead": self.keys.dead}[which]
