@@ -16,10 +16,19 @@
     }
 
 ``latency`` is the age in seconds of the oldest job in the queue (0 when empty).
+
+Bad bytes never fail the document: a value that cannot be what it should be (a queue
+name that is not UTF-8, a process ``pid`` that is not a number, a process record that
+is not a hash, a timestamp that is not a finite epoch time, a counter that is not an
+integer) is replaced by a neutral value (the name decoded with backslash escapes,
+``None``, ``0``) and shown as it is stored in an ``"invalid"`` object on its entry
+(``{"pid": "'x'"}``: field -> ``repr`` of the raw value; for counters, a top-level
+``"invalid_counters"``). Entries without a problem have no ``"invalid"`` key.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -27,46 +36,127 @@ from .broker import Broker, get_broker
 from .config import Settings
 from .payload import loads_lenient
 
+MAX_EPOCH = 253_402_300_799.0
+"""9999-12-31 23:59:59 UTC: the last time a status timestamp may be."""
 
-def _age(raw: bytes | None, now: float) -> float:
+
+def _time(value: Any) -> float | None:
+    """``value`` as an epoch time, or None when it is not one (see the module docs)."""
+    if isinstance(value, bytes | str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    stamp = float(value)
+    return stamp if math.isfinite(stamp) and 0 <= stamp <= MAX_EPOCH else None
+
+
+def _age(raw: bytes | None, now: float) -> tuple[float, Any]:
+    """Age of the job ``raw`` (0 for none), and its timestamp when that is not valid."""
     if raw is None:
-        return 0.0
+        return 0.0, None
     job = loads_lenient(raw)
     stamp = job.get("enqueued_at") or job.get("at") or job.get("created_at")
-    return max(0.0, now - float(stamp)) if isinstance(stamp, int | float) else 0.0
+    if stamp is None:
+        return 0.0, None
+    valid = _time(stamp)
+    if valid is None:
+        return 0.0, stamp
+    return max(0.0, now - valid), None
+
+
+def _text(raw: bytes) -> tuple[str, bool]:
+    try:
+        return raw.decode(), True
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), False
+
+
+def _process(pid: bytes, info: dict[bytes, bytes] | str, alive: bool, leased: int) -> dict[str, Any]:
+    invalid: dict[str, str] = {}
+    ident, ok = _text(pid)
+    if not ok:
+        invalid["id"] = repr(pid)
+    fields: dict[str, str] = {}
+    if isinstance(info, str):
+        invalid["record"] = info  # not a hash: Redis's error says what it is
+    else:
+        for k, v in info.items():
+            name, _ = _text(k)
+            fields[name], good = _text(v)
+            if not good:
+                invalid[name] = repr(v)
+
+    def number(name: str, kind: type[int] | type[float], default: Any) -> Any:
+        if name not in fields:
+            return default
+        try:
+            value = kind(fields[name])
+        except ValueError:
+            value = None
+        if kind is float:
+            value = _time(value)
+        if value is None:
+            invalid[name] = repr(fields[name])
+            return default
+        return value
+
+    out: dict[str, Any] = {
+        "id": ident,
+        "hostname": fields.get("hostname"),
+        "pid": number("pid", int, None),
+        "queues": fields["queues"].split(",") if fields.get("queues") else [],
+        "concurrency": number("concurrency", int, 0),
+        "busy": number("busy", int, 0),
+        "quiet": fields.get("quiet") == "1",
+        "alive": alive,
+        "leased": leased,
+        "started_at": number("started_at", float, None),
+        "beat": number("beat", float, None),
+    }
+    if invalid:
+        out["invalid"] = invalid
+    return out
 
 
 def status(settings: Settings | None = None, broker: Broker | None = None) -> dict[str, Any]:
-    """A snapshot of the namespace, in a handful of round trips."""
+    """A snapshot of the namespace, in a handful of round trips; never fails on what
+    Redis holds (see the module docs)."""
     broker = broker or get_broker(settings)
     now = time.time()
-    queues = [
-        {"name": name, "size": size, "latency": round(_age(oldest, now), 3)}
-        for name, size, oldest in broker.queue_stats(broker.queue_names())
-    ]
-    procs = []
-    for p in broker.processes():
-        procs.append({
-            "id": p["id"],
-            "hostname": p.get("hostname"),
-            "pid": int(p["pid"]) if "pid" in p else None,
-            "queues": p["queues"].split(",") if p.get("queues") else [],
-            "concurrency": int(p.get("concurrency", 0)),
-            "busy": int(p.get("busy", 0)),
-            "quiet": p.get("quiet") == "1",
-            "alive": p["alive"],
-            "leased": p["leased"],
-            "started_at": float(p["started_at"]) if "started_at" in p else None,
-            "beat": float(p["beat"]) if "beat" in p else None,
-        })
-    return {
+    queues = []
+    for raw, size, oldest in broker.queue_stats_raw():
+        name, ok = _text(raw)
+        age, bad_stamp = _age(oldest, now)
+        entry: dict[str, Any] = {"name": name, "size": size, "latency": round(age, 3)}
+        invalid = {} if ok else {"name": repr(raw)}
+        if bad_stamp is not None:
+            invalid["oldest_enqueued_at"] = repr(bad_stamp)
+        if invalid:
+            entry["invalid"] = invalid
+        queues.append(entry)
+    procs = [_process(*record) for record in broker.process_records()]
+    counters: dict[str, int] = {}
+    bad_counters: dict[str, str] = {}
+    for name, value in broker.counters_raw().items():
+        try:
+            counters[name] = int(value or 0)
+        except ValueError:
+            counters[name] = 0
+            bad_counters[name] = repr(value)
+    doc = {
         "namespace": broker.settings.namespace,
         "queues": queues,
         **broker.set_sizes(),
         "in_flight": sum(p["leased"] for p in procs),
         "processes": procs,
-        "counters": broker.counters(),
+        "counters": counters,
     }
+    if bad_counters:
+        doc["invalid_counters"] = bad_counters
+    return doc
 
 
 def dead_jobs(settings: Settings | None = None, limit: int = 50) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
@@ -164,8 +164,12 @@ def status(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
         return
     click.echo(f"namespace {doc['namespace']}")
     click.echo(f"{'queue':<24}{'size':>10}{'latency s':>12}")
+    def invalid(entry: dict[str, Any]) -> str:  # values Redis holds in a form they cannot have
+        bad = entry.get("invalid", {})
+        return "".join(f"  INVALID {k}={v}" for k, v in bad.items())
+
     for q in doc["queues"]:
-        click.echo(f"{q['name']:<24}{q['size']:>10}{q['latency']:>12.3f}")
+        click.echo(f"{q['name']:<24}{q['size']:>10}{q['latency']:>12.3f}{invalid(q)}")
     click.echo(
         f"scheduled {doc['scheduled']}  retry {doc['retry']}  dead {doc['dead']}  "
         f"in flight {doc['in_flight']}"
@@ -173,8 +177,9 @@ def status(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     for p in doc["processes"]:
         state = "quiet" if p["quiet"] else ("alive" if p["alive"] else "dead")
         click.echo(f"process {p['id']} {state} busy {p['busy']}/{p['concurrency']} "
-                   f"queues {','.join(p['queues'])}")
-    click.echo("counters " + "  ".join(f"{k} {v}" for k, v in doc["counters"].items()))
+                   f"queues {','.join(p['queues'])}{invalid(p)}")
+    click.echo("counters " + "  ".join(f"{k} {v}" for k, v in doc["counters"].items())
+               + invalid({"invalid": doc.get("invalid_counters", {})}))
 
 
 @main.group()
@@ -390,10 +395,9 @@ SET_GROUPS = (
 
 def _set_list(which: str, apps: tuple[str, ...], limit: int, as_json: bool,
               flags: dict[str, Any]) -> None:
-    import datetime as dt
-
     from .broker import get_broker
     from .payload import loads_lenient
+    from .web.html import time_text
 
     settings = setup(apps, **flags)
     broker = get_broker(settings)
@@ -403,7 +407,9 @@ def _set_list(which: str, apps: tuple[str, ...], limit: int, as_json: bool,
         if as_json:
             click.echo(json.dumps(job))
             continue
-        when = dt.datetime.fromtimestamp(score).strftime("%Y-%m-%d %H:%M:%S")
+        # a crafted score (1e308, inf) is printed as it is; --score takes it back exactly
+        when = time_text(score) or f"INVALID time {score!r}"
+        when = f"{when} score={score!r}"
         args = json.dumps(job.get("args"))
         args = args if len(args) <= 60 else args[:57] + "..."
         error = f" {job.get('error_class')}: {str(job.get('error_message'))[:200]}" if (
@@ -414,14 +420,17 @@ def _set_list(which: str, apps: tuple[str, ...], limit: int, as_json: bool,
 
 
 def _set_change(which: str, action: str, apps: tuple[str, ...], jids: tuple[str, ...],
-                job: str | None, every: bool, flags: dict[str, Any]) -> None:
+                job: str | None, every: bool, score: float | None, flags: dict[str, Any]) -> None:
     from . import sets
 
     settings = setup(apps, **flags)
     if bool(jids) == every:
         raise click.UsageError("give JIDs, or --all (with --class to choose one job class)")
+    if score is not None and len(jids) != 1:
+        raise click.UsageError("--score goes with exactly one JID (the score= that list prints)")
     done, change = sets.act(which, "delete" if action == "delete" else "move",
-                            list(jids) if jids else None, job=_job_name(job, apps), settings=settings)
+                            list(jids) if jids else None, job=_job_name(job, apps), settings=settings,
+                            scores={jids[0]: score} if score is not None else None)
     click.echo(f"{done} {change.changed} jobs")
     for jid in change.not_found:
         click.echo(f"not in the {which} set: {jid}")
@@ -435,9 +444,11 @@ def _set_action(group: click.Group, which: str, action: str, help_text: str) -> 
     @click.argument("jids", nargs=-1)
     @click.option("--all", "every", is_flag=True, help="Every job of the set (of --class, if given).")
     @click.option("--class", "job", default=None, help="Only jobs of this class (registry name).")
+    @click.option("--score", type=float, default=None,
+                  help="The JID's score (as `list` prints it): read only the members at it.")
     def command(apps: tuple[str, ...], jids: tuple[str, ...], every: bool, job: str | None,
-                **flags: Any) -> None:
-        _set_change(which, action, apps, jids, job, every, flags)
+                score: float | None, **flags: Any) -> None:
+        _set_change(which, action, apps, jids, job, every, score, flags)
 
 
 def _set_group(name: str, which: str, help_text: str, move: str, move_help: str) -> None:
@@ -466,14 +477,47 @@ for _group in SET_GROUPS:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8181, show_default=True, type=int, help="Port to listen on.")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing.")
-def web(apps: tuple[str, ...], host: str, port: int, read_only: bool, **flags: Any) -> None:
-    """Serve the dashboard (no login: bind to a trusted address, see docs/web.md)."""
-    from .web import serve
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Host name browsers use to reach it, besides localhost and the bound "
+                   "address (repeatable; '*' for any, when a proxy checks it).")
+@click.option("--basic-auth", envvar="RECONCILE_WEB_BASIC_AUTH", default=None, metavar="USER:PASSWORD",
+              help="Require this login (HTTP basic; prefer RECONCILE_WEB_BASIC_AUTH, which "
+                   "keeps the secret off the command line).")
+@click.option("--insecure", is_flag=True,
+              help="Serve a non-loopback --host without a login (an authenticating proxy in front).")
+@click.option("--read-timeout", type=float, default=None,
+              help="Seconds a request may take to arrive (default 10).")
+def web(apps: tuple[str, ...], host: str, port: int, read_only: bool, allowed_hosts: tuple[str, ...],
+        basic_auth: str | None, insecure: bool, read_timeout: float | None, **flags: Any) -> None:
+    """Serve the dashboard (see docs/web.md, Security)."""
+    from .web.app import READ_TIMEOUT, BasicAuth, is_loopback, serve
 
+    def refuse(message: str) -> NoReturn:
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)
+
+    auth = None
+    if basic_auth is not None:
+        try:
+            auth = BasicAuth.parse(basic_auth)
+        except ValueError as exc:
+            refuse(f"--basic-auth / RECONCILE_WEB_BASIC_AUTH: {exc}")
+    if not is_loopback(host) and auth is None and not insecure:
+        refuse(f"--host {host} is not a loopback address and the dashboard has no login: pass "
+               "--basic-auth USER:PASSWORD (or set RECONCILE_WEB_BASIC_AUTH), or --insecure "
+               "if a proxy in front authenticates")
+    if read_timeout is not None and not read_timeout > 0:
+        refuse(f"--read-timeout must be a positive number of seconds, not {read_timeout:g}")
     settings = setup(apps, **flags)
-    server = serve(settings, host, port, read_only)
-    click.echo(f"reconcile dashboard on http://{host}:{server.server_port}/ "
-               f"(namespace {settings.namespace}{', read-only' if read_only else ''}); Ctrl-C stops it")
+    try:
+        server = serve(settings, host, port, read_only, allowed_hosts=allowed_hosts, auth=auth,
+                       read_timeout=read_timeout or READ_TIMEOUT)
+    except OSError as exc:
+        refuse(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"reconcile dashboard on http://{shown}:{server.server_port}/ "
+               f"(namespace {settings.namespace}{', read-only' if read_only else ''}"
+               f"{', basic auth' if auth else ''}); Ctrl-C stops it")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

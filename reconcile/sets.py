@@ -28,10 +28,13 @@ still pending).
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from .broker import get_broker
 from .config import Settings, get_settings
@@ -69,66 +72,68 @@ class SetChange:
 
 
 def entries(which: str = "dead", settings: Settings | None = None) -> list[SetEntry]:
-    """Every member of set ``which`` (newest first for dead, soonest first otherwise)."""
+    """Every member of set ``which`` (newest first for dead, soonest first otherwise).
+    Reads the whole set: for inspection of small sets; the actions below never call it."""
     settings = settings or get_settings()
-    out = []
-    for member, score in get_broker(settings).set_entries(_check(which), 0, -1):
-        try:
-            payload: dict[str, Any] | None = decode(member, settings.max_payload_bytes)
-            reason = ""
-        except PayloadError as exc:
-            payload, reason = None, str(exc)
-        out.append(SetEntry(member, score, payload, reason))
-    return out
+    return [_entry(m, sc, settings) for m, sc in get_broker(settings).set_entries(_check(which), 0, -1)]
 
 
 def retry_dead(
-    jids: Sequence[str] | None = None, *, job: str | None = None, settings: Settings | None = None
+    jids: Sequence[str] | None = None, *, job: str | None = None, settings: Settings | None = None,
+    scores: Mapping[str, float] | None = None,
 ) -> SetChange:
     """Dead jobs back to their queues for one more attempt (see the module docs)."""
-    return _move("dead", jids, job, settings, retry_payload)
+    return _move("dead", jids, job, settings, retry_payload, scores)
 
 
 def run_now(
     which: str, jids: Sequence[str] | None = None, *, job: str | None = None,
-    settings: Settings | None = None,
+    settings: Settings | None = None, scores: Mapping[str, float] | None = None,
 ) -> SetChange:
     """Scheduled or retry-set jobs to their queues now (see the module docs)."""
     if which not in ("scheduled", "retry"):
         raise ValueError(f"run_now takes 'scheduled' or 'retry', not {which!r} (dead: retry_dead)")
-    return _move(which, jids, job, settings, now_payload)
+    return _move(which, jids, job, settings, now_payload, scores)
 
 
 def delete(
     which: str, jids: Sequence[str] | None = None, *, job: str | None = None,
-    settings: Settings | None = None,
+    settings: Settings | None = None, scores: Mapping[str, float] | None = None,
 ) -> SetChange:
     """Delete the chosen jobs of set ``which``; records that are not job payloads are
     chosen only by ``jids=None`` without ``job``."""
     settings = settings or get_settings()
-    chosen, missing = _select(entries(which, settings), jids, job)
-    members = [(e.member, str(e.payload.get("lock") or "") if e.payload and which != "dead" else "")
-               for e in chosen]
-    done = get_broker(settings).set_delete(which, members)
-    out = SetChange(changed=sum(done), not_found=missing)
-    out.not_found += [e.jid for e, ok in zip(chosen, done, strict=True) if not ok and e.payload]
+    broker = get_broker(settings)
+    out = SetChange()
+    for chosen in _chosen(which, jids, job, scores, settings, out):
+        members = [(e.member, str(e.payload.get("lock") or "") if e.payload and which != "dead" else "")
+                   for e in chosen]
+        done = broker.set_delete(which, members)
+        out.changed += sum(done)
+        if jids is not None:
+            out.not_found += [e.jid for e, ok in zip(chosen, done, strict=True) if not ok and e.payload]
     return out
 
 
 def act(
     which: str, action: str, jids: Sequence[str] | None = None, *, job: str | None = None,
-    settings: Settings | None = None,
+    settings: Settings | None = None, scores: Mapping[str, float] | None = None,
 ) -> tuple[str, SetChange]:
     """The operator's action on set ``which``: ``"move"`` (:func:`retry_dead` for the
     dead set, :func:`run_now` for the others) or ``"delete"``. Returns the verb that
-    says what was done ("retried", "queued", "deleted") and the change."""
+    says what was done ("retried", "queued", "deleted") and the change.
+
+    Cost: a jid given with its score (``scores[jid]``, as the dashboard's buttons send
+    it) reads only the members at that score; a jid without one is looked for with a
+    ``ZSCAN`` filtered by Redis, batch by batch; ``jids=None`` (all) reads and acts
+    ``SET_BATCH`` members at a time. Nothing ever holds the whole set in memory."""
     if action == "delete":
-        return "deleted", delete(which, jids, job=job, settings=settings)
+        return "deleted", delete(which, jids, job=job, settings=settings, scores=scores)
     if action != "move":
         raise ValueError(f"no action {action!r}: 'move' or 'delete'")
     if which == "dead":
-        return "retried", retry_dead(jids, job=job, settings=settings)
-    return "queued", run_now(which, jids, job=job, settings=settings)
+        return "retried", retry_dead(jids, job=job, settings=settings, scores=scores)
+    return "queued", run_now(which, jids, job=job, settings=settings, scores=scores)
 
 
 def retry_payload(payload: dict[str, Any], now: float) -> bytes:
@@ -158,39 +163,104 @@ def _check(which: str) -> str:
     return which
 
 
-def _select(
-    all_entries: list[SetEntry], jids: Sequence[str] | None, job: str | None
-) -> tuple[list[SetEntry], list[str]]:
-    """The entries chosen by ``jids`` (None: all) and ``job``, and the jids not found."""
-    chosen = [e for e in all_entries if job is None or (e.payload and e.payload["class"] == job)]
+def _entry(member: bytes, score: float, settings: Settings) -> SetEntry:
+    try:
+        return SetEntry(member, score, decode(member, settings.max_payload_bytes))
+    except PayloadError as exc:
+        return SetEntry(member, score, None, str(exc))
+
+
+def _chosen(
+    which: str, jids: Sequence[str] | None, job: str | None, scores: Mapping[str, float] | None,
+    settings: Settings, out: SetChange,
+) -> Iterator[list[SetEntry]]:
+    """The entries chosen by ``jids`` (None: all) and ``job``, in batches of at most
+    about ``SET_BATCH`` (see :func:`act` for what each way of choosing reads). Jids
+    not found are added to ``out.not_found`` once the batches are exhausted."""
+    broker = get_broker(settings)
+    _check(which)
+
+    def keep(e: SetEntry) -> bool:
+        return job is None or (e.payload is not None and e.payload["class"] == job)
+
     if jids is None:
-        return chosen, []
-    wanted = set(jids)
-    chosen = [e for e in chosen if e.jid in wanted]
-    found = {e.jid for e in chosen}
-    return chosen, [j for j in jids if j not in found]
+        for rows in broker.set_scan(which):
+            yield [e for e in (_entry(m, sc, settings) for m, sc in rows) if keep(e)]
+        return
+    wanted = dict.fromkeys(jids)
+    found: set[str] = set()
+    by_score: dict[float, list[str]] = {}
+    for jid in wanted:
+        score = (scores or {}).get(jid)
+        if score is not None and not math.isnan(score):
+            by_score.setdefault(score, []).append(jid)
+    for score, at in by_score.items():
+        needles = {jid: _needle(jid) for jid in at}
+        batch = []
+        for member in broker.set_members_at(which, score):
+            if any(n in member for n in needles.values()):
+                e = _entry(member, score, settings)
+                if e.jid in needles and keep(e):
+                    batch.append(e)
+                    found.add(e.jid)
+        if batch:
+            yield batch
+    # a jid whose score is not known, or not found at the score given (the button
+    # of a page older than the member: report it gone rather than scan the set)
+    rest = [j for j in wanted if j not in found and not any(j in at for at in by_score.values())]
+    if rest:
+        needles = {jid: _needle(jid) for jid in rest}
+        # one jid: Redis filters the scan (MATCH); several: filter each batch here
+        for rows in broker.set_scan(which, needles[rest[0]] if len(rest) == 1 else None):
+            batch = []
+            for member, score in rows:
+                if any(n in member for n in needles.values()):
+                    e = _entry(member, score, settings)
+                    if e.jid in needles and keep(e):
+                        batch.append(e)
+                        found.add(e.jid)
+            if batch:
+                yield batch
+            if found.issuperset(rest):
+                break
+    out.not_found += [j for j in wanted if j not in found]
+
+
+def _needle(jid: str) -> bytes:
+    """The bytes a member holding ``jid`` contains (its JSON string, quotes excluded)."""
+    return orjson.dumps(jid)[1:-1]
 
 
 def _move(
     which: str, jids: Sequence[str] | None, job: str | None, settings: Settings | None,
-    rewrite: Callable[[dict[str, Any], float], bytes],
+    rewrite: Callable[[dict[str, Any], float], bytes], scores: Mapping[str, float] | None,
 ) -> SetChange:
     settings = settings or get_settings()
-    chosen, missing = _select(entries(which, settings), jids, job)
-    out = SetChange(not_found=missing)
-    now = time.time()
-    moves: list[tuple[bytes, str, bytes]] = []
-    movable: list[SetEntry] = []
-    for e in chosen:
-        if e.payload is None:
-            excerpt = e.member[:60].decode("utf-8", "replace")
-            out.not_retryable.append((excerpt, f"not a job payload ({e.reason})"))
-            continue
-        moves.append((e.member, str(e.payload["queue"]), rewrite(e.payload, now)))
-        movable.append(e)
-    moved = get_broker(settings).set_move(which, moves)
-    out.changed = sum(moved)
-    # a job that left the set between our read and the move (another operator, a
-    # promotion, a trim) was not pushed by us
-    out.not_found += [e.jid for e, ok in zip(movable, moved, strict=True) if not ok]
+    broker = get_broker(settings)
+    out = SetChange()
+    for chosen in _chosen(which, jids, job, scores, settings, out):
+        now = time.time()
+        moves: list[tuple[bytes, str, bytes]] = []
+        movable: list[SetEntry] = []
+        for e in chosen:
+            if e.payload is None:
+                out.not_retryable.append((_excerpt(e.member), f"not a job payload ({e.reason})"))
+                continue
+            try:
+                pushed = rewrite(e.payload, now)
+            except orjson.JSONEncodeError as exc:  # e.g. arguments nested deeper than orjson writes
+                out.not_retryable.append((_excerpt(e.member), f"cannot be re-encoded ({exc})"))
+                continue
+            moves.append((e.member, str(e.payload["queue"]), pushed))
+            movable.append(e)
+        moved = broker.set_move(which, moves)
+        out.changed += sum(moved)
+        # a job that left the set between our read and the move (another operator, a
+        # promotion, a trim) was not pushed by us
+        if jids is not None:
+            out.not_found += [e.jid for e, ok in zip(movable, moved, strict=True) if not ok]
     return out
+
+
+def _excerpt(member: bytes) -> str:
+    return member[:60].decode("utf-8", "replace")

@@ -28,7 +28,7 @@ from reconcile.web import Dashboard, serve
 from tests.jobs_core import Record, running_worker, wait_for
 from tests.reconciled_app import ProcessItem, items
 
-HOST = "dash.example:8181"
+HOST = "localhost:8181"
 
 
 class Doomed(Job):
@@ -48,7 +48,7 @@ def call(app: Dashboard, path: str, method: str = "GET", form: dict[str, Any] | 
     body = urlencode(form or {}, doseq=True).encode()
     environ = {
         "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
-        "SCRIPT_NAME": "/admin/jobs", "SERVER_NAME": "dash.example", "SERVER_PORT": "8181",
+        "SCRIPT_NAME": "/admin/jobs", "SERVER_NAME": "localhost", "SERVER_PORT": "8181",
         "HTTP_HOST": HOST, "CONTENT_LENGTH": str(len(body)),
         "CONTENT_TYPE": "application/x-www-form-urlencoded", "wsgi.input": io.BytesIO(body),
         "wsgi.url_scheme": "http",

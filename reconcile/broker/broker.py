@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -427,6 +427,13 @@ class Broker:
         values = self.redis.mget([self.keys.stat(n) for n in names])
         return {n: int(v or 0) for n, v in zip(names, values, strict=True)}
 
+    def counters_raw(self) -> dict[str, bytes | None]:
+        """The counters of :meth:`counters` as stored (None: never counted), for
+        inspection that must show a value that is not a number instead of failing."""
+        names = ["processed", "failed", "already_done", "lock_busy", "db_unavailable", "disabled", "held"]
+        values = self.redis.mget([self.keys.stat(n) for n in names])
+        return dict(zip(names, values, strict=True))  # type: ignore[arg-type]
+
     def disabled_jobs(self) -> dict[str, str]:
         """The Redis mirror of disabled job classes: name -> reason."""
         raw = self.redis.hgetall(self.keys.switches)
@@ -468,6 +475,80 @@ class Broker:
         else:
             rows = self.redis.zrange(key, start, stop, withscores=True)
         return [(m, float(sc)) for m, sc in rows]  # type: ignore[misc, str-unpack]
+
+    def queue_stats_raw(self) -> list[tuple[bytes, int, bytes | None]]:
+        """(name as stored, size, oldest payload) of every known queue, sorted by name,
+        in two round trips. Names stay bytes: inspection must show a name that is not
+        UTF-8 (written by something else) rather than fail on it."""
+        names = sorted(cast("set[bytes]", self.redis.smembers(self.keys.queues)))
+        prefix = self.keys.queue("").encode()
+        pipe = self.redis.pipeline(transaction=False)
+        for n in names:
+            pipe.llen(prefix + n)
+            pipe.lindex(prefix + n, -1)
+        res = pipe.execute(raise_on_error=False)
+        out = []
+        for i, n in enumerate(names):
+            size, oldest = res[2 * i], res[2 * i + 1]
+            out.append((n, size if isinstance(size, int) else 0,
+                        oldest if isinstance(oldest, bytes) else None))
+        return out
+
+    def process_records(self) -> list[tuple[bytes, dict[bytes, bytes] | str, bool, int]]:
+        """Every registered process as stored: (id, info hash, alive, leased count).
+        The info is the error text instead when its key is not a hash. For inspection,
+        which must survive records written by something else (:meth:`processes` is the
+        strict reading)."""
+        k = self.keys
+        ids = sorted(cast("set[bytes]", self.redis.smembers(k.procs)))
+        prefix = k.proc("").encode(), k.alive("").encode(), k.lease("").encode()
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(prefix[0] + i)
+            pipe.exists(prefix[1] + i)
+            pipe.hlen(prefix[2] + i)
+        res = pipe.execute(raise_on_error=False)
+        out: list[tuple[bytes, dict[bytes, bytes] | str, bool, int]] = []
+        for n, i in enumerate(ids):
+            info, alive, leased = res[3 * n: 3 * n + 3]
+            out.append((i, info if isinstance(info, dict) else str(info), alive is True or alive == 1,
+                        leased if isinstance(leased, int) else 0))
+        return out
+
+    def _set_key(self, which: str) -> str:
+        return {"scheduled": self.keys.schedule, "retry": self.keys.retry, "dead": self.keys.dead}[which]
+
+    def set_members_at(self, which: str, score: float) -> list[bytes]:
+        """The members of set ``which`` whose score is exactly ``score``
+        (``ZRANGEBYSCORE key s s``): what an action on one entry whose score the caller
+        knows (the dashboard's buttons carry it) reads, instead of the whole set. The
+        score must come from Redis (``repr`` of the float round-trips exactly)."""
+        bound = repr(float(score))
+        return list(self.redis.zrangebyscore(self._set_key(which), bound, bound))  # type: ignore[arg-type]
+
+    def set_scan(
+        self, which: str, containing: bytes | None = None, batch: int = SET_BATCH
+    ) -> Iterator[list[tuple[bytes, float]]]:
+        """Every member of set ``which`` with its score, about ``batch`` at a time
+        (``ZSCAN``), so a caller that acts on the whole set never holds it all in
+        memory. ``containing`` keeps only members holding those bytes (``MATCH``,
+        filtered by Redis: only the candidates cross the network).
+
+        ZSCAN's guarantees: a member present from start to end is seen (possibly
+        twice, when Redis rehashes meanwhile); one added or removed meanwhile may or
+        may not be. Acting on members while scanning is safe."""
+        key = self._set_key(which)
+        match = None
+        if containing is not None:
+            escaped = b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in containing)
+            match = b"*" + escaped + b"*"
+        cursor = 0
+        while True:
+            cursor, rows = self.redis.zscan(key, cursor, match=match, count=batch)
+            if rows:
+                yield [(m, float(sc)) for m, sc in rows]  # type: ignore[misc]
+            if cursor == 0:
+                return
 
     def set_move(self, which: str, moves: Sequence[tuple[bytes, str, bytes]]) -> list[bool]:
         """Move members of set ``which`` (``scheduled``, ``retry``, ``dead``) to their

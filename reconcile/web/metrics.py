@@ -20,9 +20,25 @@ metric                                 type     labels, meaning
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def sample_value(value: float) -> str:
+    """A sample as Prometheus reads it back exactly: an integer in full (``{:g}`` would
+    print 123456789 as ``1.23457e+08`` and break ``rate()``), a float at ``repr``
+    precision, and ``NaN``, ``+Inf``, ``-Inf`` as the format spells them."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
 def _label(value: Any) -> str:
@@ -36,7 +52,7 @@ def render(doc: dict[str, Any]) -> bytes:
     def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
-        out.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+        out.extend(f"{name}{labels} {sample_value(value)}" for labels, value in samples)
 
     family("reconcile_queue_jobs", "gauge", "Jobs waiting in the queue.",
            [(f'{{queue="{_label(q["name"])}"}}', q["size"]) for q in doc["queues"]])

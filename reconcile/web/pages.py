@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from ..api import status
 from ..broker import Broker
 from ..config import Settings
 from ..payload import loads_lenient
-from .html import Raw, clip, e, form, table, when
+from .html import Raw, bad, clip, e, form, table, when
 
 PAGE_ROWS = 100
 """Rows shown on a queue, set or dead-set page (newest or next first)."""
@@ -38,9 +39,9 @@ class View:
 def overview(v: View) -> tuple[str, Raw]:
     doc = status(v.settings, v.broker)
     queues = table(
-        ["queue", "size", "latency (s)"],
+        ["queue", "size", "latency (s)", ""],
         [(Raw(f'<a href="{e(v.url("/queue", name=q["name"]))}">{e(q["name"])}</a>'),
-          f'{q["size"]:,}', f'{q["latency"]:.3f}') for q in doc["queues"]],
+          f'{q["size"]:,}', f'{q["latency"]:.3f}', _invalid(q)) for q in doc["queues"]],
         empty="no queue yet",
     )
     sets = table(
@@ -49,16 +50,27 @@ def overview(v: View) -> tuple[str, Raw]:
          for name in ("scheduled", "retry", "dead")],
     )
     procs = table(
-        ["process", "state", "busy", "leased", "queues", "started", "last beat"],
+        ["process", "state", "busy", "leased", "queues", "started", "last beat", ""],
         [(p["id"], "quiet" if p["quiet"] else ("alive" if p["alive"] else "dead (not reaped yet)"),
           f'{p["busy"]}/{p["concurrency"]}', p["leased"], ",".join(p["queues"]),
-          when(p["started_at"]), when(p["beat"])) for p in doc["processes"]],
+          when(p["started_at"]), when(p["beat"]), _invalid(p)) for p in doc["processes"]],
         empty="no worker process registered",
     )
-    counters = table(["counter", "value"], [(k, f"{n:,}") for k, n in doc["counters"].items()])
+    bad_counters = doc.get("invalid_counters", {})
+    counters = table(["counter", "value"], [
+        (k, bad(bad_counters[k], "not an integer") if k in bad_counters else f"{n:,}")
+        for k, n in doc["counters"].items()])
     body = (f"<h3>Queues</h3>{queues}<h3>Sets</h3>{sets}<p>In flight: {doc['in_flight']:,}</p>"
             f"<h3>Processes</h3>{procs}<h3>Counters</h3>{counters}")
     return "Overview", Raw(body)
+
+
+def _invalid(entry: dict[str, Any]) -> Raw:
+    """The fields of a status entry that Redis holds in a form they cannot have
+    (see :mod:`reconcile.api`), raw and marked; empty when there are none."""
+    return Raw(" ".join(
+        f'<span class="bad" title="not valid as stored">{e(name)}={e(clip(raw))}</span>'
+        for name, raw in entry.get("invalid", {}).items()))
 
 
 def queue(v: View) -> tuple[str, Raw]:
@@ -111,8 +123,10 @@ def set_page(which: str) -> Callable[[View], tuple[str, Raw]]:
             jid = str(j.get("jid") or "")
             actions = Raw("")
             if not v.read_only and jid:
-                actions = Raw(form(v.url(move), spec.move_label, {"jid": jid})
-                              + form(v.url(delete), "delete", {"jid": jid}))
+                # the score lets the action read only the members at it (reconcile.sets.act)
+                target = {"jid": jid, "score": repr(score)}
+                actions = Raw(form(v.url(move), spec.move_label, target)
+                              + form(v.url(delete), "delete", target))
             error = clip(j.get("error_message") or "")
             if j.get("error_class"):
                 error = f'{j["error_class"]}: {error}'
