@@ -175,3 +175,94 @@ def test_cli_reports_a_bad_setting_by_name(tmp_path: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(main, ["status"], env={"RECONCILE_LEASE_SECONDS": "forever"})
     assert result.exit_code == 2
     assert "lease_seconds" in result.output and "RECONCILE_LEASE_SECONDS" in result.output
+
+
+# -- numbers, URLs, malformed files, masking ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "fragments"),
+    [
+        ({"RECONCILE_LEASE_SECONDS": "nan"},
+         ["'lease_seconds'", "finite", "'nan'", "RECONCILE_LEASE_SECONDS"]),
+        ({"RECONCILE_POLL_INTERVAL": "inf"}, ["'poll_interval'", "finite", "'inf'"]),
+        ({"RECONCILE_SHUTDOWN_TIMEOUT": "-inf"}, ["'shutdown_timeout'", "finite"]),
+        ({"RECONCILE_DEAD_MAX_JOBS": "1e400"}, ["'dead_max_jobs'", "int"]),
+        ({"RECONCILE_LEASE_SECONDS": "0.1"}, ["'lease_seconds'", "at least 0.5"]),
+        ({"RECONCILE_IDLE_WAIT": "0"}, ["'idle_wait'", "positive"]),
+        ({"RECONCILE_REDIS_URL": "redis://h:6379/abc"}, ["'redis_url'", "database number", "'redis://h:6379/abc'"]),
+        ({"RECONCILE_REDIS_URL": "redis://h:port/0"}, ["'redis_url'", "port"]),
+        ({"RECONCILE_REDIS_URL": "redis+sentinel://h:26379/0"},
+         ["'redis_url'", "redis://, rediss://, unix://", "RECONCILE_REDIS_URL"]),
+        ({"RECONCILE_REDIS_URL": "unix://"}, ["'redis_url'", "socket path"]),
+        ({"RECONCILE_DATABASE_URL": "postgresql+psycopg://h:port/db"}, ["'database_url'", "valid URL"]),
+    ],
+)
+def test_numbers_must_be_finite_and_urls_must_parse(env: dict[str, str], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env, pyproject=False)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_good_redis_urls_are_accepted() -> None:
+    for url in ("redis://h:6379/0", "redis://h", "redis://h:6379/", "rediss://u:p@h:6380/15",
+                "unix:///run/redis.sock?db=2"):
+        assert load_settings({"redis_url": url}, env={}, pyproject=False).redis_url == url
+
+
+def test_code_values_name_code_as_their_source() -> None:
+    with pytest.raises(ConfigError, match=r"'poll_interval' from code .*finite"):
+        Settings().with_overrides(poll_interval=float("nan"))
+
+
+def test_malformed_pyproject_names_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[project]\nname = 'app'\n\n[tool.reconcile]\nnamespace = \n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={}, pyproject=path)
+    message = str(info.value)
+    assert str(path) in message and "line 5" in message and "column" in message
+
+
+def test_tool_reconcile_must_be_a_table(tmp_path: Path) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool]\nreconcile = 3\n")
+    with pytest.raises(ConfigError, match=r"\[tool.reconcile\] .* must be a table"):
+        load_settings(env={}, pyproject=path)
+
+
+def test_passwords_are_masked_in_errors_and_repr() -> None:
+    assert config.mask_url("redis://:pw1@h:6379/0") == "redis://:***@h:6379/0"
+    assert config.mask_url("rediss://user:pw1@h/0?password=pw2") == "rediss://user:***@h/0?password=***"
+    assert config.mask_url("postgresql+psycopg://u:pw1@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
+    assert config.mask_url("redis://h:6379/0") == "redis://h:6379/0"
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"RECONCILE_REDIS_URL": "redis://:topsecret@h:6379/x"}, pyproject=False)
+    assert "topsecret" not in str(info.value) and "redis://:***@h:6379/x" in str(info.value)
+    s = load_settings({"redis_url": "redis://:topsecret@h/0",
+                       "database_url": "postgresql+psycopg://u:topsecret@h/db"}, env={}, pyproject=False)
+    assert "topsecret" not in repr(s) and "redis://:***@h/0" in repr(s)
+    assert config.scrub("driver said topsecret", s) == "driver said ***"
+
+
+def test_settings_remember_where_each_value_came_from(tmp_path: Path) -> None:
+    path = write_pyproject(tmp_path, 'namespace = "f"\n')
+    s = load_settings({"concurrency": 3}, env={"RECONCILE_REDIS_URL": "redis://h/0"}, pyproject=path,
+                      overrides_source="command line")
+    assert s.source_of("redis_url") == "environment variable RECONCILE_REDIS_URL"
+    assert s.source_of("namespace") == f"[tool.reconcile] in {path}"
+    assert s.source_of("concurrency") == "command line"
+    assert s.source_of("idle_wait") == "default"
+    copy = s.with_overrides(idle_wait=1.0)
+    assert copy.source_of("redis_url") == "environment variable RECONCILE_REDIS_URL"
+    assert s == load_settings({"concurrency": 3}, env={"RECONCILE_REDIS_URL": "redis://h/0"}, pyproject=path)
+
+
+def test_cli_reports_a_bad_setting_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["status"], env={"RECONCILE_POLL_INTERVAL": "inf"})
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "reconcile: setting 'poll_interval' from environment variable RECONCILE_POLL_INTERVAL "
+        "must be a finite number, got 'inf'"]
