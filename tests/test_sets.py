@@ -274,3 +274,105 @@ def test_scheduled_and_retries_commands(settings: Settings, broker: Broker) -> N
     assert "deleted 0 jobs" in deleted.output
     usage = runner.invoke(main, ["scheduled", "delete"], env=env)
     assert usage.exit_code == 2 and "give JIDs, or --all" in usage.output
+
+
+def fill_dead(broker: Broker, count: int, size: int) -> list[tuple[str, float]]:
+    """``count`` dead jobs of ``size`` bytes each; returns (jid, score) of each."""
+    pipe = broker.redis.pipeline(transaction=False)
+    out = []
+    for i in range(count):
+        jid, score = f"big{i:05d}", 1_700_000_000.0 + i / 7
+        job = {"class": "sets.Other", "args": ["x" * size], "jid": jid, "queue": "default",
+               "error_class": "E", "error_message": "m"}
+        pipe.zadd(broker.keys.dead, {orjson.dumps(job): score})
+        out.append((jid, score))
+    pipe.execute()
+    return out
+
+
+class ReadCounter:
+    """Counts the set members the broker's read methods hand to their callers."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.members = 0
+        self.largest_batch = 0
+        for name in ("set_members_at", "set_entries"):
+            monkeypatch.setattr(Broker, name, self._counted(getattr(Broker, name)))
+        scan = Broker.set_scan
+
+        def counted_scan(broker: Broker, *args: Any, **kwargs: Any) -> Any:
+            for rows in scan(broker, *args, **kwargs):
+                self.members += len(rows)
+                self.largest_batch = max(self.largest_batch, len(rows))
+                yield rows
+        monkeypatch.setattr(Broker, "set_scan", counted_scan)
+
+    def _counted(self, method: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rows = method(*args, **kwargs)
+            self.members += len(rows)
+            return rows
+        return wrapper
+
+
+def test_one_retry_reads_the_members_at_its_score_not_the_set(
+    settings: Settings, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tracemalloc
+
+    from reconcile.sets import act
+
+    entries = fill_dead(broker, 2000, 20_000)  # 40 MB of dead jobs
+    jid, score = entries[1234]
+    reads = ReadCounter(monkeypatch)
+    tracemalloc.start()
+    try:
+        done, change = act("dead", "move", [jid], settings=settings, scores={jid: score})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (done, change.changed) == ("retried", 1)
+    assert reads.members == 1, "only the member at that score was read"
+    assert peak < 1_000_000, f"peak {peak:,} bytes"
+    # without its score the jid is found by a scan Redis filters: still one member read
+    jid, _ = entries[99]
+    tracemalloc.start()
+    try:
+        done, change = act("dead", "delete", [jid], settings=settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert change.changed == 1 and reads.members == 2 and peak < 1_000_000
+    assert broker.set_sizes()["dead"] == 1998
+
+
+def test_retry_all_works_in_bounded_batches(
+    settings: Settings, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tracemalloc
+
+    from reconcile.broker.broker import SET_BATCH
+    from reconcile.sets import act
+
+    fill_dead(broker, 20_000, 1000)  # 20 MB, 40 batches
+    reads = ReadCounter(monkeypatch)
+    tracemalloc.start()
+    try:
+        _, change = act("dead", "move", None, settings=settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert change.changed == 20_000 and broker.set_sizes()["dead"] == 0
+    assert reads.members == 20_000 and reads.largest_batch <= 2 * SET_BATCH, "COUNT is a hint"
+    assert peak < 20_000 * 1000 / 2, f"peak {peak:,} bytes: a few batches, not the 20 MB set"
+
+
+def test_a_button_score_that_no_longer_matches_reports_the_job_gone(
+    settings: Settings, broker: Broker
+) -> None:
+    from reconcile.sets import act
+
+    [(jid, score)] = fill_dead(broker, 1, 10)
+    _, change = act("dead", "move", [jid], settings=settings, scores={jid: score + 1})
+    assert change.changed == 0 and change.not_found == [jid]
+    assert broker.set_sizes()["dead"] == 1, "not looked for elsewhere, not moved"

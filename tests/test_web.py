@@ -6,13 +6,10 @@ standalone server), against real Redis and PostgreSQL.
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import threading
 import urllib.request
-from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -27,8 +24,7 @@ from reconcile.store import quarantine
 from reconcile.web import Dashboard, serve
 from tests.jobs_core import Record, running_worker, wait_for
 from tests.reconciled_app import ProcessItem, items
-
-HOST = "localhost:8181"
+from tests.web_client import HOST, call, same_site
 
 
 class Doomed(Job):
@@ -37,34 +33,6 @@ class Doomed(Job):
 
     def perform(self, text: str) -> None:
         raise RuntimeError(f"cannot handle {text}")
-
-
-def call(app: Dashboard, path: str, method: str = "GET", form: dict[str, Any] | None = None,
-         **headers: str) -> tuple[int, dict[str, str], str]:
-    """One request through the WSGI interface: (status code, headers, body)."""
-    query = ""
-    if "?" in path:
-        path, query = path.split("?", 1)
-    body = urlencode(form or {}, doseq=True).encode()
-    environ = {
-        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
-        "SCRIPT_NAME": "/admin/jobs", "SERVER_NAME": "localhost", "SERVER_PORT": "8181",
-        "HTTP_HOST": HOST, "CONTENT_LENGTH": str(len(body)),
-        "CONTENT_TYPE": "application/x-www-form-urlencoded", "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        **{"HTTP_" + k.upper(): v for k, v in headers.items()},
-    }
-    seen: dict[str, Any] = {}
-
-    def start_response(code: str, hdrs: list[tuple[str, str]]) -> None:
-        seen["code"], seen["headers"] = int(code.split()[0]), dict(hdrs)
-
-    out = b"".join(app(environ, start_response))
-    return seen["code"], seen["headers"], out.decode()
-
-
-def same_site(**extra: str) -> dict[str, str]:
-    return {"ORIGIN": f"http://{HOST}", **extra}
 
 
 def kill(settings: Settings, broker: Broker, text: str) -> str:

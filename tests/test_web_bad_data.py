@@ -21,7 +21,7 @@ from reconcile.cli import main
 from reconcile.config import Settings
 from reconcile.web import Dashboard
 from tests.jobs_core import Record
-from tests.test_web import call, same_site
+from tests.web_client import call, same_site
 
 
 def cli(settings: Settings, *args: str) -> Any:

@@ -21,7 +21,7 @@ from reconcile.config import Settings
 from reconcile.web import Dashboard, serve
 from reconcile.web.app import BasicAuth, host_name
 from reconcile.web.metrics import render
-from tests.test_web import call, kill, same_site
+from tests.web_client import add_dead, call, same_site
 
 SECURITY = {
     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
@@ -53,7 +53,7 @@ def test_loopback_names_are_allowed_by_default(settings: Settings, host: str) ->
 
 
 def test_a_rebound_name_is_refused_for_reads_and_actions(settings: Settings, broker: Broker) -> None:
-    kill(settings, broker, "rebind")
+    add_dead(broker, "rebind")
     app = Dashboard(settings)
     code, headers, body = call(app, "/status.json", HOST="evil.example:8181")
     assert code == 400 and "not an allowed name" in body and headers["Content-Type"].startswith("text/plain")
@@ -98,7 +98,7 @@ def test_basic_auth_challenges_and_lets_the_right_login_in(settings: Settings) -
 
 
 def test_an_auth_hook_guards_a_mounted_dashboard(settings: Settings, broker: Broker) -> None:
-    kill(settings, broker, "hook")
+    add_dead(broker, "hook")
     seen: list[str] = []
 
     def staff(environ: dict[str, Any]) -> bool:
