@@ -79,7 +79,7 @@ def test_everything_runs_as_the_namespace_user(
     acl_broker = Broker(acl_settings)
     # enqueue (plain jobs, one in the scheduled set) and a pass
     Record.perform_bulk([["a"], ["b"], ["c"]])
-    Record.perform_in(3600, "later")
+    later = Record.perform_in(3600, "later")
     with app_engine.begin() as c:
         c.execute(items.insert(), [{"id": i} for i in range(1, 6)])
     result = run_pass(ProcessItem, trigger="manual", settings=acl_settings)
@@ -116,6 +116,12 @@ def test_everything_runs_as_the_namespace_user(
     # the dashboard's status document
     body = _get(Dashboard(acl_settings), "/status.json")
     assert json.loads(body)["namespace"] == acl_settings.namespace
+    # set listings and actions (ZRANGE, ZSCAN for a jid without its score, the set_move script)
+    listed = runner.invoke(main, ["scheduled", "list", "--json"], env=env)
+    assert listed.exit_code == 0 and str(later) in listed.output, listed.output
+    moved = runner.invoke(main, ["scheduled", "run", str(later)], env=env)
+    assert moved.exit_code == 0, moved.output
+    assert acl_broker.set_sizes()["scheduled"] == 0
     flushed = runner.invoke(main, ["flush", "--yes", "--app", "tests.reconciled_app"], env=env)
     assert flushed.exit_code == 0, flushed.output
     assert acl_broker.set_sizes()["scheduled"] == 0
