@@ -391,7 +391,8 @@ class Job:
                             f"keyword-only parameter {p.name!r}, which no job can pass: job "
                             "arguments are positional"
                         )
-                found = (lo, hi, ", ".join(str(p) for p in params))
+                shown = (str(p.replace(annotation=p.empty)) for p in params)
+                found = (lo, hi, ", ".join(shown))
             cls._arity = found
         return found
 
@@ -451,7 +452,9 @@ class Job:
     ) -> JobSetter:
         """Options for one enqueue: ``HardWork.set(queue="critical", wait=30).perform_async(1)``.
 
-        Each option given is checked now, by the class options' rules (docs/jobs.md),
+        None leaves an option as the class has it; ``unique_for=0`` turns uniqueness off
+        for these enqueues. Each option given is checked now, by the class options'
+        rules (docs/jobs.md),
         and ``wait``/``wait_until`` like ``perform_in``/``perform_at``: ArgumentError
         naming the class, the option, the value and what is allowed."""
         opts: dict[str, Any] = {}
@@ -459,6 +462,9 @@ class Job:
                  "unique_until": unique_until}
         for name, value in given.items():
             if value is None:
+                continue
+            if name == "unique_for" and _as_seconds(value) == 0 and type(value) is not bool:
+                opts[name] = 0.0  # no uniqueness for this enqueue, whatever the class says
                 continue
             why = OPTION_RULES[name](value)
             if why is not None:
