@@ -11,7 +11,9 @@ each key; the worker executes each delivery with this protocol, in one transacti
    restricted to the key, compiled once per class and run on the driver connection:
    :func:`reconcile.store.pending.delivery_check`); if the key is no longer pending,
    ack as ``already_done``;
-3. ``perform(session, *key)`` in that transaction (it must not commit);
+3. ``perform(session, *key)`` in that transaction; it must not commit, roll back or
+   close the session (:class:`~reconcile.errors.ProtocolViolation`, see
+   :func:`reconcile.store.engine.run_perform`);
 4. re-check: if the key is still pending, roll back and raise :class:`NotConverged`
    (a perform that does not make its own effect visible is a bug, caught here);
 5. commit; only then is the delivery acked in Redis.
@@ -230,7 +232,7 @@ class ReconciledJob(Job):
 
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> str:
         from .store import pending as sql
-        from .store.engine import delivery_session, get_engine
+        from .store.engine import delivery_session, get_engine, run_perform
 
         engine = get_engine(settings)
         # The default is_pending, inlined: the check is built once for both steps (the
@@ -254,7 +256,7 @@ class ReconciledJob(Job):
                 pending = self._still_pending(session, statement, args)
             if not pending:
                 return "already_done"
-            self.perform(session, *args)
+            run_perform(session, tx, self.perform, args)  # perform must not commit
             session.flush()
             if compiled is not None:
                 # steps 4 and 5 in one round trip; the Session's own commit then finds
