@@ -5,8 +5,8 @@ enqueues it right after the session's outermost transaction commits, so a worker
 never pick it up before the rows it reads are visible (the classic "object does not
 exist" race of enqueueing inside a transaction). Contracts:
 
-* the arguments are checked at the call (``ArgumentError`` names the bad one), not at
-  commit;
+* the arguments and their count are checked at the call (``ArgumentError`` names the
+  bad one, or the parameters ``perform`` expects), not at commit;
 * a rollback drops the job; so does a rolled-back savepoint (``begin_nested()``) the
   job was registered in, and a session closed without committing. A committed
   savepoint keeps its jobs until the outermost commit;
@@ -53,7 +53,7 @@ class _Deferred:
 def defer(session: Session, job_class: type[Job], args: tuple[Any, ...],
           options: dict[str, Any] | None = None, at: float = 0.0) -> None:
     """Enqueue ``job_class(*args)`` when ``session`` commits (see the module docs)."""
-    check_args(list(args), job_class.job_name, job_class.arg_names())
+    check_args(list(args), job_class.job_name, job_class.arg_names(), job_class.arity())
     opts = options or {}
     pending: list[_Deferred] | None = session.info.get(_KEY)
     if pending is None:

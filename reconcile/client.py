@@ -25,8 +25,8 @@ import orjson
 from . import middleware
 from .broker import PushRecord, get_broker
 from .config import get_settings
-from .errors import ArgumentError, PayloadTooLarge
-from .payload import check_args, encode, new_jid
+from .errors import PayloadTooLarge
+from .payload import check_args, encode, new_jid, valid_queue
 
 if TYPE_CHECKING:
     from .job import Job
@@ -40,8 +40,6 @@ class Interceptor(Protocol):
 
 _interceptor: Interceptor | None = None
 
-_BAD_QUEUE_CHARS = "{}| \t\n"
-
 
 def set_interceptor(interceptor: Interceptor | None) -> Interceptor | None:
     """Install (or remove, with None) the test-mode hook; returns the previous one."""
@@ -51,12 +49,9 @@ def set_interceptor(interceptor: Interceptor | None) -> Interceptor | None:
 
 
 def check_queue(job: str, queue: Any) -> str:
-    """``queue`` if it is a usable queue name; ArgumentError naming the job otherwise."""
-    if not isinstance(queue, str) or not queue or any(c in queue for c in _BAD_QUEUE_CHARS):
-        raise ArgumentError(
-            f"{job}: queue {queue!r} must be a non-empty string without braces, '|' or spaces"
-        )
-    return queue
+    """``queue`` if it is a valid queue name; ArgumentError naming the job otherwise
+    (the one rule, :func:`reconcile.payload.check_queue`)."""
+    return valid_queue(job, queue)
 
 
 def payload_frame(name: str, queue: str, opts: dict[str, Any], locked: bool) -> tuple[bytes, bytes, bytes]:
@@ -153,10 +148,11 @@ def _build_dicts(
 ) -> list[dict[str, Any] | None]:
     """Payload dicts, passed through client middleware (None where it rejected one)."""
     name = job_class.job_name
+    arity = job_class.arity()
     payloads: list[dict[str, Any] | None] = []
     for args in args_list:
         args = list(args)
-        check_args(args, name, names)
+        check_args(args, name, names, arity)
         # "queue" then "jid" first: the Lua scripts read them with an anchored match.
         payload: dict[str, Any] = {
             "queue": queue, "jid": new_jid(), "class": name, "args": args, "created_at": now,
@@ -208,9 +204,10 @@ def _build_records(
     ids = os.urandom(12 * len(args_list)).hex()
     records: list[PushRecord] = []
     jids: list[tuple[int, str]] = []
+    arity = job_class.arity()
     for i, args in enumerate(args_list):
         args = list(args)
-        check_args(args, name, names)
+        check_args(args, name, names, arity)
         jid = ids[24 * i : 24 * i + 24]
         when = run_at if ats is None else ats[i]
         if ats is None:

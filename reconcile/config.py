@@ -179,6 +179,13 @@ class Settings:
     log_level: str = "INFO"
     """Logging level of ``reconcile`` commands. Default ``INFO``."""
 
+    max_schedule_seconds: float = 5 * 365 * 86_400.0
+    """Furthest ahead ``perform_in``, ``perform_at`` and ``set(wait=, wait_until=)``
+    may schedule a job, in seconds; later (or non-finite) run times raise
+    ``ArgumentError``: they are almost always a unit mistake (milliseconds for
+    seconds) and would sit in the scheduled set forever. Default 5 years
+    (157,680,000 s)."""
+
     def with_overrides(self, **values: Any) -> Settings:
         """Return a copy with ``values`` applied (validated), ignoring ``None`` values.
         The copy remembers this one's sources, those of ``values`` being ``code``."""
@@ -285,6 +292,10 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     ns = values["namespace"]
     if not ns or any(c in ns for c in "{}: \t\n"):
         raise bad("namespace", "must be non-empty without braces, colons or spaces")
+    # max_schedule_seconds: a finite horizon (inf would switch the check off silently)
+    horizon = values["max_schedule_seconds"]
+    if not horizon > 0 or horizon == float("inf"):
+        raise bad("max_schedule_seconds", "must be a finite positive number of seconds")
     if values["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise bad("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
 

@@ -75,3 +75,9 @@ class PendingQueryError(ReconcileError):
 
 class BrokerError(ReconcileError):
     """Redis refused an operation (for example OOM under ``noeviction``)."""
+
+
+class ProtocolViolation(ReconcileError):
+    """A ReconciledJob's perform broke the delivery protocol: it committed, rolled back
+    or closed the delivery's session (or ended its transaction by other means). The
+    delivery fails like any exception (retry rules apply); see docs/reconciled-jobs.md."""

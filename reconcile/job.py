@@ -20,13 +20,18 @@ the plain jobs in it. For work that must survive Redis, use
 from __future__ import annotations
 
 import inspect
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import registry
 from .client import enqueue, unique_digest
+from .config import get_settings
+from .errors import ArgumentError, ConfigError
+from .payload import QUEUE_NAME_RULE, UNBOUNDED, Arity, check_args, is_queue_name
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -49,16 +54,157 @@ KILL: Final = _Sentinel("KILL")
 RetryDecision = float | int | None | _Sentinel
 
 
-def _seconds(value: float | int | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+def _seconds(value: float | int | timedelta, job: str = "", what: str = "interval") -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if type(value) not in (int, float):
+        raise ArgumentError(f"{job}: {what} {value!r} must be a number of seconds or a timedelta")
+    return float(value)
 
 
-def _epoch(when: datetime | float | int) -> float:
+def _epoch(when: datetime | float | int, job: str = "", what: str = "perform_at") -> float:
     if isinstance(when, datetime):
         if when.tzinfo is None:
-            raise ValueError("perform_at needs an aware datetime (naive times are ambiguous)")
+            raise ArgumentError(f"{job}: {what} needs an aware datetime (naive times are ambiguous)")
         return when.timestamp()
+    if type(when) not in (int, float):
+        raise ArgumentError(f"{job}: {what} {when!r} must be an aware datetime or epoch seconds")
     return float(when)
+
+
+def _run_at(job: str, at: float, what: str) -> float:
+    """``at`` (epoch seconds) if it is a usable run time: finite, and no further than
+    ``max_schedule_seconds`` from now; ArgumentError naming ``job`` and ``what``."""
+    if not math.isfinite(at):
+        raise ArgumentError(f"{job}: {what} gives a run time of {at!r}, which is not a finite time")
+    horizon = get_settings().max_schedule_seconds
+    ahead = at - time.time()
+    if ahead > horizon:
+        raise ArgumentError(
+            f"{job}: {what} gives a run time {ahead:.0f} s from now, beyond the "
+            f"max_schedule_seconds horizon of {horizon:.0f} s"
+        )
+    return at
+
+
+def _no_keywords(job: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise ArgumentError(
+            f"{job}: keyword arguments ({', '.join(sorted(kwargs))}) are not supported: job "
+            "arguments are a positional JSON list; pass them in perform's order"
+        )
+
+
+# -- option rules: each returns None for an allowed value, else what is allowed ------
+
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # bool is not a number here
+
+
+def _as_seconds(value: Any) -> Any:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _rule_retry(v: Any) -> str | None:
+    return None if type(v) is bool or (type(v) is int and v >= 0) else "True, False or an int >= 0"
+
+
+def _rule_unique_for(v: Any) -> str | None:
+    v = _as_seconds(v)
+    if v is None or (_finite(v) and v >= 1):
+        return None
+    return ("None or a finite number of seconds >= 1 (or a timedelta); the lock lives in "
+            "whole milliseconds, and a shorter one would deduplicate nothing")
+
+
+def _rule_unique_until(v: Any) -> str | None:
+    return None if type(v) is str and v in ("success", "start") else "'success' or 'start'"
+
+
+def _rule_queue(v: Any) -> str | None:
+    return None if is_queue_name(v) else f"a queue name: {QUEUE_NAME_RULE}"
+
+
+def _rule_timeout(v: Any) -> str | None:
+    return None if v is None or (_finite(v) and v > 0) else "None or a finite number of seconds > 0"
+
+
+def _rule_every(v: Any) -> str | None:
+    v = _as_seconds(v)
+    if v is None or (_finite(v) and v > 0):
+        return None
+    return "None or a finite number of seconds > 0 (or a timedelta)"
+
+
+def _rule_jitter(v: Any) -> str | None:
+    return None if _finite(v) and v >= 0 else "a finite number of seconds >= 0"
+
+
+def _rule_batch_size(v: Any) -> str | None:
+    return None if type(v) is int and v >= 1 else "an int >= 1"
+
+
+def _rule_discard_on(v: Any) -> str | None:
+    if type(v) is tuple and all(isinstance(e, type) and issubclass(e, BaseException) for e in v):
+        return None
+    return "a tuple of exception classes, such as (ValueError,)"
+
+
+def _rule_cron(v: Any) -> str | None:
+    return None if v is None or type(v) is str else "None or a cron expression string"
+
+
+def _rule_tz(v: Any) -> str | None:
+    if type(v) is str:
+        try:
+            ZoneInfo(v)
+            return None
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return "an IANA time zone name known to this system, such as 'UTC' or 'Europe/Paris'"
+
+
+def _rule_cron_args(v: Any) -> str | None:
+    return None if type(v) is tuple else "a tuple of JSON-native values"
+
+
+OPTION_RULES: Final[dict[str, Callable[[Any], str | None]]] = {
+    "queue": _rule_queue, "retry": _rule_retry, "unique_for": _rule_unique_for,
+    "unique_until": _rule_unique_until, "timeout": _rule_timeout,
+    "discard_on": _rule_discard_on, "cron": _rule_cron, "tz": _rule_tz,
+    "cron_args": _rule_cron_args, "every": _rule_every, "jitter": _rule_jitter,
+    "batch_size": _rule_batch_size,
+}
+"""Allowed values of each class option (docs/jobs.md lists them)."""
+
+
+def _option_error(name: str, value: Any, why: str) -> str:
+    return f"option {name} = {value!r} is not allowed: {name} must be {why}"
+
+
+def check_class_options(cls: type[Job]) -> None:
+    """Validate ``cls``'s options (its ``option_names``) at class definition;
+    :class:`ConfigError` naming the class, the option, the value and what is allowed."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    for name in cls.option_names:
+        value = getattr(cls, name)
+        why = OPTION_RULES[name](value)
+        if why is not None:
+            raise ConfigError(f"{where}: {_option_error(name, value, why)}")
+    arity = cls.arity()  # also refuses a perform that can never be called
+    if cls.cron is not None:
+        from .scheduler.cron import Cron
+
+        try:
+            Cron(cls.cron, cls.tz)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: option cron: {exc}") from None
+    try:
+        # a plain cron job is enqueued with cron_args (a ReconciledJob's cron drives passes)
+        check_args(cls.cron_args, f"{where}.cron_args",
+                   arity=arity if cls.cron is not None and not cls.injected_params else None)
+    except ArgumentError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class Job:
@@ -108,7 +254,14 @@ class Job:
     abstract: ClassVar[bool] = True
     """Base classes that are never enqueued set this; subclasses are concrete by default."""
 
+    option_names: ClassVar[tuple[str, ...]] = (
+        "queue", "retry", "unique_for", "unique_until", "timeout", "discard_on", "cron", "tz",
+        "cron_args",
+    )
+    """Options validated when a concrete subclass is defined (see ``OPTION_RULES``)."""
+
     _arg_names: ClassVar[list[str] | None] = None
+    _arity: ClassVar[Arity | None] = None
 
     injected_params: ClassVar[int] = 0
     """Leading perform parameters the engine supplies (ReconciledJob: the session)."""
@@ -128,8 +281,10 @@ class Job:
             cls.abstract = False
         if cls.abstract:
             return
-        cls.job_name = registry.register(cls)
         cls._arg_names = None
+        cls._arity = None
+        check_class_options(cls)  # before registering: a refused class never becomes usable
+        cls.job_name = registry.register(cls)
         if isinstance(cls.unique_for, timedelta):
             cls.unique_for = cls.unique_for.total_seconds()
 
@@ -218,30 +373,74 @@ class Job:
                 cls._arg_names = []
         return cls._arg_names
 
+    @classmethod
+    def arity(cls) -> Arity:
+        """(fewest, most) positional arguments ``perform`` accepts after the injected
+        ones (most is ``UNBOUNDED`` with ``*args``) and its parameters as text, for
+        messages. Computed once per class; enqueue checks each job against it, and the
+        worker each payload. A required keyword-only parameter can never be given (job
+        arguments are positional), so such a ``perform`` is a ConfigError."""
+        found = cls._arity
+        if found is None:
+            try:
+                params = list(inspect.signature(cls.perform).parameters.values())
+            except (TypeError, ValueError):
+                found = (0, UNBOUNDED, "*args")
+            else:
+                params = params[1 + cls.injected_params:]
+                lo = hi = 0
+                for p in params:
+                    if p.kind is p.VAR_POSITIONAL:
+                        hi = UNBOUNDED
+                    elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                        hi += 1
+                        lo += p.default is p.empty
+                    elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+                        raise ConfigError(
+                            f"{cls.__module__}.{cls.__qualname__}.perform has a required "
+                            f"keyword-only parameter {p.name!r}, which no job can pass: job "
+                            "arguments are positional"
+                        )
+                shown = (str(p.replace(annotation=p.empty)) for p in params)
+                found = (lo, hi, ", ".join(shown))
+            cls._arity = found
+        return found
+
     # -- enqueue API ---------------------------------------------------------------
 
     @classmethod
-    def perform_async(cls, *args: Any) -> str | None:
-        """Enqueue now. Returns the jid, or None if middleware or uniqueness dropped it."""
+    def perform_async(cls, *args: Any, **kwargs: Any) -> str | None:
+        """Enqueue now. Returns the jid, or None if middleware or uniqueness dropped it.
+        Every enqueue method raises ArgumentError for arguments that are not JSON-native,
+        for a count ``perform`` does not accept, and for keyword arguments."""
+        if kwargs:
+            _no_keywords(cls.job_name, kwargs)
         return enqueue(cls, [args])[0]
 
     @classmethod
-    def perform_in(cls, interval: float | int | timedelta, *args: Any) -> str | None:
-        """Enqueue to run after ``interval`` (seconds or timedelta)."""
-        return enqueue(cls, [args], at=time.time() + _seconds(interval))[0]
+    def perform_in(cls, interval: float | int | timedelta, *args: Any, **kwargs: Any) -> str | None:
+        """Enqueue to run after ``interval`` (seconds or timedelta), which must be finite
+        and within ``max_schedule_seconds`` (default 5 years)."""
+        _no_keywords(cls.job_name, kwargs)
+        at = time.time() + _seconds(interval, cls.job_name)
+        return enqueue(cls, [args], at=_run_at(cls.job_name, at, "perform_in"))[0]
 
     @classmethod
-    def perform_at(cls, when: datetime | float | int, *args: Any) -> str | None:
-        """Enqueue to run at ``when`` (aware datetime or epoch seconds)."""
-        return enqueue(cls, [args], at=_epoch(when))[0]
+    def perform_at(cls, when: datetime | float | int, *args: Any, **kwargs: Any) -> str | None:
+        """Enqueue to run at ``when`` (aware datetime or epoch seconds), finite and
+        within ``max_schedule_seconds`` from now."""
+        _no_keywords(cls.job_name, kwargs)
+        at = _epoch(when, cls.job_name)
+        return enqueue(cls, [args], at=_run_at(cls.job_name, at, "perform_at"))[0]
 
     @classmethod
-    def perform_after_commit(cls, session: Session, *args: Any) -> None:
+    def perform_after_commit(cls, session: Session, *args: Any, **kwargs: Any) -> None:
         """Enqueue when ``session``'s transaction (the current one, or the next if none
         has begun) commits; nothing if it rolls back (see :mod:`reconcile.after_commit`).
-        Arguments are checked now."""
+        Arguments (and their count) are checked now."""
         from .after_commit import defer
 
+        _no_keywords(cls.job_name, kwargs)
         defer(session, cls, args)
 
     @classmethod
@@ -261,21 +460,31 @@ class Job:
         unique_for: float | timedelta | None = None,
         unique_until: Literal["success", "start"] | None = None,
     ) -> JobSetter:
-        """Options for one enqueue: ``HardWork.set(queue="critical", wait=30).perform_async(1)``."""
+        """Options for one enqueue: ``HardWork.set(queue="critical", wait=30).perform_async(1)``.
+
+        None leaves an option as the class has it; ``unique_for=0`` turns uniqueness off
+        for these enqueues. Each option given is checked now, by the class options'
+        rules (docs/jobs.md),
+        and ``wait``/``wait_until`` like ``perform_in``/``perform_at``: ArgumentError
+        naming the class, the option, the value and what is allowed."""
         opts: dict[str, Any] = {}
-        if queue is not None:
-            opts["queue"] = queue
-        if retry is not None:
-            opts["retry"] = retry
-        if unique_for is not None:
-            opts["unique_for"] = _seconds(unique_for)
-        if unique_until is not None:
-            opts["unique_until"] = unique_until
+        given = {"queue": queue, "retry": retry, "unique_for": unique_for,
+                 "unique_until": unique_until}
+        for name, value in given.items():
+            if value is None:
+                continue
+            if name == "unique_for" and _as_seconds(value) == 0 and type(value) is not bool:
+                opts[name] = 0.0  # no uniqueness for this enqueue, whatever the class says
+                continue
+            why = OPTION_RULES[name](value)
+            if why is not None:
+                raise ArgumentError(f"{cls.job_name}.set(): {_option_error(name, value, why)}")
+            opts[name] = _as_seconds(value)
         at = 0.0
         if wait is not None:
-            at = time.time() + _seconds(wait)
+            at = _run_at(cls.job_name, time.time() + _seconds(wait, cls.job_name, "wait"), "set(wait=)")
         elif wait_until is not None:
-            at = _epoch(wait_until)
+            at = _run_at(cls.job_name, _epoch(wait_until, cls.job_name, "wait_until"), "set(wait_until=)")
         return JobSetter(cls, opts, at)
 
 
@@ -287,19 +496,28 @@ class JobSetter:
         self.opts = options
         self.at = at
 
-    def perform_async(self, *args: Any) -> str | None:
+    def perform_async(self, *args: Any, **kwargs: Any) -> str | None:
+        if kwargs:
+            _no_keywords(self.job_class.job_name, kwargs)
         return enqueue(self.job_class, [args], options=self.opts, at=self.at)[0]
 
-    def perform_after_commit(self, session: Session, *args: Any) -> None:
+    def perform_after_commit(self, session: Session, *args: Any, **kwargs: Any) -> None:
         from .after_commit import defer
 
+        _no_keywords(self.job_class.job_name, kwargs)
         defer(session, self.job_class, args, self.opts, self.at)
 
-    def perform_in(self, interval: float | int | timedelta, *args: Any) -> str | None:
-        return enqueue(self.job_class, [args], options=self.opts, at=time.time() + _seconds(interval))[0]
+    def perform_in(self, interval: float | int | timedelta, *args: Any, **kwargs: Any) -> str | None:
+        name = self.job_class.job_name
+        _no_keywords(name, kwargs)
+        at = _run_at(name, time.time() + _seconds(interval, name), "perform_in")
+        return enqueue(self.job_class, [args], options=self.opts, at=at)[0]
 
-    def perform_at(self, when: datetime | float | int, *args: Any) -> str | None:
-        return enqueue(self.job_class, [args], options=self.opts, at=_epoch(when))[0]
+    def perform_at(self, when: datetime | float | int, *args: Any, **kwargs: Any) -> str | None:
+        name = self.job_class.job_name
+        _no_keywords(name, kwargs)
+        at = _run_at(name, _epoch(when, name), "perform_at")
+        return enqueue(self.job_class, [args], options=self.opts, at=at)[0]
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]]) -> list[str | None]:
         return enqueue(self.job_class, list(args_list), options=self.opts, at=self.at)

@@ -17,6 +17,11 @@ Contracts:
   finite ``float``, ``bool``, ``None``, ``list`` and ``dict`` with ``str`` keys) and
   names the offending argument and its type otherwise. Subclasses (enums, tuples,
   ``datetime``) are refused because they would not survive the round trip.
+  A string (or dict key) orjson cannot encode, such as a lone surrogate
+  (``"\\ud800"``), is refused the same way, naming its path (``args[1]['name']``).
+* :func:`check_args` given ``arity`` (``Job.arity()``) also refuses a count of
+  positional arguments ``perform`` does not accept, naming the expected parameters.
+* :func:`valid_queue` is the one rule for queue names (:data:`QUEUE_NAME_RULE`).
 * :func:`encode` refuses payloads larger than the configured limit.
 * :func:`decode` never raises anything but :class:`PayloadError`, whose message is
   the reason recorded in the dead set.
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import sys
 from typing import Any
 
 import orjson
@@ -42,6 +49,27 @@ _INT_MAX = 2**64 - 1
 _ALLOWED = "str, int, float, bool, None, list, dict with str keys"
 
 
+QUEUE_NAME_RULE = "1 to 128 characters among A-Z a-z 0-9 _ . : -"
+"""Allowed queue names, as error messages state it. Braces would break the Redis hash
+tag, ``|`` separates fields in lease entries, and whitespace or other characters make
+names that CLI flags and dashboards cannot show unambiguously."""
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+
+def is_queue_name(queue: Any) -> bool:
+    """Whether ``queue`` is a valid queue name (:data:`QUEUE_NAME_RULE`)."""
+    return type(queue) is str and _QUEUE_NAME.fullmatch(queue) is not None
+
+
+def valid_queue(job: str, queue: Any) -> str:
+    """``queue`` if it is a valid queue name (:data:`QUEUE_NAME_RULE`); otherwise
+    :class:`ArgumentError` naming ``job`` (the class, or where the name came from)."""
+    if not is_queue_name(queue):
+        raise ArgumentError(f"{job}: queue {queue!r} is not a valid queue name ({QUEUE_NAME_RULE})")
+    return str(queue)
+
+
 def new_jid() -> str:
     """A job id: 12 random bytes as 24 hex characters (Sidekiq's format)."""
     return os.urandom(12).hex()
@@ -52,9 +80,25 @@ def _describe(value: Any) -> str:
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
+def _encodable(text: str) -> bool:
+    """Whether orjson can encode ``text``: UTF-8 has no lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check(value: Any, path: str, depth: int, job: str) -> None:
     kind = type(value)
-    if kind is str or kind is bool or value is None:
+    if kind is str:
+        if not value.isascii() and not _encodable(value):
+            raise ArgumentError(
+                f"{job}: argument {path} is a string with a lone surrogate, which JSON "
+                f"(UTF-8) cannot carry: {value!r}"[:500]
+            )
+        return
+    if kind is bool or value is None:
         return
     if kind is int:
         if not _INT_MIN <= value <= _INT_MAX:
@@ -77,6 +121,11 @@ def _check(value: Any, path: str, depth: int, job: str) -> None:
                     f"{job}: argument {path} has a key {key!r} of type {_describe(key)}; "
                     "dict keys must be str"
                 )
+            if not key.isascii() and not _encodable(key):
+                raise ArgumentError(
+                    f"{job}: argument {path} has a key with a lone surrogate, which JSON "
+                    f"(UTF-8) cannot carry: {key!r}"[:500]
+                )
             _check(item, f"{path}[{key!r}]", depth + 1, job)
         return
     raise ArgumentError(
@@ -85,21 +134,51 @@ def _check(value: Any, path: str, depth: int, job: str) -> None:
     )
 
 
-def check_args(args: list[Any] | tuple[Any, ...], job: str, names: list[str] | None = None) -> None:
-    """Raise :class:`ArgumentError` unless every argument is JSON-native.
+Arity = tuple[int, int, str]
+"""``Job.arity()``: (fewest, most) positional arguments ``perform`` accepts (most is
+:data:`UNBOUNDED` for ``*args``) and the parameters as messages show them."""
+
+UNBOUNDED = sys.maxsize
+"""The most of an arity whose ``perform`` takes ``*args``."""
+
+
+def check_args(
+    args: list[Any] | tuple[Any, ...], job: str, names: list[str] | None = None,
+    arity: Arity | None = None,
+) -> None:
+    """Raise :class:`ArgumentError` unless every argument is JSON-native and, given
+    ``arity``, their count is one ``perform`` accepts.
 
     ``names`` (the perform parameter names) make messages read ``user_id`` rather
     than ``args[0]``.
     """
+    if arity is not None and not arity[0] <= len(args) <= arity[1]:
+        raise ArgumentError(arity_message(job, arity, len(args)))
     for i, value in enumerate(args):
         kind = type(value)
-        if kind is int or kind is str or kind is bool or value is None:
-            if kind is int and not _INT_MIN <= value <= _INT_MAX:
-                pass  # fall through to the full check for its message
-            else:
-                continue
+        if kind is str:
+            if value.isascii():
+                continue  # else the full check looks for lone surrogates
+        elif kind is bool or value is None or (kind is int and _INT_MIN <= value <= _INT_MAX):
+            continue
         label = f"{names[i]!r} (args[{i}])" if names and i < len(names) else f"args[{i}]"
         _check(value, label, 0, job)
+
+
+def arity_message(job: str, arity: Arity, count: int) -> str:
+    """The error for ``count`` positional arguments where ``arity`` says otherwise."""
+    lo, hi, params = arity
+    if lo == hi:
+        want = f"{lo}"
+    elif hi >= UNBOUNDED:
+        want = f"at least {lo}"
+    else:
+        want = f"{lo} to {hi}"
+    noun = "argument" if want == "1" else "arguments"
+    return (
+        f"{job}: perform({params}) takes {want} positional {noun}, got {count} "
+        "(keyword arguments are not supported: job arguments are a positional JSON list)"
+    )
 
 
 def encode(payload: Payload, limit: int) -> bytes:
@@ -107,6 +186,9 @@ def encode(payload: Payload, limit: int) -> bytes:
     try:
         data = orjson.dumps(payload)
     except TypeError as exc:  # only reachable if a middleware put a non-JSON value in
+        args = payload.get("args")
+        if type(args) is list:
+            check_args(args, f"{payload.get('class')}")  # names the argument if it is one
         raise PayloadError(f"payload of {payload.get('class')!r} is not JSON: {exc}") from None
     if len(data) > limit:
         raise PayloadTooLarge(

@@ -11,7 +11,9 @@ each key; the worker executes each delivery with this protocol, in one transacti
    restricted to the key, compiled once per class and run on the driver connection:
    :func:`reconcile.store.pending.delivery_check`); if the key is no longer pending,
    ack as ``already_done``;
-3. ``perform(session, *key)`` in that transaction (it must not commit);
+3. ``perform(session, *key)`` in that transaction; it must not commit, roll back or
+   close the session (:class:`~reconcile.errors.ProtocolViolation`, see
+   :func:`reconcile.store.engine.run_perform`);
 4. re-check: if the key is still pending, roll back and raise :class:`NotConverged`
    (a perform that does not make its own effect visible is a bug, caught here);
 5. commit; only then is the delivery acked in Redis.
@@ -93,6 +95,7 @@ class ReconciledJob(Job):
 
     abstract = True
     injected_params = 1  # perform(self, session, *key)
+    option_names = (*Job.option_names, "every", "jitter", "batch_size")
 
     every: ClassVar[float | timedelta | None] = None
     """Seconds (or timedelta) between reconcile passes. Exactly one of ``every`` and
@@ -249,7 +252,7 @@ class ReconciledJob(Job):
 
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> str:
         from .store import pending as sql
-        from .store.engine import delivery_session, get_engine
+        from .store.engine import delivery_session, get_engine, run_perform
 
         engine = get_engine(settings)
         # the lock is the canonical key's; the check and perform get the typed values
@@ -275,7 +278,7 @@ class ReconciledJob(Job):
                 pending = self._still_pending(session, statement, key)
             if not pending:
                 return "already_done"
-            self.perform(session, *key)
+            run_perform(session, tx, self.perform, key)  # perform must not commit
             session.flush()
             if compiled is not None:
                 # steps 4 and 5 in one round trip; the Session's own commit then finds

@@ -96,7 +96,7 @@ def test_perform_at_takes_aware_datetimes_and_epochs(broker: Broker) -> None:
 
 
 def test_perform_at_refuses_naive_datetimes(broker: Broker) -> None:
-    with pytest.raises(ValueError, match="aware"):
+    with pytest.raises(ArgumentError, match="Mail: perform_at needs an aware datetime"):
         Mail.perform_at(dt.datetime.now() + dt.timedelta(hours=1), 1)
     assert namespace_keys(broker) == []
 
@@ -173,9 +173,14 @@ def test_non_json_argument_raises_naming_argument_and_type(broker: Broker) -> No
         Mail.perform_async(1, {"when": dt.datetime.now(dt.UTC)})
     message = str(info.value)
     assert "'kind' (args[1])['when']" in message and "datetime.datetime" in message, message
-    with pytest.raises(ArgumentError, match=r"args\[2\]"):
-        Mail.perform_async(1, "a", object())  # beyond the named parameters
+    with pytest.raises(ArgumentError, match=r"argument args\[2\] is object"):
+        Spread.perform_async(1, "a", object())  # *rest: beyond the named parameters
     assert namespace_keys(broker) == []
+
+
+class Spread(Job):
+    def perform(self, user_id: int, *rest: Any) -> None:
+        pass
 
 
 def test_oversize_payload_raises_and_writes_nothing(broker: Broker) -> None:

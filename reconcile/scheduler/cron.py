@@ -18,11 +18,12 @@ This is Vixie cron's rule (wildcard versus fixed-time jobs), stated per instant.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from ..errors import ConfigError
 
@@ -41,12 +42,16 @@ _MARGIN = timedelta(hours=3)
 transition wall-clock order and instant order can disagree."""
 
 
+_NEVER_YEARS = 28
+
+
 class Every:
-    """Fire every ``seconds`` (> 0): ``next_after(dt)`` is ``dt + seconds``."""
+    """Fire every ``seconds`` (finite, > 0): ``next_after(dt)`` is ``dt + seconds``."""
 
     def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-            raise ConfigError(f"every must be a positive number of seconds, got {seconds!r}")
+        if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                or not math.isfinite(seconds) or seconds <= 0):
+            raise ConfigError(f"every must be a finite positive number of seconds, got {seconds!r}")
         self.seconds = seconds
         self.interval = timedelta(seconds=seconds)
 
@@ -69,10 +74,15 @@ class Every:
 
 class Cron:
     """A five-field cron expression (or ``@hourly``, ``@daily``...) in time zone ``tz``
-    (an IANA name, default ``UTC``), validated here: a bad expression or zone raises
+    (an IANA name, default ``UTC``), validated here: a bad expression or zone, or an
+    expression no date matches (``0 0 31 2 *``, February 31st), raises
     :class:`ConfigError` naming it."""
 
     def __init__(self, expr: str, tz: str = "UTC") -> None:
+        if not isinstance(expr, str):
+            raise ConfigError(f"cron expression must be a string, got {expr!r}")
+        if not isinstance(tz, str):
+            raise ConfigError(f"time zone must be an IANA name string, got {tz!r}")
         fields = _MACROS.get(expr.strip().lower(), expr).split()
         if len(fields) != 5 or not croniter.is_valid(" ".join(fields)):
             raise ConfigError(
@@ -86,6 +96,16 @@ class Cron:
         self.expr = expr
         self.tz = tz
         self._fields = " ".join(fields)
+        try:
+            # Any expression that matches a date matches one within 28 years (the
+            # calendar's weekday cycle); without this next_after would never return.
+            croniter(self._fields, datetime(2000, 1, 1),
+                     max_years_between_matches=_NEVER_YEARS).get_next(datetime)
+        except CroniterBadDateError:
+            raise ConfigError(
+                f"cron expression {expr!r} never fires: no date matches its fields "
+                "(such as February 31st)"
+            ) from None
         # Vixie cron's test for "runs every hour or every few hours".
         self._hour_wildcard = fields[1].startswith("*")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from psycopg import pq
@@ -21,6 +21,10 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from ..config import Settings, get_settings
+from ..errors import ProtocolViolation
+
+if TYPE_CHECKING:
+    from .pending import DriverTx
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -105,11 +109,88 @@ def _on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
         raise sa.exc.DisconnectionError(f"stale pooled connection: {reason.strip()}")
 
 
+NO_COMMIT_RULE = "perform must not commit; the delivery commits after the re-check"
+
+
+class DeliverySession(Session):
+    """The Session of a ReconciledJob delivery (what ``perform`` receives).
+
+    While :func:`run_perform` runs ``perform``, ``commit()``, ``rollback()`` and
+    ``close()`` raise :class:`ProtocolViolation` before doing anything: a commit
+    there would make the effect durable before step 4's re-check, a rollback or close
+    would silently end the transaction and its advisory lock. Savepoints
+    (``begin_nested()``) are fine. The framework's own commit goes through the
+    transaction object of ``with session.begin()``, not these methods, so outside
+    perform they behave as a Session's always do."""
+
+    _performing = False
+    _violation: ProtocolViolation | None = None
+
+    def _refuse(self, what: str) -> None:
+        if self._performing:
+            exc = ProtocolViolation(f"perform called session.{what}: {NO_COMMIT_RULE}")
+            self._violation = exc  # raised again after perform even if perform catches it
+            raise exc
+
+    def commit(self) -> None:
+        self._refuse("commit()")
+        super().commit()
+
+    def rollback(self) -> None:
+        self._refuse("rollback()")
+        super().rollback()
+
+    def close(self) -> None:
+        self._refuse("close()")
+        super().close()
+
+
+_IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+
+
+def run_perform(session: Session, tx: DriverTx, perform: Callable[..., Any], args: Sequence[Any]) -> None:
+    """``perform(session, *args)`` under the no-commit rule (:data:`NO_COMMIT_RULE`).
+
+    ``session`` is the delivery's :class:`DeliverySession` inside its transaction and
+    ``tx`` the protocol's statements on its connection. Raises :class:`ProtocolViolation` if
+    perform called ``commit()``, ``rollback()`` or ``close()`` on the session (refused
+    at the call, so nothing was committed), or if the transaction the delivery began
+    is no longer the one open when perform returns: SQLAlchemy's connection-level
+    transaction ended (``session.connection().commit()``) or the server is no longer
+    in a transaction (a raw ``COMMIT``/``ROLLBACK`` statement). Those last cases are
+    seen only afterwards: what perform did before them may be committed, without the
+    re-check. A ``COMMIT`` followed by more statements on a connection not in
+    autocommit (psycopg then opens a new transaction) is not detected.
+    """
+    guard = session if isinstance(session, DeliverySession) else None
+    conn = tx.conn  # the Session's connection, without Session.connection()'s cost
+    began = conn.get_transaction()
+    if guard is not None:
+        guard._performing = True
+        guard._violation = None  # a held Session's last delivery may have left one
+    try:
+        perform(session, *args)
+    finally:
+        if guard is not None:
+            guard._performing = False
+    if guard is not None and guard._violation is not None:
+        exc, guard._violation = guard._violation, None
+        raise exc
+    if conn.get_transaction() is not began or began is None or not began.is_active:
+        raise ProtocolViolation(
+            f"perform ended the delivery's transaction through its connection: "
+            f"{NO_COMMIT_RULE} (what it did before may be committed)")
+    if tx.cursor.connection.info.transaction_status not in _IN_TRANSACTION:
+        raise ProtocolViolation(
+            f"perform ended the delivery's transaction with a COMMIT or ROLLBACK statement: "
+            f"{NO_COMMIT_RULE} (what it did before may be committed)")
+
+
 class _Held(threading.local):
     enabled = False
     engine: Engine | None = None
     conn: Connection | None = None
-    session: Session | None = None
+    session: DeliverySession | None = None
     used_at = 0.0
 
 
@@ -136,7 +217,8 @@ def _release_held() -> None:
 
 @contextmanager
 def delivery_session(engine: Engine) -> Iterator[Session]:
-    """A Session on ``engine`` for one ReconciledJob delivery, closed at exit.
+    """A :class:`DeliverySession` on ``engine`` for one ReconciledJob delivery, closed
+    at exit.
 
     Inside :func:`holding_connections` the calling thread keeps one pooled connection
     checked out and one Session bound to it across deliveries: the pool's checkout and
@@ -146,7 +228,7 @@ def delivery_session(engine: Engine) -> Iterator[Session]:
     it was invalidated, or for another engine. Elsewhere: a new Session per call.
     """
     if not _held.enabled:
-        with Session(engine, expire_on_commit=False) as session:
+        with DeliverySession(engine, expire_on_commit=False) as session:
             yield session
         return
     now = time.monotonic()
@@ -158,7 +240,7 @@ def delivery_session(engine: Engine) -> Iterator[Session]:
     if conn is None or _held.session is None:
         conn = _held.conn = engine.connect()
         _held.engine = engine
-        held = _held.session = Session(bind=conn, expire_on_commit=False)
+        held = _held.session = DeliverySession(bind=conn, expire_on_commit=False)
     else:
         held = _held.session
         if conn.in_transaction():

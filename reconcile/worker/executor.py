@@ -22,7 +22,6 @@ unknown class, arity  ``D`` dead, payload kept, reason in ``error_message``
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 import threading
@@ -35,7 +34,7 @@ from .. import middleware, registry
 from ..broker import Delivery, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
-from ..payload import decode, dumps
+from ..payload import UNBOUNDED, decode, dumps
 from .retry import decide, error_name, run_death_hooks
 
 if TYPE_CHECKING:
@@ -49,8 +48,6 @@ LOCK_BUSY_DELAY = (1.0, 3.0)
 
 HOLD_DELAY = 30.0
 """Seconds before a held job (its plain Job class is disabled) is looked at again."""
-
-_arity_cache: dict[type, tuple[int, int | None]] = {}
 
 
 class Active(NamedTuple):
@@ -83,31 +80,6 @@ class HeldJobs:
             except Exception as exc:
                 log.warning("cannot read kill switches from Redis, keeping the last view: %s", exc)
         return name in self._names
-
-
-
-def _arity(cls: type[Job]) -> tuple[int, int | None]:
-    """(min, max) positional arguments ``perform`` accepts; max None for ``*args``."""
-    found = _arity_cache.get(cls)
-    if found is None:
-        lo, hi = 0, 0
-        unbounded = False
-        try:
-            params = list(inspect.signature(cls.perform).parameters.values())
-            params = params[1 + cls.injected_params:]
-        except (TypeError, ValueError):
-            params = []
-            unbounded = True
-        for p in params:
-            if p.kind is p.VAR_POSITIONAL:
-                unbounded = True
-            elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                hi += 1
-                if p.default is p.empty:
-                    lo += 1
-        found = (lo, None if unbounded else hi)
-        _arity_cache[cls] = found
-    return found
 
 
 class Executor:
@@ -153,9 +125,9 @@ class Executor:
         except UnknownJobClass as exc:
             return self._reject(d, payload, "UnknownJobClass", str(exc))
         args: list[Any] = payload["args"]
-        lo, hi = _arity(cls)
-        if len(args) < lo or (hi is not None and len(args) > hi):
-            want = f"{lo}" if lo == hi else f"{lo} to {'any' if hi is None else hi}"
+        lo, hi, _ = cls.arity()
+        if not lo <= len(args) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {'any' if hi >= UNBOUNDED else hi}"
             return self._reject(
                 d, payload, "ArgumentError",
                 f"{cls.__name__}.perform takes {want} arguments, the payload has {len(args)}",
