@@ -110,11 +110,13 @@ def _rule_retry(v: Any) -> str | None:
 
 
 def _rule_unique_for(v: Any) -> str | None:
+    if type(v) is bool:
+        return "None, 0 (no lock) or a finite number of seconds >= 1 (or a timedelta)"
     v = _as_seconds(v)
-    if v is None or (_finite(v) and v >= 1):
-        return None
-    return ("None or a finite number of seconds >= 1 (or a timedelta); the lock lives in "
-            "whole milliseconds, and a shorter one would deduplicate nothing")
+    if v is None or v == 0 or (_finite(v) and v >= 1):
+        return None  # 0: no uniqueness lock (a ReconciledJob's None means "the default")
+    return ("None, 0 (no lock) or a finite number of seconds >= 1 (or a timedelta); a "
+            "shorter lock would expire before it could deduplicate anything")
 
 
 def _rule_unique_until(v: Any) -> str | None:
@@ -222,7 +224,8 @@ class Job:
 
     unique_for: ClassVar[float | timedelta | None] = None
     """Seconds during which an identical (class, queue, args) enqueue is dropped (returns
-    None). Default None (no uniqueness)."""
+    None): None or 0 for no uniqueness (on a ReconciledJob, None means its default and 0
+    turns the lock off), else at least 1. Default None (no uniqueness)."""
 
     unique_until: ClassVar[Literal["success", "start"]] = "success"
     """When the uniqueness lock is released early: ``"success"`` (the job succeeded, was
