@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,13 +196,8 @@ def _chosen(
             by_score.setdefault(score, []).append(jid)
     for score, at in by_score.items():
         needles = {jid: _needle(jid) for jid in at}
-        batch = []
-        for member in broker.set_members_at(which, score):
-            if any(n in member for n in needles.values()):
-                e = _entry(member, score, settings)
-                if e.jid in needles and keep(e):
-                    batch.append(e)
-                    found.add(e.jid)
+        at_score = ((member, score) for member in broker.set_members_at(which, score))
+        batch = _matching(at_score, needles, keep, found, settings)
         if batch:
             yield batch
     # a jid whose score is not known, or not found at the score given (the button
@@ -212,18 +207,27 @@ def _chosen(
         needles = {jid: _needle(jid) for jid in rest}
         # one jid: Redis filters the scan (MATCH); several: filter each batch here
         for rows in broker.set_scan(which, needles[rest[0]] if len(rest) == 1 else None):
-            batch = []
-            for member, score in rows:
-                if any(n in member for n in needles.values()):
-                    e = _entry(member, score, settings)
-                    if e.jid in needles and keep(e):
-                        batch.append(e)
-                        found.add(e.jid)
+            batch = _matching(rows, needles, keep, found, settings)
             if batch:
                 yield batch
             if found.issuperset(rest):
                 break
     out.not_found += [j for j in wanted if j not in found]
+
+
+def _matching(rows: Iterable[tuple[bytes, float]], needles: dict[str, bytes],
+              keep: Callable[[SetEntry], bool], found: set[str], settings: Settings) -> list[SetEntry]:
+    """The entries of ``rows`` holding one of the jids of ``needles`` (a byte search
+    first, so other members are never decoded) that ``keep`` accepts; adds their jids
+    to ``found``."""
+    batch: list[SetEntry] = []
+    for member, score in rows:
+        if any(n in member for n in needles.values()):
+            e = _entry(member, score, settings)
+            if e.jid in needles and keep(e):
+                batch.append(e)
+                found.add(e.jid)
+    return batch
 
 
 def _needle(jid: str) -> bytes:

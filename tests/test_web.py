@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from reconcile import Job
 from reconcile.api import status
-from reconcile.broker import Broker
+from reconcile.broker import Broker, PushRecord
 from reconcile.config import Settings
 from reconcile.scheduler.passes import run_pass
 from reconcile.store import quarantine
@@ -188,7 +188,10 @@ def test_postgresql_pages_without_the_tables_give_a_503_naming_it(pg_settings: S
 
 def test_metrics_are_the_status_in_prometheus_text_format(settings: Settings, broker: Broker) -> None:
     Record.perform_bulk([["m1"], ["m2"]])
-    Record.set(queue='odd"q\\').perform_async("m3")
+    # a queue name the client refuses, written by an older client or straight into Redis
+    odd = orjson.dumps({"queue": 'odd"q\\', "jid": "0" * 24, "class": Record.job_name, "args": ["m3"],
+                        "created_at": 1.0, "enqueued_at": 1.0, "retry": True})
+    broker.push([PushRecord('odd"q\\', 0.0, "", 0, odd)])
     with running_worker(settings, ["idle"]):
         code, headers, body = call(Dashboard(settings), "/metrics")
     assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
