@@ -82,7 +82,7 @@ def test_keyword_arguments_are_refused_saying_why(broker: Broker) -> None:
     for call in (lambda: Two.perform_async(1, action="a"),
                  lambda: Two.perform_in(5, 1, action="a"),
                  lambda: Two.set(retry=1).perform_async(user_id=1)):
-        with pytest.raises(ArgumentError, match="keyword arguments .* are not supported"):
+        with pytest.raises(ArgumentError, match=r"keyword arguments .* are not supported"):
             call()
     assert broker.queue_names() == []
 
@@ -91,7 +91,7 @@ def test_a_required_keyword_only_parameter_fails_at_definition() -> None:
     def perform(self: Job, a: int, *, b: int) -> None:
         pass
 
-    with pytest.raises(ConfigError, match="KwOnly.perform has a required keyword-only parameter 'b'"):
+    with pytest.raises(ConfigError, match=r"KwOnly.perform has a required keyword-only parameter 'b'"):
         type("KwOnly", (Job,), {"perform": perform})
 
 

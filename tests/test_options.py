@@ -97,7 +97,9 @@ def reconciled(**options: Any) -> type[ReconciledJob]:
     ("retry", -2, "True, False or an int >= 0"),
     ("queue", "bad queue", "A-Z a-z"),
 ])
-def test_a_reconciled_job_with_a_bad_option_fails_at_definition(option: str, value: Any, allowed: str) -> None:
+def test_a_reconciled_job_with_a_bad_option_fails_at_definition(
+    option: str, value: Any, allowed: str,
+) -> None:
     with pytest.raises(ConfigError) as info:
         reconciled(**{option: value})
     message = str(info.value)
@@ -106,7 +108,7 @@ def test_a_reconciled_job_with_a_bad_option_fails_at_definition(option: str, val
 
 
 def test_a_reconciled_cron_that_never_fires_fails_at_definition() -> None:
-    with pytest.raises(ConfigError, match="BadReconciled.*never fires"):
+    with pytest.raises(ConfigError, match=r"BadReconciled.*never fires"):
         reconciled(every=None, cron="0 0 30 2 *")
 
 
