@@ -111,10 +111,10 @@ def _rule_retry(v: Any) -> str | None:
 
 def _rule_unique_for(v: Any) -> str | None:
     v = _as_seconds(v)
-    if v is None or (_finite(v) and v >= 1):
+    if v is None or (_finite(v) and (v >= 1 or v == 0)):
         return None
-    return ("None or a finite number of seconds >= 1 (or a timedelta); the lock lives in "
-            "whole milliseconds, and a shorter one would deduplicate nothing")
+    return ("None, 0 (no uniqueness) or a finite number of seconds >= 1 (or a timedelta); "
+            "a lock shorter than a second would deduplicate nothing")
 
 
 def _rule_unique_until(v: Any) -> str | None:
@@ -462,9 +462,6 @@ class Job:
                  "unique_until": unique_until}
         for name, value in given.items():
             if value is None:
-                continue
-            if name == "unique_for" and _as_seconds(value) == 0 and type(value) is not bool:
-                opts[name] = 0.0  # no uniqueness for this enqueue, whatever the class says
                 continue
             why = OPTION_RULES[name](value)
             if why is not None:

@@ -21,7 +21,7 @@ BAD_CLASS_OPTIONS: list[tuple[str, Any, str]] = [
     ("retry", 2.5, "True, False or an int >= 0"),
     ("retry", "3", "True, False or an int >= 0"),
     ("unique_for", 0.0001, ">= 1"),
-    ("unique_for", 0, ">= 1"),
+    ("unique_for", 0.5, ">= 1"),
     ("unique_for", -5, ">= 1"),
     ("unique_for", math.inf, ">= 1"),
     ("unique_for", math.nan, ">= 1"),
@@ -168,4 +168,4 @@ def test_set_refuses_a_bad_option_at_the_call(option: str, value: Any, allowed: 
 
 
 def test_set_unique_for_zero_turns_uniqueness_off() -> None:
-    assert Target.set(unique_for=0).opts == {"unique_for": 0.0}
+    assert Target.set(unique_for=0).opts == {"unique_for": 0}
