@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.sql import Select
 
-from reconcile import Job, ReconciledJob
+from reconcile import Job, ReconciledJob, registry
 from reconcile.errors import ArgumentError, ConfigError
 from reconcile.payload import valid_queue
 
@@ -127,6 +127,7 @@ def test_good_options_are_accepted() -> None:
         def perform(self, a: int, b: str, c: dict[str, Any]) -> None:
             pass
 
+    registry.unregister(Fine.job_name)  # a throwaway class: other tests' flushes must not see it
     assert Fine.unique_for == 1.0
     assert valid_queue("x", "q" * 128) == "q" * 128
 
@@ -141,6 +142,7 @@ def test_good_options_are_accepted() -> None:
         def perform(self, session: Any, key: int) -> None:  # type: ignore[override]
             pass
 
+    registry.unregister(FineReconciled.job_name)
     assert FineReconciled.every == 300.0
 
 
