@@ -31,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from .client import enqueue
+from .logs import safe
 from .payload import check_args
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def _on_commit(session: Session) -> None:
             enqueue(batch.job_class, batch.args, options=batch.options, at=batch.at)
         except Exception:
             log.exception("%d %s jobs could not be enqueued after the commit; arguments: %s",
-                          len(batch.args), batch.job_class.job_name, batch.args[:20])
+                          len(batch.args), batch.job_class.job_name, safe(batch.args[:20]))
 
 
 def _on_rollback(session: Session, previous_transaction: SessionTransaction) -> None:

@@ -476,9 +476,6 @@ class Job:
         for name, value in given.items():
             if value is None:
                 continue
-            if name == "unique_for" and _as_seconds(value) == 0 and type(value) is not bool:
-                opts[name] = 0.0  # no uniqueness for this enqueue, whatever the class says
-                continue
             why = OPTION_RULES[name](value)
             if why is not None:
                 raise ArgumentError(f"{cls.job_name}.set(): {_option_error(name, value, why)}")

@@ -45,6 +45,7 @@ from .config import Settings, get_settings
 from .errors import CheckGone, ConfigError, NotConverged
 from .job import Job
 from .keys import KeyCodec
+from .logs import safe
 
 if TYPE_CHECKING:
     from .store.switches import SwitchCache
@@ -238,7 +239,7 @@ class ReconciledJob(Job):
                 # nothing was committed; the next run commits with the check as SQL
                 log.info("%s%r: prepared commit check %s was deallocated during perform "
                          "(a savepoint rollback or DDL); running the delivery again",
-                         name, tuple(args), exc)
+                         name, tuple(args), safe(exc))
                 return self._execute(settings, name, args)
         except DBAPIError as exc:
             if not database_lost(exc):
@@ -247,7 +248,7 @@ class ReconciledJob(Job):
             # so no retry is spent and no backoff applies; the delivery runs again in a
             # few seconds, and step 2 resolves a COMMIT whose outcome is unknown.
             log.warning("%s%r: database connection lost (%s); re-scheduled",
-                        name, tuple(args), str(exc.orig).strip().splitlines()[0][:200])
+                        name, tuple(args), safe(str(exc.orig).strip().splitlines()[0][:200]))
             return "db_unavailable"
 
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> str:
@@ -320,7 +321,7 @@ class ReconciledJob(Job):
                 error_message=str(exc)[:2000],
                 payload=payload,
             )
-            log.error("%s%r quarantined: %s", cls.job_name, tuple(key), exc)
+            log.error("%s%r quarantined: %s", cls.job_name, tuple(key), safe(exc))
         except Exception:
             # The dead set still holds the job; the next pass would re-enqueue the key,
             # which dies again and retries this write.

@@ -12,7 +12,7 @@ Every test runs on the real PostgreSQL (own schema) and Redis (own namespace).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from reconcile import ReconciledJob
+from reconcile import ReconciledJob, registry
 from reconcile.broker import Broker
 from reconcile.config import Settings
 from reconcile.errors import ProtocolViolation
@@ -31,11 +31,14 @@ from tests.reconciled_app import effects, items
 RULE = "perform must not commit; the delivery commits after the re-check"
 
 
-class Misbehaving(ReconciledJob):
-    """Logs an effect, marks the item done, then does what ``act`` says to its session."""
+class _Misbehaving(ReconciledJob):
+    """Logs an effect, marks the item done, then does what ``act`` says to its session.
+    Abstract here: each test registers a concrete subclass (``Misbehaving``) and removes
+    it afterwards, so other tests' passes and flushes never see it."""
 
+    abstract = True
     every = 3600
-    queue = "items"
+    queue = "misbehaving"
     retry = 3
     act: ClassVar[Callable[[Session], Any]] = staticmethod(lambda s: None)
 
@@ -45,7 +48,18 @@ class Misbehaving(ReconciledJob):
     def perform(self, session: Session, item_id: int) -> None:  # type: ignore[override]
         session.execute(effects.insert().values(item_id=item_id))
         session.execute(items.update().where(items.c.id == item_id).values(done=True))
-        Misbehaving.act(session)
+        type(self).act(session)
+
+
+Misbehaving: type[_Misbehaving]
+
+
+@pytest.fixture(autouse=True)
+def misbehaving() -> Iterator[None]:
+    global Misbehaving
+    Misbehaving = type("Misbehaving", (_Misbehaving,), {})
+    yield
+    registry.unregister(Misbehaving.job_name)
 
 
 @pytest.fixture
@@ -138,7 +152,7 @@ def test_the_delivery_fails_under_the_retry_rules(
 ) -> None:
     monkeypatch.setattr(Misbehaving, "act", staticmethod(lambda s: s.commit()))
     Misbehaving.perform_async(1)
-    got = broker.exchange("test-proc", ["items"], 1)
+    got = broker.exchange("test-proc", ["misbehaving"], 1)
     op = Executor(pg_settings, broker).run(got[0])
     assert op.code == "R", "retry = 3: retried like any failure"
     assert b"ProtocolViolation" in op.b and RULE.encode() in op.b

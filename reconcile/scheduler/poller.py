@@ -26,6 +26,7 @@ from .. import registry
 from ..broker import Broker
 from ..config import Settings
 from ..errors import ReconcileError, WorkerCrashed
+from ..logs import safe
 from ..payload import loads_lenient
 
 log = logging.getLogger("reconcile.poller")
@@ -75,7 +76,7 @@ class Maintenance:
         payload = loads_lenient(raw)
         name = payload.get("class")
         log.error("job %s jid=%s killed workers too often: sent to the dead set",
-                  name, payload.get("jid"))
+                  safe(name), safe(payload.get("jid")))
         if not isinstance(name, str):
             return
         try:
@@ -90,7 +91,7 @@ class Maintenance:
         try:
             cls.on_death(payload, exc)
         except Exception:
-            log.exception("on_death of %s failed for a poison pill", name)
+            log.exception("on_death of %s failed for a poison pill", safe(name))
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; Redis errors are logged and retried."""

@@ -34,6 +34,7 @@ from .. import middleware, registry
 from ..broker import Delivery, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
+from ..logs import safe
 from ..payload import UNBOUNDED, decode, dumps
 from .retry import decide, error_name, run_death_hooks
 
@@ -112,7 +113,7 @@ class Executor:
         except Exception as exc:
             # A bug or an outage inside the engine's own handling (not the job's
             # perform): never lose the executor thread, keep the job in the dead set.
-            log.exception("internal error handling a job from queue %s", d.queue)
+            log.exception("internal error handling a job from queue %s", safe(d.queue))
             return self._invalid(d, f"internal error handling the job: {error_name(exc)}: {exc}")
 
     def _run(self, d: Delivery) -> SettleOp:
@@ -240,7 +241,7 @@ class Executor:
         lock: str = payload.get("lock", "")
         verdict = decide(cls, job, payload, exc, self.settings.default_retry)
         log.warning(
-            "%s jid=%s failed (%s: %s); %s", cls.job_name, payload["jid"], error_name(exc), exc,
+            "%s jid=%s failed (%s: %s); %s", cls.job_name, safe(payload["jid"]), error_name(exc), safe(exc),
             verdict.kind, exc_info=log.isEnabledFor(logging.DEBUG),
         )
         if verdict.kind == "discard":
@@ -254,7 +255,7 @@ class Executor:
 
     def _invalid(self, d: Delivery, reason: str) -> SettleOp:
         """Not a usable payload at all: keep a readable excerpt and the reason."""
-        log.warning("invalid payload on queue %s sent to the dead set: %s", d.queue, reason)
+        log.warning("invalid payload on queue %s sent to the dead set: %s", safe(d.queue), safe(reason))
         record: dict[str, Any] = {
             "queue": d.queue, "jid": "", "class": None, "args": [],
             "error_class": "InvalidPayload", "error_message": reason, "failed_at": time.time(),
@@ -268,7 +269,7 @@ class Executor:
         ``death_hooks`` False skips the class's hooks and its quarantine (a key with no
         canonical form must not be quarantined under a second identity)."""
         log.warning("job %s jid=%s sent to the dead set: %s",
-                    payload.get("class"), payload.get("jid"), reason)
+                    safe(payload.get("class")), safe(payload.get("jid")), safe(reason))
         payload["error_class"] = kind
         payload["error_message"] = reason
         payload["failed_at"] = time.time()

@@ -249,7 +249,8 @@ class Worker:
             self._cond.notify_all()
 
     def stop(self, timeout: float | None = None) -> int:
-        """Graceful stop; returns how many jobs were pushed back to their queues.
+        """Graceful stop; returns how many jobs were pushed back to their queues (those
+        Redis took: if it failed, the rest return when their lease expires, logged).
 
         Buffered jobs go back at once; running jobs get ``timeout`` (default
         ``shutdown_timeout``) seconds; then everything still leased goes back and the
@@ -303,10 +304,28 @@ class Worker:
             self._cond.notify_all()
             self._work.notify_all()
         self._settle(self.settlements.take())
-        pushed = self._release()
+        # What Redis never took (it kept failing): those jobs are still in our lease
+        # hash, as are the running ones if the release below fails too.
+        unwritten = self.settlements.take()
+        released = self._release()
+        lost_q = sum(1 for op in unwritten if op.code == "Q")
+        if released is None:
+            log.error(
+                "worker %s could not push its jobs back to Redis at shutdown (releasing the "
+                "leases failed%s): they stay leased until the lease expires (lease_seconds=%g s "
+                "without a heartbeat), then a live worker's reaper returns them to their "
+                "queues; finished jobs among them run again",
+                self.proc_id, f"; {len(unwritten)} settlements not written" if unwritten else "",
+                self.settings.lease_seconds,
+            )
+        elif unwritten:
+            log.error("worker %s could not write %d settlements at shutdown: their jobs were "
+                      "pushed back to their queues with the rest, so finished ones run again",
+                      self.proc_id, len(unwritten))
+        pushed = (released or 0) + len(buffered) - lost_q
         if unfinished:
-            log.warning("%d jobs still running after %.1fs: pushed back to their queues",
-                        unfinished, timeout)
+            log.warning("%d jobs still running after %.1fs%s", unfinished, timeout,
+                        "" if released is None else ": pushed back to their queues")
         else:
             # every executor thread is idle and ends at once: waiting for them returns
             # their held database connections to the pool before stop() does (threads
@@ -315,9 +334,9 @@ class Worker:
             for t in self._threads:
                 if t.name.startswith("reconcile-exec") and t is not threading.current_thread():
                     t.join(max(0.0, exit_by - time.monotonic()))
-        log.info("worker %s stopped (%d jobs pushed back)", self.proc_id, pushed + len(buffered))
+        log.info("worker %s stopped (%d jobs pushed back)", self.proc_id, pushed)
         self._stopped.set()
-        return pushed + len(buffered)
+        return pushed
 
     @staticmethod
     def _retrying(what: str, call: Callable[[], int]) -> int | None:
@@ -331,8 +350,9 @@ class Worker:
                 time.sleep(0.2 * (attempt + 1))
         return None
 
-    def _release(self) -> int:
-        return self._retrying("release leases", lambda: self.broker.release(self.proc_id)) or 0
+    def _release(self) -> int | None:
+        """Push every job still leased back to its queue; how many, None if Redis failed."""
+        return self._retrying("release leases", lambda: self.broker.release(self.proc_id))
 
     def _settle(self, ops: list[SettleOp]) -> None:
         ops = self._resolve(ops)
