@@ -423,9 +423,9 @@ class Broker:
         return {"scheduled": int(s), "retry": int(r), "dead": int(d)}
 
     def counters(self) -> dict[str, int]:
-        names = ["processed", "failed", "already_done", "lock_busy", "db_unavailable", "disabled", "held"]
-        values = self.redis.mget([self.keys.stat(n) for n in names])
-        return {n: int(v or 0) for n, v in zip(names, values, strict=True)}
+        """The outcome counters as ints (0: never counted); strict: a stored value that
+        is not a number raises (:meth:`counters_raw` is the reading for inspection)."""
+        return {n: int(v or 0) for n, v in self.counters_raw().items()}
 
     def counters_raw(self) -> dict[str, bytes | None]:
         """The counters of :meth:`counters` as stored (None: never counted), for
