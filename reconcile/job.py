@@ -31,6 +31,7 @@ from . import registry
 from .client import enqueue, unique_digest
 from .config import get_settings
 from .errors import ArgumentError, ConfigError
+from .outcome import Outcome
 from .payload import QUEUE_NAME_RULE, UNBOUNDED, Arity, check_args, is_queue_name
 
 if TYPE_CHECKING:
@@ -317,16 +318,17 @@ class Job:
 
     # -- engine hooks (overridden by ReconciledJob, not meant for applications) -----
 
-    def execute(self, args: list[Any]) -> str:
-        """Run the job; returns the outcome: ``"done"``, ``"already_done"``,
-        ``"lock_busy"`` or ``"disabled"``. Plain jobs just perform (an async perform's
-        coroutine is run to its end)."""
+    def execute(self, args: list[Any]) -> Outcome:
+        """Run the job; returns the :class:`~reconcile.outcome.Outcome`: ``DONE``, or
+        for a ReconciledJob also ``ALREADY_DONE``, ``LOCK_BUSY``, ``DB_UNAVAILABLE`` or
+        ``DISABLED``. Plain jobs just perform (an async perform's coroutine is run to
+        its end)."""
         result = self.perform(*args)
         if inspect.iscoroutine(result):
             from . import aio
 
             aio.run(result, owner=self)
-        return "done"
+        return Outcome.DONE
 
     @classmethod
     def on_death(cls, payload: dict[str, Any], exc: BaseException) -> None:

@@ -46,6 +46,7 @@ from .errors import CheckGone, ConfigError, NotConverged
 from .job import Job
 from .keys import KeyCodec
 from .logs import safe
+from .outcome import Outcome
 
 if TYPE_CHECKING:
     from .store.switches import SwitchCache
@@ -224,7 +225,7 @@ class ReconciledJob(Job):
 
     # -- the execution protocol ------------------------------------------------------
 
-    def execute(self, args: list[Any]) -> str:
+    def execute(self, args: list[Any]) -> Outcome:
         """Run one delivery of the key ``args``, which must be in canonical form (the
         worker canonicalises a payload's args first): the lock id is computed from it,
         and ``perform`` receives its native form (:meth:`KeyCodec.native`)."""
@@ -232,7 +233,7 @@ class ReconciledJob(Job):
         name = self.job_name
         try:
             if not switch_cache(settings).is_enabled(name):
-                return "disabled"
+                return Outcome.DISABLED
             try:
                 return self._execute(settings, name, args)
             except CheckGone as exc:
@@ -249,9 +250,9 @@ class ReconciledJob(Job):
             # few seconds, and step 2 resolves a COMMIT whose outcome is unknown.
             log.warning("%s%r: database connection lost (%s); re-scheduled",
                         name, tuple(args), safe(str(exc.orig).strip().splitlines()[0][:200]))
-            return "db_unavailable"
+            return Outcome.DB_UNAVAILABLE
 
-    def _execute(self, settings: Settings, name: str, args: list[Any]) -> str:
+    def _execute(self, settings: Settings, name: str, args: list[Any]) -> Outcome:
         from .store import pending as sql
         from .store.engine import delivery_session, get_engine, run_perform
 
@@ -274,11 +275,11 @@ class ReconciledJob(Job):
             locked, pending = tx.open_delivery(
                 sql.lock_id(name, args), compiled, float(self.timeout) if self.timeout else None)
             if not locked:
-                return "lock_busy"  # step 1 ended its transaction (the fallback's is empty)
+                return Outcome.LOCK_BUSY  # step 1 ended its transaction (the fallback's is empty)
             if pending is None:  # a check SQLAlchemy runs, or the class's own is_pending
                 pending = self._still_pending(session, statement, key)
             if not pending:
-                return "already_done"
+                return Outcome.ALREADY_DONE
             run_perform(session, tx, self.perform, key)  # perform must not commit
             session.flush()
             if compiled is not None:
@@ -292,7 +293,7 @@ class ReconciledJob(Job):
                     f"{name}{tuple(args)!r}: perform returned but the key is still pending; "
                     "the transaction was rolled back"
                 )
-        return "done"
+        return Outcome.DONE
 
     def _still_pending(self, session: Session, check: Select[Any] | None, args: Sequence[Any]) -> bool:
         """Steps 2 and 4 where the check is not compiled SQL (which ``open_delivery`` and

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from reconcile.broker import Broker
+from reconcile.broker import Broker, SettleKind
 from reconcile.cli import main
 from reconcile.config import Settings
 from reconcile.reconciled import switch_cache
@@ -47,7 +47,7 @@ def test_disabled_reconciled_job_is_rejected_skipped_and_dropped(
     executor = Executor(pg_settings, broker)
     (d,) = broker.exchange("p", ["items"], 10)
     op = executor.run(d)
-    assert op.code == "X", "a queued job of a disabled class is dropped"
+    assert op.kind is SettleKind.DROP, "a queued job of a disabled class is dropped"
     broker.settle("p", [op])  # releases its uniqueness lock
     assert executor.take_counts() == {"disabled": 1}
     switches.set_enabled(engine, ProcessItem.job_name, True, "fixed")
@@ -60,7 +60,7 @@ def test_disabled_plain_job_is_held_not_dropped(pg_settings: Settings, broker: B
     executor = Executor(pg_settings, broker)
     (d,) = broker.exchange("p", ["plain"], 1)
     op = executor.run(d)
-    assert op.code == "S" and op.b == d.raw, "held in the scheduled set, unchanged"
+    assert op.kind is SettleKind.RESCHEDULE and op.b == d.raw, "held in the scheduled set, unchanged"
     assert executor.take_counts() == {"held": 1}
 
 
@@ -110,7 +110,7 @@ def test_composite_keys(pg_settings: Settings, engine: sa.Engine, broker: Broker
     assert run_pass(SyncStock, settings=pg_settings).enqueued == 2
     executor = Executor(pg_settings, broker)
     ops = [executor.run(d) for d in broker.exchange("p", ["items"], 5)]
-    assert [op.code for op in ops] == ["A", "A"]
+    assert [op.kind for op in ops] == [SettleKind.ACK] * 2
     broker.settle("p", ops)
     assert run_pass(SyncStock, settings=pg_settings).found == 0
 
@@ -121,8 +121,8 @@ def test_is_pending_override_is_used(pg_settings: Settings, engine: sa.Engine, b
     assert run_pass(NewestItems, settings=pg_settings).found == 5
     executor = Executor(pg_settings, broker)
     NewestItems.calls = 0
-    codes = [executor.run(d).code for d in broker.exchange("p", ["items"], 10)]
-    assert codes == ["A"] * 5
+    codes = [executor.run(d).kind for d in broker.exchange("p", ["items"], 10)]
+    assert codes == [SettleKind.ACK] * 5
     assert NewestItems.calls == 10, "before and after each perform"
 
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from reconcile import Job
-from reconcile.broker import Broker
+from reconcile.broker import Broker, SettleKind
 from reconcile.config import Settings, use_settings
 from reconcile.logs import safe
 from reconcile.worker import Worker
@@ -71,7 +71,7 @@ def test_a_failing_jobs_message_is_one_log_line(
     [delivery] = broker.exchange("test-proc", ["default"], 1)
     with caplog.at_level(logging.INFO, logger="reconcile"):
         op = Executor(settings, broker).run(delivery)
-    assert op.code == "R"
+    assert op.kind is SettleKind.RETRY
     [record] = [r for r in caplog.records if r.name.startswith("reconcile")]
     text = one_line(record)
     assert "boom\\nERROR reconcile.worker forged line \\x1b[2J\\u2028" in text
@@ -86,7 +86,7 @@ def test_a_payload_with_a_forged_class_and_jid_is_one_log_line(
     raw = b'{"queue":"default","jid":"j\\nERROR forged","class":"no.Such\\nERROR x","args":[]}'
     with caplog.at_level(logging.INFO, logger="reconcile"):
         op = Executor(settings, broker).run(Delivery(b"1|default", "default", raw))
-    assert op.code == "D"
+    assert op.kind is SettleKind.DEAD
     [record] = [r for r in caplog.records if r.name.startswith("reconcile")]
     assert "no.Such\\nERROR x" in one_line(record)
 

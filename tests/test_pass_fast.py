@@ -27,7 +27,7 @@ from sqlalchemy.sql import Select
 
 import reconcile.scheduler.passes as passes
 from reconcile import ReconciledJob, client, client_middleware, registry, testing
-from reconcile.broker import Broker, get_broker
+from reconcile.broker import Broker, SettleKind, get_broker
 from reconcile.broker.pass_push import PassPusher
 from reconcile.config import Settings, use_settings
 from reconcile.errors import BrokerError
@@ -251,7 +251,7 @@ def test_fast_pass_payloads_run_like_enqueued_ones(
     assert run_pass(ProcessItem, settings=pg_settings).enqueued == 3
     executor = Executor(pg_settings, broker)
     ops = [executor.run(d) for d in broker.exchange("p", ["items"], 10)]
-    assert [op.code for op in ops] == ["A", "A", "A"]
+    assert [op.kind for op in ops] == [SettleKind.ACK] * 3
     broker.settle("p", ops)
     with engine.connect() as c:
         assert sorted(r[0] for r in c.execute(sa.select(effects.c.item_id))) == [1, 2, 3]

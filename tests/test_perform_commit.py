@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from reconcile import ReconciledJob, registry
-from reconcile.broker import Broker
+from reconcile.broker import Broker, SettleKind
 from reconcile.config import Settings
 from reconcile.errors import ProtocolViolation
 from reconcile.store.engine import NO_COMMIT_RULE, holding_connections
@@ -154,6 +154,6 @@ def test_the_delivery_fails_under_the_retry_rules(
     Misbehaving.perform_async(1)
     got = broker.exchange("test-proc", ["misbehaving"], 1)
     op = Executor(pg_settings, broker).run(got[0])
-    assert op.code == "R", "retry = 3: retried like any failure"
+    assert op.kind is SettleKind.RETRY, "retry = 3: retried like any failure"
     assert b"ProtocolViolation" in op.b and RULE.encode() in op.b
     assert effect_rows(engine) == 0

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from reconcile.broker import Broker, Delivery, get_broker
+from reconcile.broker import Broker, Delivery, SettleKind, get_broker
 from reconcile.config import Settings
 from reconcile.scheduler.passes import run_pass
 from reconcile.scheduler.service import Scheduler
@@ -76,14 +76,14 @@ def test_two_workers_on_one_key_make_one_effect(pg_settings: Settings, engine: s
         t.start()
         assert ProcessItem.entered.wait(5)
         busy = executor.run(second)  # same key while the first holds the advisory lock
-        assert busy.code == "S", "a held key lock re-schedules the delivery"
+        assert busy.kind is SettleKind.RESCHEDULE, "a held key lock re-schedules the delivery"
         ProcessItem.hold.set()
         t.join(10)
     finally:
         ProcessItem.hold = ProcessItem.entered = None
-    assert outcome["a"].code == "A"
+    assert outcome["a"].kind is SettleKind.ACK
     again = executor.run(second)  # the re-scheduled delivery runs after the commit
-    assert again.code == "X", "step 2: no longer pending, acked as already done"
+    assert again.kind is SettleKind.DROP, "step 2: no longer pending, acked as already done"
     assert effect_counts(engine) == {1: 1}
     assert executor.take_counts() == {"lock_busy": 1, "already_done": 1}
 
@@ -96,14 +96,14 @@ def test_kill_after_commit_before_ack_has_no_second_effect(
     executor = Executor(pg_settings, broker)
     deliveries = broker.exchange("doomed", ["items"], 3)
     for d in deliveries:
-        assert executor.run(d).code == "A"  # committed; the acks are never sent
+        assert executor.run(d).kind is SettleKind.ACK  # committed; the acks are never sent
     # the process "dies": its lease expires and a live process's reaper recovers the jobs
     broker.redis.delete(broker.keys.alive("doomed"))
     broker.redis.sadd(broker.keys.procs, "doomed")
     assert broker.reap().requeued == 3
     # recovered jobs are suspects: each is leased alone
     redelivered = [d for _ in range(3) for d in broker.exchange("survivor", ["items"], 3)]
-    assert sorted(executor.run(d).code for d in redelivered) == ["X", "X", "X"]
+    assert [executor.run(d).kind for d in redelivered] == [SettleKind.DROP] * 3
     assert effect_counts(engine) == {1: 1, 2: 1, 3: 1}
 
 
@@ -113,7 +113,7 @@ def test_not_converged_rolls_back_retries_and_quarantines(
     seed(engine, 1)
     ForgetfulItem.perform_async(1)
     op = Executor(pg_settings, broker).run(lease_one(broker))
-    assert op.code == "D", "retry = 0: NotConverged goes straight to dead"
+    assert op.kind is SettleKind.DEAD, "retry = 0: NotConverged goes straight to dead"
     assert b"NotConverged" in op.a
     assert effect_counts(engine) == {}, "the effect was rolled back"
     entries = quarantine.list_entries(engine, ForgetfulItem.job_name)
@@ -126,7 +126,7 @@ def test_not_converged_is_retried_before_dying(pg_settings: Settings, engine: sa
     seed(engine, 1)
     ForgetfulItem.set(retry=2).perform_async(1)
     op = Executor(pg_settings, broker).run(lease_one(broker))
-    assert op.code == "R"
+    assert op.kind is SettleKind.RETRY
     assert quarantine.list_entries(engine) == []
 
 

@@ -58,7 +58,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from reconcile.broker import Broker, Delivery, SettleOp, get_broker
+from reconcile.broker import Broker, Delivery, SettleKind, SettleOp, get_broker
 from reconcile.config import Settings, use_settings
 from reconcile.scheduler.passes import run_pass
 from reconcile.scheduler.poller import Maintenance
@@ -169,8 +169,9 @@ class ReconcileMachine(RuleBasedStateMachine):
 
     def _run(self, d: Delivery) -> SettleOp:
         op = self.executor.run(d)
-        assert op.code in ("A", "X", "R", "S"), f"unexpected settlement {op.code}: {op.a!r}"
-        if op.code == "R":
+        assert op.kind in (SettleKind.ACK, SettleKind.DROP, SettleKind.RETRY, SettleKind.RESCHEDULE), (
+            f"unexpected settlement {op.kind.name}: {op.a!r}")
+        if op.kind is SettleKind.RETRY:
             self.fig.transient_failures += 1
             assert b"TransientError" in op.b, op.b
         return op
@@ -198,7 +199,7 @@ class ReconcileMachine(RuleBasedStateMachine):
         """The live worker process dies holding what it holds; a new one takes over."""
         self.fig.crashes += 1
         self.fig.crash_before_perform += len(self.unrun)
-        self.fig.crash_after_commit += sum(1 for op in self.parked if op.code == "A")
+        self.fig.crash_after_commit += sum(1 for op in self.parked if op.kind is SettleKind.ACK)
         r, k = self.broker.redis, self.broker.keys
         r.delete(k.alive(self.proc))  # its lease expired
         r.sadd(k.procs, self.proc)  # registered, as its heartbeat had done
@@ -343,7 +344,7 @@ class ReconcileMachine(RuleBasedStateMachine):
             for d in got:
                 assert pending_sql.try_key_lock(other, JOB, orjson.loads(d.raw)["args"])
             ops = [self._run(d) for d in got]
-        assert [op.code for op in ops] == ["S"] * len(ops)
+        assert [op.kind for op in ops] == [SettleKind.RESCHEDULE] * len(ops)
         self.broker.settle(self.proc, ops)
 
     # -- rules: crashes ----------------------------------------------------------------------

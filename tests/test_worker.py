@@ -232,21 +232,21 @@ def test_settlement_applies_only_while_the_lease_is_held(settings: Settings, bro
     broker.release("p1")  # as a reaper would after the lease expired: all three requeued
     assert broker.redis.llen(queue) == 3
     broker.settle("p1", [
-        SettleOp("R", d1.field, repr(time.time() + 100), d1.raw, ""),
-        SettleOp("D", d2.field, d2.raw, ""),
-        SettleOp("Q", d3.field, "default", d3.raw),
+        SettleOp.retry(d1.field, time.time() + 100, d1.raw),
+        SettleOp.dead(d2.field, d2.raw),
+        SettleOp.push_back(d3.field, "default", d3.raw),
     ])
     assert broker.set_sizes() == {"scheduled": 0, "retry": 0, "dead": 0}
     assert broker.redis.llen(queue) == 3, "no second copy"
     assert broker.counters()["failed"] == 0
 
     (d,) = broker.exchange("p2", ["default"], 1)
-    ack = SettleOp("A", d.field, "")
+    ack = SettleOp.ack(d.field)
     broker.settle("p2", [ack])
     broker.settle("p2", [ack])  # re-sent after a lost reply
     assert broker.counters()["processed"] == 1
     push_back = broker.exchange("p2", ["default"], 1)[0]
-    op = SettleOp("Q", push_back.field, "default", push_back.raw)
+    op = SettleOp.push_back(push_back.field, "default", push_back.raw)
     broker.settle("p2", [op])
     broker.settle("p2", [op])
     assert broker.redis.llen(queue) == 2, "pushed back once"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 
 from ..config import Settings, get_settings
-from .broker import Broker, Delivery, PushRecord, ReapResult, SettleOp
+from .broker import Broker, Delivery, PushRecord, ReapResult
 from .keys import Keys
+from .settle import SettleKind, SettleOp
 
-__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleOp", "get_broker"]
+__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleKind", "SettleOp", "get_broker"]
 
 _lock = threading.Lock()
 _cache: dict[Settings, Broker] = {}

@@ -26,7 +26,9 @@ from redis.retry import Retry
 
 from ..config import Settings
 from ..errors import BrokerError
+from ..outcome import COUNTERS
 from .keys import Keys
+from .settle import SettleOp
 
 log = logging.getLogger("reconcile.broker")
 
@@ -64,16 +66,6 @@ class Delivery(NamedTuple):
     field: bytes
     queue: str
     raw: bytes
-
-
-class SettleOp(NamedTuple):
-    """One settlement, see ``fetch.lua``: code A/X/R/S/D/Q, lease field, then a, b, c."""
-
-    code: str
-    field: bytes
-    a: Any = ""
-    b: Any = ""
-    c: Any = ""
 
 
 @dataclass(frozen=True)
@@ -244,7 +236,7 @@ class Broker:
         if adopt is not None:
             args += ("C", "", adopt, "", "")
         for op in ops:
-            args += (op.code, op.field, op.a, op.b, op.c)
+            args += (op.kind.value, op.field, op.a, op.b, op.c)
         if count > 0:
             args += queues
         flat = self._eval(self._fetch, args)
@@ -430,9 +422,8 @@ class Broker:
     def counters_raw(self) -> dict[str, bytes | None]:
         """The counters of :meth:`counters` as stored (None: never counted), for
         inspection that must show a value that is not a number instead of failing."""
-        names = ["processed", "failed", "already_done", "lock_busy", "db_unavailable", "disabled", "held"]
-        values = self.redis.mget([self.keys.stat(n) for n in names])
-        return dict(zip(names, values, strict=True))  # type: ignore[arg-type]
+        values = self.redis.mget([self.keys.stat(n) for n in COUNTERS])
+        return dict(zip(COUNTERS, values, strict=True))  # type: ignore[arg-type]
 
     def disabled_jobs(self) -> dict[str, str]:
         """The Redis mirror of disabled job classes: name -> reason."""

@@ -1,22 +1,23 @@
 """Run one leased delivery and say how to settle it.
 
 ``Executor.run(delivery)`` never raises (short of the interpreter dying): every
-outcome becomes one :class:`~reconcile.broker.SettleOp` for ``fetch.lua``:
+outcome (:class:`~reconcile.outcome.Outcome`) becomes one
+:class:`~reconcile.broker.SettleOp`, built by its named constructor:
 
 ====================  =========================================================
 outcome               settlement
 ====================  =========================================================
-performed             ``A`` ack (releases a ``unique_until="success"`` lock)
-already done          ``X`` drop, counted ``already_done`` (ReconciledJob step 2)
-lock busy elsewhere   ``S`` re-schedule in a few seconds, counted ``lock_busy``
-database connection   ``S`` re-schedule in a few seconds, counted ``db_unavailable``
+performed             ack (releases a ``unique_until="success"`` lock)
+already done          drop, counted ``already_done`` (ReconciledJob step 2)
+lock busy elsewhere   reschedule in a few seconds, counted ``lock_busy``
+database connection   reschedule in a few seconds, counted ``db_unavailable``
 lost (ReconciledJob)  (no retry spent: PostgreSQL restarting or the backend killed)
-class disabled        ``X`` drop (ReconciledJob, re-derived after enabling)
-plain class disabled  ``S`` held: re-scheduled ``HOLD_DELAY`` s later, counted ``held``
-skipped by middleware ``A`` ack
-failed                ``R`` retry / ``D`` dead / ``X`` discard, see :mod:`.retry`
-malformed payload     ``D`` dead with an ``InvalidPayload`` record and the reason
-unknown class, arity  ``D`` dead, payload kept, reason in ``error_message``
+class disabled        drop (ReconciledJob, re-derived after enabling)
+plain class disabled  reschedule, held: re-scheduled ``HOLD_DELAY`` s later, counted ``held``
+skipped by middleware ack
+failed                retry / dead / drop (discard), see :mod:`.retry`
+malformed payload     dead with an ``InvalidPayload`` record and the reason
+unknown class, arity  dead, payload kept, reason in ``error_message``
 ====================  =========================================================
 """
 
@@ -35,6 +36,7 @@ from ..broker import Delivery, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
 from ..logs import safe
+from ..outcome import RESCHEDULED, Outcome
 from ..payload import UNBOUNDED, decode, dumps
 from .retry import decide, error_name, run_death_hooks
 
@@ -153,9 +155,9 @@ class Executor:
         lock: str = payload.get("lock", "")
         if cls.injected_params == 0 and self.held.is_held(cls.job_name):
             # A disabled plain Job is held, not dropped: nothing re-derives it later.
-            self.count("held")
+            self.count(Outcome.HELD)
             at = time.time() + HOLD_DELAY
-            return SettleOp("S", d.field, repr(at), d.raw)
+            return SettleOp.reschedule(d.field, at, d.raw)
         try:
             job = cls()
             job.jid = payload["jid"]
@@ -165,7 +167,7 @@ class Executor:
                 lock = ""
         except Exception as exc:  # a constructor that raises, Redis down: a failure
             return self._failed(d, cls, None, payload, exc)
-        outcome = "done"
+        outcome = Outcome.DONE
 
         def perform() -> None:
             nonlocal outcome
@@ -181,7 +183,7 @@ class Executor:
 
     def _execute(
         self, d: Delivery, cls: type[Job], job: Job, payload: dict[str, Any],
-        perform: Callable[[], None], lock: str, outcome_of: Callable[[], str],
+        perform: Callable[[], None], lock: str, outcome_of: Callable[[], Outcome],
     ) -> SettleOp:
         try:
             chain = middleware.server_middleware.items
@@ -193,16 +195,16 @@ class Executor:
             if d.field in self.abandoned:
                 # given up by the watchdog, which settled it already (an async job is
                 # cancelled then): a late failure is void, no second retry or death
-                return SettleOp("X", d.field, "")
+                return SettleOp.drop(d.field)
             return self._failed(d, cls, job, payload, exc)
         outcome = outcome_of()
-        if outcome == "done":
-            return SettleOp("A", d.field, lock)
+        if outcome is Outcome.DONE:
+            return SettleOp.ack(d.field, lock)
         self.count(outcome)
-        if outcome in ("lock_busy", "db_unavailable"):
+        if outcome in RESCHEDULED:
             at = time.time() + random.uniform(*LOCK_BUSY_DELAY)
-            return SettleOp("S", d.field, repr(at), dumps(payload))
-        return SettleOp("X", d.field, lock)
+            return SettleOp.reschedule(d.field, at, dumps(payload))
+        return SettleOp.drop(d.field, lock)
 
     def expired(self, now: float) -> list[Active]:
         """Running deliveries past their deadline (the worker's watchdog gives them up)."""
@@ -245,11 +247,11 @@ class Executor:
             verdict.kind, exc_info=log.isEnabledFor(logging.DEBUG),
         )
         if verdict.kind == "discard":
-            return SettleOp("X", d.field, lock)
+            return SettleOp.drop(d.field, lock)
         if verdict.kind == "retry":
-            return SettleOp("R", d.field, repr(verdict.at), dumps(payload), lock)
+            return SettleOp.retry(d.field, verdict.at, dumps(payload), lock)
         cls.on_death(payload, exc)
-        return SettleOp("D", d.field, dumps(payload), lock)
+        return SettleOp.dead(d.field, dumps(payload), lock)
 
     # -- bad input -------------------------------------------------------------------
 
@@ -261,7 +263,7 @@ class Executor:
             "error_class": "InvalidPayload", "error_message": reason, "failed_at": time.time(),
             "raw": d.raw[:2000].decode("utf-8", "replace"), "raw_bytes": len(d.raw),
         }
-        return SettleOp("D", d.field, dumps(record), "")
+        return SettleOp.dead(d.field, dumps(record))
 
     def _reject(self, d: Delivery, payload: dict[str, Any], kind: str, reason: str,
                 death_hooks: bool = True) -> SettleOp:
@@ -275,7 +277,7 @@ class Executor:
         payload["failed_at"] = time.time()
         exc = PayloadError(reason)
         if not death_hooks:
-            return SettleOp("D", d.field, dumps(payload), payload.get("lock", ""))
+            return SettleOp.dead(d.field, dumps(payload), payload.get("lock", ""))
         try:
             cls = registry.resolve(payload["class"])
         except UnknownJobClass:
@@ -283,4 +285,4 @@ class Executor:
         else:
             run_death_hooks(cls, payload, exc)
             cls.on_death(payload, exc)
-        return SettleOp("D", d.field, dumps(payload), payload.get("lock", ""))
+        return SettleOp.dead(d.field, dumps(payload), payload.get("lock", ""))

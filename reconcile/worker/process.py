@@ -51,7 +51,7 @@ from typing import Any
 
 import redis
 
-from ..broker import Broker, Delivery, SettleOp, get_broker
+from ..broker import Broker, Delivery, SettleKind, SettleOp, get_broker
 from ..broker.broker import suspect_threshold
 from ..config import Settings, mask_url
 from ..scheduler.poller import Maintenance
@@ -292,7 +292,7 @@ class Worker:
             self._outstanding -= len(buffered)
             self._cond.notify_all()
         ops = self.settlements.take()
-        ops += [SettleOp("Q", d.field, d.queue, d.raw) for d in buffered]
+        ops += [SettleOp.push_back(d.field, d.queue, d.raw) for d in buffered]
         self._settle(ops)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -308,7 +308,7 @@ class Worker:
         # hash, as are the running ones if the release below fails too.
         unwritten = self.settlements.take()
         released = self._release()
-        lost_q = sum(1 for op in unwritten if op.code == "Q")
+        lost_q = sum(1 for op in unwritten if op.kind is SettleKind.PUSH_BACK)
         if released is None:
             log.error(
                 "worker %s could not push its jobs back to Redis at shutdown (releasing the "
@@ -638,7 +638,7 @@ class Worker:
         self._buffer.clear()
         self._outstanding -= len(buffered)
         if buffered:
-            self.settlements.add_all([SettleOp("Q", b.field, b.queue, b.raw) for b in buffered])
+            self.settlements.add_all([SettleOp.push_back(b.field, b.queue, b.raw) for b in buffered])
         self._cond.release()
         try:
             self._settle(self.settlements.take())  # the push-backs, before the suspect runs
@@ -653,7 +653,7 @@ class Worker:
                 if op is None:
                     continue
                 log.error("%s jid=%s exceeded its timeout of %s s: given up (%s)",
-                          a.cls.job_name, a.payload.get("jid"), a.cls.timeout, op.code)
+                          a.cls.job_name, a.payload.get("jid"), a.cls.timeout, op.kind.name.lower())
                 self._settle([op])
                 with self._cond:
                     self._running.pop(a.delivery.field, None)
@@ -704,7 +704,7 @@ class Worker:
             return 0
         raws = self.broker.leased_payloads(self.proc_id, confirmed)
         ops = [
-            SettleOp("Q", f, f.split(b"|", 1)[1].decode(), raw)
+            SettleOp.push_back(f, f.split(b"|", 1)[1].decode(), raw)
             for f, raw in zip(confirmed, raws, strict=True) if raw is not None
         ]
         log.warning("%d leased jobs unknown to this process (a lost fetch reply?): "
