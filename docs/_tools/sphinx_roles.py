@@ -14,8 +14,10 @@ rendered:
   that is not dotted from ``reconcile`` (``Settings.source_of``) is resolved in the
   scope of the object whose docstring it is, as Python would; ``~`` shows only the
   last component, as in Sphinx; ``!`` keeps the text and drops the link;
-* ``Title::`` at the end of a line becomes ``Title:`` (the indented block after it is
-  already a Markdown code block).
+* ``Title::`` at the end of a line becomes ``Title:``, and the indented literal block
+  after it a fenced Python code block. An indented block is already code in Markdown,
+  but not inside a list item, where Python-Markdown wants four spaces of indent for
+  the item and four more for the code, not the two and four a reST list uses.
 
 The source files are not changed; only the text mkdocstrings sees. Loaded by
 ``mkdocs.yml`` (``plugins: mkdocstrings: handlers: python: options: extensions``).
@@ -30,7 +32,52 @@ from typing import Any
 import griffe
 
 ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj):`(?P<target>[^`]+)`")
-LITERAL_BLOCK = re.compile(r"(?<=\S)::$", flags=re.MULTILINE)
+BULLET = re.compile(r"\s*(?:[*+-]|\d+[.)])\s")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _in_list_item(lines: list[str], i: int) -> bool:
+    """Whether line ``i`` belongs to a paragraph that starts with a list bullet."""
+    while i > 0 and lines[i - 1].strip():
+        i -= 1
+    return BULLET.match(lines[i]) is not None
+
+
+def literal_blocks(text: str) -> str:
+    """``text`` with each reST ``Title::`` + indented block as ``Title:`` + a fence."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not (line.rstrip().endswith("::") and line.strip() != "::"):
+            out.append(line)
+            continue
+        base = _indent(line)
+        fence = " " * 4 if _in_list_item(lines, i - 1) else ""
+        j = i
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        block: list[str] = []
+        while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > base):
+            block.append(lines[j])
+            j += 1
+        while block and not block[-1].strip():
+            block.pop()
+        if not block:  # "::" with nothing indented after it: not a literal block
+            out.append(line)
+            continue
+        out.append(line.rstrip()[:-1])
+        depth = min(_indent(b) for b in block if b.strip())
+        out += ["", fence + "```python"]
+        out += [fence + b[depth:] if b.strip() else "" for b in block]
+        out += [fence + "```", ""]
+        i = j
+    return "\n".join(out)
 
 
 def _resolve(obj: griffe.Object, name: str) -> str:
@@ -47,7 +94,7 @@ def _resolve(obj: griffe.Object, name: str) -> str:
 
 
 def rewrite(obj: griffe.Object, text: str) -> str:
-    """``text`` with roles turned into optional cross-references and ``::`` into ``:``."""
+    """``text`` with roles as optional cross-references and literal blocks fenced."""
 
     def role(match: re.Match[str]) -> str:
         target = match["target"].strip()
@@ -65,7 +112,7 @@ def rewrite(obj: griffe.Object, text: str) -> str:
         identifier = html.escape(_resolve(obj, target), quote=True)
         return f'<autoref identifier="{identifier}" optional>{title}</autoref>'
 
-    return LITERAL_BLOCK.sub(":", ROLE.sub(role, text))
+    return literal_blocks(ROLE.sub(role, text))
 
 
 class SphinxRoles(griffe.Extension):
