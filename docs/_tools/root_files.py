@@ -14,12 +14,14 @@ neither target exists on the site, where only ``docs/`` is published. So:
   link to another published root file to its page.
 
 Any other link out of ``docs/`` is left as written, so ``mkdocs build --strict``
-reports it (link to the page on the site, or publish the file here by adding it to
-the nav). Loaded by ``mkdocs.yml`` (``hooks:``).
+reports it; when its target is a file of the repository, this hook says what to do
+(publish a root Markdown file by adding it to the nav; link anything else, such as
+source code, by its URL). Loaded by ``mkdocs.yml`` (``hooks:``).
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import re
 from pathlib import Path
@@ -27,10 +29,14 @@ from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
+from mkdocs.livereload import LiveReloadServer
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
 PREFIX = "project/"
+
+# Under "mkdocs.", so that --strict counts its warnings.
+log = logging.getLogger("mkdocs.hooks.root_files")
 
 # A Markdown inline link or image: [text](target "title"). Code spans and fenced
 # blocks are not links in Markdown, but a literal "](x.md)" in them is rare enough in
@@ -68,11 +74,19 @@ def on_files(files: Files, *, config: MkDocsConfig) -> Files:
     return files
 
 
-def _rewrite(markdown: str, page_dir: str, repo_dir: str, config: MkDocsConfig) -> str:
+def on_serve(server: LiveReloadServer, *, config: MkDocsConfig, builder: Any) -> LiveReloadServer:
+    """``mkdocs serve`` rebuilds when a published root file changes, as for a page."""
+    for name in _published(config):
+        server.watch(str(_root(config) / name))
+    return server
+
+
+def _rewrite(markdown: str, where: str, page_dir: str, repo_dir: str, config: MkDocsConfig) -> str:
     """``markdown`` with the links described in the module docstring pointed at pages.
 
-    ``page_dir`` is the page's folder on the site (relative to ``docs/``), ``repo_dir``
-    the folder its source file is in (relative to the repository root).
+    ``where`` names the page in messages, ``page_dir`` is its folder on the site
+    (relative to ``docs/``), ``repo_dir`` the folder its source file is in (relative to
+    the repository root).
     """
     published = _published(config)
     docs = posixpath.relpath(Path(config.docs_dir).resolve(), _root(config).resolve())
@@ -87,6 +101,14 @@ def _rewrite(markdown: str, page_dir: str, repo_dir: str, config: MkDocsConfig) 
         elif in_repo.startswith(docs + "/"):
             site_target = in_repo.removeprefix(docs + "/")
         else:
+            if (_root(config) / in_repo).is_file():
+                fix = (
+                    f"add '{PREFIX}{in_repo}' to the nav of mkdocs.yml to publish it"
+                    if "/" not in in_repo and in_repo.endswith(".md")
+                    else "only docs/ and the root Markdown files in the nav are on the site: "
+                    "link to the file's URL instead"
+                )
+                log.warning("%s links to %r, outside docs/: %s", where, in_repo, fix)
             return match[0]
         new = posixpath.relpath(site_target, page_dir or ".")
         return f"{match['head']}{new}{match['tail']}"
@@ -98,6 +120,7 @@ def on_page_markdown(markdown: str, *, page: Page, config: MkDocsConfig, files: 
     src = page.file.src_uri
     page_dir = posixpath.dirname(src)
     docs = posixpath.relpath(Path(config.docs_dir).resolve(), _root(config).resolve())
-    if src in _published(config).values():
-        return _rewrite(markdown, page_dir, "", config)
-    return _rewrite(markdown, page_dir, posixpath.join(docs, page_dir), config)
+    published = {page: name for name, page in _published(config).items()}
+    if src in published:
+        return _rewrite(markdown, published[src], page_dir, "", config)
+    return _rewrite(markdown, f"{docs}/{src}", page_dir, posixpath.join(docs, page_dir), config)
