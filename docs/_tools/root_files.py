@@ -64,6 +64,11 @@ def _root(config: MkDocsConfig) -> Path:
     return Path(config.config_file_path).parent
 
 
+def _docs(config: MkDocsConfig) -> str:
+    """The docs folder, relative to the repository root (``docs``)."""
+    return posixpath.relpath(Path(config.docs_dir).resolve(), _root(config).resolve())
+
+
 def on_files(files: Files, *, config: MkDocsConfig) -> Files:
     root = _root(config)
     for name, src in _published(config).items():
@@ -89,7 +94,7 @@ def _rewrite(markdown: str, where: str, page_dir: str, repo_dir: str, config: Mk
     the repository root).
     """
     published = _published(config)
-    docs = posixpath.relpath(Path(config.docs_dir).resolve(), _root(config).resolve())
+    docs = _docs(config)
 
     def link(match: re.Match[str]) -> str:
         target = match["target"]
@@ -119,8 +124,8 @@ def _rewrite(markdown: str, where: str, page_dir: str, repo_dir: str, config: Mk
 def on_page_markdown(markdown: str, *, page: Page, config: MkDocsConfig, files: Files) -> str:
     src = page.file.src_uri
     page_dir = posixpath.dirname(src)
-    docs = posixpath.relpath(Path(config.docs_dir).resolve(), _root(config).resolve())
-    published = {page: name for name, page in _published(config).items()}
-    if src in published:
-        return _rewrite(markdown, published[src], page_dir, "", config)
+    docs = _docs(config)
+    root_file = {src_uri: name for name, src_uri in _published(config).items()}
+    if src in root_file:
+        return _rewrite(markdown, root_file[src], page_dir, "", config)
     return _rewrite(markdown, f"{docs}/{src}", page_dir, posixpath.join(docs, page_dir), config)
