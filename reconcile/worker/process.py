@@ -262,7 +262,7 @@ class Worker:
         ``shutdown_timeout``) seconds; then everything still leased goes back and the
         process unregisters. The last line logged says how many jobs went back; an
         ERROR line before it says when Redis did not take the push-backs (see
-        ``docs/worker.md``, "Stopping").
+        ``docs/worker.md``, "The shutdown report").
         """
         if self._stopped.is_set():
             return 0  # already stopped: a second stop (signal, then finally) is a no-op
