@@ -2,7 +2,7 @@
 
 One loop, one thread (``reconcile-fetcher``)::
 
-    wait for room --> exchange.lua (settle queued ops, lease up to `want` jobs) --> land
+    wait for room --> fetch.lua (settle queued ops, lease up to `want` jobs) --> land
          ^                                                                          |
          +------ nothing came: idle wait (claim duty, or BLPOP on wake-up lists) <--+
 

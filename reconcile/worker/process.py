@@ -2,9 +2,9 @@
 
 Life of a job inside the process::
 
-    fetcher --exchange.lua--> slots (buffer) --> executor thread --> settlements
-       ^                                                                 |
-       +----------------- acks ride along with the next fetch <----------+
+    fetcher --fetch.lua--> slots (buffer) --> executor thread --> settlements
+       ^                                                              |
+       +---------------- acks ride along with the next fetch <--------+
 
 One module per thread role or concern, each owning its state:
 

@@ -17,8 +17,8 @@ the watchdog, or pushed back). The threads meet here:
 One ``RLock`` guards every field below; two conditions share it so that a job landing
 in the buffer wakes one executor thread per job (``_work``) while capacity and fetch
 state changes wake the fetcher, ``stop()`` and an isolating thread (``_changed``).
-Each critical section is the one the job path already needed: one acquisition per
-fetch, two per job (take, finish).
+Each critical section is one the job path needs anyway: two acquisitions per fetch
+(wait for room, land), two per job (take, finish).
 
 A job the reaper recovered from crashed workers ``max_recoveries`` times or more (see
 :func:`suspect_check`) may be a poison pill: it runs alone (:meth:`Slots.take`
