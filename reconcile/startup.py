@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import redis
 
+from .backoff import Backoff
 from .config import Settings, mask_url, scrub
 
 log = logging.getLogger("reconcile.startup")
@@ -162,7 +163,7 @@ def wait_for_servers(
     for ...) and retried with backoff; a permanent one (:func:`is_permanent`) is raised.
     """
     for server, check in checks:
-        pause, logged_at = WAIT_FIRST, -1e18
+        backoff, logged_at = Backoff(WAIT_FIRST, WAIT_MAX), -1e18
         while True:
             try:
                 check()
@@ -175,9 +176,8 @@ def wait_for_servers(
                     logged_at = now
                     log.warning("%s is waiting for %s: %s; retrying until it answers",
                                 what, server, describe(exc, settings))
-            if stop.wait(pause):
+            if stop.wait(backoff.next()):
                 return False
-            pause = min(pause * 2, WAIT_MAX)
         if logged_at > -1e18:
             log.info("%s: %s answers now", what, server)
     return True

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from reconcile import Job
 from reconcile.broker import Broker, get_broker
 from reconcile.config import Settings
-from reconcile.worker import Worker, parse_queue
+from reconcile.worker import Worker, WorkerSignals, parse_queue
 
 T = TypeVar("T")
 
@@ -146,12 +146,13 @@ def spawn_worker(
 @contextmanager
 def running_worker(
     settings: Settings, queues: Sequence[str] = ("default",), *, strict: bool = False,
-    stop_timeout: float = 2.0, **overrides: Any,
+    stop_timeout: float = 2.0, signals: WorkerSignals | None = None, **overrides: Any,
 ) -> Iterator[Worker]:
     """An in-process :class:`Worker` on ``queues`` (``"name"`` or ``"name,weight"``),
-    with ``overrides`` applied to ``settings``; stopped on exit."""
+    with ``overrides`` applied to ``settings`` and ``signals`` (test signals) given to
+    it; stopped on exit."""
     s = settings.with_overrides(**overrides) if overrides else settings
-    worker = Worker(s, [parse_queue(q) for q in queues], strict=strict)
+    worker = Worker(s, [parse_queue(q) for q in queues], strict=strict, signals=signals)
     worker.start()
     try:
         yield worker

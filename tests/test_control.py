@@ -89,7 +89,7 @@ def test_dead_key_is_quarantined_then_released_by_cli(
 def test_poison_pill_recovered_too_often_is_quarantined(
     pg_settings: Settings, engine: sa.Engine, broker: Broker
 ) -> None:
-    from reconcile.scheduler.poller import Maintenance
+    from reconcile.worker.maintenance import Maintenance
 
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 9}])

@@ -136,7 +136,8 @@ def test_a_failed_push_back_at_shutdown_is_logged_as_a_failure(
     worker.start()
     try:
         assert Stuck.running.acquire(timeout=5)
-        wait_for(lambda: len(worker._buffer) == 1, what="one job buffered")
+        # two leased (capacity 2), one of them running: the other waits in the buffer
+        wait_for(lambda: worker.broker.leased_count(worker.proc_id) == 2, what="one job buffered")
         server.kill()  # Redis goes away: nothing can be pushed back
         server.wait(5)
         with caplog.at_level(logging.INFO, logger="reconcile.worker"):

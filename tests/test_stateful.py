@@ -61,12 +61,12 @@ from hypothesis.stateful import (
 from reconcile.broker import Broker, Delivery, SettleKind, SettleOp, get_broker
 from reconcile.config import Settings, use_settings
 from reconcile.scheduler.passes import run_pass
-from reconcile.scheduler.poller import Maintenance
 from reconcile.store import pending as pending_sql
 from reconcile.store import quarantine
 from reconcile.store.engine import dispose_engines, get_engine
 from reconcile.store.tables import metadata
 from reconcile.worker.executor import Executor
+from reconcile.worker.maintenance import Maintenance
 from tests.stateful_app import SimulatedCrash, StatefulItem, st_effects, st_items, stateful_metadata
 
 QUEUE = StatefulItem.queue

@@ -14,6 +14,8 @@ import pytest
 from reconcile import Job
 from reconcile.broker import Broker
 from reconcile.config import Settings
+from reconcile.worker import Worker, WorkerSignals, parse_queue
+from reconcile.worker.maintenance import Maintenance
 from tests.jobs_core import Record, counts, running_worker, wait_for
 
 
@@ -60,10 +62,11 @@ def test_runs_every_job_exactly_once(settings: Settings, broker: Broker) -> None
 def test_idle_worker_picks_up_a_new_job_within_100ms(settings: Settings, broker: Broker) -> None:
     Stamp.started.clear()
     latencies = []
+    signals = WorkerSignals()
     # idle_wait is long, so a fast pickup can only come from the wake-up, not a poll
-    with running_worker(settings, concurrency=2, idle_wait=5.0) as worker:
+    with running_worker(settings, concurrency=2, idle_wait=5.0, signals=signals):
         for i in range(20):
-            wait_for(lambda: worker._idle, what="fetcher blocked")
+            signals.fetcher_idle.wait()  # fired once after each job's adoption
             Stamp.event.clear()
             t0 = time.perf_counter()
             Stamp.perform_async(i)
@@ -186,7 +189,8 @@ def test_a_job_that_cannot_be_built_or_exits_is_a_failure(settings: Settings, br
         wait_for(lambda: broker.set_sizes()["dead"] == 2, what="both dead")
         Record.perform_async("after")
         wait_for(lambda: counts(broker) == {"after": 1}, what="the thread survived")
-        assert all(t.is_alive() for t in worker._threads[3:]), "executor threads alive"
+        executors = [t for t in worker.threads if t.name.startswith("reconcile-exec")]
+        assert len(executors) == 1 and executors[0].is_alive(), "the executor thread survived"
     errors = sorted(orjson.loads(m)["error_class"] for m, _ in broker.set_entries("dead"))
     assert errors == ["RuntimeError", "SystemExit"]
 
@@ -194,8 +198,6 @@ def test_a_job_that_cannot_be_built_or_exits_is_a_failure(settings: Settings, br
 def test_maintenance_backs_off_while_redis_is_down(settings: Settings, broker: Broker) -> None:
     """A failing promotion is retried about once a second, not in a tight loop."""
     import redis
-
-    from reconcile.scheduler.poller import Maintenance
 
     calls: list[float] = []
 
@@ -329,15 +331,16 @@ def test_single_queue_worker_runs_claimed_jobs_once_and_stops_at_once(
     waits for the adopted lease field); a stop while an executor thread waits in a
     claim ends the wait instead of sitting out ``idle_wait``, and leaves no claim behind."""
     Stamp.started.clear()
-    with running_worker(settings, concurrency=2, idle_wait=5.0) as worker:
+    signals = WorkerSignals()
+    with running_worker(settings, concurrency=2, idle_wait=5.0, signals=signals) as worker:
         for i in range(30):
-            wait_for(lambda: worker._claimer, what="an executor thread waiting in its claim")
+            signals.claim_waiting.wait()  # an executor thread blocks in its claim
             Stamp.event.clear()
             Stamp.perform_async(i)
             assert Stamp.event.wait(5), "job not picked up"
         wait_for(lambda: broker.counters()["processed"] == 30, what="30 acks")
         assert broker.leased_count(worker.proc_id) == 0
-        wait_for(lambda: worker._claimer, what="an executor thread waiting in its claim")
+        signals.claim_waiting.wait()
         t0 = time.monotonic()
         worker.stop(2.0)
         took = time.monotonic() - t0
@@ -350,45 +353,34 @@ def test_single_queue_worker_runs_claimed_jobs_once_and_stops_at_once(
 
 
 def test_a_job_claimed_just_before_stop_is_acked_not_pushed_back(
-    settings: Settings, broker: Broker, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, broker: Broker
 ) -> None:
-    """A claimed job's ack waits for the fetcher to adopt it into the lease hash. If stop
-    came while the fetcher had not yet woken to adopt it (still idle, so stop() did
-    not wait for it), release.lua pushed the finished job back to its queue (a second
-    run). stop() now waits for the fetcher, which adopts on its way out. Here the
-    fetcher's wake-up is held until stop() has begun, and for up to a second after."""
-    from reconcile.worker.process import Worker
-
-    adopting = threading.Event()
-    go_on = threading.Event()
-    real = Worker._await_claim
-
-    def slow_wake(self: Worker) -> None:
-        real(self)
-        if self._claimed:
-            adopting.set()
-            assert go_on.wait(10)
-
-    monkeypatch.setattr(Worker, "_await_claim", slow_wake)
-    with running_worker(settings, concurrency=1) as worker:
-        wait_for(lambda: worker._claimer, what="an executor thread waiting in its claim")
+    """A claimed job's ack waits for the fetcher to adopt it into the lease hash. A stop
+    that comes while the fetcher has yet to adopt a claimed (and finished) job waits for
+    the fetcher, which adopts on its way out: the job is acked, not released back to its
+    queue by release.lua for a second run. Here the idle fetcher, woken by the claim, is
+    held before it adopts (still idle) until stop() has begun, and for a second after."""
+    signals = WorkerSignals()
+    with running_worker(settings, concurrency=1, signals=signals) as worker:
+        signals.claim_waiting.wait()
+        signals.fetcher_woke.hold(lambda claimed: claimed > 0)
         Record.perform_async("claimed")
         wait_for(lambda: counts(broker).get("claimed") == 1, what="the claimed job ran")
-        assert adopting.wait(5), "the fetcher woke to adopt the claim"
+        signals.fetcher_woke.wait_for(lambda claimed: claimed > 0)  # held there
         stopper = threading.Thread(target=worker.stop, args=(2.0,))
         stopper.start()
-        wait_for(lambda: worker._quiet.is_set(), what="stop() begun")
-        # before the fix stop() released the claim here, without waiting
-        released_early = worker._stopped.wait(1.0)
-        go_on.set()
+        signals.quiet.wait()  # stop() has begun
+        with pytest.raises(TimeoutError):
+            signals.stopped.wait(1.0)  # stop() waits for the adoption
+        signals.fetcher_woke.release()
+        assert signals.adopted.wait() == 1
+        assert signals.stopped.wait() == 0, "nothing pushed back"
         stopper.join(10)
         proc = worker.proc_id
-    assert not released_early, "stop() waits for the adoption"
     assert counts(broker) == {"claimed": 1}
     assert broker.redis.llen(broker.keys.queue("default")) == 0, "not pushed back"
     assert broker.redis.exists(broker.keys.claim(proc)) == 0
     assert broker.counters()["processed"] == 1
-
 
 
 class Nap(Job):
@@ -404,32 +396,24 @@ class Nap(Job):
 def test_finished_jobs_wake_the_fetcher_once_per_batch_not_once_per_job(
     settings: Settings, broker: Broker
 ) -> None:
-    """Each finished job used to wake the fetcher, which mostly went back to sleep
-    (there was no room for a batch yet): a thread switch and a GIL hand-over per job.
-    A finished job now wakes the fetcher only when it can fetch."""
-    from reconcile.worker import Worker, parse_queue
-
-    class Counting(threading.Condition):
-        fetcher_waits = 0
-
-        def wait(self, timeout: float | None = None) -> bool:
-            if threading.current_thread().name == "reconcile-fetcher":
-                Counting.fetcher_waits += 1
-            return super().wait(timeout)
-
+    """A finished job wakes the fetcher only when it can fetch (room for a batch of
+    ``refill`` jobs, or an empty buffer): waking it for every finished job would cost a
+    thread switch and a GIL hand-over per job, most of them followed by going back to
+    sleep."""
     n = 600
     Nap.done = []
     Nap.perform_bulk([i] for i in range(n))
-    worker = Worker(settings.with_overrides(concurrency=4, prefetch=12), [parse_queue("default")])
+    signals = WorkerSignals()
+    worker = Worker(settings.with_overrides(concurrency=4, prefetch=12), [parse_queue("default")],
+                    signals=signals)
     assert worker.refill == 6
-    worker._cond = Counting(worker._cond._lock)  # type: ignore[attr-defined]
     worker.start()
     try:
         wait_for(lambda: len(Nap.done) == n, timeout=20, what=f"{n} jobs done")
     finally:
         worker.stop(2.0)
-    print(f"\nthe fetcher waited {Counting.fetcher_waits} times for {n} jobs "
-          f"(batches of at least {worker.refill})")
+    waits = signals.fetcher_waits.fired
+    print(f"\nthe fetcher waited {waits} times for {n} jobs (batches of at least {worker.refill})")
     assert sorted(Nap.done) == list(range(n))
     # one wait per batch of at least 6 jobs (n / 6 = 100), not one per finished job
-    assert Counting.fetcher_waits < n / 3, f"{Counting.fetcher_waits} waits for {n} jobs"
+    assert 0 < waits < n / 3, f"{waits} waits for {n} jobs"

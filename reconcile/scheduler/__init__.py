@@ -1,1 +1,3 @@
-"""Scheduling: promotion and reaping in workers (``poller``), reconcile passes and cron ticks."""
+"""Scheduling: reconcile passes (``passes``), cron ticks (``cron``) and the scheduler
+process (``service``). Promotion and reaping run in workers (``reconcile.worker.maintenance``;
+``poller`` re-exports it)."""

@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from .. import registry
+from ..backoff import Backoff
 from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
 from ..job import Job
@@ -314,8 +315,9 @@ class Scheduler:
         log.info("scheduler %s started: %d schedules, Redis %s namespace %s, PostgreSQL %s",
                  self.owner, len(self.classes), mask_url(self.settings.redis_url),
                  self.settings.namespace, mask_url(self.settings.database_url))
-        backoff = 0.5
+        backoff = Backoff(first=1.0, cap=10.0)
         while not self._stop.is_set():
+            pause = tick
             try:
                 if not self._ensured:
                     self.ensure_schedules()
@@ -330,17 +332,17 @@ class Scheduler:
                     trigger = "redis_loss" if lost or c.name in self._after_loss else "tick"
                     self._after_loss.discard(c.name)
                     self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)
-                backoff = 0.5
+                backoff.reset()
             except (redis.RedisError, OSError) as exc:
                 log.warning("scheduler round failed (%s); retrying", exc)
-                backoff = min(backoff * 2, 10.0)
+                pause = backoff.next()
             except Exception as exc:  # database errors: keep the scheduler alive
                 log.warning("scheduler round failed (%s: %s); retrying", type(exc).__name__, exc)
-                backoff = min(backoff * 2, 10.0)
+                pause = backoff.next()
             for name, fut in list(self._running.items()):
                 if fut.done():
                     del self._running[name]
-            self._stop.wait(tick if backoff == 0.5 else backoff)
+            self._stop.wait(pause)
         self.pool.shutdown(wait=True)
         log.info("scheduler %s stopped", self.owner)
 

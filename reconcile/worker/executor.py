@@ -38,6 +38,8 @@ from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
 from ..logs import safe
 from ..outcome import RESCHEDULED, Outcome
 from ..payload import UNBOUNDED, decode, dumps
+from ..store.engine import get_engine
+from ..store.pending import terminate_backend
 from .retry import decide, error_name, run_death_hooks
 
 if TYPE_CHECKING:
@@ -92,9 +94,16 @@ class Executor:
         self.settings = settings
         self.broker = broker
         self.held = HeldJobs(broker, settings.switch_cache_seconds)
-        self.active: dict[bytes, Active] = {}  # deliveries running under a timeout
-        self.abandoned: set[bytes] = set()  # given up by the watchdog; their result is void
-        self._claim = threading.Lock()
+        # Deliveries running under a timeout, by lease field: added and removed by their
+        # executor thread, removed by the watchdog's give_up; a removal is done under
+        # _settling, so exactly one of the two settles the delivery.
+        self.active: dict[bytes, Active] = {}
+        # Given up by the watchdog (added under _settling); their result is void. Their
+        # executor thread reads and discards the field (runner.py) once perform returns.
+        self.abandoned: set[bytes] = set()
+        self._settling = threading.Lock()
+        # Outcome counts: added by executor threads and the watchdog, taken by the
+        # heartbeat; guarded by _count_lock.
         self.counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
@@ -178,7 +187,7 @@ class Executor:
         try:
             return self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
         finally:
-            with self._claim:  # the watchdog and this thread agree on who settles
+            with self._settling:  # the watchdog and this thread agree on who settles
                 self.active.pop(d.field, None)
 
     def _execute(
@@ -216,7 +225,7 @@ class Executor:
         perform is cancelled in its event loop, and the job fails with
         :class:`JobTimeout` under the normal retry rules. None if the job finished in
         the meantime (its own thread settles it)."""
-        with self._claim:
+        with self._settling:
             if self.active.pop(a.delivery.field, None) is None:
                 return None
             self.abandoned.add(a.delivery.field)
@@ -225,9 +234,6 @@ class Executor:
             future.cancel()  # an async perform: cancelled in the loop, its thread freed
         pid = getattr(a.job, "backend_pid", None)
         if pid:
-            from ..store.engine import get_engine
-            from ..store.pending import terminate_backend
-
             try:
                 terminate_backend(get_engine(self.settings), pid)
             except Exception:
