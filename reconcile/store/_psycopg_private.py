@@ -30,10 +30,11 @@ def exec_simple(conn: psycopg.Connection[Any], statement: bytes, encoding: str) 
     of the connection stays right.
 
     What it saves over ``cursor.execute`` of the same string: the cursor's query
-    conversion, its prepared-statement bookkeeping and result sets, measured at
-    24-27 us against 38-45 us for ``SELECT 1`` on a warm local connection (psycopg
-    3.3.9, binary): about 15 us per statement, on the two simple queries of every
-    delivery. It is also the one way to send several statements in one round trip
+    conversion, its prepared-statement bookkeeping and result sets: ``SELECT 1`` on a
+    warm local connection took 65 us against 98 us with ``cursor.execute`` and
+    ``fetchone`` (best of 5 ``timeit`` runs, psycopg 3.3.9 binary, on a loaded 2-core
+    machine; ``benchmarks/private_apis.py``), on each of the two simple queries of
+    every delivery. It is also the one way to send several statements in one round trip
     that psycopg does not wrap in its implicit transaction.
     """
     pgconn = conn.pgconn

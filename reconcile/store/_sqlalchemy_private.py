@@ -8,19 +8,19 @@ checks, plus a behavioural check of each). Tested on SQLAlchemy 2.1 (the range
 do the same more slowly. With ``fast_paths = false`` none of them is called on a
 delivery: the reference path uses public API only (:mod:`reconcile.store.delivery`).
 
-Figures (SQLAlchemy 2.1.9, psycopg 3.3.9, CPython 3.12, one idle core):
+Figures: best of 5 ``timeit`` runs, SQLAlchemy 2.1.9, psycopg 3.3.9, on the shared
+2-core machine under load (absolute values high, ratios are the point; the script is
+``benchmarks/private_apis.py``):
 
-* :func:`cache_key`: 6-8 us per ``pending()`` call of a one-table query; it lets a
-  delivery reuse the check compiled for the class instead of compiling
-  ``key_check(pending(), key)`` again, which costs 150-190 us (compile) and 120-150 us
-  more to run it through ``Session.execute`` than on the driver cursor;
-* :func:`construct_params`: 3-4 us; the public way to get the current call's values
-  is to compile the statement again (the 150 us above);
-* :func:`raise_dbapi_error`: only on a failed statement, so it costs nothing on the
-  hot path; what it saves is running the protocol's statements on the driver cursor
-  at all (``Connection.exec_driver_sql`` costs 35-45 us more per statement than the
-  cursor) while errors still arrive wrapped and lost connections invalidated, as if
-  SQLAlchemy had run them.
+* :func:`cache_key`: ~16 us per ``pending()`` call of a one-table query (30.7 us with
+  building the Select, 14.4 us without). It lets a delivery reuse the check compiled
+  for its class instead of compiling ``key_check(pending(), key)``: 437 us;
+* :func:`construct_params`: 1.9 us. The public way to the current call's values is to
+  compile the statement again (433 us with ``construct_params()``);
+* :func:`raise_dbapi_error`: only on a failed statement, so nothing on the hot path.
+  It is what makes running the protocol's statements on the driver cursor safe at
+  all: the key check took 126 us there, 145 us through ``exec_driver_sql`` and 647 us
+  as ``Session.execute(key_check(pending(), key)).scalar()``.
 """
 
 from __future__ import annotations
