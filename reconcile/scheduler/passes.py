@@ -36,9 +36,11 @@ ways:
   payload. A probe takes no lock: a pass that dies between probe and push leaves no
   lock without its job. Otherwise the page is pushed directly (one call; a held lock
   drops its job inside the script);
-* **slow path** (client middleware or a testing interceptor installed, or a custom
-  ``lock_digest``): :func:`reconcile.client.enqueue`, so middleware sees, may change
-  and may reject every payload, as for any enqueue.
+* **slow path** (client middleware or a testing interceptor installed, a custom
+  ``lock_digest``, or the setting ``fast_paths`` false): :func:`reconcile.client.enqueue`,
+  so middleware sees, may change and may reject every payload, as for any enqueue.
+  It is also the reference the fast path must equal: both build payloads from one
+  :class:`~reconcile.payload.PayloadTemplate`.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from ..broker import get_broker
 from ..broker.pass_push import PassPusher
 from ..config import Settings, get_settings
 from ..errors import InvalidKey, PayloadTooLarge
-from ..payload import check_args
+from ..payload import PayloadTemplate, check_args
 
 if TYPE_CHECKING:
     from ..keys import KeyCodec
@@ -283,10 +285,12 @@ class _FastPass:
     """The fast path of one pass (see the module docstring): per-pass templates,
     payload building, and the pusher stage.
 
-    Payload bytes are assembled exactly as ``client._build_records`` assembles them
-    (fields in the same order, the same encodings), and the lock digest is
-    ``unique_digest(job_name, "", args)``, ``ReconciledJob.lock_digest``, computed
-    from the same args JSON: ``tests/test_pass_fast.py`` holds both to that.
+    Payload bytes are :meth:`PayloadTemplate.assemble`'s, joined for a whole chunk at
+    once (the parts of every payload in one ``b"".join``, the digests sliced from one
+    hex string), so they equal ``encode(template.reference(...))``, the reference path;
+    the lock digest is ``unique_digest(job_name, "", args)``,
+    ``ReconciledJob.lock_digest``, computed from the same args JSON:
+    ``tests/test_pass_fast.py`` holds both to that.
     """
 
     WIDTH = 32  # hex characters of a blake2b-128 digest (client.unique_digest)
@@ -307,16 +311,21 @@ class _FastPass:
         self.limit = settings.max_payload_bytes
         self.pusher = PassPusher(get_broker(settings))
         self.new_fraction = 0.0  # of the last chunk pushed: probe first until keys are new
-        self.head, self.mid, self.retry = client.payload_frame(self.name, queue, opts, bool(self.lock_ttl))
-        self.lock_open = b',"lock":"' if self.lock_ttl else b""
+        self.template = PayloadTemplate.of(self.name, queue, opts, bool(self.lock_ttl))
+        self.head, self.mid = self.template.head, self.template.mid
+        self.lock_open = PayloadTemplate.LOCK_OPEN if self.lock_ttl else b""
         self.close = b'"}\n' if self.lock_ttl else b"}\n"  # the newline frames the payload
         self.digest_prefix = hashlib.blake2b(b"[" + dumps(self.name) + b',"",', digest_size=16)
 
     @classmethod
     def create(cls, job_class: type[ReconciledJob], settings: Settings, jitter: float,
                overwrite: bool) -> _FastPass | None:
-        """The fast path for ``job_class``, or None where only ``client.enqueue`` is right."""
+        """The fast path for ``job_class``, or None where only ``client.enqueue`` is right
+        (or asked for: setting ``fast_paths`` false)."""
         from ..reconciled import ReconciledJob
+
+        if not settings.fast_paths:
+            return None  # the reference: client.enqueue, which builds PayloadTemplate.reference dicts
 
         owner = next(c for c in job_class.__mro__ if "lock_digest" in vars(c))
         if owner is not ReconciledJob:
@@ -380,16 +389,17 @@ class _FastPass:
         PUSH_BYTES (one push call each); PayloadTooLarge (before anything of the chunk
         is written) if one is over the limit."""
         n = len(which)
-        dumps, lock_open = orjson.dumps, self.lock_open
+        lock_open = self.lock_open
         now = time.time()
-        created = b',"created_at":' + dumps(now) + self.retry
-        ready = created + b',"enqueued_at":' + dumps(now) + lock_open
+        template = self.template
+        created = template.created(now)
+        ready = template.ready(now) + lock_open
         ats: list[float] | None = None
         tails: list[bytes] | None = None
         longest_tail = len(ready)
         if self.jitter > 0:
             ats = [now + random.uniform(0.0, self.jitter) for _ in range(n)]
-            tails = [created + b',"at":' + dumps(at) + lock_open if at > now else ready for at in ats]
+            tails = [created + template.at_field(at) + lock_open if at > now else ready for at in ats]
             longest_tail = max(map(len, tails))
         longest = len(self.head) + 24 + enc.longest + longest_tail + self.width + len(self.close)
         if longest - 1 > self.limit:
