@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
+import reconcile.scheduler.fast_pass as fast_pass
 import reconcile.scheduler.passes as passes
 from reconcile import ReconciledJob, client, client_middleware, registry, testing
 from reconcile.broker import Broker, SettleKind, get_broker
@@ -201,9 +202,9 @@ def test_fast_pass_writes_the_bytes_client_enqueue_writes(
 
 
 def test_the_setting_fast_paths_off_sends_every_pass_through_client_enqueue(settings: Settings) -> None:
-    assert passes._FastPass.create(ProcessItem, settings, 0.0, overwrite=False) is not None
+    assert fast_pass.FastPass.create(ProcessItem, settings, 0.0, overwrite=False) is not None
     off = settings.with_overrides(fast_paths=False)
-    assert passes._FastPass.create(ProcessItem, off, 0.0, overwrite=False) is None
+    assert fast_pass.FastPass.create(ProcessItem, off, 0.0, overwrite=False) is None
 
 
 @pytest.mark.parametrize("jitter", [0.0, 30.0])
@@ -224,7 +225,7 @@ def test_payload_bytes_equal_the_reference_and_client_build_records(
     keys = by_job[job.__name__]
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
     monkeypatch.setattr(os, "urandom", lambda n: bytes(i % 256 for i in range(n)))  # both paths' jids
-    fast = passes._FastPass.create(job, settings, jitter, overwrite=False)
+    fast = fast_pass.FastPass.create(job, settings, jitter, overwrite=False)
     assert fast is not None
     built = fast._payloads(fast._encode(keys), range(len(keys)))
     ats = [at for part in built for at in part.ats or []] if jitter else None
@@ -300,14 +301,14 @@ def test_second_pass_probes_and_builds_no_payload(
     monkeypatch.setattr(ProcessItem, "batch_size", 1000)
     first = run_pass(ProcessItem, settings=pg_settings)
     built = 0
-    real = passes._FastPass._payloads
+    real = fast_pass.FastPass._payloads
 
     def counting(self: Any, enc: Any, which: Any) -> Any:
         nonlocal built
         built += len(which)
         return real(self, enc, which)
 
-    monkeypatch.setattr(passes._FastPass, "_payloads", counting)
+    monkeypatch.setattr(fast_pass.FastPass, "_payloads", counting)
     second = run_pass(ProcessItem, settings=pg_settings)
     assert (first.found, first.enqueued, first.already_queued) == (2500, 2500, 0)
     assert (second.found, second.enqueued, second.already_queued) == (2500, 0, 2500)
@@ -321,7 +322,7 @@ def test_a_page_with_some_locks_held_pushes_only_the_free_keys(
 ) -> None:
     seed(engine, 100)
     ProcessItem.perform_bulk([[k] for k in range(1, 101, 3)])  # 34 keys already queued
-    monkeypatch.setattr(passes, "PROBE_BELOW", 2.0 if probe_first else -1.0)
+    monkeypatch.setattr(fast_pass, "PROBE_BELOW", 2.0 if probe_first else -1.0)
     result = run_pass(ProcessItem, settings=pg_settings)
     assert (result.found, result.enqueued, result.already_queued) == (100, 66, 34)
     queued = [orjson.loads(r)["args"][0] for r in broker.queue_entries("items", 1000)]
@@ -577,7 +578,7 @@ def test_a_chunk_over_push_bytes_is_pushed_in_several_calls(
     pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch, jitter: bool
 ) -> None:
     seed(engine, 1000)
-    monkeypatch.setattr(passes, "PUSH_BYTES", 10_000)  # about 40 payloads a call
+    monkeypatch.setattr(fast_pass, "PUSH_BYTES", 10_000)  # about 40 payloads a call
     calls = 0
     real_push = PassPusher.push
 

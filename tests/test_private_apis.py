@@ -52,9 +52,19 @@ def test_sqlalchemy_construct_params_takes_extracted_parameters_and_escape_names
         "SQLCompiler.construct_params changed: update reconcile/store/_sqlalchemy_private.py"
 
 
-def test_sqlalchemy_generate_cache_key_gives_key_bindparams_and_params() -> None:
+def test_sqlalchemy_generate_cache_key_gives_key_and_bindparams() -> None:
     assert hasattr(sa.sql.ClauseElement, "_generate_cache_key")
-    assert CacheKey._fields[:3] == ("key", "bindparams", "params")
+    assert CacheKey._fields[:2] == ("key", "bindparams")
+    # 2.1 added "params" (values of Select.params()); 2.0 has none: given_params covers both
+    assert CacheKey._fields[2:3] in ((), ("params",))
+
+
+def test_values_given_with_select_params_reach_the_check_on_either_version() -> None:
+    stmt = sa.select(things.c.id).where(things.c.kind == sa.bindparam("kind", "a")).params(kind="z")
+    values = sa_private.cache_key(stmt)
+    assert values is not None
+    given = {**{b.key: b.value for b in values.bindparams}, **sa_private.given_params(values)}
+    assert given["kind"] == "z"
 
 
 # -- SQLAlchemy: the behaviour -------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Every use goes through a function here, so an upgrade that changes one of them breaks
 one module, and ``tests/test_private_apis.py`` says which (signature and attribute
-checks, plus a behavioural check of each). Tested on SQLAlchemy 2.1 (the range
-``pyproject.toml`` states); each function says what it saves, measured with
+checks, plus a behavioural check of each). Tested on SQLAlchemy 2.0.25 and 2.1.9
+(the range ``pyproject.toml`` states); each function says what it saves, measured with
 ``timeit`` on one warm connection (see the figures below), and which public API would
 do the same more slowly. With ``fast_paths = false`` none of them is called on a
 delivery: the reference path uses public API only (:mod:`reconcile.store.delivery`).
@@ -44,6 +44,15 @@ def cache_key(stmt: Select[Any]) -> CacheKey | None:
     compiled cache and its caching recipes use it). Saves recompiling the key check per
     delivery: a cached compile is matched by ``key`` (see module figures)."""
     return stmt._generate_cache_key()
+
+
+def given_params(values: CacheKey) -> Mapping[str, Any]:
+    """Values given with ``Select.params()`` that cache key ``values`` carries apart
+    from its ``bindparams``: the ``params`` field of SQLAlchemy 2.1. SQLAlchemy 2.0 has
+    no such field; there ``params()`` replaces the bound values themselves, which
+    ``bindparams`` then carries, so nothing is given apart (empty)."""
+    given: Mapping[str, Any] | None = getattr(values, "params", None)
+    return given or {}
 
 
 def construct_params(

@@ -63,8 +63,9 @@ class KeyCheck:
         given: MutableMapping[str, Any] = dict(zip(self.names, key, strict=True))
         if self.bound:
             assert values is not None
-            if values.params:  # values given with Select.params()
-                given = {**values.params, **given}
+            extra = sa_private.given_params(values)  # values given with Select.params()
+            if extra:
+                given = {**extra, **given}
             # private API (the shim says what it saves): this call's values, no compile
             given = sa_private.construct_params(self.compiled, given, values.bindparams)
         procs = self.processors
