@@ -148,7 +148,7 @@ def _scan(
     stmt = job_class().pending()
     batch = int(job_class.batch_size)
     jitter = float(job_class.jitter)
-    read = keyset.reader(engine, stmt, batch)
+    read = keyset.reader(engine, stmt, batch, fast=settings.fast_paths)
     fast = FastPass.create(job_class, settings, jitter, distrust_locks)
     step = max(1, settings.bulk_batch_size)
     after: tuple[Any, ...] | None = None

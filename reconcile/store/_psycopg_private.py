@@ -1,7 +1,7 @@
 """The psycopg internals reconcile uses: libpq's ``PQexec`` and errors made from its result.
 
-``psycopg.pq`` is psycopg's libpq wrapper, documented as a low-level interface "not
-intended for end users" whose details may change between releases; every use of it
+``psycopg.pq`` is psycopg's low-level libpq wrapper, below its documented
+connection and cursor API, whose details may change between releases; every use of it
 goes through this module, and ``tests/test_private_apis.py`` checks the attributes and
 behaviour relied on here. Tested on psycopg 3.1.20 and 3.3.9 (the range
 ``pyproject.toml`` states). With ``fast_paths = false`` a delivery calls none of it
