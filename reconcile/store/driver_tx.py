@@ -7,7 +7,7 @@ The worker reaches it through :class:`reconcile.store.delivery.DriverDelivery`; 
 reference it must agree with is :class:`reconcile.store.delivery.SessionDelivery`
 (plain SQLAlchemy, one statement per step), run instead with ``fast_paths = false``.
 
-Over 400 lines? No: about 300, the prepared-statement text and bookkeeping being in
+The prepared-statement text and bookkeeping are in
 :mod:`reconcile.store.prepared` and the checks in :mod:`reconcile.store.key_check`.
 """
 
