@@ -52,14 +52,14 @@ from .job import Job
 from .keys import KeyCodec
 from .logs import safe
 from .outcome import Outcome
-from .store.delivery import DeliveryTx, DriverDelivery, SessionDelivery
-from .store.driver_tx import DriverTx
-from .store.engine import delivery_session, get_engine, run_perform
-from .store.key_check import delivery_check
-from .store.pending import lock_id, run_check, still_pending
 
 if TYPE_CHECKING:
+    from .store.delivery import DeliveryTx
     from .store.switches import SwitchCache
+
+# The store modules are imported where they are used, not here: ``import reconcile``
+# (every process of plain Jobs, every enqueue) must not load psycopg and the store,
+# which cost ~100 ms and 90 modules and are only needed by a ReconciledJob delivery.
 
 log = logging.getLogger("reconcile.reconciled")
 
@@ -137,6 +137,10 @@ class ReconciledJob(Job):
         automatically (for example one with LIMIT or window functions); the worker then
         calls the override before and after ``perform``.
         """
+        from .store.driver_tx import DriverTx
+        from .store.key_check import delivery_check
+        from .store.pending import run_check, still_pending
+
         if not get_settings().fast_paths:
             return still_pending(session, self.pending(), key)  # the reference
         if session.autoflush:
@@ -265,6 +269,9 @@ class ReconciledJob(Job):
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> Outcome:
         """The protocol of the module docstring, on a :class:`DeliveryTx` (the reference
         or the fast one, see :meth:`_delivery_tx`)."""
+        from .store.engine import delivery_session, get_engine, run_perform
+        from .store.pending import lock_id
+
         engine = get_engine(settings)
         # the lock is the canonical key's; the check and perform get the typed values
         key = KeyCodec.of(type(self)).native(args)
@@ -294,6 +301,9 @@ class ReconciledJob(Job):
         one, with the default ``is_pending`` inlined: the check is built once for both
         steps (the same values), and a compiled one runs on the driver connection. An
         override is the application's, called as is."""
+        from .store.delivery import DriverDelivery, SessionDelivery
+        from .store.key_check import delivery_check
+
         if not settings.fast_paths:
             return SessionDelivery(session, lambda: self.is_pending(session, *key))
         statement: Select[Any] | None = None
@@ -312,6 +322,8 @@ class ReconciledJob(Job):
         """Steps 2 and 4 of the fast path where the check is not compiled SQL: a
         statement SQLAlchemy runs, or the class's own ``is_pending`` when ``check`` is
         None."""
+        from .store.pending import run_check
+
         if check is None:
             return self.is_pending(session, *args)
         return run_check(session, check)  # through the Session: autoflush as before

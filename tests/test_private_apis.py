@@ -179,3 +179,11 @@ def test_ping_answers_none_on_a_live_connection_and_a_reason_on_a_closed_one(
     assert driver.info.transaction_status == pg_private.IDLE, "the ping opened no transaction"
     driver.close()
     assert pg_private.ping(driver)
+
+
+def test_sqlalchemy_compiler_attributes_the_key_check_reads_exist() -> None:
+    """compile_key_check decides from these whether a compiled string can stand for
+    the check (public attributes, but undocumented in part)."""
+    compiled = pending("a").compile(dialect=sa.create_engine("postgresql+psycopg://").dialect)
+    for name in ("bind_names", "positional", "post_compile_params", "escaped_bind_names", "string"):
+        assert hasattr(compiled, name), f"SQLCompiler.{name} is gone: update reconcile/store/key_check.py"
