@@ -173,6 +173,18 @@ class Settings:
     a missing statement switches them off by itself (logged) and loses nothing. Default
     True."""
 
+    fast_paths: bool = True
+    """Run the fast path of each step that has a reference path beside it; false runs
+    the references, with the same effects, to compare the two or to rule a fast path
+    out while diagnosing. The pairs (fast; reference): a ReconciledJob delivery's
+    protocol (two simple queries on the driver connection, the key check compiled once
+    per class; :class:`reconcile.store.delivery.SessionDelivery`, one SQLAlchemy
+    statement per step), payload building at enqueue and in passes (bytes from a
+    per-call template; one dict per job, encoded by orjson,
+    :meth:`reconcile.payload.PayloadTemplate.reference`) and a pass's keyset pages
+    (read on the driver connection; :func:`reconcile.store.pending.page`). Default
+    True."""
+
     switch_cache_seconds: float = 5.0
     """How long a process caches kill switches read from PostgreSQL. Default 5."""
 

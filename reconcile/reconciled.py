@@ -9,7 +9,7 @@ each key; the worker executes each delivery with this protocol, in one transacti
    is re-scheduled a few seconds later (outcome ``lock_busy``);
 2. re-check ``is_pending(session, *key)`` under the lock (by default ``pending()``
    restricted to the key, compiled once per class and run on the driver connection:
-   :func:`reconcile.store.pending.delivery_check`); if the key is no longer pending,
+   :func:`reconcile.store.key_check.delivery_check`); if the key is no longer pending,
    ack as ``already_done``;
 3. ``perform(session, *key)`` in that transaction; it must not commit, roll back or
    close the session (:class:`~reconcile.errors.ProtocolViolation`, see
@@ -17,6 +17,11 @@ each key; the worker executes each delivery with this protocol, in one transacti
 4. re-check: if the key is still pending, roll back and raise :class:`NotConverged`
    (a perform that does not make its own effect visible is a bug, caught here);
 5. commit; only then is the delivery acked in Redis.
+
+The protocol is written once, in ``_execute``, against a delivery transaction
+(:class:`reconcile.store.delivery.DeliveryTx`): a plain SQLAlchemy one that is the
+specification, and the driver-level fast one the worker runs unless ``fast_paths``
+is false.
 
 A kill between commit and ack re-delivers the job; step 2 makes that a no-op. A broken
 connection during COMMIT is an unknown outcome, resolved the same way: a lost database
@@ -49,7 +54,12 @@ from .logs import safe
 from .outcome import Outcome
 
 if TYPE_CHECKING:
+    from .store.delivery import DeliveryTx
     from .store.switches import SwitchCache
+
+# The store modules are imported where they are used, not here: ``import reconcile``
+# (every process of plain Jobs, every enqueue) must not load psycopg and the store,
+# which cost ~100 ms and 90 modules and are only needed by a ReconciledJob delivery.
 
 log = logging.getLogger("reconcile.reconciled")
 
@@ -127,15 +137,19 @@ class ReconciledJob(Job):
         automatically (for example one with LIMIT or window functions); the worker then
         calls the override before and after ``perform``.
         """
-        from .store import pending as sql
+        from .store.driver_tx import DriverTx
+        from .store.key_check import delivery_check
+        from .store.pending import run_check, still_pending
 
+        if not get_settings().fast_paths:
+            return still_pending(session, self.pending(), key)  # the reference
         if session.autoflush:
             session.flush()
         bind = session.connection()
-        check = sql.delivery_check(type(self), self.pending, bind.dialect, key)
+        check = delivery_check(type(self), self.pending, bind.dialect, key)
         if isinstance(check, tuple):
-            return sql.DriverTx(bind).exists(check)
-        return sql.run_check(bind, check)
+            return DriverTx(bind).exists(check)
+        return run_check(bind, check)
 
     # -- options derived from the schedule -----------------------------------------
 
@@ -253,56 +267,65 @@ class ReconciledJob(Job):
             return Outcome.DB_UNAVAILABLE
 
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> Outcome:
-        from .store import pending as sql
+        """The protocol of the module docstring, on a :class:`DeliveryTx` (the reference
+        or the fast one, see :meth:`_delivery_tx`)."""
         from .store.engine import delivery_session, get_engine, run_perform
+        from .store.pending import lock_id
 
         engine = get_engine(settings)
         # the lock is the canonical key's; the check and perform get the typed values
         key = KeyCodec.of(type(self)).native(args)
-        # The default is_pending, inlined: the check is built once for both steps (the
-        # same values), and a compiled one runs on the driver connection. An override
-        # is the application's, called as is.
-        check = None
-        if type(self).is_pending is ReconciledJob.is_pending:
-            check = sql.delivery_check(type(self), self.pending, engine.dialect, key)
-        compiled = check if isinstance(check, tuple) else None  # run by DriverTx
-        statement = None if isinstance(check, tuple) else check  # run by SQLAlchemy
         with delivery_session(engine) as session, session.begin():
-            tx = sql.DriverTx(session, prepare=settings.prepared_checks)
+            tx = self._delivery_tx(session, settings, key)
             if self.timeout:
                 self.backend_pid = tx.backend_pid  # the watchdog's kill switch
-            # steps 1 and 2 in one round trip when the check is compiled SQL
-            locked, pending = tx.open_delivery(
-                sql.lock_id(name, args), compiled, float(self.timeout) if self.timeout else None)
+            # 1. lock the key, 2. re-check it under the lock
+            locked, pending = tx.begin(lock_id(name, args), float(self.timeout) if self.timeout else None)
             if not locked:
-                return Outcome.LOCK_BUSY  # step 1 ended its transaction (the fallback's is empty)
-            if pending is None:  # a check SQLAlchemy runs, or the class's own is_pending
-                pending = self._still_pending(session, statement, key)
+                return Outcome.LOCK_BUSY
             if not pending:
                 return Outcome.ALREADY_DONE
-            run_perform(session, tx, self.perform, key)  # perform must not commit
-            session.flush()
-            if compiled is not None:
-                # steps 4 and 5 in one round trip; the Session's own commit then finds
-                # the transaction ended and sends nothing
-                converged = tx.commit_if_converged(compiled)
-            else:
-                converged = not self._still_pending(session, statement, key)
-            if not converged:
+            # 3. perform, which must not commit
+            run_perform(session, tx, self.perform, key)
+            # 4. re-check, 5. commit if converged
+            if not tx.finish():
                 raise NotConverged(
                     f"{name}{tuple(args)!r}: perform returned but the key is still pending; "
                     "the transaction was rolled back"
                 )
         return Outcome.DONE
 
+    def _delivery_tx(self, session: Session, settings: Settings, key: Sequence[Any]) -> DeliveryTx:
+        """The delivery transaction for this job: with ``fast_paths`` off, the reference
+        (:class:`SessionDelivery`, the checks by :meth:`is_pending`); otherwise the fast
+        one, with the default ``is_pending`` inlined: the check is built once for both
+        steps (the same values), and a compiled one runs on the driver connection. An
+        override is the application's, called as is."""
+        from .store.delivery import DriverDelivery, SessionDelivery
+        from .store.key_check import delivery_check
+
+        if not settings.fast_paths:
+            return SessionDelivery(session, lambda: self.is_pending(session, *key))
+        statement: Select[Any] | None = None
+        compiled: tuple[str, dict[str, Any]] | None = None
+        if type(self).is_pending is ReconciledJob.is_pending:
+            bind = session.get_bind()
+            check = delivery_check(type(self), self.pending, bind.dialect, key)
+            if isinstance(check, tuple):
+                compiled = check  # run by DriverTx
+            else:
+                statement = check  # run by SQLAlchemy
+        return DriverDelivery(session, settings.prepared_checks, compiled,
+                              lambda: self._still_pending(session, statement, key))
+
     def _still_pending(self, session: Session, check: Select[Any] | None, args: Sequence[Any]) -> bool:
-        """Steps 2 and 4 where the check is not compiled SQL (which ``open_delivery`` and
-        ``commit_if_converged`` run): a statement SQLAlchemy runs, or the class's own
-        ``is_pending`` when ``check`` is None."""
-        if check is None:
-            return self.is_pending(session, *args)
+        """Steps 2 and 4 of the fast path where the check is not compiled SQL: a
+        statement SQLAlchemy runs, or the class's own ``is_pending`` when ``check`` is
+        None."""
         from .store.pending import run_check
 
+        if check is None:
+            return self.is_pending(session, *args)
         return run_check(session, check)  # through the Session: autoflush as before
 
     @classmethod

@@ -266,3 +266,16 @@ def test_cli_reports_a_bad_setting_in_one_line(tmp_path: Path, monkeypatch: pyte
     assert result.output.strip().splitlines() == [
         "reconcile: setting 'poll_interval' from environment variable RECONCILE_POLL_INTERVAL "
         "must be a finite number, got 'inf'"]
+
+
+@pytest.mark.parametrize(("raw", "want"), [("false", False), ("off", False), ("0", False), ("yes", True)])
+def test_fast_paths_is_a_boolean_from_the_environment(raw: str, want: bool) -> None:
+    s = load_settings({}, env={"RECONCILE_FAST_PATHS": raw}, pyproject=False)
+    assert s.fast_paths is want
+    assert s.source_of("fast_paths") == "environment variable RECONCILE_FAST_PATHS"
+    assert load_settings({}, env={}, pyproject=False).fast_paths is True, "on by default"
+
+
+def test_a_fast_paths_value_that_is_not_a_boolean_is_refused_naming_its_source() -> None:
+    with pytest.raises(ConfigError, match=r"'fast_paths' from environment variable RECONCILE_FAST_PATHS"):
+        load_settings({}, env={"RECONCILE_FAST_PATHS": "sometimes"}, pyproject=False)

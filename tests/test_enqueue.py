@@ -16,6 +16,8 @@ import redis.connection
 
 from reconcile import ArgumentError, Job, PayloadTooLarge, client_middleware
 from reconcile.broker import Broker
+from reconcile.config import Settings, use_settings
+from reconcile.payload import PayloadTemplate
 from tests.jobs_core import everything, without_jids
 
 
@@ -218,28 +220,48 @@ class Locked(Job):
     ],
     ids=["bulk", "perform_in", "set", "class-options", "unique", "unique-scheduled"],
 )
+@pytest.mark.parametrize("reference", ["middleware", "setting"])
 def test_fast_path_writes_the_same_bytes_as_the_dict_path(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch, enqueue: Callable[[], Any]
+    broker: Broker, settings: Settings, monkeypatch: pytest.MonkeyPatch, enqueue: Callable[[], Any],
+    reference: str,
 ) -> None:
-    """Without client middleware, payload bytes are assembled from pre-encoded parts;
-    with middleware they are ``orjson.dumps`` of a dict. Both must be identical."""
+    """Without client middleware, payload bytes are assembled from a PayloadTemplate's
+    pre-encoded parts; with middleware, or with the setting ``fast_paths`` false, they
+    are ``orjson.dumps`` of the template's reference dict. Both must be identical."""
     import reconcile.client
 
     monkeypatch.setattr(reconcile.client.time, "time", lambda: 1_700_000_000.25)
+    built: list[str] = []  # jids of payloads built by the reference builder
+    real = PayloadTemplate.reference
+
+    def spied(self: PayloadTemplate, jid: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        built.append(jid)
+        return real(self, jid, *args, **kwargs)
+
+    monkeypatch.setattr(PayloadTemplate, "reference", spied)
 
     enqueue()
     fast = everything(broker)
+    assert not built, "the fast path builds no dict"
     broker.flush_namespace()
 
     def passthrough(job_class: Any, payload: dict[str, Any], call_next: Any) -> Any:
         return call_next(payload)
 
-    client_middleware.add(passthrough)
-    try:
-        enqueue()
-    finally:
-        client_middleware.remove(passthrough)
+    if reference == "middleware":
+        client_middleware.add(passthrough)
+        try:
+            enqueue()
+        finally:
+            client_middleware.remove(passthrough)
+    else:
+        use_settings(settings.with_overrides(fast_paths=False))
+        try:
+            enqueue()
+        finally:
+            use_settings(settings)
     slow = everything(broker)
+    assert len(built) == len(slow), "the reference path built every payload"
     assert fast and without_jids(fast) == without_jids(slow)
 
 

@@ -25,13 +25,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
+import reconcile.scheduler.fast_pass as fast_pass
 import reconcile.scheduler.passes as passes
 from reconcile import ReconciledJob, client, client_middleware, registry, testing
 from reconcile.broker import Broker, SettleKind, get_broker
 from reconcile.broker.pass_push import PassPusher
 from reconcile.config import Settings, use_settings
 from reconcile.errors import BrokerError
-from reconcile.payload import decode
+from reconcile.payload import decode, encode
 from reconcile.scheduler.passes import run_pass
 from reconcile.store import keyset
 from reconcile.store import pending as pending_sql
@@ -135,13 +136,6 @@ def seed(engine: sa.Engine, n: int, start: int = 1) -> None:
         c.execute(items.insert(), [{"id": i} for i in range(start, start + n)])
 
 
-def parsed_without_jids(raws: list[bytes]) -> list[dict[str, Any]]:
-    """Field order aside: client.enqueue's dict path (middleware) appends a per-job
-    run-at after "lock", its bytes path (and the pass) writes it before."""
-    jobs = [{k: v for k, v in orjson.loads(r).items() if k != "jid"} for r in raws]
-    return sorted(jobs, key=lambda j: orjson.dumps(j, option=orjson.OPT_SORT_KEYS))
-
-
 def passthrough(job_class: Any, payload: dict[str, Any], call_next: Any) -> Any:
     return call_next(payload)
 
@@ -154,19 +148,30 @@ def deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def fast_then_slow(broker: Broker, monkeypatch: pytest.MonkeyPatch,
-                   run: Callable[[], passes.PassResult]) -> tuple[list[bytes], list[bytes]]:
-    """Everything one pass writes on the fast path, then through client.enqueue."""
+                   run: Callable[[Settings], passes.PassResult], settings: Settings,
+                   reference: str) -> tuple[list[bytes], list[bytes]]:
+    """Everything one pass writes on the fast path, then on the reference path:
+    client.enqueue's dicts, reached through a client middleware or through the
+    setting ``fast_paths = false`` (``reference``: "middleware" or "setting")."""
     deterministic(monkeypatch)
-    first = run()
+    first = run(settings)
     assert first.error is None, first.error
     fast = everything(broker)
     broker.flush_namespace()
     deterministic(monkeypatch)
-    client_middleware.add(passthrough)
-    try:
-        second = run()
-    finally:
-        client_middleware.remove(passthrough)
+    if reference == "middleware":
+        client_middleware.add(passthrough)
+        try:
+            second = run(settings)
+        finally:
+            client_middleware.remove(passthrough)
+    else:
+        off = settings.with_overrides(fast_paths=False)
+        use_settings(off)
+        try:
+            second = run(off)
+        finally:
+            use_settings(settings)
     assert second.error is None, second.error
     assert (first.found, first.enqueued) == (second.found, second.enqueued)
     return fast, everything(broker)
@@ -175,20 +180,20 @@ def fast_then_slow(broker: Broker, monkeypatch: pytest.MonkeyPatch,
 # -- the payloads --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("reference", ["middleware", "setting"])
 @pytest.mark.parametrize("job", [ProcessItem, JitteredItem, UnlockedItem, SyncStock, NamedThing, DictKeyItem],
                          ids=lambda j: j.__name__)
 def test_fast_pass_writes_the_bytes_client_enqueue_writes(
     pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch,
-    job: type[ReconciledJob],
+    job: type[ReconciledJob], reference: str,
 ) -> None:
     seed(engine, 5)
     with engine.begin() as c:
         c.execute(regions.insert(), [{"sku": s, "region": r} for s in (1, 2) for r in ("eu", "us")])
         c.execute(names.insert(), [{"name": n} for n in ('a"b', "back\\slash", "é", "line\u2028sep", "日本")])
-    fast, slow = fast_then_slow(broker, monkeypatch, lambda: run_pass(job, settings=pg_settings))
-    assert fast and parsed_without_jids(fast) == parsed_without_jids(slow)
-    if not job.jitter:
-        assert without_jids(fast) == without_jids(slow)
+    fast, slow = fast_then_slow(broker, monkeypatch, lambda s: run_pass(job, settings=s), pg_settings,
+                                reference)
+    assert fast and without_jids(fast) == without_jids(slow)
     for raw in fast:
         payload = decode(raw, pg_settings.max_payload_bytes)
         assert payload["class"] == job.job_name
@@ -196,14 +201,20 @@ def test_fast_pass_writes_the_bytes_client_enqueue_writes(
             assert payload["lock"] == job.lock_digest(job.queue, payload["args"])
 
 
+def test_the_setting_fast_paths_off_sends_every_pass_through_client_enqueue(settings: Settings) -> None:
+    assert fast_pass.FastPass.create(ProcessItem, settings, 0.0, overwrite=False) is not None
+    off = settings.with_overrides(fast_paths=False)
+    assert fast_pass.FastPass.create(ProcessItem, off, 0.0, overwrite=False) is None
+
+
 @pytest.mark.parametrize("jitter", [0.0, 30.0])
 @pytest.mark.parametrize("job", [ProcessItem, UnlockedItem, SyncStock, NamedThing, DictKeyItem],
                          ids=lambda j: j.__name__)
-def test_payload_bytes_equal_client_build_records(
+def test_payload_bytes_equal_the_reference_and_client_build_records(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, job: type[ReconciledJob], jitter: float
 ) -> None:
-    """Byte for byte what client.enqueue's bytes path (the path of a pass before the
-    fast path, and of perform_bulk) builds from the same clock, jids and run-ats."""
+    """Byte for byte what PayloadTemplate.reference gives, encoded, and what
+    client.enqueue's bytes path builds, from the same clock, jids and run-ats."""
     by_job: dict[str, list[tuple[Any, ...]]] = {
         "ProcessItem": [(1,), (2**63 - 1,), (-5,)],
         "UnlockedItem": [(1,), (2,)],
@@ -214,14 +225,22 @@ def test_payload_bytes_equal_client_build_records(
     keys = by_job[job.__name__]
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
     monkeypatch.setattr(os, "urandom", lambda n: bytes(i % 256 for i in range(n)))  # both paths' jids
-    fast = passes._FastPass.create(job, settings, jitter, overwrite=False)
+    fast = fast_pass.FastPass.create(job, settings, jitter, overwrite=False)
     assert fast is not None
     built = fast._payloads(fast._encode(keys), range(len(keys)))
     ats = [at for part in built for at in part.ats or []] if jitter else None
-    opts = job.options()
-    ttl = fast.lock_ttl
-    records, _ = client._build_records(job, keys, opts["queue"], job.arg_names(), opts, ttl, 1_700_000_000.25,
-                                       0.0, ats, settings.max_payload_bytes)
+    ttl, template, limit = fast.lock_ttl, fast.template, settings.max_payload_bytes
+    records, _ = client._build_records(job, template, keys, job.arg_names(), ttl, 1_700_000_000.25,
+                                       0.0, ats, limit)
+    ids = os.urandom(12 * len(keys)).hex()  # patched: the jids both paths drew
+    reference = [
+        encode(template.reference(
+            ids[24 * i : 24 * i + 24], list(k), 1_700_000_000.25,
+            ats[i] if ats and ats[i] > 1_700_000_000.25 else 0.0,
+            job.lock_digest(job.queue, list(k)) if ttl else ""), limit) + b"\n"
+        for i, k in enumerate(keys)
+    ]
+    assert b"".join(part.payloads for part in built) == b"".join(reference), "the reference builder's bytes"
     assert b"".join(part.payloads for part in built) == b"".join(r.payload + b"\n" for r in records)
     assert b"".join(part.digests for part in built) == "".join(r.lock for r in records).encode()
     for r, k in zip(records, keys, strict=True):
@@ -282,14 +301,14 @@ def test_second_pass_probes_and_builds_no_payload(
     monkeypatch.setattr(ProcessItem, "batch_size", 1000)
     first = run_pass(ProcessItem, settings=pg_settings)
     built = 0
-    real = passes._FastPass._payloads
+    real = fast_pass.FastPass._payloads
 
     def counting(self: Any, enc: Any, which: Any) -> Any:
         nonlocal built
         built += len(which)
         return real(self, enc, which)
 
-    monkeypatch.setattr(passes._FastPass, "_payloads", counting)
+    monkeypatch.setattr(fast_pass.FastPass, "_payloads", counting)
     second = run_pass(ProcessItem, settings=pg_settings)
     assert (first.found, first.enqueued, first.already_queued) == (2500, 2500, 0)
     assert (second.found, second.enqueued, second.already_queued) == (2500, 0, 2500)
@@ -303,7 +322,7 @@ def test_a_page_with_some_locks_held_pushes_only_the_free_keys(
 ) -> None:
     seed(engine, 100)
     ProcessItem.perform_bulk([[k] for k in range(1, 101, 3)])  # 34 keys already queued
-    monkeypatch.setattr(passes, "PROBE_BELOW", 2.0 if probe_first else -1.0)
+    monkeypatch.setattr(fast_pass, "PROBE_BELOW", 2.0 if probe_first else -1.0)
     result = run_pass(ProcessItem, settings=pg_settings)
     assert (result.found, result.enqueued, result.already_queued) == (100, 66, 34)
     queued = [orjson.loads(r)["args"][0] for r in broker.queue_entries("items", 1000)]
@@ -559,7 +578,7 @@ def test_a_chunk_over_push_bytes_is_pushed_in_several_calls(
     pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch, jitter: bool
 ) -> None:
     seed(engine, 1000)
-    monkeypatch.setattr(passes, "PUSH_BYTES", 10_000)  # about 40 payloads a call
+    monkeypatch.setattr(fast_pass, "PUSH_BYTES", 10_000)  # about 40 payloads a call
     calls = 0
     real_push = PassPusher.push
 

@@ -30,6 +30,8 @@ from sqlalchemy.types import TypeDecorator
 from reconcile import ReconciledJob
 from reconcile.config import Settings, use_settings
 from reconcile.errors import NotConverged
+from reconcile.store import driver_tx, prepared
+from reconcile.store import key_check as key_checks
 from reconcile.store import pending as pending_sql
 from tests.reconciled_app import (
     ForgetfulItem,
@@ -223,9 +225,9 @@ class SavepointItem(ReconciledJob):
 def prepared_state() -> Iterator[None]:
     """Prepared checks switched off, or refused, in one test stay so only there."""
     yield
-    pending_sql._prepared_off.clear()
-    pending_sql._unpreparable.clear()
-    pending_sql._commit_as_sql.clear()
+    prepared.switched_off.clear()
+    prepared.unpreparable.clear()
+    prepared.commit_as_sql.clear()
 
 
 @pytest.fixture
@@ -238,13 +240,13 @@ def engine(app_engine: sa.Engine) -> Iterator[sa.Engine]:
 def compiles(monkeypatch: pytest.MonkeyPatch) -> list[Select[Any]]:
     """The pending statement of every compilation of a key check."""
     seen: list[Select[Any]] = []
-    real = pending_sql.compile_key_check
+    real = key_checks.compile_key_check
 
-    def counting(stmt: Select[Any], dialect: sa.Dialect, values: Any) -> pending_sql.KeyCheck:
+    def counting(stmt: Select[Any], dialect: sa.Dialect, values: Any) -> key_checks.KeyCheck:
         seen.append(stmt)
         return real(stmt, dialect, values)
 
-    monkeypatch.setattr(pending_sql, "compile_key_check", counting)
+    monkeypatch.setattr(key_checks, "compile_key_check", counting)
     return seen
 
 
@@ -287,7 +289,7 @@ def test_orm_entity_columns_and_orm_perform(pg_settings: Settings, engine: sa.En
 def test_a_check_is_compiled_once_per_class_not_per_delivery(
     pg_settings: Settings, engine: sa.Engine, compiles: list[Select[Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pending_sql, "REVERIFY_SECONDS", 3600.0)
+    monkeypatch.setattr(key_checks, "REVERIFY_SECONDS", 3600.0)
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": i} for i in range(1, 21)])
     Shaped.even_only, Shaped.calls = False, 0
@@ -301,7 +303,7 @@ def test_a_check_is_compiled_once_per_class_not_per_delivery(
 def test_a_pending_query_that_changes_structure_is_recompiled(
     pg_settings: Settings, engine: sa.Engine, compiles: list[Select[Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pending_sql, "REVERIFY_SECONDS", 0.0)  # compare structures at every delivery
+    monkeypatch.setattr(key_checks, "REVERIFY_SECONDS", 0.0)  # compare structures at every delivery
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": i} for i in range(1, 5)])
     Shaped.even_only = False
@@ -339,7 +341,7 @@ def test_a_check_the_driver_cannot_take_runs_through_sqlalchemy(
 ) -> None:
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": i} for i in range(1, 6)])
-    check = pending_sql.delivery_check(InList, InList().pending, engine.dialect, [2])
+    check = key_checks.delivery_check(InList, InList().pending, engine.dialect, [2])
     assert isinstance(check, Select), "an expanding IN list: SQLAlchemy renders it per call"
     assert [InList().execute([k]) for k in (2, 2, 5)] == ["done", "already_done", "already_done"]
     assert both_answers(engine, InList(), (1,)) == (True, True)
@@ -390,16 +392,16 @@ def test_a_connection_lost_under_the_lock_statement_is_db_unavailable(
 ) -> None:
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}])
-    real = pending_sql.DriverTx.open_delivery
+    real = driver_tx.DriverTx.open_delivery
     killed: list[int] = []
 
-    def terminated_first(self: pending_sql.DriverTx, *args: Any) -> tuple[bool, bool | None]:
+    def terminated_first(self: driver_tx.DriverTx, *args: Any) -> tuple[bool, bool | None]:
         if not killed:
             killed.append(self.backend_pid)
             assert pending_sql.terminate_backend(engine, self.backend_pid)
         return real(self, *args)
 
-    monkeypatch.setattr(pending_sql.DriverTx, "open_delivery", terminated_first)
+    monkeypatch.setattr(driver_tx.DriverTx, "open_delivery", terminated_first)
     assert ProcessItem().execute([1]) == "db_unavailable"
     assert ProcessItem().execute([1]) == "done", "the pool replaced the dead connection"
 
@@ -409,11 +411,11 @@ def test_a_failed_driver_statement_is_a_sqlalchemy_error_and_the_connection_stay
 ) -> None:
     with engine.connect() as conn:
         with pytest.raises(DBAPIError) as err, conn.begin():
-            pending_sql.DriverTx(conn)._scalar("SELECT 1 / %s", (0,))
+            driver_tx.DriverTx(conn)._scalar("SELECT 1 / %s", (0,))
         assert getattr(err.value.orig, "sqlstate", None) == "22012"
         assert not err.value.connection_invalidated
         with conn.begin():  # SQLAlchemy closed the failed cursor: a new one is used
-            assert pending_sql.DriverTx(conn).try_lock(42)
+            assert driver_tx.DriverTx(conn).try_lock(42)
 
 
 def test_begin_and_lock_are_one_round_trip_and_the_connection_returns_transactional(
@@ -429,7 +431,7 @@ def test_begin_and_lock_are_one_round_trip_and_the_connection_returns_transactio
         driver = conn.connection.driver_connection
         assert driver is not None
         with conn.begin():
-            tx = pending_sql.DriverTx(conn)
+            tx = driver_tx.DriverTx(conn)
             # libpq's protocol trace: every Query (simple) or Sync (extended) message the
             # client sends ends a round trip
             with trace.open("w") as f:
@@ -605,7 +607,7 @@ def test_checks_are_prepared_once_per_connection(
     print(f"\n{n + 1} deliveries on {connections} connection(s): {prepares} PREPARE, {executes} EXECUTE")
     assert 1 <= prepares <= connections
     assert executes == 2 * n + 1, "both checks of each delivery, the first of the last"
-    assert not pending_sql._prepared_off
+    assert not prepared.switched_off
 
 
 def test_statements_deallocated_between_deliveries_are_prepared_again(
@@ -616,22 +618,22 @@ def test_statements_deallocated_between_deliveries_are_prepared_again(
     worker prepares it again and repeats the step in the same delivery."""
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}, {"id": 2}])
-    check = pending_sql.delivery_check(ProcessItem, ProcessItem().pending, engine.dialect, [1])
+    check = key_checks.delivery_check(ProcessItem, ProcessItem().pending, engine.dialect, [1])
     assert isinstance(check, tuple)
     lock = pending_sql.lock_id(ProcessItem.job_name, [1])
     with engine.connect() as conn:
         driver = conn.connection.driver_connection
         assert driver is not None
-        assert pending_sql.DriverTx(conn, prepare=True).open_delivery(lock, check) == (True, True)
+        assert driver_tx.DriverTx(conn, prepare=True).open_delivery(lock, check) == (True, True)
         driver.rollback()
         driver.execute("DEALLOCATE ALL")
         driver.autocommit = False  # as the pool's checkin hook leaves it for the next delivery
-        assert pending_sql.DriverTx(conn, prepare=True).open_delivery(lock, check) == (True, True)
+        assert driver_tx.DriverTx(conn, prepare=True).open_delivery(lock, check) == (True, True)
         names = driver.execute(
             "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'reconcile_%'").fetchone()
         assert names == (2,), "prepared again"
         driver.rollback()
-    assert not pending_sql._prepared_off
+    assert not prepared.switched_off
 
 
 def test_a_busy_lock_ends_step_one_and_keeps_the_prepared_checks(
@@ -642,7 +644,7 @@ def test_a_busy_lock_ends_step_one_and_keeps_the_prepared_checks(
     every prepared statement of the connection once psycopg holds one of its own."""
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}])
-    check = pending_sql.delivery_check(ProcessItem, ProcessItem().pending, engine.dialect, [1])
+    check = key_checks.delivery_check(ProcessItem, ProcessItem().pending, engine.dialect, [1])
     assert isinstance(check, tuple)
     lock = pending_sql.lock_id(ProcessItem.job_name, [1])
     with engine.connect() as other, other.begin(), engine.connect() as conn:
@@ -651,7 +653,7 @@ def test_a_busy_lock_ends_step_one_and_keeps_the_prepared_checks(
         assert driver is not None
         driver.execute("SELECT 1", prepare=True)  # psycopg now holds a statement of its own
         driver.commit()
-        assert pending_sql.DriverTx(conn, prepare=True).open_delivery(lock, check) == (False, None)
+        assert driver_tx.DriverTx(conn, prepare=True).open_delivery(lock, check) == (False, None)
         assert driver.info.transaction_status == pq.TransactionStatus.IDLE
         ours = driver.execute(
             "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'reconcile_%'").fetchone()
@@ -669,16 +671,16 @@ def test_a_statement_gone_at_once_switches_prepared_checks_off(
     setting). Simulated with a PREPARE that prepares nothing."""
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}, {"id": 2}])
-    real = pending_sql.prepared_form
+    real = prepared.prepared_form
 
-    def elsewhere(sql: str) -> pending_sql.PreparedCheck:
+    def elsewhere(sql: str) -> prepared.PreparedCheck:
         form = real(sql)
-        return pending_sql.PreparedCheck(form.name, "SELECT 1", form.execute, form.commit, form.order)
+        return prepared.PreparedCheck(form.name, "SELECT 1", form.execute, form.commit, form.order)
 
-    monkeypatch.setattr(pending_sql, "prepared_form", elsewhere)
+    monkeypatch.setattr(driver_tx, "prepared_form", elsewhere)
     with caplog.at_level("WARNING", logger="reconcile.store"):
         assert [ProcessItem().execute([k]) for k in (1, 2, 1)] == ["done", "done", "already_done"]
-    assert pending_sql._prepared_off
+    assert prepared.switched_off
     assert caplog.text.count("set prepared_checks = false") == 1
 
 
@@ -708,8 +710,8 @@ def test_a_check_postgresql_cannot_prepare_is_sent_as_sql(
     with engine.begin() as c:
         c.execute(items.insert(), [{"id": 1}, {"id": 2}])
     assert [Untyped().execute([k]) for k in (1, 1, 2)] == ["done", "already_done", "done"]
-    assert len(pending_sql._unpreparable) == 1
-    assert not pending_sql._prepared_off, "other checks are still prepared"
+    assert len(prepared.unpreparable) == 1
+    assert not prepared.switched_off, "other checks are still prepared"
 
 
 def test_a_worker_thread_keeps_its_connection_between_deliveries(
@@ -789,6 +791,6 @@ def test_integer_keys_are_inlined_and_anything_else_is_bound_by_psycopg(
     """The prepared checks' EXECUTE: an int's decimal text is its SQL literal, so plain
     int keys are written directly; every other value goes through psycopg's mogrify."""
     names = ", ".join(f"%({k})s" for k in params)
-    form = pending_sql.prepared_form(f"SELECT ({names}) IS NOT NULL")
+    form = prepared.prepared_form(f"SELECT ({names}) IS NOT NULL")
     assert form.inline(False, params) == (inlined and inlined.format(n=form.name))
     assert form.inline(True, params) == (inlined and inlined.format(n=form.name + "_c"))

@@ -16,15 +16,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from psycopg import pq
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from ..config import Settings, get_settings
 from ..errors import ProtocolViolation
+from . import _psycopg_private as pg_private
 
 if TYPE_CHECKING:
-    from .pending import DriverTx
+    from .delivery import DeliveryTx
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -95,18 +95,12 @@ def _on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
     since = record.info.get("idle_since")
     if since is None or time.monotonic() - since < PING_AFTER_IDLE:
         return
-    # One simple query through libpq, which opens no transaction: psycopg's own
-    # execute() would open one, and its rollback() then deallocates every prepared
-    # statement of the connection (psycopg's and the ReconciledJob key checks).
-    try:
-        result = dbapi_conn.pgconn.exec_(b"SELECT 1")
-        ok = result.status == pq.ExecStatus.TUPLES_OK
-        reason = (result.error_message or dbapi_conn.pgconn.error_message).decode("utf-8", "replace")
-    except Exception as exc:  # a closed connection
-        ok, reason = False, str(exc)
-    if not ok:
+    # One simple query through libpq, which opens no transaction (private API: the
+    # shim says why psycopg's own execute() would cost the prepared key checks).
+    reason = pg_private.ping(dbapi_conn)
+    if reason is not None:
         # the pool discards this connection and checks out (or opens) another
-        raise sa.exc.DisconnectionError(f"stale pooled connection: {reason.strip()}")
+        raise sa.exc.DisconnectionError(f"stale pooled connection: {reason}")
 
 
 NO_COMMIT_RULE = "perform must not commit; the delivery commits after the re-check"
@@ -145,22 +139,20 @@ class DeliverySession(Session):
         super().close()
 
 
-_IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
-
-
-def run_perform(session: Session, tx: DriverTx, perform: Callable[..., Any], args: Sequence[Any]) -> None:
+def run_perform(session: Session, tx: DeliveryTx, perform: Callable[..., Any], args: Sequence[Any]) -> None:
     """``perform(session, *args)`` under the no-commit rule (:data:`NO_COMMIT_RULE`).
 
     ``session`` is the delivery's :class:`DeliverySession` inside its transaction and
-    ``tx`` the protocol's statements on its connection. Raises :class:`ProtocolViolation` if
-    perform called ``commit()``, ``rollback()`` or ``close()`` on the session (refused
-    at the call, so nothing was committed), or if the transaction the delivery began
-    is no longer the one open when perform returns: SQLAlchemy's connection-level
-    transaction ended (``session.connection().commit()``) or the server is no longer
-    in a transaction (a raw ``COMMIT``/``ROLLBACK`` statement). Those last cases are
-    seen only afterwards: what perform did before them may be committed, without the
-    re-check. A ``COMMIT`` followed by more statements on a connection not in
-    autocommit (psycopg then opens a new transaction) is not detected.
+    ``tx`` its delivery transaction (:class:`reconcile.store.delivery.DeliveryTx`).
+    Raises :class:`ProtocolViolation` if perform called ``commit()``, ``rollback()`` or
+    ``close()`` on the session (refused at the call, so nothing was committed), or if
+    the transaction the delivery began is no longer the one open when perform returns:
+    SQLAlchemy's connection-level transaction ended (``session.connection().commit()``)
+    or the server is no longer in a transaction (a raw ``COMMIT``/``ROLLBACK``
+    statement). Those last cases are seen only afterwards: what perform did before them
+    may be committed, without the re-check. A ``COMMIT`` followed by more statements on
+    a connection not in autocommit (psycopg then opens a new transaction) is not
+    detected.
     """
     guard = session if isinstance(session, DeliverySession) else None
     conn = tx.conn  # the Session's connection, without Session.connection()'s cost
@@ -180,7 +172,7 @@ def run_perform(session: Session, tx: DriverTx, perform: Callable[..., Any], arg
         raise ProtocolViolation(
             f"perform ended the delivery's transaction through its connection: "
             f"{NO_COMMIT_RULE} (what it did before may be committed)")
-    if tx.cursor.connection.info.transaction_status not in _IN_TRANSACTION:
+    if not tx.server_in_transaction():
         raise ProtocolViolation(
             f"perform ended the delivery's transaction with a COMMIT or ROLLBACK statement: "
             f"{NO_COMMIT_RULE} (what it did before may be committed)")

@@ -35,9 +35,10 @@ PageReader = Callable[[Sequence[Any] | None], list[tuple[Any, ...]]]
 _AFTER = "reconcile_after_{}"
 
 
-def reader(engine: Engine, stmt: Select[Any], limit: int) -> PageReader:
-    """A page reader for ``stmt``: the fast one when it is equivalent, else ``pending.page``."""
-    pages = KeysetPages.build(engine, stmt, limit)
+def reader(engine: Engine, stmt: Select[Any], limit: int, fast: bool = True) -> PageReader:
+    """A page reader for ``stmt``: the fast one when it is equivalent and ``fast`` (the
+    setting ``fast_paths``), else the reference, ``pending.page``."""
+    pages = KeysetPages.build(engine, stmt, limit) if fast else None
     if pages is not None:
         return pages.page
     return lambda after: pending.page(engine, stmt, after, limit)
