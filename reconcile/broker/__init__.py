@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 
 from ..config import Settings, get_settings
-from .broker import Broker, Delivery, PushRecord, ReapResult
+from .broker import Broker, Delivery, PushRecord, ReapResult, suspect_threshold
 from .keys import Keys
 from .settle import SettleKind, SettleOp
 
-__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleKind", "SettleOp", "get_broker"]
+__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleKind", "SettleOp", "get_broker",
+           "suspect_threshold"]
 
 _lock = threading.Lock()
 _cache: dict[Settings, Broker] = {}
