@@ -27,12 +27,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import registry
-from .client import enqueue, unique_digest
+from . import aio, registry
+from .after_commit import defer
+from .client import enqueue
 from .config import get_settings
 from .errors import ArgumentError, ConfigError
+from .identity import unique_digest
 from .outcome import Outcome
 from .payload import QUEUE_NAME_RULE, UNBOUNDED, Arity, check_args, is_queue_name
+from .scheduler.cron import Cron
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -196,8 +199,6 @@ def check_class_options(cls: type[Job]) -> None:
             raise ConfigError(f"{where}: {_option_error(name, value, why)}")
     arity = cls.arity()  # also refuses a perform that can never be called
     if cls.cron is not None:
-        from .scheduler.cron import Cron
-
         try:
             Cron(cls.cron, cls.tz)
         except ConfigError as exc:
@@ -325,8 +326,6 @@ class Job:
         its end)."""
         result = self.perform(*args)
         if inspect.iscoroutine(result):
-            from . import aio
-
             aio.run(result, owner=self)
         return Outcome.DONE
 
@@ -443,8 +442,6 @@ class Job:
         """Enqueue when ``session``'s transaction (the current one, or the next if none
         has begun) commits; nothing if it rolls back (see :mod:`reconcile.after_commit`).
         Arguments (and their count) are checked now."""
-        from .after_commit import defer
-
         _no_keywords(cls.job_name, kwargs)
         defer(session, cls, args)
 
@@ -504,8 +501,6 @@ class JobSetter:
         return enqueue(self.job_class, [args], options=self.opts, at=self.at)[0]
 
     def perform_after_commit(self, session: Session, *args: Any, **kwargs: Any) -> None:
-        from .after_commit import defer
-
         _no_keywords(self.job_class.job_name, kwargs)
         defer(session, self.job_class, args, self.opts, self.at)
 

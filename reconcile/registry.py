@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from .errors import RegistryConflict, UnknownJobClass
 
 if TYPE_CHECKING:
+    # for types only: the registry hands the worker the classes it runs, typed as Job;
+    # at run time job.py imports this module, never the reverse
     from .job import Job
 
 _lock = threading.Lock()
