@@ -54,6 +54,20 @@ def resolve(name: str) -> type[Job]:
         raise UnknownJobClass(f"unknown job class {name!r} (not imported by this worker's --app)") from None
 
 
+def find(name: str, base: type | None = None, kind: str = "job class") -> type[Job]:
+    """The class an operator means by ``name``: the one registered under that full
+    name, or the only one whose class name (the last dotted part) it is; only
+    subclasses of ``base`` are considered, if given. LookupError, naming ``kind`` and
+    listing the candidates, when none or several match (the CLI's ``--job``)."""
+    with _lock:
+        candidates = {full: cls for full, cls in _classes.items() if base is None or issubclass(cls, base)}
+    matches = [c for full, c in candidates.items() if full == name or full.rsplit(".", 1)[-1] == name]
+    if len(matches) != 1:
+        why = "is ambiguous" if matches else f"is not a {kind} imported by --app"
+        raise LookupError(f"{name!r} {why}; known: {', '.join(sorted(candidates)) or 'none'}")
+    return matches[0]
+
+
 def all_classes() -> dict[str, type[Job]]:
     """A snapshot of the registry."""
     with _lock:
