@@ -90,8 +90,8 @@ def test_the_enqueue_side_does_not_import_job(module: str) -> None:
     assert not nested, f"{module} imports inside functions: {nested}"
 
 
-MINE = ["job.py", "options.py", "identity.py", "jobclass.py", "cli.py", "control.py", "registry.py", "middleware.py",
-        "after_commit.py", "client.py",
+MINE = ["job.py", "options.py", "identity.py", "jobclass.py", "cli.py", "control.py", "registry.py",
+        "middleware.py", "after_commit.py", "client.py",
         *(f"broker/{p.name}" for p in sorted((PACKAGE / "broker").glob("*.py")))]
 
 
