@@ -26,7 +26,10 @@ Internals used, all of ``redis.connection``:
 * ``AbstractConnection.disconnect``: :meth:`FreeConnections.checkin`;
 * ``SSLConnection._wrap_socket_with_ssl``: :class:`TLSConnection`.
 
-Supported redis-py: the range in ``pyproject.toml`` (5.0 up to, not including, 9).
+Supported redis-py: the range in ``pyproject.toml``, 5.1 up to (not including) 9.
+5.0 lacks ``_wrap_socket_with_ssl``; :func:`check_internals` finds every internal
+as expected in 5.1.1, 5.2.1, 6.0.0, 6.4.0, 7.4.1 and 8.1.0 (the whole suite runs on
+8.1.0).
 :func:`check_internals`, run by ``tests/test_redis_private.py``, fails loudly naming
 the internal when an upgrade removes one or changes its parameters; the same file
 checks their behaviour against a real Redis.
