@@ -2,8 +2,9 @@
 
 Each command is a few lines of option parsing and printing around one call to the
 module that owns the task: :mod:`reconcile.control` (kill switches, flush, quarantine
-release, job lookup), :mod:`reconcile.api`, :mod:`reconcile.sets`, :mod:`reconcile.store`,
-the worker, the scheduler and the dashboard. The file is over 400 lines because it
+release), :func:`reconcile.registry.find` (a ``JOB`` argument), :mod:`reconcile.api`,
+:mod:`reconcile.sets`, :mod:`reconcile.store`, the worker, the scheduler and the
+dashboard. The file is over 400 lines because it
 holds every command's options and help text, which ``reconcile --help`` and
 docs/cli.md show; it holds no business logic. A command imports the subsystem it runs
 inside its function when that pulls in a heavy dependency ("deferred: start-up"

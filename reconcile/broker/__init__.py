@@ -1,4 +1,7 @@
-"""Redis broker: owns every key name (``keys.py``) and every Lua script (``lua/``)."""
+"""Redis broker: owns every key name (``keys.py``), every Lua script (``lua/``, each run
+after the shared ``lua/prelude.lua``) and every use of a redis-py internal
+(``_redis_private.py``). :class:`Broker` is the facade; ``broker.py`` lists the module
+of each concern it is assembled from."""
 
 from __future__ import annotations
 
