@@ -28,8 +28,12 @@ class BrokerBase:
     """Redis operations for one namespace. Thread-safe (redis-py pools connections; the
     hot path's own idle connections are :class:`~._redis_private.FreeConnections`)."""
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None, *, fast: bool = True) -> None:
+        """``fast`` False sends every script call through redis-py's public API (the
+        reference path of :meth:`_eval`), to compare the two or to rule the fast one
+        out; default True."""
         self.settings = settings
+        self.fast = fast
         self.keys = Keys(settings.namespace)
         self.redis = client if client is not None else make_client(settings.redis_url)
         self._enqueue = self.register("enqueue.lua")
@@ -55,6 +59,8 @@ class BrokerBase:
         The reference path is ``script(keys=[self.keys.script_key], args=args)``: the
         same command through redis-py's public API."""
         key = self.keys.script_key
+        if not self.fast:
+            return script(keys=[key], args=args)
         conn = self._free.checkout()
         ok = False
         try:

@@ -32,8 +32,8 @@ class Delivery(NamedTuple):
 
 
 class FetchOps(BrokerBase):
-    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
-        super().__init__(settings, client)
+    def __init__(self, settings: Settings, client: redis.Redis | None = None, *, fast: bool = True) -> None:
+        super().__init__(settings, client, fast=fast)
         self._blocked: dict[str, int] = {}  # proc id -> client id of its waiting claim
 
     def exchange(
