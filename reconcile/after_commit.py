@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from .client import enqueue
+from .jobclass import JobClass
 from .logs import safe
 from .payload import check_args
-
-if TYPE_CHECKING:
-    from .job import Job
 
 log = logging.getLogger("reconcile.after_commit")
 
@@ -44,14 +42,14 @@ _KEY = "reconcile.after_commit"
 
 @dataclass
 class _Deferred:
-    job_class: type[Job]
+    job_class: JobClass
     options: dict[str, Any]
     at: float
     transaction: SessionTransaction | None
     args: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-def defer(session: Session, job_class: type[Job], args: tuple[Any, ...],
+def defer(session: Session, job_class: JobClass, args: tuple[Any, ...],
           options: dict[str, Any] | None = None, at: float = 0.0) -> None:
     """Enqueue ``job_class(*args)`` when ``session`` commits (see the module docs)."""
     check_args(list(args), job_class.job_name, job_class.arg_names(), job_class.arity())

@@ -14,11 +14,10 @@ and ``set(...)`` all call. Contracts:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -26,16 +25,20 @@ from . import middleware
 from .broker import PushRecord, get_broker
 from .config import get_settings
 from .errors import PayloadTooLarge
+from .identity import unique_digest
+from .jobclass import JobClass
 from .payload import PayloadTemplate, check_args, encode, new_jid, valid_queue
 
-if TYPE_CHECKING:
-    from .job import Job
+__all__ = ["check_queue", "enqueue", "set_interceptor", "unique_digest"]
 
 
 class Interceptor(Protocol):
     """Test-mode hook (see :mod:`reconcile.testing`): receives payloads instead of Redis."""
 
-    def intercept(self, job_class: type[Job], payloads: list[dict[str, Any]]) -> None: ...
+    # job_class is the Job subclass enqueued; typed Any because parameter types are
+    # contravariant: an interceptor annotated with the concrete ``type[Job]`` (which
+    # it needs, to perform jobs) would not implement ``intercept(job_class: JobClass)``
+    def intercept(self, job_class: Any, payloads: list[dict[str, Any]]) -> None: ...
 
 
 _interceptor: Interceptor | None = None
@@ -54,14 +57,10 @@ def check_queue(job: str, queue: Any) -> str:
     return valid_queue(job, queue)
 
 
-def unique_digest(name: str, queue: str, args: Sequence[Any]) -> str:
-    """Uniqueness identity of a job: class, queue and arguments (key order ignored)."""
-    body = orjson.dumps([name, queue, list(args)], option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 def enqueue(
-    job_class: type[Job],
+    job_class: JobClass,
     args_list: Sequence[Sequence[Any]],
     *,
     options: dict[str, Any] | None = None,
@@ -118,7 +117,7 @@ def enqueue(
 
 
 def _build_dicts(
-    job_class: type[Job], template: PayloadTemplate, args_list: Sequence[Sequence[Any]], names: list[str],
+    job_class: JobClass, template: PayloadTemplate, args_list: Sequence[Sequence[Any]], names: list[str],
     lock_ttl: int, now: float, run_at: float, ats: Sequence[float] | None, chain: tuple[Any, ...],
 ) -> list[dict[str, Any] | None]:
     """Payload dicts (:meth:`PayloadTemplate.reference`), passed through client
@@ -157,7 +156,7 @@ def _records_from_dicts(
 
 
 def _build_records(
-    job_class: type[Job], template: PayloadTemplate, args_list: Sequence[Sequence[Any]], names: list[str],
+    job_class: JobClass, template: PayloadTemplate, args_list: Sequence[Sequence[Any]], names: list[str],
     lock_ttl: int, now: float, run_at: float, ats: Sequence[float] | None, limit: int,
 ) -> tuple[list[PushRecord], list[tuple[int, str]]]:
     """The fast path (no middleware): payload bytes from the template's pre-encoded

@@ -20,19 +20,20 @@ the plain jobs in it. For work that must survive Redis, use
 from __future__ import annotations
 
 import inspect
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from . import registry
-from .client import enqueue, unique_digest
-from .config import get_settings
+from . import aio, registry
+from .after_commit import defer
+from .client import enqueue
 from .errors import ArgumentError, ConfigError
+from .identity import unique_digest
+from .options import OPTION_RULES, as_seconds, epoch, no_keywords, option_error, run_at, seconds
 from .outcome import Outcome
-from .payload import QUEUE_NAME_RULE, UNBOUNDED, Arity, check_args, is_queue_name
+from .payload import UNBOUNDED, Arity, check_args
+from .scheduler.cron import Cron
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -55,136 +56,6 @@ KILL: Final = _Sentinel("KILL")
 RetryDecision = float | int | None | _Sentinel
 
 
-def _seconds(value: float | int | timedelta, job: str = "", what: str = "interval") -> float:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if type(value) not in (int, float):
-        raise ArgumentError(f"{job}: {what} {value!r} must be a number of seconds or a timedelta")
-    return float(value)
-
-
-def _epoch(when: datetime | float | int, job: str = "", what: str = "perform_at") -> float:
-    if isinstance(when, datetime):
-        if when.tzinfo is None:
-            raise ArgumentError(f"{job}: {what} needs an aware datetime (naive times are ambiguous)")
-        return when.timestamp()
-    if type(when) not in (int, float):
-        raise ArgumentError(f"{job}: {what} {when!r} must be an aware datetime or epoch seconds")
-    return float(when)
-
-
-def _run_at(job: str, at: float, what: str) -> float:
-    """``at`` (epoch seconds) if it is a usable run time: finite, and no further than
-    ``max_schedule_seconds`` from now; ArgumentError naming ``job`` and ``what``."""
-    if not math.isfinite(at):
-        raise ArgumentError(f"{job}: {what} gives a run time of {at!r}, which is not a finite time")
-    horizon = get_settings().max_schedule_seconds
-    ahead = at - time.time()
-    if ahead > horizon:
-        raise ArgumentError(
-            f"{job}: {what} gives a run time {ahead:.0f} s from now, beyond the "
-            f"max_schedule_seconds horizon of {horizon:.0f} s"
-        )
-    return at
-
-
-def _no_keywords(job: str, kwargs: dict[str, Any]) -> None:
-    if kwargs:
-        raise ArgumentError(
-            f"{job}: keyword arguments ({', '.join(sorted(kwargs))}) are not supported: job "
-            "arguments are a positional JSON list; pass them in perform's order"
-        )
-
-
-# -- option rules: each returns None for an allowed value, else what is allowed ------
-
-def _finite(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)  # bool is not a number here
-
-
-def _as_seconds(value: Any) -> Any:
-    return value.total_seconds() if isinstance(value, timedelta) else value
-
-
-def _rule_retry(v: Any) -> str | None:
-    return None if type(v) is bool or (type(v) is int and v >= 0) else "True, False or an int >= 0"
-
-
-def _rule_unique_for(v: Any) -> str | None:
-    if type(v) is bool:
-        return "None, 0 (no lock) or a finite number of seconds >= 1 (or a timedelta)"
-    v = _as_seconds(v)
-    if v is None or v == 0 or (_finite(v) and v >= 1):
-        return None  # 0: no uniqueness lock (a ReconciledJob's None means "the default")
-    return ("None, 0 (no lock) or a finite number of seconds >= 1 (or a timedelta); a "
-            "shorter lock would expire before it could deduplicate anything")
-
-
-def _rule_unique_until(v: Any) -> str | None:
-    return None if type(v) is str and v in ("success", "start") else "'success' or 'start'"
-
-
-def _rule_queue(v: Any) -> str | None:
-    return None if is_queue_name(v) else f"a queue name: {QUEUE_NAME_RULE}"
-
-
-def _rule_timeout(v: Any) -> str | None:
-    return None if v is None or (_finite(v) and v > 0) else "None or a finite number of seconds > 0"
-
-
-def _rule_every(v: Any) -> str | None:
-    v = _as_seconds(v)
-    if v is None or (_finite(v) and v > 0):
-        return None
-    return "None or a finite number of seconds > 0 (or a timedelta)"
-
-
-def _rule_jitter(v: Any) -> str | None:
-    return None if _finite(v) and v >= 0 else "a finite number of seconds >= 0"
-
-
-def _rule_batch_size(v: Any) -> str | None:
-    return None if type(v) is int and v >= 1 else "an int >= 1"
-
-
-def _rule_discard_on(v: Any) -> str | None:
-    if type(v) is tuple and all(isinstance(e, type) and issubclass(e, BaseException) for e in v):
-        return None
-    return "a tuple of exception classes, such as (ValueError,)"
-
-
-def _rule_cron(v: Any) -> str | None:
-    return None if v is None or type(v) is str else "None or a cron expression string"
-
-
-def _rule_tz(v: Any) -> str | None:
-    if type(v) is str:
-        try:
-            ZoneInfo(v)
-            return None
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return "an IANA time zone name known to this system, such as 'UTC' or 'Europe/Paris'"
-
-
-def _rule_cron_args(v: Any) -> str | None:
-    return None if type(v) is tuple else "a tuple of JSON-native values"
-
-
-OPTION_RULES: Final[dict[str, Callable[[Any], str | None]]] = {
-    "queue": _rule_queue, "retry": _rule_retry, "unique_for": _rule_unique_for,
-    "unique_until": _rule_unique_until, "timeout": _rule_timeout,
-    "discard_on": _rule_discard_on, "cron": _rule_cron, "tz": _rule_tz,
-    "cron_args": _rule_cron_args, "every": _rule_every, "jitter": _rule_jitter,
-    "batch_size": _rule_batch_size,
-}
-"""Allowed values of each class option (docs/jobs.md lists them)."""
-
-
-def _option_error(name: str, value: Any, why: str) -> str:
-    return f"option {name} = {value!r} is not allowed: {name} must be {why}"
-
-
 def check_class_options(cls: type[Job]) -> None:
     """Validate ``cls``'s options (its ``option_names``) at class definition;
     :class:`ConfigError` naming the class, the option, the value and what is allowed."""
@@ -193,11 +64,9 @@ def check_class_options(cls: type[Job]) -> None:
         value = getattr(cls, name)
         why = OPTION_RULES[name](value)
         if why is not None:
-            raise ConfigError(f"{where}: {_option_error(name, value, why)}")
+            raise ConfigError(f"{where}: {option_error(name, value, why)}")
     arity = cls.arity()  # also refuses a perform that can never be called
     if cls.cron is not None:
-        from .scheduler.cron import Cron
-
         try:
             Cron(cls.cron, cls.tz)
         except ConfigError as exc:
@@ -325,8 +194,6 @@ class Job:
         its end)."""
         result = self.perform(*args)
         if inspect.iscoroutine(result):
-            from . import aio
-
             aio.run(result, owner=self)
         return Outcome.DONE
 
@@ -419,33 +286,31 @@ class Job:
         Every enqueue method raises ArgumentError for arguments that are not JSON-native,
         for a count ``perform`` does not accept, and for keyword arguments."""
         if kwargs:
-            _no_keywords(cls.job_name, kwargs)
+            no_keywords(cls.job_name, kwargs)
         return enqueue(cls, [args])[0]
 
     @classmethod
     def perform_in(cls, interval: float | int | timedelta, *args: Any, **kwargs: Any) -> str | None:
         """Enqueue to run after ``interval`` (seconds or timedelta), which must be finite
         and within ``max_schedule_seconds`` (default 5 years)."""
-        _no_keywords(cls.job_name, kwargs)
-        at = time.time() + _seconds(interval, cls.job_name)
-        return enqueue(cls, [args], at=_run_at(cls.job_name, at, "perform_in"))[0]
+        no_keywords(cls.job_name, kwargs)
+        at = time.time() + seconds(interval, cls.job_name)
+        return enqueue(cls, [args], at=run_at(cls.job_name, at, "perform_in"))[0]
 
     @classmethod
     def perform_at(cls, when: datetime | float | int, *args: Any, **kwargs: Any) -> str | None:
         """Enqueue to run at ``when`` (aware datetime or epoch seconds), finite and
         within ``max_schedule_seconds`` from now."""
-        _no_keywords(cls.job_name, kwargs)
-        at = _epoch(when, cls.job_name)
-        return enqueue(cls, [args], at=_run_at(cls.job_name, at, "perform_at"))[0]
+        no_keywords(cls.job_name, kwargs)
+        at = epoch(when, cls.job_name)
+        return enqueue(cls, [args], at=run_at(cls.job_name, at, "perform_at"))[0]
 
     @classmethod
     def perform_after_commit(cls, session: Session, *args: Any, **kwargs: Any) -> None:
         """Enqueue when ``session``'s transaction (the current one, or the next if none
         has begun) commits; nothing if it rolls back (see :mod:`reconcile.after_commit`).
         Arguments (and their count) are checked now."""
-        from .after_commit import defer
-
-        _no_keywords(cls.job_name, kwargs)
+        no_keywords(cls.job_name, kwargs)
         defer(session, cls, args)
 
     @classmethod
@@ -480,13 +345,13 @@ class Job:
                 continue
             why = OPTION_RULES[name](value)
             if why is not None:
-                raise ArgumentError(f"{cls.job_name}.set(): {_option_error(name, value, why)}")
-            opts[name] = _as_seconds(value)
+                raise ArgumentError(f"{cls.job_name}.set(): {option_error(name, value, why)}")
+            opts[name] = as_seconds(value)
         at = 0.0
         if wait is not None:
-            at = _run_at(cls.job_name, time.time() + _seconds(wait, cls.job_name, "wait"), "set(wait=)")
+            at = run_at(cls.job_name, time.time() + seconds(wait, cls.job_name, "wait"), "set(wait=)")
         elif wait_until is not None:
-            at = _run_at(cls.job_name, _epoch(wait_until, cls.job_name, "wait_until"), "set(wait_until=)")
+            at = run_at(cls.job_name, epoch(wait_until, cls.job_name, "wait_until"), "set(wait_until=)")
         return JobSetter(cls, opts, at)
 
 
@@ -500,25 +365,23 @@ class JobSetter:
 
     def perform_async(self, *args: Any, **kwargs: Any) -> str | None:
         if kwargs:
-            _no_keywords(self.job_class.job_name, kwargs)
+            no_keywords(self.job_class.job_name, kwargs)
         return enqueue(self.job_class, [args], options=self.opts, at=self.at)[0]
 
     def perform_after_commit(self, session: Session, *args: Any, **kwargs: Any) -> None:
-        from .after_commit import defer
-
-        _no_keywords(self.job_class.job_name, kwargs)
+        no_keywords(self.job_class.job_name, kwargs)
         defer(session, self.job_class, args, self.opts, self.at)
 
     def perform_in(self, interval: float | int | timedelta, *args: Any, **kwargs: Any) -> str | None:
         name = self.job_class.job_name
-        _no_keywords(name, kwargs)
-        at = _run_at(name, time.time() + _seconds(interval, name), "perform_in")
+        no_keywords(name, kwargs)
+        at = run_at(name, time.time() + seconds(interval, name), "perform_in")
         return enqueue(self.job_class, [args], options=self.opts, at=at)[0]
 
     def perform_at(self, when: datetime | float | int, *args: Any, **kwargs: Any) -> str | None:
         name = self.job_class.job_name
-        _no_keywords(name, kwargs)
-        at = _run_at(name, _epoch(when, name), "perform_at")
+        no_keywords(name, kwargs)
+        at = run_at(name, epoch(when, name), "perform_at")
         return enqueue(self.job_class, [args], options=self.opts, at=at)[0]
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]]) -> list[str | None]:

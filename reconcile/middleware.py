@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from .job import Job
+from .jobclass import JobClass
 
 Payload = dict[str, Any]
-ClientMiddleware = Callable[[type["Job"], Payload, Callable[[Payload], Payload | None]], Payload | None]
-ServerMiddleware = Callable[["Job", Payload, Callable[[], None]], None]
+# The first parameter is the job class (client) or the job instance (server), typed Any
+# because parameter types are contravariant: a middleware annotated with the natural
+# ``type[Job]`` or ``Job`` must be accepted, and this module cannot name Job (job.py
+# imports it).
+ClientMiddleware = Callable[[Any, Payload, Callable[[Payload], Payload | None]], Payload | None]
+ServerMiddleware = Callable[[Any, Payload, Callable[[], None]], None]
 
 M = TypeVar("M")
 
@@ -84,7 +87,7 @@ server_middleware: Chain[ServerMiddleware] = Chain()
 
 
 def run_client(
-    chain: tuple[ClientMiddleware, ...], job_class: type[Job], payload: Payload
+    chain: tuple[ClientMiddleware, ...], job_class: JobClass, payload: Payload
 ) -> Payload | None:
     """Pass ``payload`` through ``chain``; ``None`` if a middleware rejected it."""
 
@@ -97,7 +100,7 @@ def run_client(
 
 
 def run_server(
-    chain: tuple[ServerMiddleware, ...], job: Job, payload: Payload, perform: Callable[[], None]
+    chain: tuple[ServerMiddleware, ...], job: Any, payload: Payload, perform: Callable[[], None]
 ) -> bool:
     """Run ``perform`` inside ``chain``; False if a middleware skipped it."""
     ran = False

@@ -33,21 +33,19 @@ connection (restart, terminated backend) re-schedules the delivery a few seconds
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import orjson
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from .client import unique_digest
 from .config import Settings, get_settings
 from .errors import CheckGone, ConfigError, NotConverged
+from .identity import idempotency_key, key_digest
 from .job import Job
 from .keys import KeyCodec
 from .logs import safe
@@ -228,14 +226,13 @@ class ReconciledJob(Job):
     def lock_digest(cls, queue: str, args: list[Any]) -> str:
         """Uniqueness identity of a reconciled job: (class, key), whatever the queue.
         ``args`` is the key's canonical form (enqueue canonicalises first)."""
-        return unique_digest(cls.job_name, "", args)
+        return key_digest(cls.job_name, args)
 
     @property
     def idempotency_key(self) -> str:
         """Stable for (class, key): pass it to external APIs so a retried side effect is
         recognised by the other side (e.g. Stripe's ``Idempotency-Key``)."""
-        body = orjson.dumps([self.job_name, self.payload["args"]])
-        return "rc-" + hashlib.sha256(body).hexdigest()[:40]
+        return idempotency_key(self.job_name, self.payload["args"])
 
     # -- the execution protocol ------------------------------------------------------
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from .errors import RegistryConflict, UnknownJobClass
 
 if TYPE_CHECKING:
+    # for types only: the registry hands the worker the classes it runs, typed as Job;
+    # at run time job.py imports this module, never the reverse
     from .job import Job
 
 _lock = threading.Lock()
@@ -50,6 +52,20 @@ def resolve(name: str) -> type[Job]:
         return _classes[name]
     except KeyError:
         raise UnknownJobClass(f"unknown job class {name!r} (not imported by this worker's --app)") from None
+
+
+def find(name: str, base: type | None = None, kind: str = "job class") -> type[Job]:
+    """The class an operator means by ``name``: the one registered under that full
+    name, or the only one whose class name (the last dotted part) it is; only
+    subclasses of ``base`` are considered, if given. LookupError, naming ``kind`` and
+    listing the candidates, when none or several match (the CLI's ``--job``)."""
+    with _lock:
+        candidates = {full: cls for full, cls in _classes.items() if base is None or issubclass(cls, base)}
+    matches = [c for full, c in candidates.items() if full == name or full.rsplit(".", 1)[-1] == name]
+    if len(matches) != 1:
+        why = "is ambiguous" if matches else f"is not a {kind} imported by --app"
+        raise LookupError(f"{name!r} {why}; known: {', '.join(sorted(candidates)) or 'none'}")
+    return matches[0]
 
 
 def all_classes() -> dict[str, type[Job]]:

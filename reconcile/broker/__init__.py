@@ -1,15 +1,19 @@
-"""Redis broker: owns every key name (``keys.py``) and every Lua script (``lua/``)."""
+"""Redis broker: owns every key name (``keys.py``), every Lua script (``lua/``, each run
+after the shared ``lua/prelude.lua``) and every use of a redis-py internal
+(``_redis_private.py``). :class:`Broker` is the facade; ``broker.py`` lists the module
+of each concern it is assembled from."""
 
 from __future__ import annotations
 
 import threading
 
 from ..config import Settings, get_settings
-from .broker import Broker, Delivery, PushRecord, ReapResult
+from .broker import Broker, Delivery, PushRecord, ReapResult, suspect_threshold
 from .keys import Keys
 from .settle import SettleKind, SettleOp
 
-__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleKind", "SettleOp", "get_broker"]
+__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleKind", "SettleOp", "get_broker",
+           "suspect_threshold"]
 
 _lock = threading.Lock()
 _cache: dict[Settings, Broker] = {}

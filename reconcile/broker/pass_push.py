@@ -26,7 +26,9 @@ from collections.abc import Sequence
 import redis
 
 from ..errors import BrokerError
-from .broker import WAKE_CAP, Broker, _script_source, enqueue_refused
+from .base import WAKE_CAP
+from .broker import Broker
+from .enqueue import enqueue_refused
 
 PROBE = b"P"
 PUSH = b"N"
@@ -39,7 +41,7 @@ class PassPusher:
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._script = broker.redis.register_script(_script_source("pass_enqueue.lua"))
+        self._script = broker.register("pass_enqueue.lua")
 
     def probe(self, digests: bytes, width: int) -> bytes:
         """Which locks are free, without taking any: one byte per digest of the

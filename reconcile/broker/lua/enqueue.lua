@@ -1,9 +1,8 @@
 -- enqueue.lua: push a batch of jobs, taking uniqueness locks in the same call.
 --
--- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
---          namespace's slot (so ACL key patterns and Redis Cluster routing apply
---          to it); every other key is built from its prefix "{ns}" (KEYS[1]
---          without ":queues"), so all keys this script touches share that slot.
+-- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
+-- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:queue:<q>    LIST  ready jobs; LPUSH here, workers RPOP (FIFO)
 --   {ns}:queues       SET   names of queues that ever held a job
@@ -18,26 +17,14 @@
 -- quick:   ARGV[4] queue, ARGV[5..] payloads (a fifth of the arguments to send and parse)
 -- Returns  full: one integer per job: 1 pushed, 0 dropped because its lock was held;
 --          quick: the number of jobs pushed.
-local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
-
-local function wake(q)
-  local w = p .. ':wake:' .. q
-  if redis.call('LLEN', w) < cap then
-    redis.call('LPUSH', w, '1')
-  end
-end
 
 if ARGV[3] == 'Q' then
   local q = ARGV[4]
   local key = p .. ':queue:' .. q
-  -- unpack in slices: Lua's C stack holds ~8000 values
-  for s = 5, #ARGV, 1000 do
-    redis.call('LPUSH', key, unpack(ARGV, s, math.min(s + 999, #ARGV)))
-  end
-  redis.call('SADD', p .. ':queues', q)
-  wake(q)
+  call_sliced('LPUSH', key, ARGV, 5)
+  announce(q, cap)
   return #ARGV - 4
 end
 
@@ -70,10 +57,7 @@ end
 for _, q in ipairs(order) do
   local list = ready[q]
   local key = p .. ':queue:' .. q
-  for s = 1, #list, 1000 do
-    redis.call('LPUSH', key, unpack(list, s, math.min(s + 999, #list)))
-  end
-  redis.call('SADD', p .. ':queues', q)
-  wake(q)
+  call_sliced('LPUSH', key, list, 1)
+  announce(q, cap)
 end
 return out

@@ -1,9 +1,8 @@
 -- fetch.lua: settle finished deliveries, then lease up to N new ones, in one call.
 --
--- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
---          namespace's slot (so ACL key patterns and Redis Cluster routing apply
---          to it); every other key is built from its prefix "{ns}" (KEYS[1]
---          without ":queues"), so all keys this script touches share that slot.
+-- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
+-- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH  field "<seq>|<queue>" -> payload, the jobs <proc> holds
 --   {ns}:proc:<proc>    HASH  process info; field "seq" numbers its deliveries (a lost
@@ -35,18 +34,10 @@
 -- ARGV[9+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
 -- Returns  flat array: field1, payload1, field2, payload2, ... (adopted jobs first)
 -- A payload carrying "recovered" (stamped by reap.lua) is leased alone in its batch.
-local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local proc, want, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, dead_max, dead_age, cap = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease = p .. ':lease:' .. proc
 local retry_lock_ms = 600000
-
-local function wake(q)
-  local w = p .. ':wake:' .. q
-  if redis.call('LLEN', w) < cap then
-    redis.call('LPUSH', w, '1')
-  end
-end
 
 local got = {}
 
@@ -64,7 +55,7 @@ local function lease_items(items, q)
   end
   local pairs_ = {}
   for m = 1, n do
-    local field = string.format('%.0f', last - n + m) .. '|' .. q
+    local field = lease_field(last - n + m, q)
     pairs_[2 * m - 1] = field
     pairs_[2 * m] = items[m]
     got[#got + 1] = field
@@ -108,8 +99,7 @@ for _ = 1, k do
     if b ~= '' then redis.call('DEL', p .. ':unique:' .. b) end
   elseif code == 'Q' then
     redis.call('RPUSH', p .. ':queue:' .. a, b)
-    redis.call('SADD', p .. ':queues', a)
-    wake(a)
+    announce(a, cap)
   elseif code == 'C' then
     local claim = p .. ':claim:' .. proc
     local items = redis.call('LRANGE', claim, 0, -1)
@@ -155,7 +145,7 @@ if want > 0 then
       if cut then break end
       if want == 0 then
         -- we took a full batch and work remains: wake the next idle worker (chain wake-up)
-        if redis.call('LLEN', key) > 0 then wake(q) end
+        if redis.call('LLEN', key) > 0 then wake(q, cap) end
         break
       end
     end

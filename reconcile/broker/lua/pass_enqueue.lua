@@ -7,10 +7,9 @@
 -- instead of five per key. Payloads are compact JSON (orjson), which never contains a
 -- raw newline, so "\n" cannot occur inside one.
 --
--- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
---          namespace's slot (so ACL key patterns and Redis Cluster routing apply
---          to it); every other key is built from its prefix "{ns}" (KEYS[1]
---          without ":queues"), so all keys this script touches share that slot.
+-- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
+-- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:unique:<d>   STRING uniqueness lock for digest <d> ("1", PX = lock ttl);
 --                     the same lock enqueue.lua takes, so a pass and perform_async
@@ -37,7 +36,6 @@
 -- A push fails at its first write (SET) under maxmemory with noeviction: then
 -- nothing of the call was written. A probe takes no lock, so a client that dies
 -- between its probe and its push leaves nothing behind.
-local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local mode = ARGV[1]
 local w = tonumber(ARGV[2])
 local digests = ARGV[3]
@@ -50,7 +48,7 @@ if mode == 'P' then
   for i = 1, n do
     keys[i] = lock_prefix .. sub(digests, (i - 1) * w + 1, i * w)
   end
-  -- unpack in slices: Lua's C stack holds ~8000 values
+  -- MGET in slices: Lua's C stack holds ~8000 values (see call_sliced)
   for s = 1, n, 1000 do
     local got = redis.call('MGET', unpack(keys, s, math.min(s + 999, n)))
     for j = 1, #got do
@@ -97,18 +95,10 @@ while pos <= len do
   end
   pos = stop + 1
 end
-for s = 1, #later, 1000 do
-  redis.call('ZADD', p .. ':schedule', unpack(later, s, math.min(s + 999, #later)))
-end
+call_sliced('ZADD', p .. ':schedule', later, 1)  -- (score, member) pairs: 1,000 is even
 if #ready > 0 then
   local key = p .. ':queue:' .. q
-  for s = 1, #ready, 1000 do
-    redis.call('LPUSH', key, unpack(ready, s, math.min(s + 999, #ready)))
-  end
-  redis.call('SADD', p .. ':queues', q)
-  local wake = p .. ':wake:' .. q
-  if redis.call('LLEN', wake) < cap then
-    redis.call('LPUSH', wake, '1')
-  end
+  call_sliced('LPUSH', key, ready, 1)
+  announce(q, cap)
 end
 return concat(out)

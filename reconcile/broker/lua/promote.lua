@@ -1,9 +1,8 @@
 -- promote.lua: move due jobs from the scheduled and retry sets to their queues.
 --
--- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
---          namespace's slot (so ACL key patterns and Redis Cluster routing apply
---          to it); every other key is built from its prefix "{ns}" (KEYS[1]
---          without ":queues"), so all keys this script touches share that slot.
+-- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
+-- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:schedule, {ns}:retry   ZSET  score = run-at (epoch seconds)
 --   {ns}:queue:<q>              LIST  LPUSH: promoted jobs join the back of the line
@@ -16,11 +15,10 @@
 -- Payloads written by reconcile begin with {"queue":"<name>", so the queue is read
 -- with an anchored match; anything else falls back to cjson. Payloads are moved as
 -- the exact same string (never re-encoded: cjson would turn [] into {}).
-local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local now, limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local function queue_of(item)
-  local q = string.match(item, '^{"queue":"([^"\\]+)"')
+  local q = payload_queue(item)
   if q then return q end
   local ok, job = pcall(cjson.decode, item)
   if ok and type(job) == 'table' and type(job.queue) == 'string' and job.queue ~= '' then
@@ -31,8 +29,10 @@ end
 
 local counts, more = {}, 0
 local woken = {}
-for s, set in ipairs({'schedule', 'retry'}) do
-  local key = p .. ':' .. set
+-- key names written out (not built from the set's name), so that tests/test_redis_layout.py
+-- can read every key a script touches from its source
+for s, entry in ipairs({{'schedule', p .. ':schedule'}, {'retry', p .. ':retry'}}) do
+  local set, key = entry[1], entry[2]
   local items = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
   counts[s] = #items
   if #items == limit then more = 1 end
@@ -43,9 +43,7 @@ for s, set in ipairs({'schedule', 'retry'}) do
       redis.call('LPUSH', p .. ':queue:' .. q, item)
       if not woken[q] then
         woken[q] = true
-        redis.call('SADD', p .. ':queues', q)
-        local w = p .. ':wake:' .. q
-        if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+        announce(q, cap)
       end
     else
       redis.call('ZADD', p .. ':dead', now, cjson.encode({

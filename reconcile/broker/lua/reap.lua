@@ -3,10 +3,9 @@
 -- A process is dead when its {ns}:alive:<proc> key (PX = lease time, refreshed by
 -- its heartbeat) has expired. Any live process may run this; it is idempotent.
 --
--- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
---          namespace's slot (so ACL key patterns and Redis Cluster routing apply
---          to it); every other key is built from its prefix "{ns}" (KEYS[1]
---          without ":queues"), so all keys this script touches share that slot.
+-- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
+-- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:procs            SET    registered process ids
 --   {ns}:alive:<proc>     STRING lease sentinel of a process
@@ -28,7 +27,6 @@
 -- A poison payload gets error fields appended as extra keys at the end of the
 -- object: JSON decoders keep the last of duplicate keys, so they override older ones
 -- without re-encoding the payload (cjson would turn [] into {}).
-local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local now, max_rec, ttl, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local requeued, reaped, poison = 0, 0, {}
 
@@ -65,15 +63,14 @@ for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
       local only = redis.call('HGET', p .. ':proc:' .. proc, 'queues')
       if only and string.find(only, ',', 1, true) then only = nil end
       for _, item in ipairs(claimed) do
-        local q = only or string.match(item, '^{"queue":"([^"\\]+)"') or 'default'
-        entries[#entries + 1] = '0|' .. q
+        entries[#entries + 1] = lease_field(0, only or payload_queue(item) or 'default')
         entries[#entries + 1] = item
       end
     end
     for e = 1, #entries, 2 do
       local field, item = entries[e], entries[e + 1]
-      local q = string.match(field, '^%d+|(.+)$') or 'default'
-      local id = string.match(item, '^{"queue":"[^"]*","jid":"(%w+)"') or redis.sha1hex(item)
+      local q = field_queue(field) or 'default'
+      local id = payload_jid(item) or redis.sha1hex(item)
       local rk = p .. ':recov:' .. id
       local n = redis.call('INCR', rk)
       redis.call('EXPIRE', rk, ttl)
@@ -86,9 +83,7 @@ for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
         local body = string.match(item, '^{(.+)}$')
         if body then item = '{' .. body .. ',"recovered":' .. n .. '}' end
         redis.call('RPUSH', p .. ':queue:' .. q, item)
-        redis.call('SADD', p .. ':queues', q)
-        local w = p .. ':wake:' .. q
-        if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+        announce(q, cap)
         requeued = requeued + 1
       end
     end

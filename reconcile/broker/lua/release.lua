@@ -1,9 +1,8 @@
 -- release.lua: a stopping process hands back every job it still holds and leaves.
 --
--- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
---          namespace's slot (so ACL key patterns and Redis Cluster routing apply
---          to it); every other key is built from its prefix "{ns}" (KEYS[1]
---          without ":queues"), so all keys this script touches share that slot.
+-- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
+-- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH   field "<seq>|<queue>" -> payload; emptied and deleted
 --   {ns}:claim:<proc>   LIST   jobs taken with BLMOVE, not yet adopted; pushed back too
@@ -14,7 +13,6 @@
 --   {ns}:proc:<proc>, {ns}:alive:<proc>   deleted;   {ns}:procs   SREM <proc>
 -- ARGV[1] proc id   ARGV[2] wake cap
 -- Returns  number of jobs pushed back.
-local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local proc, cap = ARGV[1], tonumber(ARGV[2])
 local lease = p .. ':lease:' .. proc
 local entries = redis.call('HGETALL', lease)
@@ -26,17 +24,15 @@ if #claimed > 0 then
   -- LRANGE lists the newest claim first: RPUSHed in that order, the oldest runs first
   for c = 1, #claimed do
     local item = claimed[c]
-    entries[#entries + 1] = '0|' .. (only or string.match(item, '^{"queue":"([^"\\]+)"') or 'default')
+    entries[#entries + 1] = lease_field(0, only or payload_queue(item) or 'default')
     entries[#entries + 1] = item
   end
 end
 local n = 0
 for e = 1, #entries, 2 do
-  local q = string.match(entries[e], '^%d+|(.+)$') or 'default'
+  local q = field_queue(entries[e]) or 'default'
   redis.call('RPUSH', p .. ':queue:' .. q, entries[e + 1])
-  redis.call('SADD', p .. ':queues', q)
-  local w = p .. ':wake:' .. q
-  if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+  announce(q, cap)
   n = n + 1
 end
 redis.call('DEL', lease, claim, p .. ':proc:' .. proc, p .. ':alive:' .. proc)

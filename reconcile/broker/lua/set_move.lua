@@ -1,9 +1,8 @@
 -- set_move.lua: operator actions on chosen members of the scheduled, retry or dead set.
 --
--- KEYS[1]  "{ns}:queues"  the namespace's set of queue names: a real key of the
---          namespace's slot (so ACL key patterns and Redis Cluster routing apply
---          to it); every other key is built from its prefix "{ns}" (KEYS[1]
---          without ":queues"), so all keys this script touches share that slot.
+-- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
+-- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:schedule, {ns}:retry, {ns}:dead   ZSET  the set acted on (ARGV[2])
 --   {ns}:queue:<q>    LIST    mode Q: LPUSH, the job joins the back of the line
@@ -19,9 +18,10 @@
 -- Returns  one integer per job: 1 done, 0 skipped because the member was no longer in
 -- the set (moved, run or deleted by someone else meanwhile, trimmed), so concurrent
 -- operators act on a job once.
-local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 local cap = tonumber(ARGV[1])
-local set = p .. ':' .. ARGV[2]
+-- key names written out (see promote.lua); an unknown name is refused, not built
+local set = ({schedule = p .. ':schedule', retry = p .. ':retry', dead = p .. ':dead'})[ARGV[2]]
+if not set then return redis.error_reply('set_move.lua: no set named ' .. tostring(ARGV[2])) end
 local mode = ARGV[3]
 local out = {}
 local woken = {}
@@ -35,9 +35,7 @@ for i = 4, #ARGV, step do
       redis.call('LPUSH', p .. ':queue:' .. q, ARGV[i + 2])
       if not woken[q] then
         woken[q] = true
-        redis.call('SADD', p .. ':queues', q)
-        local w = p .. ':wake:' .. q
-        if redis.call('LLEN', w) < cap then redis.call('LPUSH', w, '1') end
+        announce(q, cap)
       end
     elseif ARGV[i + 1] ~= '' then
       redis.call('DEL', p .. ':unique:' .. ARGV[i + 1])
