@@ -324,7 +324,7 @@ def servers_for(settings: Settings, mode: Mode, say: Callable[[str], None]) -> I
     if mode == "never" or (
             ("Redis" in missing and redis_server_binary() is None)
             or ("PostgreSQL" in missing and pg_bin_dir() is None)):
-        raise EmbeddedUnavailable("\n".join(_not_answering_hint(m, settings) for m in missing))
+        raise EmbeddedUnavailable("; ".join(_not_answering_hint(m, settings) for m in missing))
     servers = PrivateServers()
     try:
         overrides: dict[str, str] = {}
