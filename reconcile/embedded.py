@@ -21,8 +21,8 @@ runs with ``--save "" --appendonly no`` and PostgreSQL with ``fsync=off``: the d
 thrown away with the folder, so durability would only cost time.
 
 Redis 6.2 is enough: reconcile's newest commands are ``BLMOVE``, ``RPOP key count``
-and ``ZRANGEBYSCORE ... LIMIT`` (all 6.2), ``CLIENT UNBLOCK`` (5.0) and ``EVALSHA``
-with plain ``redis.call`` scripts (no Redis 7 functions, script flags or ``LMPOP``).
+and ``SET ... PXAT`` (all 6.2), ``CLIENT UNBLOCK`` (5.0) and ``EVALSHA`` with plain
+``redis.call`` scripts (no Redis 7 functions, script flags or ``LMPOP``).
 
 PostgreSQL refuses to run as root: when reconcile runs as root, ``initdb`` and
 ``pg_ctl`` run through ``runuser`` as the first of :data:`PG_USERS` that exists, as
