@@ -34,6 +34,7 @@ says so).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import pwd
 import shutil
@@ -54,6 +55,8 @@ import sqlalchemy as sa
 from .config import Settings, mask_url
 from .errors import ReconcileError
 from .startup import describe, is_permanent
+
+log = logging.getLogger("reconcile.embedded")
 
 Mode = Literal["auto", "always", "never"]
 """``auto``: a private server for each one that does not answer; ``always``: private
@@ -177,11 +180,11 @@ class PrivateServers:
     """
 
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="reconcile-embedded-")))
-    redis_url: str | None = None
-    database_url: str | None = None
-    _redis: subprocess.Popen[bytes] | None = None
-    _pg_data: Path | None = None
-    _pg_as: list[str] = field(default_factory=list)
+    redis_url: str | None = field(default=None, init=False)
+    database_url: str | None = field(default=None, init=False)
+    _redis: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _pg_data: Path | None = field(default=None, init=False)  # set once pg_ctl start was run
+    _pg_as: list[str] = field(default_factory=list, init=False)  # runuser prefix, as root
 
     def start_redis(self) -> str:
         """Start ``redis-server`` and return its URL."""
@@ -191,11 +194,11 @@ class PrivateServers:
         port = free_port()
         folder = self.folder / "redis"
         folder.mkdir()
-        with open(folder / "redis.log", "wb") as log:
+        with open(folder / "redis.log", "wb") as server_log:
             self._redis = subprocess.Popen(
                 [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(folder), "--daemonize", "no"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url, socket_connect_timeout=1)
         deadline = time.monotonic() + START_TIMEOUT
@@ -236,10 +239,11 @@ class PrivateServers:
                 raise EmbeddedUnavailable(
                     f"PostgreSQL runs as {user!r} (not as root), who cannot execute {bin_dir}: "
                     "install reconcile in a folder others can read, or run as an ordinary user")
-        self._pg_data = folder / "data"
-        self._pg(bin_dir / "initdb", "-D", str(self._pg_data), "-A", "trust", "-U", PG_USER,
+        data = folder / "data"
+        self._pg(bin_dir / "initdb", "-D", str(data), "-A", "trust", "-U", PG_USER,
                  "--no-sync", "-E", "UTF8", "--locale=C")
         port = free_port()
+        self._pg_data = data
         opts = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off")
         self._pg(bin_dir / "pg_ctl", "-D", str(self._pg_data), "-o", opts,
@@ -248,15 +252,18 @@ class PrivateServers:
         return self.database_url
 
     def stop(self) -> None:
-        """Stop what was started and delete the folder."""
+        """Stop what was started and delete the folder. Never raises: it runs in a
+        ``finally`` and must not hide the error that ended the command."""
         try:
             bin_dir = pg_bin_dir()
             if self._pg_data is not None and bin_dir is not None:
                 data, self._pg_data = self._pg_data, None
-                try:
-                    self._pg(bin_dir / "pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
-                except EmbeddedUnavailable:
-                    self._pg(bin_dir / "pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+                for how in ("fast", "immediate"):
+                    try:
+                        self._pg(bin_dir / "pg_ctl", "-D", str(data), "-m", how, "-w", "stop")
+                        break
+                    except (EmbeddedUnavailable, subprocess.TimeoutExpired) as exc:
+                        log.warning("stopping the embedded PostgreSQL (%s) failed: %s", how, exc)
             if self._redis is not None:
                 proc, self._redis = self._redis, None
                 if proc.poll() is None:
@@ -275,11 +282,11 @@ class PrivateServers:
         out = subprocess.run([*self._pg_as, *map(str, args)], capture_output=True,
                              timeout=START_TIMEOUT + 30, check=False, start_new_session=True)
         if out.returncode != 0:
-            log = self.folder / "postgres" / "postgres.log"
+            server_log = self.folder / "postgres" / "postgres.log"
             raise EmbeddedUnavailable(
                 f"the embedded PostgreSQL failed ({Path(str(args[0])).name} exited {out.returncode}): "
                 f"{(out.stderr or out.stdout).decode(errors='replace').strip()[-500:]}"
-                + (f" {self._tail(log)}" if log.exists() else ""))
+                + (f" {self._tail(server_log)}" if server_log.exists() else ""))
 
     @staticmethod
     def _tail(path: Path) -> str:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from jobs_core import RECONCILE, ROOT, Record, counts, wait_for
 
 from reconcile.broker import Broker
 from reconcile.config import Settings
+from tests.jobs_core import RECONCILE, ROOT, Record, counts, wait_for
 
 
 @pytest.fixture

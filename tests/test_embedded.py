@@ -1,8 +1,8 @@
 """The embedded first run: ``reconcile demo`` on private servers when nothing answers.
 
-The suite's own servers stay the real ones; only the slow test at the end starts the
-private Redis 6.2 and PostgreSQL 18 of the ``embedded`` extra, by pointing both URLs at
-ports where nothing listens.
+The suite's own servers stay the real ones. The slow test at the end runs the demo on
+the private Redis 6.2 and PostgreSQL 18 of the ``embedded`` extra, by pointing both
+URLs at ports where nothing listens; one other test starts a private Redis alone.
 """
 
 from __future__ import annotations
@@ -14,11 +14,19 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from jobs_core import RECONCILE
+import redis
 
 import reconcile
 from reconcile.config import load_settings
-from reconcile.embedded import free_port, pg_bin_dir, postgres_answers, redis_answers, redis_server_binary
+from reconcile.embedded import (
+    free_port,
+    pg_bin_dir,
+    postgres_answers,
+    redis_answers,
+    redis_server_binary,
+    servers_for,
+)
+from tests.jobs_core import RECONCILE
 
 
 def _env() -> dict[str, str]:
@@ -106,3 +114,21 @@ def test_demo_runs_on_private_servers_when_nothing_answers(tmp_path: Path) -> No
     assert private_ports.isdisjoint({redis_port, pg_port})
     assert not Path(folder).exists(), "the private servers' folder is deleted at the end"
     assert _processes_mentioning(folder) == [], "the private servers are stopped at the end"
+
+
+def test_auto_replaces_only_the_server_that_does_not_answer(redis_url: str, database_url: str) -> None:
+    silent = f"redis://127.0.0.1:{free_port()}/0"
+    configured = load_settings({"redis_url": silent, "database_url": database_url}, env={}, pyproject=False)
+    said: list[str] = []
+    with servers_for(configured, "auto", said.append) as served:
+        assert served.database_url == database_url, "PostgreSQL answers: kept"
+        assert served.redis_url != silent
+        assert redis.Redis.from_url(served.redis_url).info("server")["redis_version"].startswith("6.2")
+        [line] = said
+        assert line.startswith(f"nothing answers at {silent}: running on private servers in ")
+        assert "PostgreSQL 18" not in line
+        folder = Path(line.split(" in ", 1)[1].split(" (", 1)[0])
+        assert folder.is_dir()
+    assert not folder.exists()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(served.redis_url, socket_connect_timeout=1).ping()
