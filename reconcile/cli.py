@@ -38,10 +38,11 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from . import registry, sets
+from . import __version__, registry, sets
 from .api import status as get_status
 from .broker import get_broker
 from .config import Settings, current_settings, get_settings, load_settings, scrub, use_settings
+from .embedded import MODES, Mode, servers_for
 from .errors import ConfigError, InvalidKey, ReconcileError
 from .payload import loads_lenient
 from .reconciled import ReconciledJob
@@ -139,7 +140,7 @@ def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
 
 
 @click.group(cls=ReconcileGroup)
-@click.version_option(package_name="reconcile")
+@click.version_option(version=__version__, prog_name="reconcile")
 @click.option("--debug", is_flag=True,
               help="Print the traceback of a failure (settings, servers) before its one-line error.")
 def main(debug: bool) -> None:
@@ -561,18 +562,49 @@ def runs(apps: tuple[str, ...], job: str | None, limit: int, **flags: Any) -> No
         )
 
 
+EMBEDDED_OPTION = click.option(
+    "--embedded", type=click.Choice(MODES), default="auto", show_default=True,
+    help="Private Redis/PostgreSQL (the 'embedded' extra): auto = for each server that does "
+         "not answer; always; never.")
+
+
+def _say(message: str) -> None:
+    click.echo(f"reconcile: {message}", err=True)
+
+
 @main.command()
 @common_options
 @click.option("--orders", default=3000, show_default=True, help="Orders to seed.")
 @click.option("--invoices", default=1000, show_default=True, help="Invoices to seed.")
-def demo(apps: tuple[str, ...], orders: int, invoices: int, **flags: Any) -> None:
-    """Run the example shop end to end, flushing Redis in the middle (from the repo root)."""
+@EMBEDDED_OPTION
+def demo(apps: tuple[str, ...], orders: int, invoices: int, embedded: Mode, **flags: Any) -> None:
+    """Run the example shop end to end, flushing Redis in the middle."""
+    # imported here: importing the shop registers its job classes, which no other
+    # command should see
+    from .examples.shop.demo import run_demo
+
     settings = setup(apps, **flags)
-    try:
-        from examples.shop.demo import run_demo  # only in a checkout: examples/ is not shipped
-    except ImportError as exc:
-        raise click.UsageError(f"run the demo from the repository root ({exc})") from None
-    sys.exit(run_demo(settings, orders, invoices))
+    with servers_for(settings, embedded, _say) as served:
+        use_settings(served)
+        code = run_demo(served, orders, invoices)
+    sys.exit(code)
+
+
+@main.command()
+@common_options
+@click.option("-q", "--queue", "queues", multiple=True,
+              help="Queue[,weight] for the worker, repeatable (default: every queue of the app).")
+@click.option("-c", "--concurrency", type=int, default=None, help="Worker threads (default 10).")
+@EMBEDDED_OPTION
+def dev(apps: tuple[str, ...], queues: tuple[str, ...], concurrency: int | None, embedded: Mode,
+        **flags: Any) -> None:
+    """Scheduler, one worker and, when needed, private servers: local development. Ctrl-C stops."""
+    from .dev import run_dev  # here, like the other commands' modules: alembic loads only for it
+
+    if not apps:
+        raise click.UsageError("reconcile dev needs --app (the module(s) defining your jobs)")
+    settings = setup(apps, **flags)
+    sys.exit(run_dev(settings, apps, queues, concurrency, embedded, _say))
 
 
 def run() -> None:

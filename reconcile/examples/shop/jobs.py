@@ -1,4 +1,4 @@
-"""The shop's background jobs. Run them with ``--app examples.shop.jobs``."""
+"""The shop's background jobs. Run them with ``--app reconcile.examples.shop.jobs``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class ShipOrder(ReconciledJob):
     def pending(self) -> Select[Any]:
         return select(Order.id).where(Order.paid_at.is_not(None), Order.shipped_at.is_(None))
 
-    def perform(self, session: Session, order_id: int) -> None:  # type: ignore[override]
+    def perform(self, session: Session, order_id: int) -> None:
         order = session.get(Order, order_id)
         assert order is not None
         session.add(Shipment(order_id=order_id))
@@ -42,7 +42,7 @@ class SendInvoice(ReconciledJob):
     def pending(self) -> Select[Any]:
         return select(Invoice.id).where(Invoice.finalized, Invoice.sent_at.is_(None))
 
-    def perform(self, session: Session, invoice_id: int) -> None:  # type: ignore[override]
+    def perform(self, session: Session, invoice_id: int) -> None:
         mailer.send_invoice(get_engine(get_settings()), invoice_id, self.idempotency_key)
         invoice = session.get(Invoice, invoice_id)
         assert invoice is not None

@@ -1,0 +1,1 @@
+"""Example applications shipped with reconcile (``reconcile demo`` runs the shop)."""
