@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from . import report
+from . import check, pg, report
 from .common import BASE_URL, CONTROL_DB, FULL, QUICK, Sizes, claim_db, cpu_model, url
 from .scenarios import BY_NAME as SCENARIO_BY_NAME
 from .scenarios import DEFAULT as DEFAULT_SCENARIOS
@@ -36,8 +36,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--logdir", type=Path, help="worker logs (default: a temp directory)")
     p.add_argument("--pass-rows", type=int, metavar="N",
                    help="pending rows of the reconcile pass (default 1,000,000, or 100,000 with --quick)")
+    p.add_argument("--drain", type=int, metavar="N",
+                   help="drain jobs, every system (default 30,000, or 3,000 with --quick)")
     p.add_argument("--rdrain", type=int, metavar="N",
-                   help="reconciled-drain jobs before each system's share (default 6,000)")
+                   help="reconciled-drain jobs, every system (default 6,000, or 1,000 with --quick)")
+    p.add_argument("--check", action="store_true",
+                   help="only check that every adapter uses the harness's service URLs, then exit")
     return p.parse_args(argv)
 
 
@@ -56,8 +60,9 @@ def version(system: System) -> str:
         return "?"
 
 
-def open_systems(names: list[str], say: Any) -> tuple[list[System], dict[str, str]]:
-    opened, missing = [], {}
+def open_systems(names: list[str], say: Any, claim: bool = True) -> tuple[list[System], dict[str, str]]:
+    opened: list[System] = []
+    missing: dict[str, str] = {}
     for cls in SYSTEMS:
         if cls.name not in names:
             continue
@@ -68,7 +73,7 @@ def open_systems(names: list[str], say: Any) -> tuple[list[System], dict[str, st
             missing[cls.name] = f"not installed ({exc.name or exc})"
             say(f"  {cls.name}: missing ({exc})")
             continue
-        if system.uses_redis:
+        if system.uses_redis and claim:
             claim_db(system.db)
         opened.append(system)
     return opened, missing
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes: Sizes = QUICK if args.quick else FULL
     if args.pass_rows:
         sizes = dataclasses.replace(sizes, pass_rows=args.pass_rows)
+    if args.drain:
+        sizes = dataclasses.replace(sizes, drain=args.drain)
     if args.rdrain:
         sizes = dataclasses.replace(sizes, rdrain=args.rdrain)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -126,8 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
+    if args.check:
+        return check_only(names, say)
     say(f"reconcile benchmarks: {rounds} round(s), sizes {sizes}, worker logs in {logdir}")
     systems, missing = open_systems(names, say)
+    bad = check.problems(systems)
+    if bad:
+        for s in systems:
+            s.close()
+        sys.exit("adapters not on the harness's URLs:\n" + "\n".join(f"  {b}" for b in bad))
     ctx = Context(sizes=sizes, logdir=logdir, say=say)
     errors: dict[str, list[str]] = {}
     all_rounds: report.Rounds = []
@@ -153,6 +167,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         dump(args.json, sizes, rounds, all_rounds, systems, scenarios, missing, errors)
     return 0
+
+
+def check_only(names: list[str], say: Any) -> int:
+    """``--check``: the URLs every adapter uses; 1 if one is not the harness's."""
+    systems, missing = open_systems(names, say, claim=False)
+    try:
+        say(f"harness: BENCH_REDIS={BASE_URL}, BENCH_DATABASE={pg.BASE_URL}")
+        say(check.report(systems))
+        bad = check.problems(systems)
+    finally:
+        for s in systems:
+            s.close()
+    for name, why in missing.items():
+        say(f"  {name}: {why}")
+    say("\n".join(f"MISMATCH {b}" for b in bad) if bad else
+        f"every adapter uses the harness's URLs ({len(systems)} checked, {len(missing)} missing)")
+    return 1 if bad else 0
 
 
 def metrics_of(scenarios: list[Scenario]) -> list[Metric]:

@@ -43,8 +43,9 @@ class Latency:
         key = f"lat:{run}"
         ctl = control()
         workers = Workers([system.worker_command()], {**system.worker_env(), "BENCH_RUN": run},
-                          ctx.logdir / f"{system.name}.log")
+                          ctx.logdir / f"{system.name}.log", system.worker_preload)
         try:
+            workers.release()
             samples: list[float] = []
             for i in range(WARMUP + ctx.sizes.latency):
                 time.sleep(random.uniform(*PAUSE))
