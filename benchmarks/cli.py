@@ -24,6 +24,7 @@ from .scenarios import DEFAULT as DEFAULT_SCENARIOS
 from .scenarios import Context, Metric, Scenario
 from .systems import ALL as SYSTEMS
 from .systems import BASELINE, BY_NAME, System
+from .systems.reconcile_ref import ReconcileRef
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +41,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="drain jobs, every system (default 30,000, or 3,000 with --quick)")
     p.add_argument("--rdrain", type=int, metavar="N",
                    help="reconciled-drain jobs, every system (default 6,000, or 1,000 with --quick)")
+    p.add_argument("--against", metavar="GIT_REF",
+                   help="also run reconcile at this commit, as system reconcile@GIT_REF, in the "
+                        "same rounds; the summary adds new / old ratios")
     p.add_argument("--check", action="store_true",
                    help="only check that every adapter uses the harness's service URLs, then exit")
     return p.parse_args(argv)
@@ -60,19 +64,26 @@ def version(system: System) -> str:
         return "?"
 
 
-def open_systems(names: list[str], say: Any, claim: bool = True) -> tuple[list[System], dict[str, str]]:
+def open_systems(names: list[str], say: Any, claim: bool = True,
+                 against: str | None = None) -> tuple[list[System], dict[str, str]]:
     opened: list[System] = []
     missing: dict[str, str] = {}
+    chosen: list[System] = []
     for cls in SYSTEMS:
-        if cls.name not in names:
-            continue
-        system = cls()
+        if cls.name in names:
+            chosen.append(cls())
+        if cls.name == BASELINE and against:
+            chosen.append(ReconcileRef(against))  # beside the current code, in every round
+    for system in chosen:
         try:
             system.open()
         except ImportError as exc:
-            missing[cls.name] = f"not installed ({exc.name or exc})"
-            say(f"  {cls.name}: missing ({exc})")
+            missing[system.name] = f"not installed ({exc.name or exc})"
+            say(f"  {system.name}: missing ({exc})")
             continue
+        if isinstance(system, ReconcileRef):
+            say(f"  {system.name}: commit {system.commit[:12]}, reconcile from "
+                f"{system.driver_reconcile} (driver side, in its agent)")
         if system.uses_redis and claim:
             claim_db(system.db)
         opened.append(system)
@@ -134,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
 
     if args.check:
-        return check_only(names, say)
+        return check_only(names, say, args.against)
     say(f"reconcile benchmarks: {rounds} round(s), sizes {sizes}, worker logs in {logdir}")
-    systems, missing = open_systems(names, say)
+    systems, missing = open_systems(names, say, against=args.against)
     bad = check.problems(systems)
     if bad:
         for s in systems:
@@ -169,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def check_only(names: list[str], say: Any) -> int:
+def check_only(names: list[str], say: Any, against: str | None) -> int:
     """``--check``: the URLs every adapter uses; 1 if one is not the harness's."""
-    systems, missing = open_systems(names, say, claim=False)
+    systems, missing = open_systems(names, say, claim=False, against=against)
     try:
         say(f"harness: BENCH_REDIS={BASE_URL}, BENCH_DATABASE={pg.BASE_URL}")
         say(check.report(systems))
@@ -224,6 +235,11 @@ def summarize(rounds: report.Rounds, systems: list[System], scenarios: list[Scen
         out += ["", "Notes:", *notes]
     if BASELINE in [s.name for s in systems]:
         out += ["", "Targets (reconcile):", report.targets_text(report.targets(rounds))]
+    for s in systems:
+        if s.family == BASELINE and s.name != BASELINE:
+            out += ["", f"New / old: {BASELINE} / {s.name}, within each round "
+                    "(jobs/s and keys/s: above 1 is faster; ms: below 1 is faster)",
+                    report.new_vs_old(rounds, s.name, metrics_of(scenarios))]
     out += ["", "Configurations:"]
     for s in systems:
         if s.uses_redis and any(getattr(sc, "section", "redis") == "redis" for sc in scenarios):
@@ -247,6 +263,9 @@ def dump(path: Path, sizes: Sizes, n: int, rounds: report.Rounds, systems: list[
                                         for m in metrics} for s in systems},
         "targets": [{"target": t.text, "reached": t.reached, "verdict": t.verdict}
                     for t in report.targets(rounds)],
+        "new_vs_old": {s.name: {m.key: report.round_ratios(rounds, BASELINE, s.name, m.key)
+                                for m in metrics}
+                       for s in systems if s.family == BASELINE and s.name != BASELINE},
         "missing": missing, "errors": errors,
     }
     path.write_text(json.dumps(data, indent=2))

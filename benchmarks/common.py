@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379").rstrip("/")
 DBS: dict[str, int] = {
     "redis": 6, "reconcile": 7, "dramatiq": 8, "huey": 9, "rq": 10,
-    "arq": 11, "celery": 12, "saq": 13,
+    "arq": 11, "celery": 12, "saq": 13, "reconcile@ref": 5,
 }
 CONTROL_DB = 15
 OWNER_KEY = "reconcile-bench:owner"

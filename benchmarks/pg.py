@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 BASE_URL = os.environ.get("BENCH_DATABASE", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-DB_NAME = f"reconcile_bench_{os.getpid()}"
+DB_NAME = os.environ.get("BENCH_DB_NAME") or f"reconcile_bench_{os.getpid()}"
+"""The run's database; ``BENCH_DB_NAME`` is set for the agent of ``--against`` only."""
 RC_SCHEMA = "bench_rc"
 PQ_SCHEMA = "bench_pq"
 RAW_SCHEMA = "bench_raw"

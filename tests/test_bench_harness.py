@@ -139,3 +139,18 @@ def test_workers_run_nothing_of_the_system_before_the_gate_opens(
         assert Path(ready["modules"]["reconcile"]).resolve() == ROOT / "reconcile" / "__init__.py"
         assert isinstance(ready["pid"], int)
     assert json.dumps(workers.ready)  # what the driver logs is plain JSON
+
+
+def test_against_runs_the_refs_reconcile_in_its_agent_not_this_trees() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--check", "--against", "HEAD",
+                          "--only", "reconcile"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("  reconcile@HEAD: commit "))
+    used = Path(line.split(" reconcile from ")[1].split(" (driver side")[0])
+    assert used.name == "__init__.py" and used.parent.name == "reconcile"
+    assert not used.resolve().is_relative_to(ROOT)  # the extracted ref, not this checkout
+    assert "reconcile@HEAD: worker: --redis-url: " in out.stdout
+    assert "every adapter uses the harness's URLs (2 checked" in out.stdout
+    assert not used.parent.exists()  # the extracted tree is removed at the end

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 from ..common import Workers, control
 from ..systems import System
@@ -35,22 +36,25 @@ def drain(system: System, ctx: Context, procs: int) -> float:
     system.prefill(n)
     try:
         return run_workers(system.name, [system.worker_command()] * procs, system.worker_env(), n,
-                           ctx, system.worker_preload)
+                           ctx, system.worker_preload, system.expected_modules())
     finally:
         system.flush()
 
 
 def run_workers(label: str, commands: list[list[str]], env: dict[str, str], n: int,
-                ctx: Context, preload: tuple[str, ...] = ()) -> float:
+                ctx: Context, preload: tuple[str, ...] = (),
+                expect: dict[str, Path] | None = None) -> float:
     """Start ``commands`` behind the gate (with a fresh probe key), open the gate once
     all are ready, wait until the probes count ``n`` jobs, stop the workers; jobs/s from
-    the gate's opening to the last job finished."""
+    the gate's opening to the last job finished. ``expect``: package -> the directory
+    every worker must have imported it from (else the measurement fails)."""
     run = uuid.uuid4().hex
     key = f"probe:{run}"
     ctl = control()
     workers = Workers(commands, {**env, "BENCH_RUN": run}, ctx.logdir / f"{label}.log", preload)
     try:
         released = workers.release()
+        check_modules(label, workers, expect or {}, ctx)
         done, progress_at = 0, time.monotonic() + START_TIMEOUT - STALL_TIMEOUT
         while True:
             time.sleep(0.05)
@@ -82,6 +86,25 @@ def run_workers(label: str, commands: list[list[str]], env: dict[str, str], n: i
     finally:
         workers.stop()
         ctl.delete(key)
+
+
+_shown: set[tuple[str, str]] = set()
+
+
+def check_modules(label: str, workers: Workers, expect: dict[str, Path], ctx: Context) -> None:
+    """Fail unless every worker imported each package of ``expect`` from its directory;
+    say once per system where it came from."""
+    for ready in workers.ready:
+        for package, where in expect.items():
+            got = ready["modules"].get(package, "")
+            if not got or not Path(got).resolve().is_relative_to(where.resolve()):
+                raise RuntimeError(f"{label}: worker {ready['pid']} imported {package} from "
+                                   f"{got or 'nowhere'}, not from {where}")
+            if (label, package) not in _shown:
+                _shown.add((label, package))
+                ctx.say(f"  {label}: workers import {package} from {got}"
+                        + (f" (preloads absent there: {', '.join(ready['absent'])})"
+                           if ready.get("absent") else ""))
 
 
 class Drain:

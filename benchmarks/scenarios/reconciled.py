@@ -107,7 +107,8 @@ class Reconciled:
         system.pg_prefill(n)
         try:
             rate = run_workers(f"{system.name}-reconciled", system.pg_worker_commands(procs),
-                               system.pg_worker_env(), n, ctx, system.pg_worker_preload)
+                               system.pg_worker_env(), n, ctx, system.pg_worker_preload,
+                               system.expected_modules())
             self._check(system, n)
             return rate
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..common import DBS, flush_db
@@ -44,6 +45,11 @@ class System(ABC):
     @property
     def db(self) -> int:
         return DBS[self.name]
+
+    def expected_modules(self) -> dict[str, Path]:
+        """Package -> the directory each worker process must import it from (checked
+        from the gate's ready reports; empty: not checked)."""
+        return {}
 
     def urls(self) -> list[tuple[str, str]]:
         """(role, URL) of every service connection the system makes, driver side and

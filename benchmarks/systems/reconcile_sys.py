@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from .. import pg
@@ -54,6 +55,11 @@ class Reconcile(System):
         self.settings = settings_for(database_url=pg.sa_url(self.pg_schema), db=self.db)
         use_settings(self.settings)
         self.jobs = jobs
+
+    def expected_modules(self) -> dict[str, Path]:
+        import reconcile
+
+        return {"reconcile": Path(reconcile.__file__).parent}
 
     def urls(self) -> list[tuple[str, str]]:
         return [("driver: settings.redis_url", str(self.settings.redis_url)),
