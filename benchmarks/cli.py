@@ -58,6 +58,8 @@ def machine() -> dict[str, Any]:
 
 
 def version(system: System) -> str:
+    if isinstance(system, ReconcileRef):
+        return f"at {system.commit[:12]}"  # the installed distribution is the current code's
     try:
         return metadata.version(system.package)
     except metadata.PackageNotFoundError:

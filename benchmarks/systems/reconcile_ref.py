@@ -73,7 +73,7 @@ class ReconcileRef(System):
         self.ref = ref
         self.commit = resolve(ref)
         self.name = f"reconcile@{ref}"
-        self.config = f"as reconcile, at {self.commit[:12]}"
+        self.config = "as reconcile (the same command, the ref's code)"
         self.pg_config = self.config
         self.tmp: Path | None = None
         self.agent: subprocess.Popen[str] | None = None
