@@ -17,13 +17,14 @@ from typing import Any
 
 import redis
 
-from . import report
+from . import check, pg, report
 from .common import BASE_URL, CONTROL_DB, FULL, QUICK, Sizes, claim_db, cpu_model, url
 from .scenarios import BY_NAME as SCENARIO_BY_NAME
 from .scenarios import DEFAULT as DEFAULT_SCENARIOS
 from .scenarios import Context, Metric, Scenario
 from .systems import ALL as SYSTEMS
 from .systems import BASELINE, BY_NAME, System
+from .systems.reconcile_ref import ReconcileRef
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -36,8 +37,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--logdir", type=Path, help="worker logs (default: a temp directory)")
     p.add_argument("--pass-rows", type=int, metavar="N",
                    help="pending rows of the reconcile pass (default 1,000,000, or 100,000 with --quick)")
+    p.add_argument("--drain", type=int, metavar="N",
+                   help="drain jobs, every system (default 30,000, or 3,000 with --quick)")
     p.add_argument("--rdrain", type=int, metavar="N",
-                   help="reconciled-drain jobs before each system's share (default 6,000)")
+                   help="reconciled-drain jobs, every system (default 6,000, or 1,000 with --quick)")
+    p.add_argument("--against", metavar="GIT_REF",
+                   help="also run reconcile at this commit, as system reconcile@GIT_REF, in the "
+                        "same rounds; the summary adds new / old ratios")
+    p.add_argument("--check", action="store_true",
+                   help="only check that every adapter uses the harness's service URLs, then exit")
     return p.parse_args(argv)
 
 
@@ -50,25 +58,35 @@ def machine() -> dict[str, Any]:
 
 
 def version(system: System) -> str:
+    if isinstance(system, ReconcileRef):
+        return f"at {system.commit[:12]}"  # the installed distribution is the current code's
     try:
         return metadata.version(system.package)
     except metadata.PackageNotFoundError:
         return "?"
 
 
-def open_systems(names: list[str], say: Any) -> tuple[list[System], dict[str, str]]:
-    opened, missing = [], {}
+def open_systems(names: list[str], say: Any, claim: bool = True,
+                 against: str | None = None) -> tuple[list[System], dict[str, str]]:
+    opened: list[System] = []
+    missing: dict[str, str] = {}
+    chosen: list[System] = []
     for cls in SYSTEMS:
-        if cls.name not in names:
-            continue
-        system = cls()
+        if cls.name in names:
+            chosen.append(cls())
+        if cls.name == BASELINE and against:
+            chosen.append(ReconcileRef(against))  # beside the current code, in every round
+    for system in chosen:
         try:
             system.open()
         except ImportError as exc:
-            missing[cls.name] = f"not installed ({exc.name or exc})"
-            say(f"  {cls.name}: missing ({exc})")
+            missing[system.name] = f"not installed ({exc.name or exc})"
+            say(f"  {system.name}: missing ({exc})")
             continue
-        if system.uses_redis:
+        if isinstance(system, ReconcileRef):
+            say(f"  {system.name}: commit {system.commit[:12]}, reconcile from "
+                f"{system.driver_reconcile} (driver side, in its agent)")
+        if system.uses_redis and claim:
             claim_db(system.db)
         opened.append(system)
     return opened, missing
@@ -103,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes: Sizes = QUICK if args.quick else FULL
     if args.pass_rows:
         sizes = dataclasses.replace(sizes, pass_rows=args.pass_rows)
+    if args.drain:
+        sizes = dataclasses.replace(sizes, drain=args.drain)
     if args.rdrain:
         sizes = dataclasses.replace(sizes, rdrain=args.rdrain)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -126,8 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
+    if args.check:
+        return check_only(names, say, args.against)
     say(f"reconcile benchmarks: {rounds} round(s), sizes {sizes}, worker logs in {logdir}")
-    systems, missing = open_systems(names, say)
+    systems, missing = open_systems(names, say, against=args.against)
+    bad = check.problems(systems)
+    if bad:
+        for s in systems:
+            s.close()
+        sys.exit("adapters not on the harness's URLs:\n" + "\n".join(f"  {b}" for b in bad))
     ctx = Context(sizes=sizes, logdir=logdir, say=say)
     errors: dict[str, list[str]] = {}
     all_rounds: report.Rounds = []
@@ -153,6 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         dump(args.json, sizes, rounds, all_rounds, systems, scenarios, missing, errors)
     return 0
+
+
+def check_only(names: list[str], say: Any, against: str | None) -> int:
+    """``--check``: the URLs every adapter uses; 1 if one is not the harness's."""
+    systems, missing = open_systems(names, say, claim=False, against=against)
+    try:
+        say(f"harness: BENCH_REDIS={BASE_URL}, BENCH_DATABASE={pg.BASE_URL}")
+        say(check.report(systems))
+        bad = check.problems(systems)
+    finally:
+        for s in systems:
+            s.close()
+    for name, why in missing.items():
+        say(f"  {name}: {why}")
+    say("\n".join(f"MISMATCH {b}" for b in bad) if bad else
+        f"every adapter uses the harness's URLs ({len(systems)} checked, {len(missing)} missing)")
+    return 1 if bad else 0
 
 
 def metrics_of(scenarios: list[Scenario]) -> list[Metric]:
@@ -193,6 +237,11 @@ def summarize(rounds: report.Rounds, systems: list[System], scenarios: list[Scen
         out += ["", "Notes:", *notes]
     if BASELINE in [s.name for s in systems]:
         out += ["", "Targets (reconcile):", report.targets_text(report.targets(rounds))]
+    for s in systems:
+        if s.family == BASELINE and s.name != BASELINE:
+            out += ["", f"New / old: {BASELINE} / {s.name}, within each round "
+                    "(jobs/s and keys/s: above 1 is faster; ms: below 1 is faster)",
+                    report.new_vs_old(rounds, s.name, metrics_of(scenarios))]
     out += ["", "Configurations:"]
     for s in systems:
         if s.uses_redis and any(getattr(sc, "section", "redis") == "redis" for sc in scenarios):
@@ -216,6 +265,9 @@ def dump(path: Path, sizes: Sizes, n: int, rounds: report.Rounds, systems: list[
                                         for m in metrics} for s in systems},
         "targets": [{"target": t.text, "reached": t.reached, "verdict": t.verdict}
                     for t in report.targets(rounds)],
+        "new_vs_old": {s.name: {m.key: report.round_ratios(rounds, BASELINE, s.name, m.key)
+                                for m in metrics}
+                       for s in systems if s.family == BASELINE and s.name != BASELINE},
         "missing": missing, "errors": errors,
     }
     path.write_text(json.dumps(data, indent=2))

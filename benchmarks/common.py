@@ -2,19 +2,24 @@
 
 Every system gets its own Redis database number on the same server (``BENCH_REDIS``,
 default ``redis://127.0.0.1:6379``), flushed between measurements; the driver keeps
-its own bookkeeping (probe reports, latency samples) in ``CONTROL_DB``.
+its own bookkeeping (probe reports, latency samples, the start gate) in ``CONTROL_DB``.
+Every adapter takes its URLs from here (``url(db)``) and from :mod:`benchmarks.pg`;
+:mod:`benchmarks.check` verifies it at the start of every run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -22,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379").rstrip("/")
 DBS: dict[str, int] = {
     "redis": 6, "reconcile": 7, "dramatiq": 8, "huey": 9, "rq": 10,
-    "arq": 11, "celery": 12, "saq": 13,
+    "arq": 11, "celery": 12, "saq": 13, "reconcile@ref": 5,
 }
 CONTROL_DB = 15
 OWNER_KEY = "reconcile-bench:owner"
@@ -61,30 +66,68 @@ def flush_db(db: int, asynchronous: bool = False) -> None:
 class Sizes:
     single: int      # jobs in the single-enqueue loop
     bulk: int        # jobs in the bulk enqueue
-    drain: int       # jobs drained per measurement
+    drain: int       # jobs drained per measurement, the same N for every system
     latency: int     # latency samples per round
     pass_rows: int   # pending rows scanned by the reconcile pass (reconciled section)
-    rdrain: int      # reconciled-drain jobs, scaled by each system's rdrain_share
+    rdrain: int      # reconciled-drain jobs, the same N for every system
 
 
 QUICK = Sizes(single=500, bulk=5_000, drain=3_000, latency=30, pass_rows=100_000, rdrain=1_000)
 FULL = Sizes(single=10_000, bulk=50_000, drain=30_000, latency=150, pass_rows=1_000_000, rdrain=6_000)
 
 
-class Workers:
-    """Worker processes started by the driver, each in its own process group."""
+READY_TIMEOUT = 60.0  # seconds for every worker process to reach the gate
 
-    def __init__(self, commands: list[list[str]], env: dict[str, str], log: Path) -> None:
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+
+class Workers:
+    """Worker processes started by the driver, each in its own process group, each
+    behind the start gate (:mod:`benchmarks.gate`).
+
+    ``preload`` lists the modules each process imports before it reports ready (the
+    system's CLI and app modules). :meth:`release` waits until every process is ready,
+    opens the gate and returns the time it did: the start of a drain's clock, the same
+    accounting for every system (interpreter start and imports before it, connecting,
+    spawning threads and the first fetch after it).
+    """
+
+    def __init__(self, commands: list[list[str]], env: dict[str, str], log: Path,
+                 preload: tuple[str, ...] = ()) -> None:
+        self.run = env.get("BENCH_RUN") or uuid.uuid4().hex
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env, "BENCH_RUN": self.run}
+        flags = [f for m in preload for f in ("--preload", m)]
         self.log_path = log
         self._log = log.open("ab")
+        self.ready: list[dict[str, Any]] = []
         self.procs = [
             subprocess.Popen(
-                cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [python(), "-m", "benchmarks.gate", *flags, "--", *cmd], cwd=ROOT, env=full_env,
+                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
             for cmd in commands
         ]
+
+    def release(self, timeout: float = READY_TIMEOUT) -> float:
+        """Wait until every process reported ready, open the gate; ``time.time()`` then."""
+        from .gate import go_key, ready_key  # the gate imports this module
+
+        ctl = control()
+        deadline = time.monotonic() + timeout
+        try:
+            while len(self.ready) < len(self.procs):
+                got = ctl.blpop([ready_key(self.run)], timeout=0.2)
+                if got is not None:
+                    self.ready.append(json.loads(got[1]))
+                elif self.dead():
+                    raise RuntimeError(f"a worker exited before it was ready (see {self.log_path})")
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(self.ready)}/{len(self.procs)} workers ready after "
+                                       f"{timeout:.0f}s (see {self.log_path})")
+            t0 = time.time()
+            ctl.rpush(go_key(self.run), *["go"] * len(self.procs))
+            return t0
+        finally:
+            ctl.close()
 
     def dead(self) -> list[int]:
         """Exit codes of processes that already ended."""
@@ -102,6 +145,10 @@ class Workers:
             _signal_group(p, signal.SIGKILL)  # children of a process that exited too
             p.wait()
         self._log.close()
+        with contextlib.suppress(redis.RedisError):
+            from .gate import go_key, ready_key
+
+            control().delete(ready_key(self.run), go_key(self.run))
 
 
 def _signal_group(p: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -8,7 +8,8 @@ measurement runs), with one schema per system, and drops it at the end:
 * ``bench_rc``: reconcile's framework tables (``reconcile db upgrade``, i.e. alembic),
   the drain's ``items`` / ``effects`` and the pass's ``pass_items``;
 * ``bench_pq``: procrastinate's schema and its own ``items`` / ``effects``;
-* ``bench_raw``: ``items`` / ``effects`` of the raw psycopg floor.
+* ``bench_raw``: ``items`` / ``effects`` of the raw psycopg floor;
+* ``bench_rc_ref``: as ``bench_rc``, for reconcile at another commit (``--against``).
 
 Each system reaches its schema through ``search_path`` in its connection URL, exactly
 as an application that keeps its tables in a schema would.
@@ -25,10 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 BASE_URL = os.environ.get("BENCH_DATABASE", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-DB_NAME = f"reconcile_bench_{os.getpid()}"
+DB_NAME = os.environ.get("BENCH_DB_NAME") or f"reconcile_bench_{os.getpid()}"
+"""The run's database; ``BENCH_DB_NAME`` is set for the agent of ``--against`` only."""
 RC_SCHEMA = "bench_rc"
 PQ_SCHEMA = "bench_pq"
 RAW_SCHEMA = "bench_raw"
+REF_SCHEMA = "bench_rc_ref"  # reconcile at another commit (--against)
+SCHEMAS = (RC_SCHEMA, PQ_SCHEMA, RAW_SCHEMA, REF_SCHEMA)
 
 
 def sa_url(schema: str) -> str:
@@ -63,9 +67,8 @@ class BenchDatabase:
             c.execute(sa.text(f'CREATE DATABASE "{DB_NAME}"'))
         self.created = True
         with self.engine(RC_SCHEMA).begin() as c:
-            c.execute(sa.text(f"CREATE SCHEMA {RC_SCHEMA}"))
-            c.execute(sa.text(f"CREATE SCHEMA {PQ_SCHEMA}"))
-            c.execute(sa.text(f"CREATE SCHEMA {RAW_SCHEMA}"))
+            for schema in SCHEMAS:
+                c.execute(sa.text(f"CREATE SCHEMA {schema}"))
 
     def engine(self, schema: str) -> Engine:
         eng = self._engines.get(schema)

@@ -17,6 +17,33 @@ Rounds = list[dict[str, dict[str, float]]]   # round -> system -> metric key -> 
 NOT_PEERS = {BASELINE, "redis", "procrastinate", "psycopg"}  # the last two: reconciled section only
 
 
+def is_peer(system: str) -> bool:
+    """A competitor of reconcile (not reconcile at another commit, not a floor)."""
+    return system not in NOT_PEERS and not system.startswith(BASELINE + "@")
+
+
+def round_ratios(rounds: Rounds, num: str, den: str, key: str) -> list[float]:
+    """``num / den`` for ``key`` in every round that measured both."""
+    return [r[num][key] / r[den][key] for r in rounds
+            if key in r.get(num, {}) and r.get(den, {}).get(key)]
+
+
+def new_vs_old(rounds: Rounds, old: str, metrics: list[Metric]) -> str:
+    """One line per metric: the median over rounds of reconcile / ``old`` and each round's."""
+    lines = []
+    width = max((len(m.label) for m in metrics), default=0) + len(" (jobs/s)")
+    for m in metrics:
+        ratios = round_ratios(rounds, BASELINE, old, m.key)
+        if not ratios:
+            continue
+        new, was = median_value(rounds, BASELINE, m.key), median_value(rounds, old, m.key)
+        lines.append(f"  {(m.label + ' (' + m.unit + ')').ljust(width)}  "
+                     f"{statistics.median(ratios):.3f}  per round "
+                     f"{', '.join(f'{x:.3f}' for x in ratios)}  "
+                     f"(medians {fmt(new, m.unit)} / {fmt(was, m.unit)})")
+    return "\n".join(lines) or "  (no metric measured for both)"
+
+
 def median_value(rounds: Rounds, system: str, key: str) -> float | None:
     vals = [r[system][key] for r in rounds if key in r.get(system, {})]
     return statistics.median(vals) if vals else None
@@ -75,7 +102,7 @@ def vs_fastest_peer(rounds: Rounds, key: str) -> tuple[float | None, str]:
     """Median over rounds of reconcile / fastest peer in that round, and the usual winner."""
     ratios, winners = [], []
     for r in rounds:
-        peers = {s: v[key] for s, v in r.items() if s not in NOT_PEERS and key in v}
+        peers = {s: v[key] for s, v in r.items() if is_peer(s) and key in v}
         if peers and key in r.get(BASELINE, {}):
             best = max(peers, key=lambda s: peers[s])
             ratios.append(r[BASELINE][key] / peers[best])

@@ -13,10 +13,10 @@ from arq import run_worker
 from arq.connections import RedisSettings
 
 from .. import probe
-from ..common import DBS
+from ..common import DBS, url
 from ..systems.arq_sys import MAX_JOBS, POLL_DELAY
 
-REDIS = RedisSettings(host="127.0.0.1", port=6379, database=DBS["arq"])
+REDIS = RedisSettings.from_dsn(url(DBS["arq"]))
 
 
 async def noop(ctx: dict[str, Any], i: int) -> None:

@@ -17,7 +17,7 @@ from procrastinate import App, PsycopgConnector
 
 from .. import probe
 
-CONNINFO = os.environ.get("BENCH_PQ_CONNINFO", "postgresql://postgres@127.0.0.1:5432/test")
+CONNINFO = os.environ["BENCH_PQ_CONNINFO"]  # set by the adapter (driver) and for its workers
 CONCURRENCY = int(os.environ.get("BENCH_PQ_CONCURRENCY", "8"))
 
 # procrastinate's own pool: fetch_job / finish_job of every running job, the listener

@@ -17,9 +17,11 @@ from .. import jobs  # noqa: F401  (registers the job classes)
 from ..common import DBS, url
 
 
-def settings_for(concurrency: int = 10, prefetch: int = 0, database_url: str | None = None) -> Settings:
+def settings_for(concurrency: int = 10, prefetch: int = 0, database_url: str | None = None,
+                 db: int = DBS["reconcile"]) -> Settings:
+    """Settings on the harness's Redis (``BENCH_REDIS``), database ``db``."""
     return load_settings(
-        {"redis_url": url(DBS["reconcile"]), "namespace": "bench", "concurrency": concurrency,
+        {"redis_url": url(db), "namespace": "bench", "concurrency": concurrency,
          "prefetch": prefetch, "log_level": "WARNING", "database_url": database_url},
         env={}, pyproject=False,
     )

@@ -15,6 +15,7 @@ import uuid
 from ..common import Workers, control
 from ..systems import System
 from .base import Context, Metric, worker_skip_reason
+from .drain import check_modules
 
 P50 = Metric("p50", "pickup p50", "ms", False)
 P99 = Metric("p99", "pickup p99", "ms", False)
@@ -43,8 +44,10 @@ class Latency:
         key = f"lat:{run}"
         ctl = control()
         workers = Workers([system.worker_command()], {**system.worker_env(), "BENCH_RUN": run},
-                          ctx.logdir / f"{system.name}.log")
+                          ctx.logdir / f"{system.name}.log", system.worker_preload)
         try:
+            workers.release()
+            check_modules(system.name, workers, system.expected_modules(), ctx)
             samples: list[float] = []
             for i in range(WARMUP + ctx.sizes.latency):
                 time.sleep(random.uniform(*PAUSE))

@@ -22,7 +22,9 @@ Two measurements, on the same PostgreSQL server, in a throwaway database of the 
   job's transaction, for both). After each drain the table is checked: N items done,
   N effect rows, no item with two effects.
 
-N is ``Sizes.rdrain * system.rdrain_share``.
+N is ``Sizes.rdrain``, the same for every system; the workers start behind the start
+gate and the clock starts when it opens, as in the Redis drain
+(:mod:`benchmarks.scenarios.drain`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ PASS1 = Metric("pass1", "pass, first: all enqueued", "keys/s", True)
 PASS2 = Metric("pass2", "pass, second: all already queued", "keys/s", True)
 RDRAIN1 = Metric("rdrain1", "reconciled drain, 1 process", "jobs/s", True)
 RDRAIN2 = Metric("rdrain2", "reconciled drain, 2 processes", "jobs/s", True)
-PG_SYSTEMS = ("reconcile", "procrastinate", "psycopg")
 SETTLE_TIMEOUT = 15.0  # seconds for the last commits to become visible after the probe count
 
 
@@ -51,12 +52,12 @@ class Reconciled:
 
     def __init__(self) -> None:
         self.prepared: set[str] = set()
-        self.pass_seeded = 0
+        self.pass_seeded: dict[str, int] = {}  # system -> pass rows seeded
 
     def skip_reason(self, system: System, metric: Metric) -> str | None:
-        if system.name not in PG_SYSTEMS:
+        if not system.pg_schema:
             return "PostgreSQL section"
-        if system.name != "reconcile" and metric in (PASS1, PASS2):
+        if system.family != "reconcile" and metric in (PASS1, PASS2):
             return "no reconcile pass"
         return None
 
@@ -66,7 +67,7 @@ class Reconciled:
             system.pg_prepare()
             self.prepared.add(system.name)
         out: dict[str, float] = {}
-        if system.name == "reconcile":
+        if system.family == "reconcile":
             out.update(self._passes(system, ctx))
         out[RDRAIN1.key] = self._drain(system, ctx, 1)
         out[RDRAIN2.key] = self._drain(system, ctx, 2)
@@ -75,32 +76,25 @@ class Reconciled:
     def close(self) -> None:
         """End of the run: drop the bench database."""
         self.prepared.clear()
-        self.pass_seeded = 0
+        self.pass_seeded.clear()
         pg.DATABASE.drop()
 
     # -- the pass ------------------------------------------------------------------------
 
     def _passes(self, system: System, ctx: Context) -> dict[str, float]:
-        from reconcile.scheduler.passes import run_pass
-
-        from ..reconciled_jobs import PassItem
-
         n = ctx.sizes.pass_rows
-        engine = pg.DATABASE.engine(pg.RC_SCHEMA)
-        if self.pass_seeded != n:
+        if self.pass_seeded.get(system.name) != n:
             t = time.monotonic()
-            pg.seed_pass_items(engine, n)
-            self.pass_seeded = n
-            ctx.say(f"  reconcile: seeded {n:,} pending rows in {time.monotonic() - t:.1f}s")
+            system.seed_pass(n)
+            self.pass_seeded[system.name] = n
+            ctx.say(f"  {system.name}: seeded {n:,} pending rows in {time.monotonic() - t:.1f}s")
         out: dict[str, float] = {}
         system.flush()
         try:
             for metric, want in ((PASS1, "enqueued"), (PASS2, "already_queued")):
-                t = time.perf_counter()
-                result = run_pass(PassItem, trigger="manual", owner="bench")
-                dt = time.perf_counter() - t
-                if result.error or result.found != n or getattr(result, want) != n:
-                    raise RuntimeError(f"{metric.label}: expected {n} {want}: {result.summary()}")
+                dt, result = system.timed_pass()
+                if result["error"] or result["found"] != n or result[want] != n:
+                    raise RuntimeError(f"{metric.label}: expected {n} {want}: {result['summary']}")
                 out[metric.key] = n / dt
         finally:
             flush_db(system.db, asynchronous=True)  # a million jobs and locks
@@ -109,11 +103,12 @@ class Reconciled:
     # -- the drain -----------------------------------------------------------------------
 
     def _drain(self, system: System, ctx: Context, procs: int) -> float:
-        n = max(100, int(ctx.sizes.rdrain * system.rdrain_share))
+        n = ctx.sizes.rdrain
         system.pg_prefill(n)
         try:
             rate = run_workers(f"{system.name}-reconciled", system.pg_worker_commands(procs),
-                               system.pg_worker_env(), n, ctx)
+                               system.pg_worker_env(), n, ctx, system.pg_worker_preload,
+                               system.expected_modules())
             self._check(system, n)
             return rate
         finally:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..common import python
-from .base import System
+from .base import System, redis_url_of
 
 MAX_JOBS = 100
 POLL_DELAY = 0.01
@@ -17,7 +17,7 @@ CONCURRENT_ENQUEUES = 50  # prefill only: in-flight enqueue_job calls
 class Arq(System):
     name = "arq"
     package = "arq"
-    drain_share = 0.25
+    worker_preload = ("benchmarks.apps.arq_app",)
     no_bulk_reason = "no bulk API: enqueue_job() is one transaction per job"
     config = (f"run_worker(WorkerSettings) (= arq CLI with logging at WARNING): "
               f"max_jobs={MAX_JOBS}, poll_delay={POLL_DELAY}, keep_result=0")
@@ -28,7 +28,13 @@ class Arq(System):
         from ..apps import arq_app
 
         self.loop = asyncio.new_event_loop()
+        self.app = arq_app
         self.pool: Any = self.loop.run_until_complete(create_pool(arq_app.REDIS))
+
+    def urls(self) -> list[tuple[str, str]]:
+        rs = self.app.WorkerSettings.redis_settings
+        return [("driver: create_pool()", redis_url_of(self.pool)),
+                ("worker: WorkerSettings.redis_settings", f"redis://{rs.host}:{rs.port}/{rs.database}")]
 
     def close(self) -> None:
         self.loop.run_until_complete(self.pool.aclose())

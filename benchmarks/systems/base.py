@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from ..common import DBS, flush_db
 
@@ -24,20 +26,37 @@ class System(ABC):
     no_bulk_reason: str = ""
     runs_workers: bool = True          # False for raw redis-py (enqueue rows only)
     config: str = ""                   # worker configuration, for the report and docs
-    drain_share: float = 1.0
-    """Drain N = ``Sizes.drain * drain_share``: slow systems drain fewer jobs so each
-    drain still lasts seconds but a round stays short; fast ones more, for the same reason."""
     uses_redis: bool = True
     """False for a PostgreSQL-only system (procrastinate): it has no Redis database and
     takes part only in the "reconciled" section."""
-    rdrain_share: float = 1.0
-    """Reconciled-drain N = ``Sizes.rdrain * rdrain_share`` (same idea as ``drain_share``)."""
+    pg_schema: str = ""
+    """The system's schema in the bench database (reconciled section), "" if none."""
     pg_config: str = ""
     """Configuration of the reconciled section's workers, for the report and docs."""
+    worker_preload: tuple[str, ...] = ()
+    """Modules a worker process imports behind the start gate (:mod:`benchmarks.gate`)
+    before it reports ready: the system's CLI module comes with its command; these are
+    the app modules the worker loads (its tasks, its broker)."""
+    pg_worker_preload: tuple[str, ...] = ()
+    """The same for the reconciled section's workers."""
+    family: str = ""
+    """The system this one is a version of ("reconcile" for ``reconcile@<ref>``), or ""."""
 
     @property
     def db(self) -> int:
         return DBS[self.name]
+
+    def expected_modules(self) -> dict[str, Path]:
+        """Package -> the directory each worker process must import it from (checked
+        from the gate's ready reports; empty: not checked)."""
+        return {}
+
+    def urls(self) -> list[tuple[str, str]]:
+        """(role, URL) of every service connection the system makes, driver side and
+        worker side, read from the library's own objects or the worker's command line
+        and environment (not from the harness's constants): :mod:`benchmarks.check`
+        compares them with the harness's URLs. Call after :meth:`open`."""
+        return []
 
     @abstractmethod
     def open(self) -> None: ...
@@ -90,6 +109,15 @@ class System(ABC):
         """(items done, effect rows, items with more than one effect)."""
         raise NotImplementedError
 
+    def seed_pass(self, n: int) -> None:
+        """The reconcile pass's table with n pending rows (the reconcile family only)."""
+        raise NotImplementedError(f"{self.name} has no reconcile pass")
+
+    def timed_pass(self) -> tuple[float, dict[str, Any]]:
+        """One reconcile pass: (wall seconds, counts ``found``, ``enqueued``,
+        ``already_queued``, ``error`` and a ``summary`` line)."""
+        raise NotImplementedError(f"{self.name} has no reconcile pass")
+
     def pg_worker_command(self) -> list[str]:
         """Command line of one worker process of the reconciled drain."""
         raise NotImplementedError
@@ -100,6 +128,19 @@ class System(ABC):
 
     def pg_worker_env(self) -> dict[str, str]:
         return {}
+
+
+def redis_url_of(client: Any) -> str:
+    """``redis://host:port/db`` of a redis-py client (sync or asyncio), from its pool."""
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def arg_after(command: list[str], flag: str) -> str:
+    """The value that follows ``flag`` in a command line ("" if it is not there)."""
+    return command[command.index(flag) + 1] if flag in command else ""
 
 
 def timed_loop(n: int, call: Callable[[int], object]) -> float:

@@ -15,7 +15,10 @@ PREFETCH_MULTIPLIER = 16
 class Celery(System):
     name = "celery"
     package = "celery"
-    drain_share = 0.25
+    # the celery command imports its subcommands, the worker and its bootsteps lazily
+    worker_preload = ("benchmarks.apps.celery_app", "celery.bin.celery", "celery.apps.worker",
+                      "celery.worker.consumer", "celery.worker.components", "celery.concurrency.thread",
+                      "celery.app.trace", "kombu.transport.redis")
     bulk_api = "kombu Producer.batch() + apply_async (pipelined LPUSH, 1000 per round trip)"
     config = (f"celery -A benchmarks.apps.celery_app worker -P {POOL} -c {CONCURRENCY} "
               "-l WARNING --without-gossip --without-mingle --without-heartbeat; "
@@ -25,6 +28,11 @@ class Celery(System):
         from ..apps import celery_app
 
         self.app = celery_app
+
+    def urls(self) -> list[tuple[str, str]]:
+        # the worker loads the same app module (-A), so its broker URL is this one
+        return [("driver and worker: app broker", self.app.app.connection_for_write().as_uri(
+            include_password=True))]
 
     def enqueue_single(self, n: int) -> float:
         return timed_loop(n, self.app.noop.delay)

@@ -23,7 +23,8 @@ class Procrastinate(System):
     name = "procrastinate"
     package = "procrastinate"
     uses_redis = False
-    rdrain_share = 0.5
+    pg_schema = pg.PQ_SCHEMA
+    pg_worker_preload = ("benchmarks.apps.procrastinate_app", "procrastinate.worker")
     no_bulk_reason = "PostgreSQL-only: reconciled section only"
     config = "PostgreSQL-only (reconciled section)"
     pg_config = (f"procrastinate --app benchmarks.apps.procrastinate_app.app --log-level warning "
@@ -33,11 +34,20 @@ class Procrastinate(System):
                  f"with batch_defer_async, {DEFER_BATCH} per call")
 
     def open(self) -> None:
-        os.environ["BENCH_PQ_CONNINFO"] = pg.conninfo(pg.PQ_SCHEMA)
+        os.environ["BENCH_PQ_CONNINFO"] = pg.conninfo(self.pg_schema)
         import procrastinate  # noqa: F401  (ImportError: reported as missing)
 
         self.loop = asyncio.new_event_loop()
         self.app: Any = None
+
+    def urls(self) -> list[tuple[str, str]]:
+        from ..apps import procrastinate_app
+
+        connector = procrastinate_app.app.connector
+        return [("driver: App connector conninfo",
+                 str(connector._pool_args["conninfo"])),  # private, no public accessor
+                ("driver: task's effects pool", procrastinate_app.CONNINFO),
+                ("worker: BENCH_PQ_CONNINFO", self.pg_worker_env()["BENCH_PQ_CONNINFO"])]
 
     def _app(self) -> Any:
         if self.app is None:
@@ -62,12 +72,12 @@ class Procrastinate(System):
     def pg_prepare(self) -> None:
         app = self._app()
         self.loop.run_until_complete(app.schema_manager.apply_schema_async())
-        pg.create_items(pg.DATABASE.engine(pg.PQ_SCHEMA))
+        pg.create_items(pg.DATABASE.engine(self.pg_schema))
 
     def pg_prefill(self, n: int) -> None:
         import sqlalchemy as sa
 
-        engine = pg.DATABASE.engine(pg.PQ_SCHEMA)
+        engine = pg.DATABASE.engine(self.pg_schema)
         with engine.begin() as c:
             c.execute(sa.text("TRUNCATE procrastinate_jobs, procrastinate_workers RESTART IDENTITY CASCADE"))
         pg.seed_items(engine, n)
@@ -83,7 +93,7 @@ class Procrastinate(System):
             c.execute(sa.text("VACUUM ANALYZE procrastinate_jobs"))
 
     def pg_state(self) -> tuple[int, int, int]:
-        return pg.items_state(pg.DATABASE.engine(pg.PQ_SCHEMA))
+        return pg.items_state(pg.DATABASE.engine(self.pg_schema))
 
     def pg_worker_command(self) -> list[str]:
         return [tool("procrastinate"), "--app", "benchmarks.apps.procrastinate_app.app",
@@ -91,5 +101,5 @@ class Procrastinate(System):
                 "--concurrency", str(CONCURRENCY), "--delete-jobs", DELETE_JOBS]
 
     def pg_worker_env(self) -> dict[str, str]:
-        return {"BENCH_PQ_CONNINFO": pg.conninfo(pg.PQ_SCHEMA), "BENCH_PQ_CONCURRENCY": str(CONCURRENCY),
+        return {"BENCH_PQ_CONNINFO": pg.conninfo(self.pg_schema), "BENCH_PQ_CONCURRENCY": str(CONCURRENCY),
                 "BENCH_PQ_AUTOCOMMIT": os.environ.get("BENCH_PQ_AUTOCOMMIT", "0")}

@@ -8,7 +8,7 @@ import orjson
 import redis
 
 from ..common import DBS, url
-from .base import System
+from .base import System, redis_url_of
 
 KEY = "bench:queue"
 
@@ -30,6 +30,9 @@ class RawRedis(System):
 
     def open(self) -> None:
         self.r = redis.Redis.from_url(url(DBS["redis"]))
+
+    def urls(self) -> list[tuple[str, str]]:
+        return [("driver: redis-py client", redis_url_of(self.r))]
 
     def enqueue_single(self, n: int) -> float:
         data = [payload(i) for i in range(n)]

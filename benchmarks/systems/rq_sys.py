@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 from ..common import DBS, tool, url
-from .base import System, timed_loop
+from .base import System, arg_after, redis_url_of, timed_loop
 
 
 class RQ(System):
     name = "rq"
     package = "rq"
-    drain_share = 0.15
+    worker_preload = ("benchmarks.apps.rq_app",)
     bulk_api = "Queue.enqueue_many (one pipeline)"
     config = ("rq worker -w rq.worker.SimpleWorker --logging_level WARNING "
               "--disable-job-desc-logging default; defaults otherwise (result_ttl=0 was not faster)")
@@ -24,6 +24,10 @@ class RQ(System):
 
         self.app = rq_app
         self.queue = Queue("default", connection=redis.Redis.from_url(url(DBS["rq"])))
+
+    def urls(self) -> list[tuple[str, str]]:
+        return [("driver: Queue connection", redis_url_of(self.queue.connection)),
+                ("worker: rq worker -u", arg_after(self.worker_command(), "-u"))]
 
     def enqueue_single(self, n: int) -> float:
         q, fn = self.queue, self.app.noop

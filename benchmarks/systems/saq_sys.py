@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..common import DBS, tool, url
-from .base import System
+from .base import System, redis_url_of
 
 CONCURRENCY = 20
 TTL = -1  # delete a finished job's record at once (results off)
@@ -17,7 +17,7 @@ CONCURRENT_ENQUEUES = 50  # prefill only
 class Saq(System):
     name = "saq"
     package = "saq"
-    drain_share = 0.25
+    worker_preload = ("benchmarks.apps.saq_app",)
     no_bulk_reason = "no bulk API: Queue.map() gathers one enqueue per job (and waits for results)"
     config = (f"saq benchmarks.apps.saq_app.settings --quiet: concurrency={CONCURRENCY}; "
               f"jobs enqueued with ttl={TTL} (no result kept)")
@@ -28,6 +28,12 @@ class Saq(System):
         self.loop = asyncio.new_event_loop()
         self.queue: Any = Queue.from_url(url(DBS["saq"]))
         self.loop.run_until_complete(self.queue.connect())
+
+    def urls(self) -> list[tuple[str, str]]:
+        from ..apps import saq_app
+
+        return [("driver: Queue", redis_url_of(self.queue.redis)),
+                ("worker: settings['queue']", redis_url_of(saq_app.settings["queue"].redis))]
 
     def close(self) -> None:
         self.loop.run_until_complete(self.queue.disconnect())
