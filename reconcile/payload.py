@@ -215,7 +215,7 @@ class PayloadTemplate:
       joined for a whole page at once, of the reconcile pass.
 
     ``orjson.dumps(template.reference(...)) == template.assemble(...)`` for the same
-    values (``tests/test_payload.py`` checks it over generated arguments); setting
+    values (``tests/unit/test_payload.py`` checks it over generated arguments); setting
     ``fast_paths = false`` makes enqueue and passes build every payload with
     :meth:`reference`.
     """

@@ -7,7 +7,7 @@ to a connection object directly, and the claim of an idle single-queue worker
 pipelines two commands on one blocking connection, which the public API cannot
 express. The TLS connection bounds its handshake.
 
-Measured with ``timeit`` (``tests/test_redis_private.py`` repeats the comparison),
+Measured with ``timeit`` (``tests/integration/test_redis_private.py`` repeats the comparison),
 redis-py 8.1 with hiredis, Redis 7 on loopback, a 2-core machine under load (best of
 7 rounds):
 
@@ -30,7 +30,7 @@ Supported redis-py: the range in ``pyproject.toml``, 5.1 up to (not including) 9
 5.0 lacks ``_wrap_socket_with_ssl``; :func:`check_internals` finds every internal
 as expected in 5.1.1, 5.2.1, 6.0.0, 6.4.0, 7.4.1 and 8.1.0 (the whole suite runs on
 8.1.0).
-:func:`check_internals`, run by ``tests/test_redis_private.py``, fails loudly naming
+:func:`check_internals`, run by ``tests/integration/test_redis_private.py``, fails loudly naming
 the internal when an upgrade removes one or changes its parameters; the same file
 checks their behaviour against a real Redis.
 """

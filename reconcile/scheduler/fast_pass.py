@@ -75,7 +75,7 @@ class FastPass:
     hex string), so they equal ``encode(template.reference(...))``, the reference path;
     the lock digest is ``unique_digest(job_name, "", args)``,
     ``ReconciledJob.lock_digest``, computed from the same args JSON:
-    ``tests/test_pass_fast.py`` holds both to that.
+    ``tests/integration/test_pass_fast.py`` holds both to that.
     """
 
     WIDTH = 32  # hex characters of a blake2b-128 digest (client.unique_digest)

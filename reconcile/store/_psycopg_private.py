@@ -2,7 +2,7 @@
 
 ``psycopg.pq`` is psycopg's low-level libpq wrapper, below its documented
 connection and cursor API, whose details may change between releases; every use of it
-goes through this module, and ``tests/test_private_apis.py`` checks the attributes and
+goes through this module, and ``tests/integration/test_private_apis.py`` checks the attributes and
 behaviour relied on here. Tested on psycopg 3.1.20 and 3.3.9 (the range
 ``pyproject.toml`` states). With ``fast_paths = false`` a delivery calls none of it
 (the pool's checkout ping still does: it is not a fast path but the way to ping

@@ -1,7 +1,7 @@
 """The three SQLAlchemy internals reconcile uses, and nothing else of SQLAlchemy's private API.
 
 Every use goes through a function here, so an upgrade that changes one of them breaks
-one module, and ``tests/test_private_apis.py`` says which (signature and attribute
+one module, and ``tests/integration/test_private_apis.py`` says which (signature and attribute
 checks, plus a behavioural check of each). Tested on SQLAlchemy 2.0.25 and 2.1.9
 (the range ``pyproject.toml`` states); each function says what it saves, measured with
 ``timeit`` on one warm connection (see the figures below), and which public API would

@@ -16,7 +16,7 @@ through the delivery's Session, as the steps read. :class:`DriverDelivery` is th
 path the worker runs by default: steps 1-2 and 4-5 in one simple query each on the
 driver connection (:class:`~reconcile.store.driver_tx.DriverTx`), with the key check
 compiled once per class (:mod:`reconcile.store.key_check`). Setting ``fast_paths =
-false`` runs the reference; ``tests/test_delivery_protocol.py`` runs the protocol's
+false`` runs the reference; ``tests/integration/test_delivery_protocol.py`` runs the protocol's
 scenarios over both and compares their effects.
 """
 

@@ -10,7 +10,7 @@ and again only when ``pending()`` builds a different structure (see
 
 This is a fast path: its reference is :func:`reconcile.store.pending.still_pending`
 (``key_check(pending(), key)`` through the Session), which the worker runs instead
-with ``fast_paths = false``. Both answer the same; ``tests/test_reconciled_fastpath.py``
+with ``fast_paths = false``. Both answer the same; ``tests/integration/test_reconciled_fastpath.py``
 holds them to it.
 """
 

@@ -3,7 +3,7 @@
 No table names a schema: they are created in, and read from, the first schema of the
 connection's ``search_path`` (``public`` by default), like the application's own
 tables. Migrations in ``migrations/versions`` must produce exactly this metadata;
-``tests/test_migrations.py`` checks it.
+``tests/integration/test_migrations.py`` checks it.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ DOC = ROOT / "docs" / "reliability.md"
 IN_PROCESS_SCENARIOS = (
     # scenario 8 (timeout) and 11 (hypothesis state machine) run in-process, beside the
     # other ReconciledJob tests; they record their rows the same way
-    "tests/test_reconciled.py::test_a_hanging_job_is_given_up_and_cannot_commit_late",
-    "tests/test_stateful.py::test_stateful_reconcile_loses_nothing_and_duplicates_nothing",
+    "tests/integration/test_reconciled.py::test_a_hanging_job_is_given_up_and_cannot_commit_late",
+    "tests/integration/test_stateful.py::test_stateful_reconcile_loses_nothing_and_duplicates_nothing",
 )
 
 
@@ -102,8 +102,8 @@ def render(rows: list[dict[str, Any]], summary: str, elapsed: float, soak: bool)
             out.append(f"* **{r['scenario']}**: {r['notes']}.")
     out += [
         "",
-        "Scenarios 8 (per-class `timeout`, `tests/test_reconciled.py`) and 11 (hypothesis state "
-        "machine, `tests/test_stateful.py`) run in-process against the shared Redis and "
+        "Scenarios 8 (per-class `timeout`, `tests/integration/test_reconciled.py`) and 11 (hypothesis state "
+        "machine, `tests/integration/test_stateful.py`) run in-process against the shared Redis and "
         "PostgreSQL, not against private servers; the runner includes them.",
         "",
         "## Reproduce",

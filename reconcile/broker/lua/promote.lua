@@ -29,7 +29,7 @@ end
 
 local counts, more = {}, 0
 local woken = {}
--- key names written out (not built from the set's name), so that tests/test_redis_layout.py
+-- key names written out (not built from the set's name), so that tests/unit/test_redis_layout.py
 -- can read every key a script touches from its source
 for s, entry in ipairs({{'schedule', p .. ':schedule'}, {'retry', p .. ':retry'}}) do
   local set, key = entry[1], entry[2]

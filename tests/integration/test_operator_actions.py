@@ -1,6 +1,6 @@
 """``reconcile/control.py`` and ``registry.find``: the operator actions behind
 ``reconcile disable``/``enable``, ``flush``, ``quarantine release`` and ``--job``,
-called directly (``tests/test_control.py`` runs them through the CLI)."""
+called directly (``tests/integration/test_control.py`` runs them through the CLI)."""
 
 from __future__ import annotations
 

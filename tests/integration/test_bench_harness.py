@@ -26,7 +26,7 @@ from benchmarks import check, common, pg
 from benchmarks.systems.base import System
 from benchmarks.systems.reconcile_sys import Reconcile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _server(redis_url: str) -> str:

@@ -28,7 +28,7 @@ from reconcile.config import Settings
 from reconcile.scheduler.service import Scheduler
 from tests.reconciled_app import ProcessItem, items
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-Zq9"
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import json
-import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,24 +148,6 @@ def test_every_setting_documents_its_default() -> None:
 
 
 # -- through the command line --------------------------------------------------------------
-
-
-def _status_namespace(args: list[str], env: dict[str, str]) -> str:
-    result = CliRunner().invoke(main, ["status", "--json", *args], env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return str(json.loads(result.output)["namespace"])
-
-
-def test_cli_flags_beat_env_beat_pyproject(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
-) -> None:
-    write_pyproject(tmp_path, f'namespace = "cfgfile"\nredis_url = "{redis_url}"\n')
-    monkeypatch.chdir(tmp_path)
-    for name in [n for n in os.environ if n.startswith("RECONCILE_")]:
-        monkeypatch.delenv(name)
-    assert _status_namespace([], {}) == "cfgfile"
-    assert _status_namespace([], {"RECONCILE_NAMESPACE": "cfgenv"}) == "cfgenv"
-    assert _status_namespace(["--namespace", "cfgflag"], {"RECONCILE_NAMESPACE": "cfgenv"}) == "cfgflag"
 
 
 def test_cli_reports_a_bad_setting_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

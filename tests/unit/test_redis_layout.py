@@ -19,7 +19,7 @@ import pytest
 from reconcile.broker.keys import Keys
 from reconcile.broker.scripts import PRELUDE, SCRIPTS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "reconcile" / "broker" / "lua"
 DOC = ROOT / "docs" / "redis-layout.md"
 

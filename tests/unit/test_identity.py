@@ -17,7 +17,7 @@ from reconcile.jobclass import JobClass
 from tests.jobs_core import Record
 from tests.reconciled_app import ProcessItem
 
-PACKAGE = Path(__file__).resolve().parent.parent / "reconcile"
+PACKAGE = Path(__file__).resolve().parents[2] / "reconcile"
 
 
 def test_unique_digest_is_blake2b_of_sorted_key_json() -> None:

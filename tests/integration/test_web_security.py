@@ -1,6 +1,6 @@
 """The dashboard's defences: Host allowlist (DNS rebinding), authentication, the
 security headers of every response, and the standalone server's limits on slow or
-large requests. WSGI calls go through ``tests.test_web.call``; the server is a real
+large requests. WSGI calls go through ``tests.web_client.call``; the server is a real
 one on a free port."""
 
 from __future__ import annotations

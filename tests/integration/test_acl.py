@@ -31,7 +31,7 @@ from reconcile.worker import QueueSpec, Worker
 from tests.jobs_core import Record, counts
 from tests.reconciled_app import ProcessItem, items
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def documented_rule() -> list[str]:

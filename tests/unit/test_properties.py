@@ -3,7 +3,7 @@ result or the documented error, never another exception (no services needed).
 
 * payload decoding (bytes read from Redis): a payload dict, or PayloadError;
 * settings parsing (environment variables, pyproject values): Settings, or ConfigError;
-* key canonicalisation: see tests/test_keys.py.
+* key canonicalisation: see tests/unit/test_keys.py.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import redis
 from reconcile.broker import Broker, PushRecord
 from reconcile.broker.scripts import PRELUDE, SCRIPTS, script_source
 
-LUA = Path(__file__).resolve().parent.parent / "reconcile" / "broker" / "lua"
+LUA = Path(__file__).resolve().parents[2] / "reconcile" / "broker" / "lua"
 PRELUDE_TEXT = (LUA / PRELUDE).read_text()
 SHARED = re.findall(r"^local function (\w+)", PRELUDE_TEXT, flags=re.M)
 
