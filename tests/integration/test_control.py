@@ -60,7 +60,7 @@ def test_disabled_plain_job_is_held_not_dropped(pg_settings: Settings, broker: B
     executor = Executor(pg_settings, broker)
     (d,) = broker.exchange("p", ["plain"], 1)
     op = executor.run(d)
-    assert op.kind is SettleKind.RESCHEDULE and op.b == d.raw, "held in the scheduled set, unchanged"
+    assert op.kind is SettleKind.RESCHEDULE and op.payload == d.raw, "held in the scheduled set, unchanged"
     assert executor.take_counts() == {"held": 1}
 
 

@@ -155,5 +155,5 @@ def test_the_delivery_fails_under_the_retry_rules(
     got = broker.exchange("test-proc", ["misbehaving"], 1)
     op = Executor(pg_settings, broker).run(got[0])
     assert op.kind is SettleKind.RETRY, "retry = 3: retried like any failure"
-    assert b"ProtocolViolation" in op.b and RULE.encode() in op.b
+    assert b"ProtocolViolation" in op.payload and RULE.encode() in op.payload
     assert effect_rows(engine) == 0

@@ -114,7 +114,7 @@ def test_not_converged_rolls_back_retries_and_quarantines(
     ForgetfulItem.perform_async(1)
     op = Executor(pg_settings, broker).run(lease_one(broker))
     assert op.kind is SettleKind.DEAD, "retry = 0: NotConverged goes straight to dead"
-    assert b"NotConverged" in op.a
+    assert b"NotConverged" in op.payload
     assert effect_counts(engine) == {}, "the effect was rolled back"
     entries = quarantine.list_entries(engine, ForgetfulItem.job_name)
     assert [e.key for e in entries] == [(1,)]

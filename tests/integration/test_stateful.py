@@ -170,10 +170,10 @@ class ReconcileMachine(RuleBasedStateMachine):
     def _run(self, d: Delivery) -> SettleOp:
         op = self.executor.run(d)
         assert op.kind in (SettleKind.ACK, SettleKind.DROP, SettleKind.RETRY, SettleKind.RESCHEDULE), (
-            f"unexpected settlement {op.kind.name}: {op.a!r}")
+            f"unexpected settlement {op.kind.name}: {op.payload!r}")
         if op.kind is SettleKind.RETRY:
             self.fig.transient_failures += 1
-            assert b"TransientError" in op.b, op.b
+            assert b"TransientError" in op.payload, op.payload
         return op
 
     def _advance_sets(self) -> None:
