@@ -33,6 +33,11 @@ Contracts:
 * Every value shown is HTML-escaped. An unreachable Redis or PostgreSQL gives a 503
   page naming it, any other failure a 500 (logged with its traceback), never a
   traceback in the response.
+
+The module is over 400 lines because the request checks (host, auth, body size,
+origin, security headers) and the standalone server's deadlines sit beside the routes
+they guard, so that one reading shows every check a request passes; the pages
+themselves live in :mod:`.pages` and the metrics in :mod:`.metrics`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ failed                retry / dead / drop (discard), see :mod:`.retry`
 malformed payload     dead with an ``InvalidPayload`` record and the reason
 unknown class, arity  dead, payload kept, reason in ``error_message``
 ====================  =========================================================
+
+The rows that do not involve an exception are one pure function,
+:func:`settlement_of`; the failure rows go through :func:`.retry.decide`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,29 @@ LOCK_BUSY_DELAY = (1.0, 3.0)
 
 HOLD_DELAY = 30.0
 """Seconds before a held job (its plain Job class is disabled) is looked at again."""
+
+
+def settlement_of(
+    outcome: Outcome, field: bytes, lock: str, payload: Callable[[], bytes], now: float,
+) -> SettleOp:
+    """The settlement of a delivery that ended in ``outcome`` without raising: the
+    outcome-to-settlement table above, as one pure function (``tests/unit`` checks each
+    row).
+
+    ``payload`` is called only for the outcomes that keep the job (re-scheduled or
+    held), so the common ``DONE`` path never serialises. ``now`` is the epoch time the
+    delay counts from. ``FAILED`` and ``NOT_CONVERGED`` are settled by the retry rules
+    (:func:`.retry.decide`), not here: passing them raises ``ValueError``.
+    """
+    if outcome is Outcome.DONE:
+        return SettleOp.ack(field, lock)
+    if outcome in RESCHEDULED:
+        return SettleOp.reschedule(field, now + random.uniform(*LOCK_BUSY_DELAY), payload())
+    if outcome is Outcome.HELD:
+        return SettleOp.reschedule(field, now + HOLD_DELAY, payload())
+    if outcome in (Outcome.ALREADY_DONE, Outcome.DISABLED):
+        return SettleOp.drop(field, lock)
+    raise ValueError(f"{outcome.value!r} is settled by the retry rules, not by settlement_of")
 
 
 class Active(NamedTuple):
@@ -165,8 +191,7 @@ class Executor:
         if cls.injected_params == 0 and self.held.is_held(cls.job_name):
             # A disabled plain Job is held, not dropped: nothing re-derives it later.
             self.count(Outcome.HELD)
-            at = time.time() + HOLD_DELAY
-            return SettleOp.reschedule(d.field, at, d.raw)
+            return settlement_of(Outcome.HELD, d.field, lock, lambda: d.raw, time.time())
         try:
             job = cls()
             job.jid = payload["jid"]
@@ -207,13 +232,9 @@ class Executor:
                 return SettleOp.drop(d.field)
             return self._failed(d, cls, job, payload, exc)
         outcome = outcome_of()
-        if outcome is Outcome.DONE:
-            return SettleOp.ack(d.field, lock)
-        self.count(outcome)
-        if outcome in RESCHEDULED:
-            at = time.time() + random.uniform(*LOCK_BUSY_DELAY)
-            return SettleOp.reschedule(d.field, at, dumps(payload))
-        return SettleOp.drop(d.field, lock)
+        if outcome is not Outcome.DONE:
+            self.count(outcome)
+        return settlement_of(outcome, d.field, lock, lambda: dumps(payload), time.time())
 
     def expired(self, now: float) -> list[Active]:
         """Running deliveries past their deadline (the worker's watchdog gives them up)."""
