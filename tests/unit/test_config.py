@@ -147,6 +147,17 @@ def test_every_setting_documents_its_default() -> None:
     assert len([n for n in body if isinstance(n, ast.AnnAssign)]) == len(dataclasses.fields(Settings))
 
 
+def test_the_settings_page_lists_every_field_with_its_environment_variable() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
+    rows = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[2].startswith("`RECONCILE_"):
+            rows[cells[0].strip("`")] = cells[2].strip("`")
+    fields = {f.name: f"RECONCILE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    assert rows == fields
+
+
 # -- through the command line --------------------------------------------------------------
 
 
