@@ -24,7 +24,7 @@ from .scenarios import DEFAULT as DEFAULT_SCENARIOS
 from .scenarios import Context, Metric, Scenario
 from .systems import ALL as SYSTEMS
 from .systems import BASELINE, BY_NAME, System
-from .systems.reconcile_ref import ReconcileRef
+from .systems.reconcile_ref import ReconcileHere, ReconcileRef
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -58,6 +58,8 @@ def machine() -> dict[str, Any]:
 
 
 def version(system: System) -> str:
+    if isinstance(system, ReconcileHere):
+        return "this working tree, driven from an agent"
     if isinstance(system, ReconcileRef):
         return f"at {system.commit[:12]}"  # the installed distribution is the current code's
     try:
@@ -72,7 +74,11 @@ def open_systems(names: list[str], say: Any, claim: bool = True,
     missing: dict[str, str] = {}
     chosen: list[System] = []
     for cls in SYSTEMS:
-        if cls.name in names:
+        if cls.name == BASELINE and against and cls.name in names:
+            # old and new are both driven from an agent process, so that the ratio
+            # between them measures reconcile, not where its client runs
+            chosen.append(ReconcileHere())
+        elif cls.name in names:
             chosen.append(cls())
         if cls.name == BASELINE and against:
             chosen.append(ReconcileRef(against))  # beside the current code, in every round
@@ -83,7 +89,10 @@ def open_systems(names: list[str], say: Any, claim: bool = True,
             missing[system.name] = f"not installed ({exc.name or exc})"
             say(f"  {system.name}: missing ({exc})")
             continue
-        if isinstance(system, ReconcileRef):
+        if isinstance(system, ReconcileHere):
+            say(f"  {system.name}: this working tree, reconcile from "
+                f"{system.driver_reconcile} (driver side, in its agent)")
+        elif isinstance(system, ReconcileRef):
             say(f"  {system.name}: commit {system.commit[:12]}, reconcile from "
                 f"{system.driver_reconcile} (driver side, in its agent)")
         if system.uses_redis and claim:

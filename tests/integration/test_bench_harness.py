@@ -154,3 +154,9 @@ def test_against_runs_the_refs_reconcile_in_its_agent_not_this_trees() -> None:
     assert "reconcile@HEAD: worker: --redis-url: " in out.stdout
     assert "every adapter uses the harness's URLs (2 checked" in out.stdout
     assert not used.parent.exists()  # the extracted tree is removed at the end
+    # old and new are driven the same way: the baseline also runs in its own agent,
+    # with this checkout's reconcile, and its tree is not removed
+    here = next(x for x in out.stdout.splitlines() if x.startswith("  reconcile: this working tree"))
+    mine = Path(here.split(" reconcile from ")[1].split(" (driver side")[0])
+    assert mine.resolve() == (ROOT / "reconcile" / "__init__.py").resolve()
+    assert mine.exists()
