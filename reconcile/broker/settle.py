@@ -4,7 +4,7 @@ A :class:`SettleOp` is built by a named constructor (``SettleOp.ack(field, lock)
 ``SettleOp.retry(...)``, ...) and read by its :attr:`~SettleOp.kind` and named
 properties; the one-letter codes ``fetch.lua`` reads (A/X/R/S/D/Q) are the values of
 :class:`SettleKind` and stay inside ``broker/``: :meth:`Broker.exchange` sends
-``op.kind.value`` and the positional ``a, b, c`` as the script's header lists them.
+``op.kind``'s code and the positional ``a, b, c`` as the script's header lists them.
 
 =============  ====  ====================================================  ============
 kind           code  effect in ``fetch.lua``                                a, b, c
@@ -25,7 +25,9 @@ from typing import Any, NamedTuple
 
 
 class SettleKind(Enum):
-    """The settlement kinds; each value is the code ``fetch.lua`` reads."""
+    """The settlement kinds; each value is the code ``fetch.lua`` reads. A plain
+    ``Enum``, not a ``str`` one, so that no caller outside ``broker/`` can compare a
+    kind with its letter."""
 
     ACK = "A"
     DROP = "X"

@@ -19,7 +19,7 @@ from ..store.engine import holding_connections
 from .claim import Claimer
 from .executor import Executor
 from .settlements import Settlements, Settler
-from .slots import Slots
+from .slots import Slots, Turn
 
 
 class Runner:
@@ -43,19 +43,27 @@ class Runner:
 
     def _turns(self) -> None:
         slots, executor, pending = self.slots, self.executor, self.pending
+        finished: bytes | None = None  # the job this thread ran last, given back by take()
+        suspect = False
         while True:
-            turn = slots.take()
+            turn = slots.take(finished, suspect)
+            finished = None
             if turn is None:
                 return
-            d = turn.delivery
-            if d is None:
-                assert self.claimer is not None, "claim duty is only posted with one queue"
-                d = self.claimer.claim()
-                if d is None:
-                    continue
-            elif turn.suspect:
-                pending.add_all([SettleOp.push_back(b.field, b.queue, b.raw) for b in turn.pushed_back])
-                self.settler.flush()  # the push-backs, before the suspect runs
+            suspect = False
+            if isinstance(turn, Turn):  # the rare turns; a common one is the Delivery itself
+                if turn.delivery is None:
+                    assert self.claimer is not None, "claim duty is only posted with one queue"
+                    claimed = self.claimer.claim()
+                    if claimed is None:
+                        continue
+                    d = claimed
+                else:
+                    d, suspect = turn.delivery, turn.suspect
+                    pending.add_all([SettleOp.push_back(b.field, b.queue, b.raw) for b in turn.pushed_back])
+                    self.settler.flush()  # the push-backs, before the suspect runs
+            else:
+                d = turn
             op = executor.run(d)
             if d.field in executor.abandoned:
                 # the watchdog settled this delivery and started a replacement thread
@@ -67,4 +75,4 @@ class Runner:
                 # Sent before the job stops counting as outstanding, so that stop() cannot
                 # release the lease (and requeue the finished job) while the ack is in flight.
                 self.settler.flush()
-            slots.finish(d.field, turn.suspect)
+            finished = d.field  # its slot is given back by the next take()

@@ -61,7 +61,9 @@ def suspect_check(threshold: int) -> Callable[[bytes], bool]:
 
 
 class Turn(NamedTuple):
-    """What :meth:`Slots.take` gives an executor thread."""
+    """What :meth:`Slots.take` gives an executor thread for the rare turns: the claim
+    duty and a suspect job. A common turn is the :class:`Delivery` itself (building a
+    ``Turn`` for every job was a measurable per-job cost in the drain)."""
 
     delivery: Delivery | None
     """The job to run; None: the thread took the claim duty (block in a claim)."""
@@ -244,14 +246,23 @@ class Slots:
 
     # -- executor threads ----------------------------------------------------------------
 
-    def take(self) -> Turn | None:
-        """An executor thread's next turn: a buffered job (registered as running), the
-        claim duty (``delivery`` None), or None once stopping with an empty buffer.
+    def take(self, finished: bytes | None = None, suspect: bool = False) -> Delivery | Turn | None:
+        """An executor thread's next turn: a buffered job (registered as running; a
+        :class:`Delivery`, or a :class:`Turn` with ``suspect`` set when it must run
+        alone), the claim duty (:data:`CLAIM_DUTY`), or None once stopping with an
+        empty buffer.
+
+        ``finished`` (with its turn's ``suspect``) is the lease field of the job this
+        thread just ran: its slot is given back first, in the same
+        critical section, so a job costs the executor thread one acquisition of the
+        lock rather than two.
 
         A suspect job is isolated first: the turn waits until running jobs finished and
         a fetch in flight landed, then takes every buffered job out (``pushed_back``).
         """
         with self._changed:
+            if finished is not None:
+                self._give_back(finished, suspect)
             while (not self.buffer or self.isolating) and not self.stopping.is_set():
                 if self.claim_duty and not self.isolating and not self.quiet.is_set():
                     self.claim_duty = False
@@ -263,7 +274,7 @@ class Slots:
             d = self.buffer.popleft()
             if not self._is_suspect(d.raw):
                 self.running[d.field] = d
-                return Turn(d)
+                return d
             self.isolating = True
             # wait for running jobs and for a fetch in flight (its jobs land in the buffer)
             while (self.running or self.fetching) and not self.stopping.is_set():
@@ -302,17 +313,17 @@ class Slots:
             self.running[provisional] = d
             return d, False
 
-    def finish(self, field: bytes, suspect: bool) -> None:
-        """A job ran and its settlement is queued: give its slot back, end an isolation,
-        and wake waiters on capacity only when that lets one go on."""
-        with self._changed:
-            del self.running[field]
-            self.outstanding -= 1
-            if suspect:
-                self.isolating = False
-                self._work.notify_all()
-            if suspect or self._worth_waking():
-                self._changed.notify_all()
+    def _give_back(self, field: bytes, suspect: bool) -> None:
+        """With the lock held: a job ran and its settlement is queued: give its slot
+        back, end an isolation, and wake waiters on capacity only when that lets one go
+        on."""
+        del self.running[field]
+        self.outstanding -= 1
+        if suspect:
+            self.isolating = False
+            self._work.notify_all()
+        if suspect or self._worth_waking():
+            self._changed.notify_all()
 
     # -- the watchdog --------------------------------------------------------------------
 
