@@ -557,7 +557,8 @@ def runs(apps: tuple[str, ...], job: str | None, limit: int, **flags: Any) -> No
         click.echo(
             f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.job} {r.trigger}: found {r.found} enqueued "
             f"{r.enqueued} already {r.already_queued} quarantined {r.quarantined} "
-            f"{r.duration_ms} ms" + (" DISABLED" if r.disabled else "")
+            + (f"deferred {r.deferred} " if r.deferred else "")
+            + f"{r.duration_ms} ms" + (" DISABLED" if r.disabled else "")
             + (f" ERROR {r.error}" if r.error else "")
         )
 

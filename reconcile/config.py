@@ -165,6 +165,13 @@ class Settings:
     runs_keep_days: float = 30.0
     """History of reconcile passes kept in ``reconcile_runs``, in days. Default 30."""
 
+    pass_high_water: int = 0
+    """Back-pressure of passes: a pass stops enqueuing once its class's backlog (the
+    length of its queue, plus the keys this pass put in the scheduled set when the class
+    has a ``jitter``) is above this many jobs, and records the rest as deferred; the
+    next pass finds them. A class's ``high_water`` option overrides it. 0: no limit.
+    Default 0."""
+
     database_connect_timeout: float = 10.0
     """Seconds to wait for a PostgreSQL connection before failing. Default 10."""
 
@@ -281,7 +288,7 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     for name in ("concurrency", "dead_max_jobs", "bulk_batch_size", "max_payload_bytes"):
         if values[name] < 1:
             raise bad(name, "must be at least 1")
-    for name in ("prefetch", "max_recoveries", "default_retry"):
+    for name in ("prefetch", "max_recoveries", "default_retry", "pass_high_water"):
         if values[name] < 0:
             raise bad(name, "must not be negative")
     for name in ("lease_seconds", "poll_interval", "idle_wait", "dead_timeout_seconds",

@@ -105,7 +105,7 @@ class ReconciledJob(Job):
 
     abstract = True
     injected_params = 1  # perform(self, session, *key)
-    option_names = (*Job.option_names, "every", "jitter", "batch_size")
+    option_names = (*Job.option_names, "every", "jitter", "batch_size", "high_water")
 
     every: ClassVar[float | timedelta | None] = None
     """Seconds (or timedelta) between reconcile passes. Exactly one of ``every`` and
@@ -116,6 +116,11 @@ class ReconciledJob(Job):
 
     batch_size: ClassVar[int] = 1000
     """Keys per page of the pass and per Redis round trip. Default 1000."""
+
+    high_water: ClassVar[int | None] = None
+    """Back-pressure: a pass stops enqueuing once the class's backlog is above this
+    many jobs and records the rest as deferred (see the setting ``pass_high_water``,
+    which applies when this is None; 0: no limit). Default None."""
 
     backend_pid: int | None = None  # set during execute when ``timeout`` is set
 

@@ -50,6 +50,10 @@ class InspectionOps(BrokerBase):
         """Every queue that ever held a job, sorted."""
         return sorted(n.decode() for n in self.redis.smembers(self.keys.queues))  # type: ignore[union-attr]
 
+    def queue_length(self, name: str) -> int:
+        """Jobs waiting in queue ``name`` (``LLEN``: one round trip, O(1))."""
+        return int(self.redis.llen(self.keys.queue(name)))
+
     def queue_stats(self, names: Iterable[str]) -> list[tuple[str, int, bytes | None]]:
         """(name, size, oldest payload) for each queue, in one pipeline."""
         names = list(names)

@@ -13,7 +13,15 @@
    means the key is already queued (or waiting for a retry, whose backoff is kept),
    except in a pass triggered by a Redis loss, which takes the page's locks over
    (a lock that survived an eviction proves nothing about its job);
-6. record found / enqueued / already queued / quarantined and the duration.
+6. back-pressure: before each page after the first, a class with a high water
+   (``high_water``, else the setting ``pass_high_water``; 0 or None: no limit) checks
+   its backlog, the length of its queue plus, with a ``jitter``, the keys this pass put
+   in the scheduled set. Above the high water the pass stops enqueuing and counts the
+   keys after the last page it read (one ``count(*)`` in PostgreSQL) as *deferred*; the
+   next pass finds them, since passes are level-triggered. The check is one ``LLEN``
+   per page, and up to :data:`IN_FLIGHT` chunks may still land after it;
+7. record found / enqueued / already queued / quarantined / deferred and the duration.
+   ``found`` counts the keys read, so a pass that deferred found fewer than are pending.
 
 Passes are idempotent and level-triggered: running one twice, or concurrently with a
 worker draining the same keys, enqueues nothing twice that matters.
@@ -81,6 +89,7 @@ class PassResult:
     enqueued: int = 0
     already_queued: int = 0
     quarantined: int = 0
+    deferred: int = 0
     disabled: bool = False
     seconds: float = 0.0
     error: str | None = None
@@ -90,7 +99,9 @@ class PassResult:
             return f"{self.job}: disabled, nothing enqueued"
         return (
             f"{self.job}: found {self.found}, enqueued {self.enqueued}, already queued "
-            f"{self.already_queued}, quarantined {self.quarantined} in {self.seconds:.2f}s"
+            f"{self.already_queued}, quarantined {self.quarantined}"
+            + (f", deferred {self.deferred} (high water)" if self.deferred else "")
+            + f" in {self.seconds:.2f}s"
             + (f" (error: {self.error})" if self.error else "")
         )
 
@@ -132,7 +143,7 @@ def run_pass(
     runs.finish_run(
         engine, run_id, found=result.found, enqueued=result.enqueued,
         already_queued=result.already_queued, quarantined=result.quarantined,
-        disabled=result.disabled, error=result.error,
+        deferred=result.deferred, disabled=result.disabled, error=result.error,
     )
     log.info("pass %s", result.summary())
     return result
@@ -143,7 +154,7 @@ def _scan(
     quarantined: set[tuple[Any, ...]], keepalive: Callable[[], object] | None,
     distrust_locks: bool = False,
 ) -> None:
-    from ..store import keyset
+    from ..store import keyset, pending
 
     stmt = job_class().pending()
     batch = int(job_class.batch_size)
@@ -151,6 +162,8 @@ def _scan(
     read = keyset.reader(engine, stmt, batch, fast=settings.fast_paths)
     fast = FastPass.create(job_class, settings, jitter, distrust_locks)
     step = max(1, settings.bulk_batch_size)
+    high_water = high_water_of(job_class, settings)
+    broker = get_broker(settings) if high_water else None
     after: tuple[Any, ...] | None = None
     # Keys become payload args and identities in their canonical form (reconcile.keys).
     # Integer and text columns come from the driver as ints and strs, which are that
@@ -176,6 +189,13 @@ def _scan(
             if keepalive is not None and time.monotonic() - kept > KEEPALIVE_SECONDS:
                 keepalive()
                 kept = time.monotonic()
+            if broker is not None and after is not None:
+                backlog = broker.queue_length(job_class.queue) + (result.enqueued if jitter > 0 else 0)
+                if backlog > high_water:
+                    result.deferred = pending.count_after(engine, stmt, after)
+                    log.info("pass %s: backlog %d above high water %d, %d keys deferred",
+                             job_class.job_name, backlog, high_water, result.deferred)
+                    break
             rows = read(after)
             if not rows:
                 break
@@ -199,6 +219,13 @@ def _scan(
                 break
         while pushing:
             settle_one()
+
+
+def high_water_of(job_class: type[ReconciledJob], settings: Settings) -> int:
+    """The backlog above which a pass of ``job_class`` stops enqueuing (0: no limit):
+    the class's ``high_water``, else the setting ``pass_high_water``."""
+    own = job_class.high_water
+    return settings.pass_high_water if own is None else int(own)
 
 
 def _canonical_keys(codec: KeyCodec, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:

@@ -63,6 +63,21 @@ def page(
         return [tuple(row) for row in conn.execute(q)]
 
 
+def count_after(engine: Engine, stmt: Select[Any], after: Sequence[Any] | None) -> int:
+    """How many keys of ``stmt`` come after ``after`` in key order (None: all of them),
+    in one ``count(*)``: what a pass that stopped at ``after`` (back-pressure) leaves
+    for the next one. PostgreSQL counts in the server, without sending a key."""
+    sub = stmt.subquery("pending")
+    cols = list(sub.c)
+    q = sa.select(sa.func.count()).select_from(sub)
+    if after is not None:
+        q = q.where(
+            sa.tuple_(*cols) > sa.tuple_(*[sa.literal(v, c.type) for c, v in zip(cols, after, strict=True)])
+        )
+    with engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
 KEY_PARAM = "reconcile_key_{}"
 """Name of the bind parameter of key column ``i`` in a compiled key check."""
 

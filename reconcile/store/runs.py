@@ -36,6 +36,7 @@ class Run:
     enqueued: int
     already_queued: int
     quarantined: int
+    deferred: int
     disabled: bool
     error: str | None
     duration_ms: int | None
@@ -63,13 +64,15 @@ def finish_run(
     enqueued: int = 0,
     already_queued: int = 0,
     quarantined: int = 0,
+    deferred: int = 0,
     disabled: bool = False,
     error: str | None = None,
 ) -> None:
     """Complete run ``run_id`` with its counts, ``finished_at`` and ``duration_ms``.
 
     ``found`` keys were pending, ``enqueued`` of them pushed, ``already_queued`` skipped
-    by their uniqueness lock, ``quarantined`` dropped; ``disabled`` means the job's kill
+    by their uniqueness lock, ``quarantined`` dropped, ``deferred`` left for the next pass
+(back-pressure: the class's backlog was above its high water); ``disabled`` means the job's kill
     switch stopped the pass; ``error`` is the failure that ended it, if any.
     """
     finished = sa.func.clock_timestamp()
@@ -85,6 +88,7 @@ def finish_run(
                 enqueued=enqueued,
                 already_queued=already_queued,
                 quarantined=quarantined,
+                deferred=deferred,
                 disabled=disabled,
                 error=error,
             )

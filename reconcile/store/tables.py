@@ -44,6 +44,8 @@ runs = sa.Table(
     sa.Column("enqueued", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("already_queued", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("quarantined", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # keys left for the next pass by back-pressure (high water reached): migration 0002
+    sa.Column("deferred", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=True),

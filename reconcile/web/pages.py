@@ -164,10 +164,10 @@ def runs(v: View) -> tuple[str, Raw]:
     from ..store.runs import recent_runs
 
     rows = [(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.job, r.trigger, r.found, r.enqueued,
-             r.already_queued, r.quarantined,
+             r.already_queued, r.quarantined, r.deferred,
              "running" if r.finished_at is None else f"{r.duration_ms} ms",
              "disabled" if r.disabled else clip(r.error or ""))
             for r in recent_runs(get_engine(v.settings), limit=PAGE_ROWS)]
     return "Reconcile passes", Raw(table(
         ["started", "job", "trigger", "found", "enqueued", "already queued", "quarantined",
-         "took", "note"], rows))
+         "deferred", "took", "note"], rows))
