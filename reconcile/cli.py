@@ -558,6 +558,7 @@ def runs(apps: tuple[str, ...], job: str | None, limit: int, **flags: Any) -> No
             f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.job} {r.trigger}: found {r.found} enqueued "
             f"{r.enqueued} already {r.already_queued} quarantined {r.quarantined} "
             + (f"deferred {r.deferred} " if r.deferred else "")
+            + (f"replica lag {r.replica_lag_ms} ms " if r.replica_lag_ms is not None else "")
             + f"{r.duration_ms} ms" + (" DISABLED" if r.disabled else "")
             + (f" ERROR {r.error}" if r.error else "")
         )

@@ -84,7 +84,7 @@ def scrub(text: str, settings: Settings | None = None) -> str:
     settings = settings if settings is not None else _current
     if settings is None:
         return text
-    for url in (settings.redis_url, settings.database_url):
+    for url in (settings.redis_url, settings.database_url, settings.pending_database_url):
         for secret in url_secrets(url):
             # drivers may show the percent-decoded form
             for form in {secret, unquote(secret)}:
@@ -164,6 +164,13 @@ class Settings:
 
     runs_keep_days: float = 30.0
     """History of reconcile passes kept in ``reconcile_runs``, in days. Default 30."""
+
+    pending_database_url: str = ""
+    """A PostgreSQL URL (a read replica) for the scans of reconcile passes; empty: they
+    read ``database_url``. Safe with a lagging replica: a key the replica still shows
+    as pending is re-checked on the primary under its lock (``already_done``), and one
+    it does not show yet is found by a later pass. Each pass records the replica's lag.
+    Default "" (none)."""
 
     pass_high_water: int = 0
     """Back-pressure of passes: a pass stops enqueuing once its class's backlog (the
@@ -304,14 +311,17 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     why = _redis_url_problem(values["redis_url"])
     if why:
         raise bad("redis_url", why)
-    if not values["database_url"].startswith("postgresql"):
-        raise bad("database_url", "must be a PostgreSQL SQLAlchemy URL (postgresql+psycopg://...)")
-    try:
-        import sqlalchemy as sa
+    for name in ("database_url", "pending_database_url"):
+        if name == "pending_database_url" and not values[name]:
+            continue  # empty: passes read database_url
+        if not values[name].startswith("postgresql"):
+            raise bad(name, "must be a PostgreSQL SQLAlchemy URL (postgresql+psycopg://...)")
+        try:
+            import sqlalchemy as sa
 
-        sa.engine.make_url(values["database_url"])
-    except Exception as exc:  # ArgumentError, ValueError (bad port): a malformed URL
-        raise bad("database_url", f"is not a valid URL ({type(exc).__name__})") from None
+            sa.engine.make_url(values[name])
+        except Exception as exc:  # ArgumentError, ValueError (bad port): a malformed URL
+            raise bad(name, f"is not a valid URL ({type(exc).__name__})") from None
     ns = values["namespace"]
     if not ns or any(c in ns for c in "{}: \t\n"):
         raise bad("namespace", "must be non-empty without braces, colons or spaces")

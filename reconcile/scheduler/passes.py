@@ -90,6 +90,9 @@ class PassResult:
     already_queued: int = 0
     quarantined: int = 0
     deferred: int = 0
+    replica_lag: float | None = None
+    """Seconds the read replica scanned (``pending_database_url``) was behind its
+    primary when the pass started; None: the pass read the primary."""
     disabled: bool = False
     seconds: float = 0.0
     error: str | None = None
@@ -101,6 +104,7 @@ class PassResult:
             f"{self.job}: found {self.found}, enqueued {self.enqueued}, already queued "
             f"{self.already_queued}, quarantined {self.quarantined}"
             + (f", deferred {self.deferred} (high water)" if self.deferred else "")
+            + (f", replica lag {self.replica_lag:.1f}s" if self.replica_lag is not None else "")
             + f" in {self.seconds:.2f}s"
             + (f" (error: {self.error})" if self.error else "")
         )
@@ -134,7 +138,7 @@ def run_pass(
         if not switch_cache(settings).is_enabled(name, fresh=True):
             result.disabled = True
         else:
-            _scan(job_class, result, engine, settings, quarantine.keys(engine, name), keepalive,
+            _scan(job_class, result, settings, quarantine.keys(engine, name), keepalive,
                   distrust_locks=trigger == "redis_loss")
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -143,23 +147,31 @@ def run_pass(
     runs.finish_run(
         engine, run_id, found=result.found, enqueued=result.enqueued,
         already_queued=result.already_queued, quarantined=result.quarantined,
-        deferred=result.deferred, disabled=result.disabled, error=result.error,
+        deferred=result.deferred, disabled=result.disabled,
+        replica_lag_ms=None if result.replica_lag is None else round(result.replica_lag * 1000),
+        error=result.error,
     )
     log.info("pass %s", result.summary())
     return result
 
 
 def _scan(
-    job_class: type[ReconciledJob], result: PassResult, engine: Any, settings: Settings,
+    job_class: type[ReconciledJob], result: PassResult, settings: Settings,
     quarantined: set[tuple[Any, ...]], keepalive: Callable[[], object] | None,
     distrust_locks: bool = False,
 ) -> None:
     from ..store import keyset, pending
+    from ..store.engine import get_pending_engine
 
     stmt = job_class().pending()
+    # the scan may read a replica (pending_database_url); runs, quarantine and switches
+    # stay on the primary (run_pass's engine), and every delivery re-checks there
+    scan = get_pending_engine(settings)
+    if settings.pending_database_url:
+        result.replica_lag = pending.replica_lag(scan)
     batch = int(job_class.batch_size)
     jitter = float(job_class.jitter)
-    read = keyset.reader(engine, stmt, batch, fast=settings.fast_paths)
+    read = keyset.reader(scan, stmt, batch, fast=settings.fast_paths)
     fast = FastPass.create(job_class, settings, jitter, distrust_locks)
     step = max(1, settings.bulk_batch_size)
     high_water = high_water_of(job_class, settings)
@@ -192,7 +204,7 @@ def _scan(
             if broker is not None and after is not None:
                 backlog = broker.queue_length(job_class.queue) + (result.enqueued if jitter > 0 else 0)
                 if backlog > high_water:
-                    result.deferred = pending.count_after(engine, stmt, after)
+                    result.deferred = pending.count_after(scan, stmt, after)
                     log.info("pass %s: backlog %d above high water %d, %d keys deferred",
                              job_class.job_name, backlog, high_water, result.deferred)
                     break

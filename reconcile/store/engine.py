@@ -69,6 +69,16 @@ def get_engine(settings: Settings | None = None) -> Engine:
         return engine
 
 
+def get_pending_engine(settings: Settings | None = None) -> Engine:
+    """The engine passes scan ``pending()`` with: ``settings.pending_database_url`` (a
+    read replica) when set, else :func:`get_engine`'s. Built like :func:`get_engine`'s
+    (same pool, timeouts and checks), and shared the same way."""
+    settings = settings or get_settings()
+    if not settings.pending_database_url:
+        return get_engine(settings)
+    return get_engine(settings.with_overrides(database_url=settings.pending_database_url))
+
+
 def check_connection(engine: Engine) -> None:
     """Open a connection and run ``SELECT 1``: raises SQLAlchemy's ``OperationalError``
     (server unreachable, wrong password, unknown role or database) if ``engine`` cannot

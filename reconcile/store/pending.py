@@ -78,6 +78,26 @@ def count_after(engine: Engine, stmt: Select[Any], after: Sequence[Any] | None) 
         return int(conn.execute(q).scalar_one())
 
 
+REPLICA_LAG_SQL = """
+SELECT CASE
+    WHEN NOT pg_is_in_recovery() THEN NULL
+    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+    ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())
+END
+"""
+"""The replay lag of a standby in seconds: 0 when it has replayed all it received (an
+idle primary sends nothing, and the time since the last replayed commit would read
+as lag), NULL on a server that is not a standby."""
+
+
+def replica_lag(engine: Engine) -> float | None:
+    """How far the server behind ``engine`` is behind its primary, in seconds: None
+    when it is not a standby (a primary, or a pooler in front of one)."""
+    with engine.connect() as conn:
+        value = conn.execute(sa.text(REPLICA_LAG_SQL)).scalar()
+    return None if value is None else max(0.0, float(value))
+
+
 KEY_PARAM = "reconcile_key_{}"
 """Name of the bind parameter of key column ``i`` in a compiled key check."""
 

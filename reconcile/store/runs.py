@@ -37,6 +37,7 @@ class Run:
     already_queued: int
     quarantined: int
     deferred: int
+    replica_lag_ms: int | None
     disabled: bool
     error: str | None
     duration_ms: int | None
@@ -65,6 +66,7 @@ def finish_run(
     already_queued: int = 0,
     quarantined: int = 0,
     deferred: int = 0,
+    replica_lag_ms: int | None = None,
     disabled: bool = False,
     error: str | None = None,
 ) -> None:
@@ -72,7 +74,8 @@ def finish_run(
 
     ``found`` keys were pending, ``enqueued`` of them pushed, ``already_queued`` skipped
     by their uniqueness lock, ``quarantined`` dropped, ``deferred`` left for the next pass
-(back-pressure: the class's backlog was above its high water); ``disabled`` means the job's kill
+(back-pressure: the class's backlog was above its high water), ``replica_lag_ms`` the
+lag of the read replica the pass scanned (None: it read the primary); ``disabled`` means the job's kill
     switch stopped the pass; ``error`` is the failure that ended it, if any.
     """
     finished = sa.func.clock_timestamp()
@@ -89,6 +92,7 @@ def finish_run(
                 already_queued=already_queued,
                 quarantined=quarantined,
                 deferred=deferred,
+                replica_lag_ms=replica_lag_ms,
                 disabled=disabled,
                 error=error,
             )

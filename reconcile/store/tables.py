@@ -46,6 +46,8 @@ runs = sa.Table(
     sa.Column("quarantined", sa.Integer, nullable=False, server_default=sa.text("0")),
     # keys left for the next pass by back-pressure (high water reached): migration 0002
     sa.Column("deferred", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # lag of the read replica the pass scanned (pending_database_url), NULL without one
+    sa.Column("replica_lag_ms", sa.Integer, nullable=True),
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=True),

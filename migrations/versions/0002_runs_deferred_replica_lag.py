@@ -1,10 +1,11 @@
-"""reconcile_runs.deferred: keys a pass left for the next one (back-pressure).
+"""reconcile_runs.deferred (keys a pass left for the next one: back-pressure) and
+reconcile_runs.replica_lag_ms (lag of the read replica a pass scanned).
 
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-03
 
-Adding a column with a constant default is a catalog-only change in PostgreSQL 11+
+Adding columns with a constant default (or none) is a catalog-only change in PostgreSQL 11+
 (no table rewrite), so the upgrade is instant on a long history.
 """
 
@@ -24,7 +25,9 @@ def upgrade() -> None:
         "reconcile_runs",
         sa.Column("deferred", sa.Integer(), server_default=sa.text("0"), nullable=False),
     )
+    op.add_column("reconcile_runs", sa.Column("replica_lag_ms", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("reconcile_runs", "replica_lag_ms")
     op.drop_column("reconcile_runs", "deferred")
