@@ -403,6 +403,32 @@ def _set_list(which: str, apps: tuple[str, ...], limit: int, as_json: bool,
         click.echo(f"{len(rows)} shown, {broker.set_sizes()[which]} {which}")
 
 
+def _set_show(which: str, jid: str, apps: tuple[str, ...], as_json: bool,
+               flags: dict[str, Any]) -> None:
+    from .web.html import time_text  # deferred: start-up (the web package)
+
+    settings = setup(apps, **flags)
+    entry = sets.find(which, jid, settings)
+    if entry is None:
+        raise CliError(f"no job {jid!r} in the {which} set")
+    job = entry.payload or {}
+    if as_json:
+        click.echo(json.dumps(job))
+        return
+    click.echo(f"jid {job.get('jid')}  class {job.get('class')}  queue {job.get('queue')}")
+    click.echo(f"args {json.dumps(job.get('args'))}")
+    click.echo(f"{'died' if which == 'dead' else 'runs'} {time_text(entry.score) or entry.score!r}"
+               + (f"  retries so far {job['retry_count']}" if "retry_count" in job else ""))
+    if "error_class" in job:
+        click.echo(f"error {job.get('error_class')}: {job.get('error_message')}")
+    trace = job.get("error_backtrace")
+    if trace:
+        click.echo(str(trace).rstrip("\n"))
+    elif "error_class" in job:
+        click.echo("(no traceback kept: the class's backtrace option is off, or the record "
+                   "predates it)")
+
+
 def _set_change(which: str, action: str, apps: tuple[str, ...], jids: tuple[str, ...],
                 job: str | None, every: bool, score: float | None, flags: dict[str, Any]) -> None:
     settings = setup(apps, **flags)
@@ -443,6 +469,13 @@ def _set_group(name: str, which: str, help_text: str, move: str, move_help: str)
     @click.option("--json", "as_json", is_flag=True, help="Print the payloads as JSON, one per line.")
     def list_command(apps: tuple[str, ...], limit: int, as_json: bool, **flags: Any) -> None:
         _set_list(which, apps, limit, as_json, flags)
+
+    @group.command("show", help="One job of the set by its jid, with its error and traceback.")
+    @common_options
+    @click.argument("jid")
+    @click.option("--json", "as_json", is_flag=True, help="Print the payload as JSON.")
+    def show_command(apps: tuple[str, ...], jid: str, as_json: bool, **flags: Any) -> None:
+        _set_show(which, jid, apps, as_json, flags)
 
     _set_action(group, which, move, move_help)
     _set_action(group, which, "delete",

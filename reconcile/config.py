@@ -209,6 +209,12 @@ class Settings:
     log_level: str = "INFO"
     """Logging level of ``reconcile`` commands. Default ``INFO``."""
 
+    retry_traceback_log_level: str = "DEBUG"
+    """Level at which a worker logs the traceback of a failure that will be retried
+    (its WARNING line is one line; a final failure, dead or discarded, is logged at
+    ERROR with its traceback whatever this says). One of DEBUG, INFO, WARNING, ERROR,
+    CRITICAL. Default DEBUG."""
+
     max_schedule_seconds: float = 5 * 365 * 86_400.0
     """Furthest ahead ``perform_in``, ``perform_at`` and ``set(wait=, wait_until=)``
     may schedule a job, in seconds; later (or non-finite) run times raise
@@ -329,8 +335,9 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     horizon = values["max_schedule_seconds"]
     if not horizon > 0 or horizon == float("inf"):
         raise bad("max_schedule_seconds", "must be a finite positive number of seconds")
-    if values["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise bad("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    for name in ("log_level", "retry_traceback_log_level"):
+        if values[name].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise bad(name, "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
 
 def _redis_url_problem(url: str) -> str | None:

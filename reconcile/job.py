@@ -104,6 +104,12 @@ class Job:
     discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
     """Exception types that discard the job at once, without retries. Default none."""
 
+    backtrace: ClassVar[bool | int] = True
+    """How much of a failure's traceback the retry and dead records keep (the payload's
+    ``error_backtrace``): ``True`` keeps the :data:`~reconcile.worker.retry.BACKTRACE_FRAMES`
+    frames nearest the error, an int that many, ``False`` (or 0) none. The text is
+    capped at :data:`~reconcile.worker.retry.MAX_BACKTRACE_BYTES` either way. Default True."""
+
     timeout: ClassVar[float | None] = None
     """Seconds after which the worker gives the job up: it fails with ``JobTimeout``
     (retry rules apply) and a new thread takes its place. A ReconciledJob's PostgreSQL
@@ -129,7 +135,7 @@ class Job:
 
     option_names: ClassVar[tuple[str, ...]] = (
         "queue", "retry", "unique_for", "unique_until", "timeout", "discard_on", "cron", "tz",
-        "cron_args",
+        "cron_args", "backtrace",
     )
     """Options validated when a concrete subclass is defined (see ``OPTION_RULES``)."""
 

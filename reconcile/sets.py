@@ -78,6 +78,18 @@ def entries(which: str = "dead", settings: Settings | None = None) -> list[SetEn
     return [_entry(m, sc, settings) for m, sc in get_broker(settings).set_entries(_check(which), 0, -1)]
 
 
+def find(which: str, jid: str, settings: Settings | None = None) -> SetEntry | None:
+    """The member of set ``which`` whose payload has ``jid``, or None: one ``ZSCAN``
+    filtered by Redis (``MATCH`` on the jid), so its cost grows with the set's size,
+    not with what is sent back."""
+    settings = settings or get_settings()
+    for batch in _chosen(which, [jid], None, None, settings, SetChange()):
+        for entry in batch:
+            if entry.jid == jid:
+                return entry
+    return None
+
+
 def retry_dead(
     jids: Sequence[str] | None = None, *, job: str | None = None, settings: Settings | None = None,
     scores: Mapping[str, float] | None = None,

@@ -127,9 +127,13 @@ def set_page(which: str) -> Callable[[View], tuple[str, Raw]]:
                 target = {"jid": jid, "score": repr(score)}
                 actions = Raw(form(v.url(move), spec.move_label, target)
                               + form(v.url(delete), "delete", target))
-            error = clip(j.get("error_message") or "")
+            error: str = clip(j.get("error_message") or "")
             if j.get("error_class"):
                 error = f'{j["error_class"]}: {error}'
+            trace = j.get("error_backtrace")
+            if isinstance(trace, str) and trace:
+                # the traceback the class's ``backtrace`` option kept, folded under its error
+                error = Raw(f"<details><summary>{e(error)}</summary><pre>{e(trace)}</pre></details>")
             rows.append((jid or "-", j.get("class") or "-", clip(j.get("args")), when(score),
                          error, actions))
         bulk = ""

@@ -272,10 +272,19 @@ class Executor:
     ) -> SettleOp:
         lock: str = payload.get("lock", "")
         verdict = decide(cls, job, payload, exc, self.settings.default_retry)
-        log.warning(
-            "%s jid=%s failed (%s: %s); %s", cls.job_name, safe(payload["jid"]), error_name(exc), safe(exc),
-            verdict.kind, exc_info=log.isEnabledFor(logging.DEBUG),
-        )
+        line = "%s jid=%s failed (%s: %s); %s"
+        args = (cls.job_name, safe(payload["jid"]), error_name(exc), safe(exc), verdict.kind)
+        if verdict.kind == "retry":
+            # one line; its traceback at the level the operator chose (error trackers
+            # that take ERROR and above see the final failure, not each attempt)
+            log.warning(line, *args)
+            level = logging.getLevelName(self.settings.retry_traceback_log_level.upper())
+            if log.isEnabledFor(level):
+                log.log(level, "traceback of %s jid=%s", cls.job_name, safe(payload["jid"]), exc_info=exc)
+        else:
+            # the final failure (dead or discarded): ERROR with the traceback, which
+            # Sentry's logging integration and other trackers pick up
+            log.error(line, *args, exc_info=exc)
         if verdict.kind == "discard":
             return SettleOp.drop(d.field, lock)
         if verdict.kind == "retry":
