@@ -12,9 +12,10 @@ left out), the median of ``--calls`` calls, for:
 * **steady**: nobody died, the common case (every interval of every process);
 * **10 dead**: ten processes lapsed since the last reap, two leased jobs each
   (recreated before each call, outside the measured time);
-* **turn refused**: the call of a process that finds the turn taken (after only);
+* **turn refused**: ``SET {ns}:reaper NX PX`` and ``PTTL`` of a process that finds the
+  turn taken (after only; plain commands, ``cmdstat_set`` plus ``cmdstat_pttl``);
 * **per interval, fleet-wide**: before, every process reaps each interval (N steady
-  calls); after, one reap and N - 1 refused turns.
+  calls); after, one steady reap and N tries at the turn (counted as refused).
 
 Without ``--redis-url`` a private ``redis-server`` is started on a free port (and
 stopped); with it, a namespace of its own is used and deleted afterwards.
@@ -40,7 +41,7 @@ from typing import Any
 import redis
 
 from reconcile.broker import Broker
-from reconcile.broker.maintenance import LEGACY_SAMPLE, RECOVERY_TTL, REAP_BATCH
+from reconcile.broker.maintenance import LEGACY_SAMPLE, REAP_BATCH, RECOVERY_TTL
 from reconcile.broker.scripts import PRELUDE, _read
 from reconcile.config import load_settings
 
@@ -105,13 +106,15 @@ def measure(url: str, n: int, calls: int) -> dict[str, float]:
     broker = Broker(settings)
     r, k = broker.redis, broker.keys
     old = r.register_script(_read(PRELUDE) + "\n" + BEFORE.read_text())
+    new = broker.register("reap.lua")
     try:
         for i in range(n):
             proc = f"host{i % 50}:{10000 + i}:{i:06x}"
             broker.heartbeat(proc, {"hostname": f"host{i % 50}", "queues": "default",
                                     "concurrency": 10, "busy": 0})
-            r.hset(k.lease(proc), mapping={f"{j + 1}|default": f'{{"queue":"default","jid":"{i:012x}{j:012x}"}}'
-                                          for j in range(LEASED)})
+            r.hset(k.lease(proc), mapping={
+                f"{j + 1}|default": f'{{"queue":"default","jid":"{i:012x}{j:012x}"}}'
+                for j in range(LEASED)})
 
         def make_dead() -> None:
             pipe = r.pipeline(transaction=False)
@@ -130,25 +133,27 @@ def measure(url: str, n: int, calls: int) -> dict[str, float]:
             return old(keys=[k.script_key], args=[repr(time.time()), settings.max_recoveries,
                                                   RECOVERY_TTL, 64])
 
-        def after(turn_ms: int = 0) -> Callable[[], Any]:
-            return lambda: r.evalsha(broker._reap.sha, 1, k.script_key, settings.max_recoveries,
-                                     RECOVERY_TTL, 64, REAP_BATCH, turn_ms, "bench", LEGACY_SAMPLE)
-
-        def free_turn() -> None:
-            r.delete(k.reaper)
+        def after() -> Any:
+            return new(keys=[k.script_key], args=[settings.max_recoveries, RECOVERY_TTL, 64,
+                                                  REAP_BATCH, LEGACY_SAMPLE])
 
         out = {
             "before_steady_us": server_usec(r, before, None, calls),
             "before_dead_us": server_usec(r, before, make_dead, calls),
-            "after_steady_us": server_usec(r, after(), None, calls),
-            "after_dead_us": server_usec(r, after(), make_dead, calls),
-            "after_turn_taken_us": server_usec(r, after(5000), free_turn, calls),
+            "after_steady_us": server_usec(r, after, None, calls),
+            "after_dead_us": server_usec(r, after, make_dead, calls),
         }
+        # the turn: SET NX PX and PTTL, refused (someone holds it), Redis's time for both
         r.set(k.reaper, b"someone", px=3_600_000)
-        out["after_turn_refused_us"] = server_usec(r, after(5000), None, calls)
+        turn = []
+        for _ in range(calls):
+            r.config_resetstat()
+            assert broker.take_reaper_turn("bench", 5000) > 0
+            stats = r.info("commandstats")
+            turn.append(float(stats["cmdstat_set"]["usec"]) + float(stats["cmdstat_pttl"]["usec"]))
+        out["after_turn_refused_us"] = statistics.median(turn)
         out["before_interval_ms"] = n * out["before_steady_us"] / 1000
-        out["after_interval_ms"] = (out["after_turn_taken_us"]
-                                    + (n - 1) * out["after_turn_refused_us"]) / 1000
+        out["after_interval_ms"] = (out["after_steady_us"] + n * out["after_turn_refused_us"]) / 1000
         return out
     finally:
         keys = list(r.scan_iter(match=k.pattern, count=1000))

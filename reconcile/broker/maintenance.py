@@ -43,8 +43,6 @@ class ReapResult:
     poison: list[bytes]
     more: bool = False
     """More lapsed processes wait than this call examined: call again."""
-    turn_busy_ms: int = 0
-    """> 0: another process holds the reaper's turn for this many ms; nothing was done."""
 
 
 class MaintenanceOps(BrokerBase):
@@ -55,20 +53,37 @@ class MaintenanceOps(BrokerBase):
         )
         return int(sched), int(retry), bool(more)
 
-    def reap(self, turn_ms: int = 0, me: str = "", limit: int = REAP_BATCH) -> ReapResult:
+    def reap(self, limit: int = REAP_BATCH) -> ReapResult:
         """Return the jobs of up to ``limit`` processes whose heartbeat lapsed; report
-        poison pills. With ``turn_ms`` > 0, first take the fleet-wide reaper's turn
-        (``{ns}:reaper``, ``SET NX PX turn_ms`` holding ``me``); if another process
-        holds it, nothing is done and ``turn_busy_ms`` says when it lapses."""
+        poison pills (``more``: call again). Callers in a loop take the reaper's turn
+        first (:meth:`take_reaper_turn`)."""
         if limit < 1:
             raise ValueError(f"reap limit must be at least 1, got {limit}")
         out = self._reap(
             keys=[self.keys.script_key],
-            args=[self.settings.max_recoveries, RECOVERY_TTL, WAKE_CAP, limit, int(turn_ms), me,
-                  LEGACY_SAMPLE],
+            args=[self.settings.max_recoveries, RECOVERY_TTL, WAKE_CAP, limit, LEGACY_SAMPLE],
         )
-        return ReapResult(int(out[0]), int(out[1]), list(out[4:]), more=bool(int(out[2])),
-                          turn_busy_ms=int(out[3]))
+        return ReapResult(int(out[0]), int(out[1]), list(out[3:]), more=bool(int(out[2])))
+
+    def take_reaper_turn(self, me: str, turn_ms: int) -> int:
+        """Take the fleet-wide reaper's turn for ``turn_ms`` (``SET {ns}:reaper me NX
+        PX``, and its ``PTTL``, in one round trip): 0 if it is now ours, else the ms
+        until the holder's turn lapses. A plain command, not a script: the fleet makes
+        one such call per process and interval, so it must cost Redis next to nothing."""
+        if turn_ms < 1:
+            raise ValueError(f"the reaper's turn must last at least 1 ms, got {turn_ms}")
+        key = self.keys.reaper
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(key, me, nx=True, px=turn_ms)
+        pipe.pttl(key)
+        taken, left = pipe.execute()
+        if taken:
+            return 0
+        if int(left) == -1:
+            # a turn without expiry (written by hand?) would stop reaping for good
+            self.redis.pexpire(key, turn_ms)
+            return turn_ms
+        return max(1, int(left))  # -2: lapsed just now; try again at once
 
     def trim_dead(self) -> None:
         """Keep the dead set within ``dead_max_jobs`` and ``dead_timeout_seconds``

@@ -91,14 +91,11 @@ class Maintenance:
         """Take the fleet-wide reaper's turn if it is free and reap everything lapsed;
         returns the seconds until the turn lapses (when to try again)."""
         turn_ms = max(1, int(self.reap_interval * 1000))
-        result = self.broker.reap(turn_ms, self.me)
-        if result.turn_busy_ms:
-            return result.turn_busy_ms / 1000
+        busy_ms = self.broker.take_reaper_turn(self.me, turn_ms)
+        if busy_ms:
+            return busy_ms / 1000
         self.reaps += 1
-        self._reaped(result)
-        while result.more:  # this turn is ours: the rest without asking again
-            result = self.broker.reap()
-            self._reaped(result)
+        self.reap_once()
         return turn_ms / 1000
 
     def _reaped(self, result: ReapResult) -> int:

@@ -168,3 +168,13 @@ def test_the_previous_reaper_beside_the_new_one_recovers_each_job_once(
     assert broker.redis.zcard(broker.keys.beats) == 0
     back = [orjson.loads(raw) for raw in broker.queue_entries("default")]
     assert sorted(p["args"][0] for p in back) == ["new-dead-0", "new-dead-1", "new-dead-2"]
+
+
+def test_a_turn_without_expiry_is_given_one_so_reaping_cannot_stop_for_good(
+    settings: Settings, broker: Broker
+) -> None:
+    broker.redis.set(broker.keys.reaper, b"by-hand")  # no PX: would hold the turn forever
+    assert broker.take_reaper_turn("me", 500) == 500
+    assert 0 < broker.redis.pttl(broker.keys.reaper) <= 500
+    with pytest.raises(ValueError, match="at least 1 ms"):
+        broker.take_reaper_turn("me", 0)

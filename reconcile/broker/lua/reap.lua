@@ -3,24 +3,24 @@
 -- A process is dead when its heartbeat lapsed: its {ns}:beats score (Redis server
 -- time of its last beat plus its lease, ms) is past and its {ns}:alive:<proc> key
 -- (PX = lease) is gone. The work of one call grows with the lapsed processes only
--- (ZRANGEBYSCORE of the head of {ns}:beats), not with the fleet; and with ARGV[5] > 0
--- the call first takes the fleet-wide reaper's turn ({ns}:reaper, SET NX PX, as
--- Sidekiq's process cleanup does), so one process reaps per interval fleet-wide.
--- Idempotent: any process may run it, and a second reaper finds nothing left to do.
+-- (ZRANGEBYSCORE of the head of {ns}:beats), not with the fleet. One process per
+-- interval calls it: the caller first takes the fleet-wide reaper's turn with a plain
+-- SET {ns}:reaper NX PX (Broker.take_reaper_turn, as Sidekiq does for its process
+-- cleanup). Idempotent: a second reaper finds nothing left to do.
 --
 -- A lapsed score whose alive key still exists (a beat refused under maxmemory keeps
 -- only the alive key, by PEXPIRE) is moved to the alive key's expiry instead. Records
 -- of processes of the previous version (in {ns}:procs, never in {ns}:beats) are
--- adopted: ARGV[7] random members of {ns}:procs per call, each missing from
--- {ns}:beats added with score now, so that its alive key decides at once.
+-- adopted: while {ns}:procs has more members than {ns}:beats (two O(1) reads), ARGV[5]
+-- random members of {ns}:procs are sampled per call, and each that {ns}:beats lacks is
+-- added with score now, so that its alive key decides at once.
 --
 -- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
 -- field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
---   {ns}:reaper           STRING the reaper's turn: the taker's id, PX ARGV[5]
 --   {ns}:beats            ZSET   proc -> lapse time (ms, server clock); ZREM when reaped
---   {ns}:procs            SET    registered process ids (SRANDMEMBER: adoption; SREM)
+--   {ns}:procs            SET    registered process ids (SCARD, SRANDMEMBER: adoption; SREM)
 --   {ns}:alive:<proc>     STRING lease sentinel of a process (PTTL)
 --   {ns}:proc:<proc>      HASH   process info (deleted with the process)
 --   {ns}:lease:<proc>     HASH   field "<seq>|<queue>" -> payload
@@ -34,28 +34,17 @@
 --   {ns}:dead             ZSET   poison pills: recovered more than the maximum
 --   {ns}:unique:<d>       STRING a poison pill's uniqueness lock, released
 -- ARGV[1] max recoveries   ARGV[2] recovery counter ttl (s)   ARGV[3] wake cap
--- ARGV[4] most lapsed processes examined per call   ARGV[5] turn (ms), 0: no turn taken
--- ARGV[6] the caller's id (the turn's value)   ARGV[7] legacy records sampled per call
+-- ARGV[4] most lapsed processes examined per call   ARGV[5] legacy records sampled
 -- Returns  {jobs requeued, processes reaped, 1 if more lapsed processes wait else 0,
---           ms until the turn is free (0: this call reaped), poison payload 1, ...}
+--           poison payload 1, poison payload 2, ...}
 -- A requeued payload gets "recovered": <n> appended, so fetch.lua leases it alone.
 --
 -- A poison payload gets error fields appended as extra keys at the end of the
 -- object: JSON decoders keep the last of duplicate keys, so they override older ones
 -- without re-encoding the payload (cjson would turn [] into {}).
 local max_rec, ttl, cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local limit, turn_ms, me, sample = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local limit, sample = tonumber(ARGV[4]), tonumber(ARGV[5])
 local requeued, reaped, poison = 0, 0, {}
-
-if turn_ms > 0 and not redis.call('SET', p .. ':reaper', me, 'NX', 'PX', turn_ms) then
-  local left = redis.call('PTTL', p .. ':reaper')
-  if left < 0 then
-    -- a turn without expiry (written by hand?) would stop reaping for good
-    redis.call('PEXPIRE', p .. ':reaper', turn_ms)
-    left = turn_ms
-  end
-  return {0, 0, 0, math.max(left, 1)}
-end
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -63,7 +52,8 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now = string.format('%.3f', now_ms / 1000)
 local beats = p .. ':beats'
 
-if sample > 0 then
+-- the cheap gate: once every registered process beats, nothing is sampled
+if sample > 0 and redis.call('SCARD', p .. ':procs') > redis.call('ZCARD', beats) then
   for _, proc in ipairs(redis.call('SRANDMEMBER', p .. ':procs', sample)) do
     if not redis.call('ZSCORE', beats, proc) then
       redis.call('ZADD', beats, now_ms, proc)
@@ -141,6 +131,6 @@ for _, proc in ipairs(lapsed) do
     redis.call('ZREM', beats, proc)
   end
 end
-local out = {requeued, reaped, #lapsed == limit and 1 or 0, 0}
+local out = {requeued, reaped, #lapsed == limit and 1 or 0}
 for _, item in ipairs(poison) do out[#out + 1] = item end
 return out
