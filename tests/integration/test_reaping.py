@@ -178,3 +178,49 @@ def test_a_turn_without_expiry_is_given_one_so_reaping_cannot_stop_for_good(
     assert 0 < broker.redis.pttl(broker.keys.reaper) <= 500
     with pytest.raises(ValueError, match="at least 1 ms"):
         broker.take_reaper_turn("me", 0)
+
+
+def test_under_maxmemory_a_refused_beat_keeps_the_process_alive_and_no_reap_takes_it(
+    tmp_path: Path,
+) -> None:
+    """A private Redis at its ``maxmemory`` (noeviction): the beat script is refused
+    before it writes anything, the alive key is kept by ``PEXPIRE``, and a reap that
+    finds the lapsed score checks the alive key and does not reap the live process
+    (it fails on its first write instead, reaping nothing, as the previous one did)."""
+    import redis
+
+    from reconcile.config import load_settings
+    from tests.fault.servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis", maxmemory="2mb")
+    server.start()
+    try:
+        s = load_settings({"redis_url": server.url, "namespace": "oom", "lease_seconds": 0.5},
+                          env={}, pyproject=False)
+        b = Broker(s)
+        b.heartbeat("live", {"queues": "default"})
+        b.redis.hset(b.keys.lease("live"), mapping={
+            f"{i}|default": f'{{"queue":"default","jid":"{i:024x}"}}' for i in (1, 2)})
+        # small values up to the limit (a large one would be refused for its own query
+        # buffer while the server is still below maxmemory)
+        with pytest.raises(redis.OutOfMemoryError):
+            for i in range(0, 200_000, 100):
+                b.redis.mset({f"{{oom}}:filler:{j}": b"x" * 50 for j in range(i, i + 100)})
+        with pytest.raises(redis.OutOfMemoryError):  # then small ones, until one is refused
+            for i in range(10_000):
+                b.redis.set(f"{{oom}}:small:{i}", b"x")
+        b.heartbeat("live", {"queues": "default"})  # refused, then PEXPIRE: no error
+        lapsed = b.redis.zscore(b.keys.beats, "live")
+        assert lapsed is not None and lapsed < server_ms(b) + 400, "the score was not refreshed"
+        while server_ms(b) <= lapsed:  # the score lapses; the alive key lives on
+            b.heartbeat("live", {"queues": "default"})
+        b.heartbeat("live", {"queues": "default"})
+        assert b.redis.pttl(b.keys.alive("live")) > 0
+        with pytest.raises(redis.OutOfMemoryError):
+            b.reap()
+        assert b.redis.hlen(b.keys.lease("live")) == 2, "a live process was reaped"
+        b.redis.flushall()  # memory back (the test's own server)
+        b.heartbeat("live", {"queues": "default"})
+        assert b.reap().reaped_processes == 0
+    finally:
+        server.stop()
