@@ -224,3 +224,29 @@ def test_under_maxmemory_a_refused_beat_keeps_the_process_alive_and_no_reap_take
         assert b.reap().reaped_processes == 0
     finally:
         server.stop()
+
+
+def test_a_fleet_of_maintenance_loops_reaps_about_once_per_interval(
+    settings: Settings, broker: Broker
+) -> None:
+    """Eight processes' loops for 2 s with a 0.2 s turn: about 10 reaps in all (one
+    per interval), not 8 x 10; and no interval is missed by much, so the recovery
+    bound (lease + at most 5/16 lease between reaps) holds."""
+    import threading
+    import time
+
+    s = settings.with_overrides(lease_seconds=0.8, poll_interval=60.0)
+    loops = [Maintenance(s, broker, f"proc-{i}") for i in range(8)]
+    stop = threading.Event()
+    threads = [threading.Thread(target=m.run, args=(stop,), daemon=True) for m in loops]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    stop.wait(2.0)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    elapsed = time.monotonic() - started
+    reaps = sum(m.reaps for m in loops)
+    turn = s.lease_seconds / 4
+    assert elapsed / (turn * 1.25) - 2 <= reaps <= elapsed / turn + 2, reaps
