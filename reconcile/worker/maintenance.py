@@ -16,7 +16,7 @@ promotion and reaping.
   0..``lease_seconds / 16`` so that the fleet does not try all at once. The holder
   reaps the lapsed processes only (the head of ``{ns}:beats``), batch by batch. So the
   reaps come at most ``lease_seconds * 5 / 16`` apart while any process runs, and a
-  crashed worker's jobs are back within ``lease_seconds`` plus that (25 s with the
+  crashed worker's jobs are back within ``lease_seconds`` plus that (26.25 s with the
   defaults; the documented bound stays ``lease_seconds * 11 / 8``, 27.5 s). The work
   per interval is one reap of the dead, plus one refused ``SET NX`` per other process.
 
