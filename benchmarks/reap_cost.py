@@ -42,7 +42,7 @@ import redis
 
 from reconcile.broker import Broker
 from reconcile.broker.maintenance import LEGACY_SAMPLE, REAP_BATCH, RECOVERY_TTL
-from reconcile.broker.scripts import PRELUDE, _read
+from reconcile.broker.scripts import with_prelude
 from reconcile.config import load_settings
 
 BEFORE = Path(__file__).resolve().parent / "reap_before.lua"
@@ -105,7 +105,7 @@ def measure(url: str, n: int, calls: int) -> dict[str, float]:
                              env={}, pyproject=False)
     broker = Broker(settings)
     r, k = broker.redis, broker.keys
-    old = r.register_script(_read(PRELUDE) + "\n" + BEFORE.read_text())
+    old = r.register_script(with_prelude(BEFORE.read_text()))
     new = broker.register("reap.lua")
     try:
         for i in range(n):

@@ -22,7 +22,7 @@ import pytest
 
 from reconcile.broker import Broker
 from reconcile.broker.maintenance import REAP_BATCH
-from reconcile.broker.scripts import PRELUDE, _read
+from reconcile.broker.scripts import with_prelude
 from reconcile.config import Settings
 from reconcile.worker.maintenance import Maintenance
 from tests.jobs_core import Record
@@ -157,7 +157,7 @@ def test_the_previous_reaper_beside_the_new_one_recovers_each_job_once(
     settings: Settings, broker: Broker
 ) -> None:
     """During an upgrade both scripts run: each is atomic and the first empties the lease."""
-    old = broker.redis.register_script(_read(PRELUDE) + "\n" + BEFORE.read_text())
+    old = broker.redis.register_script(with_prelude(BEFORE.read_text()))
     broker.heartbeat("new-dead", {"queues": "default"})
     lease_jobs(broker, "new-dead", 3)
     crash(broker, "new-dead")
