@@ -150,6 +150,7 @@ def status(settings: Settings | None = None, broker: Broker | None = None) -> di
         "namespace": broker.settings.namespace,
         "queues": queues,
         **broker.set_sizes(),
+        **broker.due_sizes(),
         "in_flight": sum(p["leased"] for p in procs),
         "processes": procs,
         "counters": counters,

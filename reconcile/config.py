@@ -133,7 +133,7 @@ class Settings:
 
     poll_interval: float = 5.0
     """Average seconds between promotions of the scheduled and retry sets in each
-    worker (randomised 0.5x..1.5x, like Sidekiq). Default 5."""
+    worker and each scheduler (randomised 0.5x..1.5x, like Sidekiq). Default 5."""
 
     idle_wait: float = 2.0
     """Longest a blocked idle fetch waits before checking its queues again (a new job

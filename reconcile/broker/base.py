@@ -40,6 +40,7 @@ class BrokerBase:
         self._fetch = self.register("fetch.lua")
         self._promote = self.register("promote.lua")
         self._reap = self.register("reap.lua")
+        self._heartbeat = self.register("heartbeat.lua")
         self._release = self.register("release.lua")
         self._set_move = self.register("set_move.lua")
         self._free = private.FreeConnections(self.redis)  # idle connections of _eval and claim

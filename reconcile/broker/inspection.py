@@ -96,6 +96,20 @@ class InspectionOps(BrokerBase):
         s, r, d = pipe.execute()
         return {"scheduled": int(s), "retry": int(r), "dead": int(d)}
 
+    def due_sizes(self) -> dict[str, int]:
+        """Entries of the scheduled and retry sets that are due now, on the Redis
+        server's clock (``TIME``, then ``ZCOUNT -inf now`` of each): work a promotion
+        is about to move to its queue, which a queue-depth autoscaler counts as
+        waiting (docs/scaling.md)."""
+        k = self.keys
+        sec, usec = self.redis.time()
+        now = f"{int(sec)}.{int(usec):06d}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(k.schedule, "-inf", now)
+        pipe.zcount(k.retry, "-inf", now)
+        s, r = pipe.execute()
+        return {"scheduled_due": int(s), "retry_due": int(r)}
+
     # -- counters --------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:

@@ -63,6 +63,18 @@ class Keys:
     def procs(self) -> str:
         return f"{self.tag}:procs"
 
+    @property
+    def beats(self) -> str:
+        """Registered processes scored by when their heartbeat lapses (Redis server
+        time, ms): the reaper reads only the lapsed head of it (reap.lua)."""
+        return f"{self.tag}:beats"
+
+    @property
+    def reaper(self) -> str:
+        """The fleet-wide reaper's turn (``SET NX PX``, holds the taker's id): one
+        process reaps per interval, whatever the fleet's size."""
+        return f"{self.tag}:reaper"
+
     def proc(self, proc_id: str) -> str:
         return f"{self.tag}:proc:{proc_id}"
 

@@ -17,8 +17,8 @@ PRELUDE = "prelude.lua"
 """The file prepended to every script."""
 
 SCRIPTS = (
-    "enqueue.lua", "fetch.lua", "pass_enqueue.lua", "promote.lua", "reap.lua", "release.lua",
-    "set_move.lua",
+    "enqueue.lua", "fetch.lua", "heartbeat.lua", "pass_enqueue.lua", "promote.lua", "reap.lua",
+    "release.lua", "set_move.lua",
 )
 """Every script of ``lua/`` (the prelude excepted), each registered by the broker."""
 
@@ -27,11 +27,18 @@ def _read(name: str) -> str:
     return resources.files("reconcile.broker").joinpath("lua", name).read_text("utf-8")
 
 
+def with_prelude(body: str) -> str:
+    """``body`` as Redis would run it: ``prelude.lua`` first. For a script that is not
+    one of :data:`SCRIPTS` (the previous ``reap.lua`` that ``benchmarks/reap_cost.py``
+    and the upgrade tests run beside the current one)."""
+    prelude = _read(PRELUDE)
+    return prelude + ("" if prelude.endswith("\n") else "\n") + body
+
+
 @cache
 def script_source(name: str) -> str:
     """The text Redis runs for script ``name`` (one of :data:`SCRIPTS`): the prelude,
     then the script. Read once per process."""
     if name not in SCRIPTS:
         raise ValueError(f"no Lua script named {name!r}; known: {', '.join(SCRIPTS)}")
-    prelude = _read(PRELUDE)
-    return prelude + ("" if prelude.endswith("\n") else "\n") + _read(name)
+    return with_prelude(_read(name))

@@ -14,7 +14,15 @@ Any number of schedulers may run. Each loop iteration (about once a second):
 3. **Run** claimed passes on a small thread pool (a long pass does not delay other
    classes' ticks); a cron tick of a plain ``Job`` enqueues it. Then release the claim.
 
-``run_once()`` does one iteration synchronously (tests, ``reconcile flush``).
+Besides the loop, :meth:`Scheduler.run` starts the ``reconcile-maintenance`` thread
+that workers run too (``worker/maintenance.py``): promotion of the scheduled and retry
+sets every ``poll_interval`` on average, batches of 1,000, and a try at the fleet-wide
+reaper's turn. So jittered pass keys, retries and ``perform_in`` jobs reach their
+queues with zero workers running (an autoscaler scaled to zero sees the queue grow),
+and a dead worker's leases go back to their queue even if it was the last worker.
+
+``run_once()`` does one iteration synchronously (tests, ``reconcile flush``); it does
+not promote (``self.maintenance.promote_once()`` does).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
 from ..job import Job
 from ..reconciled import ReconciledJob
+from ..worker.maintenance import Maintenance
 from .cron import parse_schedule
 from .passes import PassResult, run_pass
 
@@ -139,6 +148,7 @@ class Scheduler:
         self.schedules = {name: schedule_of(cls) for name, cls in self.classes.items()}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.watch = RedisWatch(self.broker)
+        self.maintenance = Maintenance(settings, self.broker, self.owner)
         self.pool = ThreadPoolExecutor(max_parallel_passes, thread_name_prefix="reconcile-pass")
         self.results: list[PassResult] = []
         self.incidents: list[str] = []
@@ -315,6 +325,11 @@ class Scheduler:
         log.info("scheduler %s started: %d schedules, Redis %s namespace %s, PostgreSQL %s",
                  self.owner, len(self.classes), mask_url(self.settings.redis_url),
                  self.settings.namespace, mask_url(self.settings.database_url))
+        # its own thread, as in a worker: a round that waits on PostgreSQL (down, or a
+        # slow claim) must not hold up promotion, which needs Redis only
+        maintenance = threading.Thread(target=self.maintenance.run, args=(self._stop,),
+                                       name="reconcile-maintenance", daemon=True)
+        maintenance.start()
         backoff = Backoff(first=1.0, cap=10.0)
         while not self._stop.is_set():
             pause = tick
@@ -344,6 +359,7 @@ class Scheduler:
                     del self._running[name]
             self._stop.wait(pause)
         self.pool.shutdown(wait=True)
+        maintenance.join(timeout=5.0)
         log.info("scheduler %s stopped", self.owner)
 
     def wait_for_servers(self) -> bool:

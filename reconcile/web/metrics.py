@@ -60,6 +60,9 @@ def render(doc: dict[str, Any]) -> bytes:
            [(f'{{queue="{_label(q["name"])}"}}', q["latency"]) for q in doc["queues"]])
     family("reconcile_set_jobs", "gauge", "Jobs in the scheduled, retry and dead sets.",
            [(f'{{set="{s}"}}', doc[s]) for s in ("scheduled", "retry", "dead")])
+    family("reconcile_set_due_jobs", "gauge",
+           "Jobs of the scheduled and retry sets that are due now (about to be promoted).",
+           [(f'{{set="{s}"}}', doc[f"{s}_due"]) for s in ("scheduled", "retry")])
     family("reconcile_in_flight_jobs", "gauge", "Jobs leased by worker processes.",
            [("", doc["in_flight"])])
     procs = doc["processes"]

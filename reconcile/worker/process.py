@@ -129,7 +129,7 @@ class Worker:
         self.settler = Settler(self.broker, self.proc_id, self.settlements, self.aliases.resolve)
         trouble = RedisTrouble()
         self.executor = Executor(settings, self.broker)
-        self.maintenance = Maintenance(settings, self.broker)
+        self.maintenance = Maintenance(settings, self.broker, self.proc_id)
         # single queue: idle pickup by an executor thread's BLMOVE (see claim.py)
         self.claimer = (
             Claimer(self.broker, self.proc_id, self.order.names[0], self.order,

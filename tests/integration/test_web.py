@@ -199,6 +199,7 @@ def test_metrics_are_the_status_in_prometheus_text_format(settings: Settings, br
     assert samples['reconcile_queue_jobs{queue="default"}'] == "2"
     assert samples['reconcile_queue_jobs{queue="odd\\"q\\\\"}'] == "1", "label values escaped"
     assert samples['reconcile_set_jobs{set="dead"}'] == "0"
+    assert samples['reconcile_set_due_jobs{set="scheduled"}'] == "0"
     assert samples['reconcile_processes{state="alive"}'] == "1"
     assert samples["reconcile_threads"] == str(settings.concurrency)
     assert samples['reconcile_jobs_total{outcome="processed"}'] == "0"

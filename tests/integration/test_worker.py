@@ -310,6 +310,7 @@ def test_claimed_jobs_of_a_dead_or_stopping_process_go_back(
     broker.heartbeat("dead", {"queues": "default"})
     assert broker.claim("dead", "default", 1.0) is not None
     broker.redis.delete(broker.keys.alive("dead"))  # its lease expired: it was SIGKILLed
+    broker.redis.zadd(broker.keys.beats, {"dead": 0})  # and its heartbeat lapsed
     result = broker.reap()
     assert (result.requeued, result.reaped_processes) == (1, 1)
     back = broker.queue_entries("default")

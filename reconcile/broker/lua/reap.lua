@@ -1,14 +1,27 @@
 -- reap.lua: return the leased jobs of dead worker processes to their queues.
 --
--- A process is dead when its {ns}:alive:<proc> key (PX = lease time, refreshed by
--- its heartbeat) has expired. Any live process may run this; it is idempotent.
+-- A process is dead when its heartbeat lapsed: its {ns}:beats score (Redis server
+-- time of its last beat plus its lease, ms) is past and its {ns}:alive:<proc> key
+-- (PX = lease) is gone. The work of one call grows with the lapsed processes only
+-- (ZRANGEBYSCORE of the head of {ns}:beats), not with the fleet. One process per
+-- interval calls it: the caller first takes the fleet-wide reaper's turn with a plain
+-- SET {ns}:reaper NX PX (Broker.take_reaper_turn, as Sidekiq does for its process
+-- cleanup). Idempotent: a second reaper finds nothing left to do.
+--
+-- A lapsed score whose alive key still exists (a beat refused under maxmemory keeps
+-- only the alive key, by PEXPIRE) is moved to the alive key's expiry instead. Records
+-- of processes of the previous version (in {ns}:procs, never in {ns}:beats) are
+-- adopted: while {ns}:procs has more members than {ns}:beats (two O(1) reads), ARGV[5]
+-- random members of {ns}:procs are sampled per call, and each that {ns}:beats lacks is
+-- added with score now, so that its alive key decides at once.
 --
 -- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
 -- field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
---   {ns}:procs            SET    registered process ids
---   {ns}:alive:<proc>     STRING lease sentinel of a process
+--   {ns}:beats            ZSET   proc -> lapse time (ms, server clock); ZREM when reaped
+--   {ns}:procs            SET    registered process ids (SCARD, SRANDMEMBER: adoption; SREM)
+--   {ns}:alive:<proc>     STRING lease sentinel of a process (PTTL)
 --   {ns}:proc:<proc>      HASH   process info (deleted with the process)
 --   {ns}:lease:<proc>     HASH   field "<seq>|<queue>" -> payload
 --   {ns}:claim:<proc>     LIST   jobs taken with BLMOVE, not yet adopted: treated as
@@ -20,15 +33,33 @@
 --   {ns}:recov:<jid>      STRING how often this job was recovered (expires)
 --   {ns}:dead             ZSET   poison pills: recovered more than the maximum
 --   {ns}:unique:<d>       STRING a poison pill's uniqueness lock, released
--- ARGV[1] now   ARGV[2] max recoveries   ARGV[3] recovery counter ttl (s)   ARGV[4] wake cap
--- Returns  {jobs requeued, processes reaped, poison payload 1, poison payload 2, ...}
+-- ARGV[1] max recoveries   ARGV[2] recovery counter ttl (s)   ARGV[3] wake cap
+-- ARGV[4] most lapsed processes examined per call   ARGV[5] legacy records sampled
+-- Returns  {jobs requeued, processes reaped, 1 if more lapsed processes wait else 0,
+--           poison payload 1, poison payload 2, ...}
 -- A requeued payload gets "recovered": <n> appended, so fetch.lua leases it alone.
 --
 -- A poison payload gets error fields appended as extra keys at the end of the
 -- object: JSON decoders keep the last of duplicate keys, so they override older ones
 -- without re-encoding the payload (cjson would turn [] into {}).
-local now, max_rec, ttl, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local max_rec, ttl, cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local limit, sample = tonumber(ARGV[4]), tonumber(ARGV[5])
 local requeued, reaped, poison = 0, 0, {}
+
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- seconds with millisecond precision, for the dead set's score and failed_at
+local now = string.format('%.3f', now_ms / 1000)
+local beats = p .. ':beats'
+
+-- the cheap gate: once every registered process beats, nothing is sampled
+if sample > 0 and redis.call('SCARD', p .. ':procs') > redis.call('ZCARD', beats) then
+  for _, proc in ipairs(redis.call('SRANDMEMBER', p .. ':procs', sample)) do
+    if not redis.call('ZSCORE', beats, proc) then
+      redis.call('ZADD', beats, now_ms, proc)
+    end
+  end
+end
 
 local function mark_dead(item, n)
   local msg = 'recovered from crashed workers ' .. n .. ' times (max_recoveries ' .. max_rec .. ')'
@@ -52,8 +83,16 @@ local function mark_dead(item, n)
   end
 end
 
-for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
-  if redis.call('EXISTS', p .. ':alive:' .. proc) == 0 then
+local lapsed = redis.call('ZRANGEBYSCORE', beats, '-inf', now_ms, 'LIMIT', 0, limit)
+for _, proc in ipairs(lapsed) do
+  local left = redis.call('PTTL', p .. ':alive:' .. proc)
+  if left > 0 then
+    redis.call('ZADD', beats, now_ms + left, proc)  -- alive after all: look again then
+  elseif left == -1 then
+    -- an alive key without expiry (not written by reconcile): never lapses; keep it
+    -- out of the head so it does not crowd the lapsed ones
+    redis.call('ZADD', beats, '+inf', proc)
+  else
     reaped = reaped + 1
     local lease = p .. ':lease:' .. proc
     local entries = redis.call('HGETALL', lease)
@@ -89,8 +128,9 @@ for _, proc in ipairs(redis.call('SMEMBERS', p .. ':procs')) do
     end
     redis.call('DEL', lease, claim, p .. ':proc:' .. proc)
     redis.call('SREM', p .. ':procs', proc)
+    redis.call('ZREM', beats, proc)
   end
 end
-local out = {requeued, reaped}
+local out = {requeued, reaped, #lapsed == limit and 1 or 0}
 for _, item in ipairs(poison) do out[#out + 1] = item end
 return out

@@ -11,6 +11,7 @@
 --   {ns}:queues         SET    known queue names
 --   {ns}:wake:<q>       LIST   wake-up tokens
 --   {ns}:proc:<proc>, {ns}:alive:<proc>   deleted;   {ns}:procs   SREM <proc>
+--   {ns}:beats          ZSET   ZREM <proc>
 -- ARGV[1] proc id   ARGV[2] wake cap
 -- Returns  number of jobs pushed back.
 local proc, cap = ARGV[1], tonumber(ARGV[2])
@@ -37,4 +38,5 @@ for e = 1, #entries, 2 do
 end
 redis.call('DEL', lease, claim, p .. ':proc:' .. proc, p .. ':alive:' .. proc)
 redis.call('SREM', p .. ':procs', proc)
+redis.call('ZREM', p .. ':beats', proc)
 return n
