@@ -124,12 +124,19 @@ def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # per-plugin chatter at INFO
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --app myapp.jobs from the project folder
-    for spec in apps:
+    # --app, else the setting app (RECONCILE_APP, [tool.reconcile] app)
+    _imported_apps.clear()  # one command per process, but tests invoke many
+    if apps:
+        given, source = apps, "--app"
+    else:
+        given, source = (settings.app,), f"setting app (from {settings.source_of('app')})"
+    for spec in given:
         for module in filter(None, (m.strip() for m in spec.split(","))):
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise CliError(f"--app {module}: cannot import it ({exc})") from None
+                raise CliError(f"{source}: cannot import {module} ({exc})") from None
+            _imported_apps.append(module)
     current = get_settings()
     if current is not settings:
         # the app called reconcile.configure() at import: its values apply, but the
@@ -245,18 +252,41 @@ def _job_class(name: str, reconciled_only: bool = True) -> Any:
             return registry.find(name, ReconciledJob, "ReconciledJob")
         return registry.find(name)
     except LookupError as exc:
-        raise click.UsageError(str(exc)) from None
+        hint = "" if _imported_apps else (
+            " (no app module was imported: give --app MODULE, or set app in "
+            "[tool.reconcile] or RECONCILE_APP)")
+        raise click.UsageError(f"{exc}{hint}") from None
 
 
 def _reconciled_class(name: str) -> Any:
     return _job_class(name, reconciled_only=True)
 
 
-def _job_name(name: str | None, apps: tuple[str, ...]) -> str | None:
-    """``--job`` as given, or resolved to the full registry name when ``--app`` is given."""
-    if name is None or not apps:
+_imported_apps: list[str] = []
+"""The app modules :func:`setup` imported (from ``--app`` or the setting ``app``)."""
+
+
+def _job_name(name: str | None, settings: Settings) -> str | None:
+    """A job class name given to a command (``--job``, ``--class``, ``JOB``), as its full
+    registry name; never taken on trust, so that a typo cannot silently match nothing.
+
+    With app modules imported, the full name or the unique class name of a registered
+    class (else a usage error, exit 2, with the close matches). Without, only a full
+    name PostgreSQL knows (a schedule row or a kill switch); anything else is refused,
+    asking for ``--app``."""
+    if name is None:
+        return None
+    if _imported_apps:
+        return str(_job_class(name, reconciled_only=False).job_name)
+    from . import control  # deferred: start-up (PostgreSQL driver)
+
+    known = control.known_job_names(settings)
+    if name in known:
         return name
-    return str(_job_class(name, reconciled_only=False).job_name)
+    raise click.UsageError(
+        f"{name!r}: no app module was given to check this job class name against (give "
+        f"--app MODULE, or set app in [tool.reconcile] or RECONCILE_APP); PostgreSQL knows "
+        f"no job of that name, {registry.close_matches(name, known)}")
 
 
 @main.command()
@@ -334,7 +364,7 @@ def quarantine_list(apps: tuple[str, ...], job: str | None, **flags: Any) -> Non
     from .store.engine import get_engine  # deferred: start-up
 
     settings = setup(apps, **flags)
-    entries = q.list_entries(get_engine(settings), _job_name(job, apps))
+    entries = q.list_entries(get_engine(settings), _job_name(job, settings))
     for e in entries:
         click.echo(f"{e.job} {json.dumps(list(e.key))} {e.quarantined_at:%Y-%m-%d %H:%M:%S} "
                    f"{e.error_class}: {e.error_message}")
@@ -353,14 +383,14 @@ def quarantine_release(
     from . import control  # deferred: start-up (PostgreSQL driver)
 
     settings = setup(apps, **flags)
-    job = _job_name(job, apps)
+    job = _job_name(job, settings)
     if release_all:
         n = control.release_all_quarantined(settings, job)
     else:
         if not job or not keys:
             raise click.UsageError("give --job and KEYS, or --all")
         # with --app, "42" and 42 name one row: the key's canonical form is released too
-        cls = _reconciled_class(job) if apps else None
+        cls = _reconciled_class(job) if _imported_apps else None
         try:
             n = control.release_quarantined(settings, job, [control.parse_key(k) for k in keys], cls)
         except InvalidKey as exc:
@@ -437,7 +467,7 @@ def _set_change(which: str, action: str, apps: tuple[str, ...], jids: tuple[str,
     if score is not None and len(jids) != 1:
         raise click.UsageError("--score goes with exactly one JID (the score= that list prints)")
     done, change = sets.act(which, "delete" if action == "delete" else "move",
-                            list(jids) if jids else None, job=_job_name(job, apps), settings=settings,
+                            list(jids) if jids else None, job=_job_name(job, settings), settings=settings,
                             scores={jids[0]: score} if score is not None else None)
     click.echo(f"{done} {change.changed} jobs")
     for jid in change.not_found:
@@ -545,7 +575,8 @@ def _switch(apps: tuple[str, ...], job: str, enabled: bool, reason: str, flags: 
     from . import control  # deferred: start-up (PostgreSQL driver)
 
     settings = setup(apps, **flags)
-    name = _job_class(job, reconciled_only=False).job_name if apps else job
+    name = _job_name(job, settings)
+    assert name is not None
     done = control.set_switch(settings, name, enabled, reason)
     if done.mirror_error is not None:
         click.echo(f"warning: Redis mirror not updated ({done.mirror_error}); a scheduler will update it",
@@ -586,7 +617,7 @@ def runs(apps: tuple[str, ...], job: str | None, limit: int, **flags: Any) -> No
     from .store.engine import get_engine  # deferred: start-up
 
     settings = setup(apps, **flags)
-    for r in store_runs.recent_runs(get_engine(settings), job=_job_name(job, apps), limit=limit):
+    for r in store_runs.recent_runs(get_engine(settings), job=_job_name(job, settings), limit=limit):
         click.echo(
             f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.job} {r.trigger}: found {r.found} enqueued "
             f"{r.enqueued} already {r.already_queued} quarantined {r.quarantined} "
@@ -636,10 +667,11 @@ def dev(apps: tuple[str, ...], queues: tuple[str, ...], concurrency: int | None,
     """Scheduler, one worker and, when needed, private servers: local development. Ctrl-C stops."""
     from .dev import run_dev  # here, like the other commands' modules: alembic loads only for it
 
-    if not apps:
-        raise click.UsageError("reconcile dev needs --app (the module(s) defining your jobs)")
     settings = setup(apps, **flags)
-    sys.exit(run_dev(settings, apps, queues, concurrency, embedded, _say))
+    if not _imported_apps:
+        raise click.UsageError("reconcile dev needs --app, or the setting app (the module(s) "
+                               "defining your jobs)")
+    sys.exit(run_dev(settings, tuple(_imported_apps), queues, concurrency, embedded, _say))
 
 
 def run() -> None:

@@ -112,6 +112,11 @@ class Settings:
     ``flush``, ``runs``, ``quarantine``, ``disable`` and ``enable`` commands connect to
     it; a worker running only plain Jobs never does."""
 
+    app: str = ""
+    """The modules that define your job classes, comma-separated (``"myapp.jobs"``),
+    imported by every ``reconcile`` command when it is not given ``--app``; commands
+    check job names against the classes they register. Default "" (none)."""
+
     namespace: str = "reconcile"
     """Prefix of every Redis key, used as the hash tag ``{namespace}``. Default ``reconcile``."""
 

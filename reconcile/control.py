@@ -30,8 +30,17 @@ from .config import Settings
 from .job import Job
 from .scheduler.passes import PassResult
 from .scheduler.service import CRON_PREFIX, Scheduler
-from .store import quarantine, switches
+from .store import quarantine, schedules, switches
 from .store.engine import get_engine
+
+
+def known_job_names(settings: Settings) -> set[str]:
+    """The job classes PostgreSQL knows by their full names, without importing the app:
+    every class with a schedule row (ReconciledJobs, cron jobs) or a kill switch. What
+    the CLI checks a job name against when no app module is given."""
+    engine = get_engine(settings)
+    names = {s.name.removeprefix(CRON_PREFIX) for s in schedules.list_schedules(engine)}
+    return names | set(switches.all_switches(engine))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ so Redis content cannot make a worker load code.
 
 from __future__ import annotations
 
+import difflib
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .errors import RegistryConflict, UnknownJobClass
@@ -62,10 +64,27 @@ def find(name: str, base: type | None = None, kind: str = "job class") -> type[J
     with _lock:
         candidates = {full: cls for full, cls in _classes.items() if base is None or issubclass(cls, base)}
     matches = [c for full, c in candidates.items() if full == name or full.rsplit(".", 1)[-1] == name]
-    if len(matches) != 1:
-        why = "is ambiguous" if matches else f"is not a {kind} imported by --app"
-        raise LookupError(f"{name!r} {why}; known: {', '.join(sorted(candidates)) or 'none'}")
-    return matches[0]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise LookupError(f"{name!r} is ambiguous: it is the class name of "
+                          f"{', '.join(sorted(c.job_name for c in matches))}; give the full name")
+    raise LookupError(f"{name!r} is not a {kind} of the app; {close_matches(name, candidates)}")
+
+
+def close_matches(name: str, known: Iterable[str]) -> str:
+    """``did you mean ...?`` with the names in ``known`` (full or their last dotted
+    part) closest to ``name``, or the list of known names when none is close."""
+    known = sorted(known)
+    by_short: dict[str, list[str]] = {}
+    for full in known:
+        by_short.setdefault(full.rsplit(".", 1)[-1], []).append(full)
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    for short in difflib.get_close_matches(name.rsplit(".", 1)[-1], list(by_short), n=3, cutoff=0.6):
+        near += [f for f in by_short[short] if f not in near]
+    if near:
+        return f"did you mean {', '.join(near[:3])}?"
+    return f"known: {', '.join(known) or 'none'}"
 
 
 def all_classes() -> dict[str, type[Job]]:

@@ -25,10 +25,10 @@ def engine(app_engine: sa.Engine) -> sa.Engine:
 def test_find_takes_the_full_name_or_a_unique_class_name() -> None:
     assert registry.find(ProcessItem.job_name) is ProcessItem
     assert registry.find("ProcessItem", ReconciledJob) is ProcessItem
-    with pytest.raises(LookupError, match="'Mailer' is not a ReconciledJob imported by --app; known: "):
+    with pytest.raises(LookupError, match="'Mailer' is not a ReconciledJob of the app; known: "):
         registry.find("Mailer", ReconciledJob, "ReconciledJob")
     assert registry.find("Mailer") is Mailer
-    with pytest.raises(LookupError, match="'NoSuchJob' is not a job class imported by --app"):
+    with pytest.raises(LookupError, match="'NoSuchJob' is not a job class of the app"):
         registry.find("NoSuchJob")
 
 

@@ -73,7 +73,9 @@ def kill(settings: Settings, broker: Broker, *jobs: tuple[type[Job], int]) -> li
 
 
 def cli(settings: Settings, *args: str) -> Any:
-    env = {"RECONCILE_REDIS_URL": settings.redis_url, "RECONCILE_NAMESPACE": settings.namespace}
+    # the setting app: --class names are checked against the classes this module registers
+    env = {"RECONCILE_REDIS_URL": settings.redis_url, "RECONCILE_NAMESPACE": settings.namespace,
+           "RECONCILE_APP": Flaky.__module__}
     return CliRunner().invoke(main, ["dead", *args], env=env)
 
 
