@@ -27,6 +27,7 @@ traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -358,7 +359,8 @@ def quarantine() -> None:
 @quarantine.command("list")
 @common_options
 @click.option("--job", default=None, help="Only this job class.")
-def quarantine_list(apps: tuple[str, ...], job: str | None, **flags: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+def quarantine_list(apps: tuple[str, ...], job: str | None, as_json: bool, **flags: Any) -> None:
     """List quarantined keys with their last error."""
     from .store import quarantine as q  # deferred: start-up
     from .store.engine import get_engine  # deferred: start-up
@@ -366,9 +368,17 @@ def quarantine_list(apps: tuple[str, ...], job: str | None, **flags: Any) -> Non
     settings = setup(apps, **flags)
     entries = q.list_entries(get_engine(settings), _job_name(job, settings))
     for e in entries:
+        if as_json:
+            click.echo(json.dumps({
+                "job": e.job, "key": list(e.key), "reason": e.reason, "error_class": e.error_class,
+                "error_message": e.error_message, "quarantined_at": e.quarantined_at.isoformat(),
+                "jid": (e.payload or {}).get("jid"),
+            }))
+            continue
         click.echo(f"{e.job} {json.dumps(list(e.key))} {e.quarantined_at:%Y-%m-%d %H:%M:%S} "
                    f"{e.error_class}: {e.error_message}")
-    click.echo(f"{len(entries)} quarantined")
+    if not as_json:
+        click.echo(f"{len(entries)} quarantined")
 
 
 @quarantine.command("release")
@@ -577,7 +587,7 @@ def _switch(apps: tuple[str, ...], job: str, enabled: bool, reason: str, flags: 
     settings = setup(apps, **flags)
     name = _job_name(job, settings)
     assert name is not None
-    done = control.set_switch(settings, name, enabled, reason)
+    done = control.set_switch(settings, name, enabled, reason, control.operator())
     if done.mirror_error is not None:
         click.echo(f"warning: Redis mirror not updated ({done.mirror_error}); a scheduler will update it",
                    err=True)
@@ -607,17 +617,108 @@ def enable(apps: tuple[str, ...], job: str, reason: str, **flags: Any) -> None:
     _switch(apps, job, True, reason, flags)
 
 
+@main.group("switches")
+def switches_group() -> None:
+    """Kill switches: which job classes are disabled, why, since when, by whom."""
+
+
+@switches_group.command("list")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per switch.")
+def switches_list(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Every job class with a switch row (a class never switched is enabled)."""
+    from .store import switches  # deferred: start-up
+    from .store.engine import get_engine  # deferred: start-up
+
+    settings = setup(apps, **flags)
+    rows = sorted(switches.all_switches(get_engine(settings)).values(), key=lambda s: s.job)
+    for s in rows:
+        if as_json:
+            click.echo(json.dumps({
+                "job": s.job, "enabled": s.enabled, "reason": s.reason,
+                "since": s.changed_at.isoformat(), "by": s.changed_by,
+                "last_disabled_reason": s.last_disabled_reason,
+                "last_disabled_at": s.last_disabled_at.isoformat() if s.last_disabled_at else None,
+            }))
+            continue
+        line = (f"{s.job} {'enabled' if s.enabled else 'DISABLED'} since "
+                f"{s.changed_at:%Y-%m-%d %H:%M:%S}" + (f" by {s.changed_by}" if s.changed_by else "")
+                + (f": {s.reason}" if s.reason else ""))
+        if s.enabled and s.last_disabled_at is not None:
+            line += (f" (last disabled {s.last_disabled_at:%Y-%m-%d %H:%M:%S}"
+                     + (f": {s.last_disabled_reason}" if s.last_disabled_reason else "") + ")")
+        click.echo(line)
+    if not as_json:
+        click.echo(f"{sum(not s.enabled for s in rows)} disabled, {len(rows)} with a switch")
+
+
+@main.group("schedules")
+def schedules_group() -> None:
+    """The schedule rows schedulers share: reconcile passes and cron enqueues."""
+
+
+@schedules_group.command("list")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per schedule.")
+def schedules_list(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Every schedule: its kind and spec, next run, and the pass running now, if any."""
+    from .store import schedules  # deferred: start-up
+    from .store.engine import get_engine  # deferred: start-up
+
+    settings = setup(apps, **flags)
+    rows = schedules.list_schedules(get_engine(settings))
+
+    def iso(t: Any) -> str | None:
+        return t.isoformat() if t is not None else None
+
+    for s in rows:
+        if as_json:
+            click.echo(json.dumps({
+                "name": s.name, "kind": s.kind, "spec": s.spec, "next_run_at": iso(s.next_run_at),
+                "running_owner": s.running_owner, "running_since": iso(s.running_since),
+                "last_started_at": iso(s.last_started_at), "last_finished_at": iso(s.last_finished_at),
+                "updated_at": iso(s.updated_at),
+            }))
+            continue
+        running = f", running on {s.running_owner} since {s.running_since:%H:%M:%S}" if (
+            s.running_owner and s.running_since) else ""
+        click.echo(f"{s.name} {s.kind} {s.spec}: next {s.next_run_at:%Y-%m-%d %H:%M:%S}{running}")
+    if not as_json:
+        click.echo(f"{len(rows)} schedules")
+
+
+@schedules_group.command("fire")
+@common_options
+@click.argument("job")
+def schedules_fire(apps: tuple[str, ...], job: str, **flags: Any) -> None:
+    """Make JOB's schedule due now: the next scheduler tick runs its pass (a
+    ReconciledJob) or its cron enqueue (a plain job), once, cluster-wide."""
+    from . import control  # deferred: start-up (PostgreSQL driver)
+
+    settings = setup(apps, **flags)
+    name = _job_name(job, settings)
+    assert name is not None
+    if not control.fire_schedule(settings, name):
+        raise CliError(f"{name} has no schedule row (not a ReconciledJob or cron job a "
+                       "scheduler has run)")
+    click.echo(f"{name} due now: a running scheduler fires it within a tick (1 s)")
+
+
 @main.command()
 @common_options
 @click.option("--job", default=None, help="Only this job class.")
 @click.option("--limit", default=20, show_default=True)
-def runs(apps: tuple[str, ...], job: str | None, limit: int, **flags: Any) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pass.")
+def runs(apps: tuple[str, ...], job: str | None, limit: int, as_json: bool, **flags: Any) -> None:
     """Recent reconcile passes and their counts."""
     from .store import runs as store_runs  # deferred: start-up
     from .store.engine import get_engine  # deferred: start-up
 
     settings = setup(apps, **flags)
     for r in store_runs.recent_runs(get_engine(settings), job=_job_name(job, settings), limit=limit):
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(r), default=lambda t: t.isoformat()))
+            continue
         click.echo(
             f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.job} {r.trigger}: found {r.found} enqueued "
             f"{r.enqueued} already {r.already_queued} quarantined {r.quarantined} "

@@ -18,7 +18,9 @@ Contracts:
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,28 @@ from .scheduler.passes import PassResult
 from .scheduler.service import CRON_PREFIX, Scheduler
 from .store import quarantine, schedules, switches
 from .store.engine import get_engine
+
+
+def operator() -> str | None:
+    """Who runs this command, as ``user@host`` (None when the user cannot be told: a
+    container without a passwd entry and no ``USER``)."""
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return None
+
+
+def fire_schedule(settings: Settings, name: str) -> bool:
+    """Make the schedule of job ``name`` due now (its reconcile pass, or its cron
+    enqueue), so the next scheduler tick fires it, under the usual tick claim (one
+    scheduler fires it once). False when the job has no schedule row."""
+    engine = get_engine(settings)
+    rows = {s.name for s in schedules.list_schedules(engine)}
+    row = name if name in rows else CRON_PREFIX + name
+    if row not in rows:
+        return False
+    schedules.trigger_now(engine, [row])
+    return True
 
 
 def known_job_names(settings: Settings) -> set[str]:
@@ -52,12 +76,13 @@ class SwitchResult:
     mirror_error: redis.RedisError | None = None
 
 
-def set_switch(settings: Settings, name: str, enabled: bool, reason: str) -> SwitchResult:
+def set_switch(settings: Settings, name: str, enabled: bool, reason: str,
+               by: str | None = None) -> SwitchResult:
     """Turn job ``name``'s kill switch off (``enabled`` False) or on, durably in
-    PostgreSQL with ``reason``, then replace the Redis mirror plain-job workers read
-    with every disabled class."""
+    PostgreSQL with ``reason`` and ``by`` (who: ``user@host``), then replace the Redis
+    mirror plain-job workers read with every disabled class."""
     engine = get_engine(settings)
-    switches.set_enabled(engine, name, enabled, reason)
+    switches.set_enabled(engine, name, enabled, reason, by)
     disabled = {n: s.reason or "" for n, s in switches.all_switches(engine).items() if not s.enabled}
     try:
         get_broker(settings).mirror_switches(disabled)

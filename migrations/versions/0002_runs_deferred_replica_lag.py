@@ -1,5 +1,7 @@
 """reconcile_runs.deferred (keys a pass left for the next one: back-pressure) and
-reconcile_runs.replica_lag_ms (lag of the read replica a pass scanned).
+reconcile_runs.replica_lag_ms (lag of the read replica a pass scanned), and the
+switch history of reconcile_switches (who changed it, the last reason it was disabled
+for and when, kept when it is enabled again).
 
 Revision ID: 0002
 Revises: 0001
@@ -26,8 +28,15 @@ def upgrade() -> None:
         sa.Column("deferred", sa.Integer(), server_default=sa.text("0"), nullable=False),
     )
     op.add_column("reconcile_runs", sa.Column("replica_lag_ms", sa.Integer(), nullable=True))
+    op.add_column("reconcile_switches", sa.Column("changed_by", sa.Text(), nullable=True))
+    op.add_column("reconcile_switches", sa.Column("last_disabled_reason", sa.Text(), nullable=True))
+    op.add_column("reconcile_switches",
+                  sa.Column("last_disabled_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("reconcile_switches", "last_disabled_at")
+    op.drop_column("reconcile_switches", "last_disabled_reason")
+    op.drop_column("reconcile_switches", "changed_by")
     op.drop_column("reconcile_runs", "replica_lag_ms")
     op.drop_column("reconcile_runs", "deferred")

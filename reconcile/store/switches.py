@@ -29,22 +29,36 @@ log = logging.getLogger("reconcile.switches")
 
 @dataclass(frozen=True)
 class Switch:
-    """One job's switch: ``enabled``, why it was set, and when (database clock)."""
+    """One job's switch: ``enabled``, why it was set, when (database clock) and by whom
+    (``user@host`` of the command, None when not known), and the last time it was
+    disabled and why, which enabling it again keeps."""
 
     job: str
     enabled: bool
     reason: str | None
     changed_at: datetime
+    changed_by: str | None = None
+    last_disabled_reason: str | None = None
+    last_disabled_at: datetime | None = None
 
 
-def set_enabled(bind: Bind, job: str, enabled: bool, reason: str | None = None) -> None:
-    """Switch ``job`` on or off, recording ``reason`` and the time of the change."""
-    stmt = insert(sw).values(job=job, enabled=enabled, reason=reason)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[sw.c.job],
-        set_={"enabled": stmt.excluded.enabled, "reason": stmt.excluded.reason,
-              "changed_at": sa.func.now()},
-    )
+def set_enabled(bind: Bind, job: str, enabled: bool, reason: str | None = None,
+                by: str | None = None) -> None:
+    """Switch ``job`` on or off, recording ``reason``, ``by`` and the time of the change.
+    Disabling also records the reason as the last one it was disabled for; enabling
+    keeps that history."""
+    values: dict[str, object] = {"job": job, "enabled": enabled, "reason": reason, "changed_by": by}
+    if not enabled:
+        values |= {"last_disabled_reason": reason, "last_disabled_at": sa.func.now()}
+    stmt = insert(sw).values(**values)
+    changes: dict[str, object] = {
+        "enabled": stmt.excluded.enabled, "reason": stmt.excluded.reason,
+        "changed_by": stmt.excluded.changed_by, "changed_at": sa.func.now(),
+    }
+    if not enabled:
+        changes |= {"last_disabled_reason": stmt.excluded.last_disabled_reason,
+                    "last_disabled_at": sa.func.now()}
+    stmt = stmt.on_conflict_do_update(index_elements=[sw.c.job], set_=changes)
     with transaction(bind) as conn:
         conn.execute(stmt)
 

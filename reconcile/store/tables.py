@@ -75,4 +75,9 @@ switches = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("changed_at", TZ, nullable=False, server_default=sa.func.now()),
+    # who changed it (user@host of the CLI, when known), and the last time and reason it
+    # was disabled, kept when it is enabled again: migration 0002
+    sa.Column("changed_by", sa.Text, nullable=True),
+    sa.Column("last_disabled_reason", sa.Text, nullable=True),
+    sa.Column("last_disabled_at", TZ, nullable=True),
 )

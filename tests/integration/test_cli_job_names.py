@@ -5,6 +5,8 @@ anything else exits with code 2 and the close matches."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from click.testing import CliRunner, Result
 
 from reconcile.cli import main
 from reconcile.config import Settings
-from reconcile.store import switches
+from reconcile.scheduler.passes import run_pass
+from reconcile.store import quarantine, schedules, switches
 from tests.reconciled_app import ProcessItem
 
 APP = "tests.reconciled_app"
@@ -93,3 +96,51 @@ def test_without_an_app_only_a_full_name_postgresql_knows_is_accepted(
     assert "no app module was given to check this job class name against (give --app MODULE" in short.output
     assert f"did you mean {ProcessItem.job_name}" in short.output
     assert switches.all_switches(engine)[ProcessItem.job_name].enabled is True  # unchanged
+
+
+# -- listings: switches, schedules, and --json on each ------------------------------------
+
+
+def test_switches_list_shows_state_reason_and_who_and_enable_keeps_the_last_reason(
+    pg_settings: Settings, engine: sa.Engine,
+) -> None:
+    assert run(pg_settings, "disable", "ProcessItem", "--reason", "bad deploy", "--app", APP).exit_code == 0
+    assert run(pg_settings, "enable", "ProcessItem", "--app", APP).exit_code == 0
+    out = run(pg_settings, "switches", "list")
+    assert out.exit_code == 0, out.output
+    line = out.output.splitlines()[0]
+    assert line.startswith(f"{ProcessItem.job_name} enabled since ")
+    assert " by " in line and "(last disabled " in line and ": bad deploy)" in line
+    assert out.output.splitlines()[-1] == "0 disabled, 1 with a switch"
+    [row] = [json.loads(x) for x in run(pg_settings, "switches", "list", "--json").output.splitlines()]
+    assert (row["job"], row["enabled"], row["last_disabled_reason"]) == (
+        ProcessItem.job_name, True, "bad deploy")
+    assert row["by"] and "@" in row["by"]
+
+
+def test_schedules_list_and_fire(pg_settings: Settings, engine: sa.Engine) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    schedules.ensure(engine, [schedules.ScheduleSpec(ProcessItem.job_name, "pass", "every 3600s",
+                                                     lambda now: later)])
+    listed = run(pg_settings, "schedules", "list")
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines()[0].startswith(f"{ProcessItem.job_name} pass every 3600s: next ")
+    [row] = [json.loads(x) for x in run(pg_settings, "schedules", "list", "--json").output.splitlines()]
+    assert datetime.fromisoformat(row["next_run_at"]) > datetime.now(UTC) + timedelta(minutes=59)
+
+    fired = run(pg_settings, "schedules", "fire", "ProcessItem", "--app", APP)
+    assert fired.exit_code == 0, fired.output
+    [row] = [json.loads(x) for x in run(pg_settings, "schedules", "list", "--json").output.splitlines()]
+    assert datetime.fromisoformat(row["next_run_at"]) <= datetime.now(UTC)
+    unscheduled = run(pg_settings, "schedules", "fire", "ForgetfulItem", "--app", APP)
+    assert unscheduled.exit_code == 2
+    assert "has no schedule row" in unscheduled.output
+
+
+def test_runs_and_quarantine_list_speak_json(pg_settings: Settings, engine: sa.Engine) -> None:
+    run_pass(ProcessItem, settings=pg_settings)
+    [r] = [json.loads(x) for x in run(pg_settings, "runs", "--json").output.splitlines()]
+    assert (r["job"], r["trigger"], r["found"], r["deferred"]) == (ProcessItem.job_name, "manual", 0, 0)
+    quarantine.add(engine, ProcessItem.job_name, (7,), "died", error_class="E", error_message="m")
+    [q] = [json.loads(x) for x in run(pg_settings, "quarantine", "list", "--json").output.splitlines()]
+    assert (q["job"], q["key"], q["error_class"]) == (ProcessItem.job_name, [7], "E")
