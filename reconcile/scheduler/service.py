@@ -56,6 +56,10 @@ log = logging.getLogger("reconcile.scheduler")
 
 CRON_PREFIX = "cron:"
 
+DRIFT_CHECK_SECONDS = 60.0
+"""How often a scheduler compares the shared schedule rows with its own definitions
+(:meth:`Scheduler.check_drift`)."""
+
 
 def scheduled_classes(classes: Iterable[type[Job]] | None = None) -> dict[str, type[Job]]:
     """Schedule name -> class: every ReconciledJob, and every plain Job with ``cron``."""
@@ -156,26 +160,68 @@ class Scheduler:
         self._running: dict[str, Future[None]] = {}
         self._after_loss: set[str] = set()  # made due by a loss, not yet fired as such
         self._ensured = False
+        self._drift_checked = -1e18
+        self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
         self._pruned = -1e18
 
     # -- pieces --------------------------------------------------------------------
 
+    def own_specs(self) -> dict[str, str]:
+        """This scheduler's definition of each schedule (the row's ``spec`` text)."""
+        return {name: str(self.schedules[name]) for name in self.classes}
+
     def ensure_schedules(self) -> None:
+        """Write this scheduler's definitions into the shared rows, at start: the most
+        recently started scheduler's definition is the one in force. A row that said
+        something else is rewritten, with a WARNING naming both definitions."""
         from ..store import schedules as store
 
+        own = self.own_specs()
         specs = [
             store.ScheduleSpec(
                 name=name,
                 kind="cron" if name.startswith(CRON_PREFIX) else "pass",
-                spec=str(self.schedules[name]),
+                spec=own[name],
                 first_run_at=self._first_run(name),
             )
             for name in self.classes
         ]
         with self.engine.begin() as conn:
+            before = {r.name: r for r in store.list_schedules(conn)}
             store.ensure(conn, specs)
+        for name, spec in own.items():
+            row = before.get(name)
+            if row is not None and row.spec != spec:
+                log.warning(
+                    "schedule %s changed from %r (written %s) to %r, this scheduler's class "
+                    "definition; schedulers still running the old one stop firing it",
+                    name, row.spec, f"{row.updated_at:%Y-%m-%d %H:%M:%S}", spec)
         self._ensured = True
+        self._drift_checked = -1e18
+
+    def check_drift(self) -> list[str]:
+        """Schedules whose shared row says something other than this scheduler's class
+        (a newer scheduler rewrote it): this one does not fire them (the claim requires
+        its own spec) and logs a WARNING once per definition seen. Returns their names."""
+        from ..store import schedules as store
+
+        self._drift_checked = time.monotonic()
+        own = self.own_specs()
+        drifted = []
+        for row in store.list_schedules(self.engine):
+            mine = own.get(row.name)
+            if mine is None or row.spec == mine:
+                continue
+            drifted.append(row.name)
+            if self._drift_warned.get(row.name) != row.spec:
+                self._drift_warned[row.name] = row.spec
+                log.warning(
+                    "schedule %s: the shared row says %r (written %s), this scheduler's class "
+                    "says %r; it leaves %s to the schedulers that define it as the row does "
+                    "(restart it with the same code, or restart the others to write yours)",
+                    row.name, row.spec, f"{row.updated_at:%Y-%m-%d %H:%M:%S}", mine, row.name)
+        return drifted
 
     def _first_run(self, name: str) -> Any:
         sched = self.schedules[name]
@@ -266,6 +312,7 @@ class Scheduler:
         return list(store.claim_due(
             self.engine, self.owner, names, self._next_after,
             timedelta(seconds=self.settings.pass_stale_seconds),
+            specs=self.own_specs(),  # never fire by a definition that is not in force
         ))
 
     def fire(self, name: str, trigger: str = "tick") -> None:
@@ -341,6 +388,8 @@ class Scheduler:
                     self.sync_switches()
                 if time.monotonic() - self._pruned > 3600:
                     self.prune()
+                if time.monotonic() - self._drift_checked > DRIFT_CHECK_SECONDS:
+                    self.check_drift()
                 for c in self.claim():
                     # a pass that was running when the loss was seen fires as a loss
                     # pass later, when its claim comes round (it must not trust locks)

@@ -20,7 +20,7 @@ Times handed in (``next_after`` and ``first_run_at`` results) must be timezone-a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -134,8 +134,13 @@ def claim_due(
     names: Iterable[str],
     next_after: NextAfter,
     stale_after: timedelta,
+    specs: Mapping[str, str] | None = None,
 ) -> list[Claim]:
     """Claim every due tick among ``names`` for ``owner``, oldest first.
+
+    With ``specs`` (name to the caller's own spec), only rows whose ``spec`` is the
+    caller's are claimed: a scheduler never fires a schedule by a definition that is not
+    the one in force (see ``docs/scheduler.md``, "Changing a schedule").
 
     Due means ``next_run_at <= now()`` and not running, or running for longer than
     ``stale_after``. Each claimed row gets ``next_run_at = next_after(name,
@@ -153,6 +158,8 @@ def claim_due(
             sa.select(s.c.name, s.c.kind, s.c.next_run_at, now)
             .where(
                 s.c.name.in_(wanted),
+                sa.tuple_(s.c.name, s.c.spec).in_([(n, specs[n]) for n in wanted])
+                if specs is not None else sa.true(),
                 s.c.next_run_at <= now,
                 sa.or_(s.c.running_owner.is_(None), s.c.running_since < now - stale_after),
             )

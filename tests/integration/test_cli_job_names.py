@@ -144,3 +144,4 @@ def test_runs_and_quarantine_list_speak_json(pg_settings: Settings, engine: sa.E
     quarantine.add(engine, ProcessItem.job_name, (7,), "died", error_class="E", error_message="m")
     [q] = [json.loads(x) for x in run(pg_settings, "quarantine", "list", "--json").output.splitlines()]
     assert (q["job"], q["key"], q["error_class"]) == (ProcessItem.job_name, [7], "E")
+
