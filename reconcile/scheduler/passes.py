@@ -3,7 +3,9 @@
 ``run_pass(job_class, trigger=...)``:
 
 1. record the start in ``reconcile_runs``;
-2. a disabled class (kill switch) enqueues nothing: the run is recorded as disabled;
+2. a disabled class (kill switch) enqueues nothing: the run is recorded as disabled,
+   with the backlog behind the switch as ``found`` (one ``count(*)`` of ``pending()``,
+   on the scan's database), so a disabled class does not look idle;
 3. scan ``pending()`` in keyset pages of ``batch_size`` keys, each page in its own
    short transaction (no long snapshot: rows that change during the pass are seen
    as they are when their page is read);
@@ -99,7 +101,7 @@ class PassResult:
 
     def summary(self) -> str:
         if self.disabled:
-            return f"{self.job}: disabled, nothing enqueued"
+            return f"{self.job}: disabled, nothing enqueued ({self.found} pending keys skipped)"
         return (
             f"{self.job}: found {self.found}, enqueued {self.enqueued}, already queued "
             f"{self.already_queued}, quarantined {self.quarantined}"
@@ -137,6 +139,7 @@ def run_pass(
         # a pass decides with the current switch, not a cached one
         if not switch_cache(settings).is_enabled(name, fresh=True):
             result.disabled = True
+            result.found = _backlog(job_class, settings)
         else:
             _scan(job_class, result, settings, quarantine.keys(engine, name), keepalive,
                   distrust_locks=trigger == "redis_loss")
@@ -231,6 +234,15 @@ def _scan(
                 break
         while pushing:
             settle_one()
+
+
+def _backlog(job_class: type[ReconciledJob], settings: Settings) -> int:
+    """How many keys of ``job_class`` are pending (the pass of a disabled class records
+    what the switch holds back)."""
+    from ..store import pending
+    from ..store.engine import get_pending_engine
+
+    return pending.count_after(get_pending_engine(settings), job_class().pending(), None)
 
 
 def high_water_of(job_class: type[ReconciledJob], settings: Settings) -> int:

@@ -44,6 +44,8 @@ def test_disabled_reconciled_job_is_rejected_skipped_and_dropped(
     assert ProcessItem.perform_async(2) is None, "client middleware rejects the enqueue"
     result = run_pass(ProcessItem, settings=pg_settings)
     assert result.disabled and result.enqueued == 0
+    assert result.found == 2, "the backlog behind the switch is recorded, not found 0"
+    assert "(2 pending keys skipped)" in result.summary()
     executor = Executor(pg_settings, broker)
     (d,) = broker.exchange("p", ["items"], 10)
     op = executor.run(d)
