@@ -28,6 +28,7 @@ integer) is replaced by a neutral value (the name decoded with backslash escapes
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -72,6 +73,25 @@ def _text(raw: bytes) -> tuple[str, bool]:
         return raw.decode(), True
     except UnicodeDecodeError:
         return raw.decode("utf-8", "backslashreplace"), False
+
+
+def _scheduler(owner: bytes, raw: bytes, alive: bool, server_now: float) -> dict[str, Any]:
+    """One scheduler record: its id, whether it beats, seconds since its last beat
+    (Redis server clock), and what it reported (host, pid, started_at, schedules,
+    passes_running, round_ok_ago); a record that is not JSON keeps its text."""
+    ident, _ = _text(owner)
+    entry: dict[str, Any] = {"id": ident, "alive": alive}
+    try:
+        info = json.loads(raw)
+        if not isinstance(info, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        entry["invalid"] = {"record": repr(raw[:200])}
+        return entry
+    beat = info.pop("beat", None)
+    entry["last_beat_ago"] = round(server_now - beat, 3) if isinstance(beat, (int, float)) else None
+    return {**entry, **{k: info.get(k) for k in (
+        "host", "pid", "started_at", "schedules", "passes_running", "round_ok_ago")}}
 
 
 def _process(pid: bytes, info: dict[bytes, bytes] | str, alive: bool, leased: int) -> dict[str, Any]:
@@ -138,6 +158,8 @@ def status(settings: Settings | None = None, broker: Broker | None = None) -> di
             entry["invalid"] = invalid
         queues.append(entry)
     procs = [_process(*record) for record in broker.process_records()]
+    server_now, records = broker.scheduler_records()
+    schedulers = [_scheduler(owner, raw, alive, server_now) for owner, raw, alive in records]
     counters: dict[str, int] = {}
     bad_counters: dict[str, str] = {}
     for name, value in broker.counters_raw().items():
@@ -153,6 +175,8 @@ def status(settings: Settings | None = None, broker: Broker | None = None) -> di
         **broker.due_sizes(),
         "in_flight": sum(p["leased"] for p in procs),
         "processes": procs,
+        "schedulers": schedulers,
+        "schedulers_alive": sum(1 for s in schedulers if s["alive"]),
         "counters": counters,
     }
     if bad_counters:

@@ -201,6 +201,15 @@ def status(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
         state = "quiet" if p["quiet"] else ("alive" if p["alive"] else "dead")
         click.echo(f"process {p['id']} {state} busy {p['busy']}/{p['concurrency']} "
                    f"queues {','.join(p['queues'])}{invalid(p)}")
+    for s in doc["schedulers"]:
+        ago = s.get("last_beat_ago")
+        running = ",".join(s.get("passes_running") or []) or "-"
+        click.echo(f"scheduler {s['id']} {'alive' if s['alive'] else 'DEAD'} last beat "
+                   f"{'?' if ago is None else f'{ago:.0f}'} s ago, passes running {running}"
+                   f"{invalid(s)}")
+    if not doc["schedulers_alive"]:
+        click.echo("no scheduler alive: reconcile passes, cron jobs and Redis-loss healing "
+                   "are stopped (start `reconcile scheduler`)")
     click.echo("counters " + "  ".join(f"{k} {v}" for k, v in doc["counters"].items())
                + invalid({"invalid": doc.get("invalid_counters", {})}))
 

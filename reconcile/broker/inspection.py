@@ -161,6 +161,24 @@ class InspectionOps(BrokerBase):
             out.append({"id": i, "alive": bool(res[3 * n + 1]), "leased": int(res[3 * n + 2]), **info})
         return out
 
+    def scheduler_records(self) -> tuple[float, list[tuple[bytes, bytes, bool]]]:
+        """(the Redis server's time, every scheduler record as stored: (owner id, its
+        JSON, alive)), in one round trip."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(k.schedulers)
+        (seconds, micros), records = pipe.execute()
+        owners = sorted(cast("dict[bytes, bytes]", records))
+        if not owners:
+            return seconds + micros / 1e6, []
+        prefix = k.scheduler_alive("").encode()
+        pipe = self.redis.pipeline(transaction=False)
+        for o in owners:
+            pipe.exists(prefix + o)
+        flags = pipe.execute()
+        return seconds + micros / 1e6, [(o, records[o], bool(f)) for o, f in zip(owners, flags, strict=True)]
+
     def process_records(self) -> list[tuple[bytes, dict[bytes, bytes] | str, bool, int]]:
         """Every registered process as stored: (id, info hash, alive, leased count).
         The info is the error text instead when its key is not a hash. For inspection,

@@ -105,6 +105,16 @@ class Keys:
         return f"{self.tag}:switches"
 
     @property
+    def schedulers(self) -> str:
+        """Every scheduler seen in the last day: owner id -> its last beat (JSON), so
+        ``reconcile status`` shows the dead ones too (written by the schedulers)."""
+        return f"{self.tag}:schedulers"
+
+    def scheduler_alive(self, owner: str) -> str:
+        """Exists while scheduler ``owner`` beats (``SCHEDULER_TTL``)."""
+        return f"{self.tag}:sched_alive:{owner}"
+
+    @property
     def incident(self) -> str:
         """Held briefly by the scheduler handling a Redis loss, so that schedulers seeing
         the same loss at once do not each trigger every pass."""

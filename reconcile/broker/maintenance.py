@@ -11,13 +11,27 @@ server's ``TIME``; no host's clock is involved. One reap call examines at most
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from .base import WAKE_CAP, BrokerBase
+
+SCHEDULER_KEEP = 86_400.0
+"""Seconds a scheduler's record stays in ``{ns}:schedulers`` after its last beat (so a
+dead one is shown, then forgotten)."""
+
+
+def _beat_of(raw: bytes) -> float:
+    """The ``beat`` of a scheduler record; 0 for one that cannot be read (dropped)."""
+    try:
+        return float(json.loads(raw)["beat"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+
 
 RECOVERY_TTL = 7 * 24 * 3600
 """Seconds a per-job crash-recovery counter is remembered."""
@@ -96,6 +110,31 @@ class MaintenanceOps(BrokerBase):
     def release(self, proc_id: str) -> int:
         """Push back every job ``proc_id`` holds and unregister it; returns the count."""
         return int(self._release(keys=[self.keys.script_key], args=[proc_id, WAKE_CAP]))
+
+    def scheduler_beat(self, owner: str, info: dict[str, Any], ttl: float) -> None:
+        """Scheduler ``owner`` is alive for ``ttl`` seconds: its alive key, and its
+        record (``info`` as JSON, with ``beat``: the Redis server's time) in
+        ``{ns}:schedulers``, where records not renewed for a day are dropped."""
+        k = self.keys
+        seconds, micros = self.redis.time()
+        now = seconds + micros / 1e6
+        record = json.dumps({**info, "beat": now})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(k.scheduler_alive(owner), record, px=max(1, int(ttl * 1000)))
+        pipe.hset(k.schedulers, owner, record)
+        pipe.hgetall(k.schedulers)
+        *_, everyone = pipe.execute()
+        stale = [o for o, raw in cast("dict[bytes, bytes]", everyone).items()
+                 if _beat_of(raw) < now - SCHEDULER_KEEP]
+        if stale:
+            self.redis.hdel(k.schedulers, *stale)
+
+    def scheduler_gone(self, owner: str) -> None:
+        """Scheduler ``owner`` stopped cleanly: its alive key and its record go."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.scheduler_alive(owner))
+        pipe.hdel(self.keys.schedulers, owner)
+        pipe.execute()
 
     def heartbeat(self, proc_id: str, info: dict[str, Any]) -> None:
         """Register or refresh a process (``heartbeat.lua``): info hash, membership,

@@ -56,6 +56,12 @@ log = logging.getLogger("reconcile.scheduler")
 
 CRON_PREFIX = "cron:"
 
+SCHEDULER_BEAT_SECONDS = 5.0
+"""How often a running scheduler renews its record in Redis (``reconcile status``)."""
+
+SCHEDULER_TTL = 15.0
+"""Seconds a scheduler counts as alive after its last beat: three beats missed."""
+
 DRIFT_CHECK_SECONDS = 60.0
 """How often a scheduler compares the shared schedule rows with its own definitions
 (:meth:`Scheduler.check_drift`)."""
@@ -161,6 +167,9 @@ class Scheduler:
         self._after_loss: set[str] = set()  # made due by a loss, not yet fired as such
         self._ensured = False
         self._drift_checked = -1e18
+        self._beat_at = -1e18
+        self._round_ok_at: float | None = None  # monotonic time of the last round without error
+        self._started_at = time.time()
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
         self._pruned = -1e18
@@ -199,6 +208,18 @@ class Scheduler:
                     name, row.spec, f"{row.updated_at:%Y-%m-%d %H:%M:%S}", spec)
         self._ensured = True
         self._drift_checked = -1e18
+
+    def beat(self) -> None:
+        """Tell Redis this scheduler is alive (``reconcile status``, ``/status.json``):
+        host, pid, start, what it schedules and runs, and how long ago its last round
+        (claims in PostgreSQL) went through. A Redis error is left to the round."""
+        now = time.monotonic()
+        self._beat_at = now
+        self.broker.scheduler_beat(self.owner, {
+            "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at,
+            "schedules": len(self.classes), "passes_running": sorted(self._running),
+            "round_ok_ago": None if self._round_ok_at is None else round(now - self._round_ok_at, 3),
+        }, SCHEDULER_TTL)
 
     def check_drift(self) -> list[str]:
         """Schedules whose shared row says something other than this scheduler's class
@@ -381,6 +402,8 @@ class Scheduler:
         while not self._stop.is_set():
             pause = tick
             try:
+                if time.monotonic() - self._beat_at >= SCHEDULER_BEAT_SECONDS:
+                    self.beat()
                 if not self._ensured:
                     self.ensure_schedules()
                 lost = self.check_redis()
@@ -397,6 +420,7 @@ class Scheduler:
                     self._after_loss.discard(c.name)
                     self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)
                 backoff.reset()
+                self._round_ok_at = time.monotonic()
             except (redis.RedisError, OSError) as exc:
                 log.warning("scheduler round failed (%s); retrying", exc)
                 pause = backoff.next()
@@ -409,6 +433,11 @@ class Scheduler:
             self._stop.wait(pause)
         self.pool.shutdown(wait=True)
         maintenance.join(timeout=5.0)
+        try:
+            self.broker.scheduler_gone(self.owner)
+        except redis.RedisError as exc:
+            log.warning("could not remove this scheduler's record from Redis (%s); it "
+                        "shows as dead for a day", exc)
         log.info("scheduler %s stopped", self.owner)
 
     def wait_for_servers(self) -> bool:

@@ -13,6 +13,7 @@ metric                                 type     labels, meaning
 ``reconcile_processes``                gauge    ``state`` (alive, quiet, dead: not yet reaped)
 ``reconcile_busy_threads``             gauge    executor threads running a job, all processes
 ``reconcile_threads``                  gauge    executor threads (concurrency), all processes
+``reconcile_schedulers_alive``         gauge    schedulers beating now (0: passes stopped)
 ``reconcile_jobs_total``               counter  ``outcome`` (processed, failed, already_done,
                                                 lock_busy, db_unavailable, disabled, held)
 =====================================  =======  ===========================================
@@ -75,6 +76,9 @@ def render(doc: dict[str, Any]) -> bytes:
            [("", sum(p["busy"] for p in procs if p["alive"]))])
     family("reconcile_threads", "gauge", "Executor threads of live worker processes.",
            [("", sum(p["concurrency"] for p in procs if p["alive"]))])
+    family("reconcile_schedulers_alive", "gauge",
+           "Schedulers beating now; 0 means no reconcile pass, cron job or Redis-loss healing runs.",
+           [("", doc["schedulers_alive"])])
     family("reconcile_jobs_total", "counter", "Job outcomes since the namespace was created.",
            [(f'{{outcome="{_label(k)}"}}', n) for k, n in doc["counters"].items()])
     return ("\n".join(out) + "\n").encode()

@@ -56,12 +56,24 @@ def overview(v: View) -> tuple[str, Raw]:
           when(p["started_at"]), when(p["beat"]), _invalid(p)) for p in doc["processes"]],
         empty="no worker process registered",
     )
+    scheds = table(
+        ["scheduler", "state", "last beat (s ago)", "passes running", "started", ""],
+        [(s["id"], "alive" if s["alive"] else "DEAD",
+          "?" if s.get("last_beat_ago") is None else f'{s["last_beat_ago"]:.0f}',
+          ", ".join(s.get("passes_running") or []) or "-", when(s.get("started_at")), _invalid(s))
+         for s in doc["schedulers"]],
+        empty="no scheduler seen in the last day",
+    )
+    if not doc["schedulers_alive"]:
+        scheds = Raw("<p><strong>No scheduler is alive</strong>: reconcile passes, cron jobs and "
+                     "Redis-loss healing are stopped. Start <code>reconcile scheduler</code>.</p>"
+                     + scheds)
     bad_counters = doc.get("invalid_counters", {})
     counters = table(["counter", "value"], [
         (k, bad(bad_counters[k], "not an integer") if k in bad_counters else f"{n:,}")
         for k, n in doc["counters"].items()])
     body = (f"<h3>Queues</h3>{queues}<h3>Sets</h3>{sets}<p>In flight: {doc['in_flight']:,}</p>"
-            f"<h3>Processes</h3>{procs}<h3>Counters</h3>{counters}")
+            f"<h3>Processes</h3>{procs}<h3>Schedulers</h3>{scheds}<h3>Counters</h3>{counters}")
     return "Overview", Raw(body)
 
 

@@ -263,7 +263,7 @@ def test_the_bound_address_is_an_allowed_host(server: Any) -> None:
 def test_metrics_print_counters_exactly_and_floats_at_full_precision() -> None:
     doc = {"queues": [{"name": "q", "size": 123456789, "latency": 1234567.891}],
            "scheduled": 0, "retry": 0, "dead": 10**12, "scheduled_due": 0, "retry_due": 0,
-           "in_flight": 0, "processes": [],
+           "in_flight": 0, "processes": [], "schedulers": [], "schedulers_alive": 0,
            "counters": {"processed": 123456789, "failed": 2**53 + 1}}
     lines = dict(line.rsplit(" ", 1) for line in render(doc).decode().splitlines()
                  if not line.startswith("#"))
