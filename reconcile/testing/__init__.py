@@ -36,6 +36,11 @@ Differences from a real worker, on purpose:
 * server middleware is not run unless the mode is created with
   ``server_middleware=True``.
 
+For ReconciledJobs against a real database, :mod:`reconcile.testing.protocol` adds
+``assert_idempotent(JobClass, *key)`` (two deliveries through the real protocol: the
+first must converge, the second must not perform), ``run_pass(JobClass)`` and
+``create_tables(url)``, importable from here too.
+
 Modes nest: leaving a ``with`` block restores the mode that was active before it.
 The pytest plugin (``reconcile.testing.pytest_plugin``, registered as an entry point)
 provides the fixtures ``reconcile_fake`` and ``reconcile_inline``.
@@ -57,7 +62,20 @@ from ..payload import decode, encode
 if TYPE_CHECKING:
     from ..job import Job
 
-__all__ = ["FakeMode", "InlineMode", "fake", "inline"]
+__all__ = ["FakeMode", "InlineMode", "assert_idempotent", "create_tables", "fake", "inline", "run_pass"]
+
+_PROTOCOL_HELPERS = frozenset({"assert_idempotent", "create_tables", "run_pass"})
+
+
+def __getattr__(name: str) -> Any:
+    # The protocol helpers (reconcile.testing.protocol) are imported on first use: they
+    # pull in the scheduler and the PostgreSQL driver, which the pytest plugin, loaded
+    # into every test session of an app, must not.
+    if name in _PROTOCOL_HELPERS:
+        from . import protocol
+
+        return getattr(protocol, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 Payload = dict[str, Any]
 
