@@ -45,6 +45,7 @@ from .broker import get_broker
 from .config import Settings, current_settings, get_settings, load_settings, scrub, use_settings
 from .embedded import MODES, Mode, servers_for
 from .errors import ConfigError, InvalidKey, ReconcileError
+from .logs import configure_logging
 from .payload import loads_lenient
 from .reconciled import ReconciledJob
 from .scheduler.passes import run_pass
@@ -62,6 +63,8 @@ def common_options(func: F) -> F:
         click.option("--database-url", default=None, help="Overrides RECONCILE_DATABASE_URL."),
         click.option("--namespace", default=None, help="Overrides RECONCILE_NAMESPACE."),
         click.option("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR."),
+        click.option("--log-format", default=None, type=click.Choice(["text", "json"]),
+                     help="Log lines as text (default) or JSON objects (the setting log_format)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -117,10 +120,7 @@ def setup(apps: tuple[str, ...], **overrides: Any) -> Settings:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     use_settings(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)  # per-plugin chatter at INFO
     if os.getcwd() not in sys.path:

@@ -214,6 +214,12 @@ class Settings:
     log_level: str = "INFO"
     """Logging level of ``reconcile`` commands. Default ``INFO``."""
 
+    log_format: str = "text"
+    """How ``reconcile`` commands write their log: ``"text"`` lines, or ``"json"``, one
+    JSON object per line with ``ts``, ``level``, ``logger``, ``msg`` and, for lines
+    written while a job runs (the application's own included), ``jid``, ``class``,
+    ``queue``, ``key``, ``attempt``. Default ``"text"``."""
+
     retry_traceback_log_level: str = "DEBUG"
     """Level at which a worker logs the traceback of a failure that will be retried
     (its WARNING line is one line; a final failure, dead or discarded, is logged at
@@ -340,6 +346,8 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     horizon = values["max_schedule_seconds"]
     if not horizon > 0 or horizon == float("inf"):
         raise bad("max_schedule_seconds", "must be a finite positive number of seconds")
+    if values["log_format"] not in ("text", "json"):
+        raise bad("log_format", "must be text or json")
     for name in ("log_level", "retry_traceback_log_level"):
         if values[name].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad(name, "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")

@@ -38,7 +38,7 @@ from .. import middleware, registry
 from ..broker import Delivery, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
-from ..logs import safe
+from ..logs import job_context, safe
 from ..outcome import RESCHEDULED, Outcome
 from ..payload import UNBOUNDED, decode, dumps
 from ..store.engine import get_engine
@@ -209,9 +209,12 @@ class Executor:
 
         if cls.timeout:
             self.active[d.field] = Active(d, cls, job, payload, time.monotonic() + float(cls.timeout))
+        # the job's fields for every log record written while it runs (structured logs)
+        context = job_context.set((d.queue, payload, cls.keyed))
         try:
             return self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
         finally:
+            job_context.reset(context)
             with self._settling:  # the watchdog and this thread agree on who settles
                 self.active.pop(d.field, None)
 
