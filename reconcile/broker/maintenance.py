@@ -60,11 +60,10 @@ class ReapResult:
 
 
 class MaintenanceOps(BrokerBase):
-    def promote(self, limit: int = 1000, now: float | None = None) -> tuple[int, int, bool]:
-        """Move due scheduled and retry jobs to their queues: (scheduled, retries, more due)."""
-        sched, retry, more = self._promote(
-            keys=[self.keys.script_key], args=[repr(time.time() if now is None else now), limit, WAKE_CAP]
-        )
+    def promote(self, limit: int = 1000) -> tuple[int, int, bool]:
+        """Move due scheduled and retry jobs to their queues: (scheduled, retries, more
+        due). Due means due by the Redis server's clock, not this host's."""
+        sched, retry, more = self._promote(keys=[self.keys.script_key], args=[limit, WAKE_CAP])
         return int(sched), int(retry), bool(more)
 
     def reap(self, limit: int = REAP_BATCH) -> ReapResult:

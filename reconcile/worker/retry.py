@@ -11,7 +11,10 @@ Decision order for a failure ``exc`` of a job whose payload says ``retry``:
 4. ``retry_count < max`` (``max`` = ``default_retry`` for ``True``, else the int):
    ask ``retry_in(count, exc)``: ``DISCARD`` drops it, ``KILL`` kills it, a number is
    the delay, ``None`` (or a hook that raises) means the default
-   ``count**4 + 15 + rand(10) * (count + 1)`` seconds. Schedule in the retry set.
+   ``count**4 + 15 + rand(10) * (count + 1)`` seconds. Schedule in the retry set: the
+   verdict carries the delay, which ``fetch.lua`` adds to the Redis server's clock (a
+   worker whose clock is off still retries on time; the payload's ``failed_at`` and
+   ``retried_at`` are this host's clock, for display).
 5. Otherwise the retries are exhausted: call ``retries_exhausted(payload, exc)`` and
    every global death handler, then the job goes to the dead set. ``retry = 0`` lands
    here on the first failure.
@@ -56,10 +59,10 @@ def default_delay(count: int) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    """``kind`` is ``"discard"``, ``"retry"`` (with ``at``) or ``"dead"``."""
+    """``kind`` is ``"discard"``, ``"retry"`` (with ``delay``, seconds) or ``"dead"``."""
 
     kind: str
-    at: float = 0.0
+    delay: float = 0.0
 
 
 def error_name(exc: BaseException) -> str:
@@ -126,7 +129,7 @@ def decide(
             return Verdict("discard")
         if decision is not KILL:
             delay = default_delay(count) if decision is None else float(decision)
-            return Verdict("retry", now + delay)
+            return Verdict("retry", delay)
     run_death_hooks(job_class, payload, exc)
     return Verdict("dead")
 
