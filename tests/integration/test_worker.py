@@ -234,7 +234,7 @@ def test_settlement_applies_only_while_the_lease_is_held(settings: Settings, bro
     broker.release("p1")  # as a reaper would after the lease expired: all three requeued
     assert broker.redis.llen(queue) == 3
     broker.settle("p1", [
-        SettleOp.retry(d1.field, time.time() + 100, d1.raw),
+        SettleOp.retry(d1.field, 100, d1.raw),
         SettleOp.dead(d2.field, d2.raw),
         SettleOp.push_back(d3.field, "default", d3.raw),
     ])
