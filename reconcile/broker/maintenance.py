@@ -100,9 +100,11 @@ class MaintenanceOps(BrokerBase):
 
     def trim_dead(self) -> None:
         """Keep the dead set within ``dead_max_jobs`` and ``dead_timeout_seconds``
-        (fetch.lua trims when a worker kills a job; the reaper and promoter do not)."""
+        (fetch.lua trims when a worker kills a job; the reaper and promoter do not).
+        The age is measured on the Redis server's clock, the one the scores are on."""
+        seconds, micros = self.redis.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(self.keys.dead, "-inf", time.time() - self.settings.dead_timeout_seconds)
+        pipe.zremrangebyscore(self.keys.dead, "-inf", seconds + micros / 1e6 - self.settings.dead_timeout_seconds)
         pipe.zremrangebyrank(self.keys.dead, 0, -(self.settings.dead_max_jobs + 1))
         pipe.execute()
 
