@@ -103,8 +103,9 @@ class MaintenanceOps(BrokerBase):
         (fetch.lua trims when a worker kills a job; the reaper and promoter do not).
         The age is measured on the Redis server's clock, the one the scores are on."""
         seconds, micros = self.redis.time()
+        oldest = seconds + micros / 1e6 - self.settings.dead_timeout_seconds
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(self.keys.dead, "-inf", seconds + micros / 1e6 - self.settings.dead_timeout_seconds)
+        pipe.zremrangebyscore(self.keys.dead, "-inf", oldest)
         pipe.zremrangebyrank(self.keys.dead, 0, -(self.settings.dead_max_jobs + 1))
         pipe.execute()
 
