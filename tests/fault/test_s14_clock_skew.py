@@ -49,8 +49,10 @@ DELAY = 4.0
 RETRY_DELAY = 4.0
 JITTER = 2.0
 POLL = 0.5  # the World's poll_interval
-SLACK = 1.0
-"""Seconds a promoted job may take to be fetched and performed on this shared machine."""
+SLACK = 1.5
+"""Seconds a promoted job may take to be fetched and performed on a loaded machine (2
+cores, several suites: 0.2-1.2 s seen). Far below the delays themselves and the 300 s
+skew, so a host-clock run-at still fails both ways: early (slow clock) or 300 s late."""
 OBSERVE = 0.1
 """How late this test may see a retry-set entry (it polls every 20 ms)."""
 
@@ -146,7 +148,7 @@ def test_perform_in_runs_on_time_whatever_the_clients_clock(world: World) -> Non
     record("14", f"clock skew: perform_in({DELAY:.0f} s) from clients {SKEW} s fast and {SKEW} s slow, "
            f"{2 * KEYS} keys, workers {SKEW} s fast and slow", f,
            heal=f"latest job {late:.2f} s after its due time", heal_seconds=late,
-           target=f"no job early; each within poll interval x 1.5 + {SLACK:.0f} s of due",
+           target=f"no job early; each within poll interval x 1.5 + {SLACK:.1f} s of due",
            notes=f"lateness against the due time (the test's clock at send + {DELAY:.0f} s): fast client "
                  f"{spread(lateness[+SKEW])}, slow client {spread(lateness[-SKEW])}; send windows "
                  f"{sent[+SKEW][1] - sent[+SKEW][0]:.2f} s / {sent[-SKEW][1] - sent[-SKEW][0]:.2f} s; "
@@ -199,7 +201,7 @@ def test_retries_and_pass_jitter_run_on_time_whatever_the_workers_clock(world: W
     record("14b", f"clock skew: retries ({RETRY_DELAY:.0f} s) from workers {SKEW} s fast and {SKEW} s slow, "
            f"{KEYS} keys, enqueued by a scheduler {SKEW} s fast with a {JITTER:.0f} s jitter", f,
            heal=f"latest retry {late:.2f} s after its due time", heal_seconds=late,
-           target=f"no retry early; each within poll interval x 1.5 + {SLACK:.0f} s of due",
+           target=f"no retry early; each within poll interval x 1.5 + {SLACK:.1f} s of due",
            notes=f"retry lateness against the failure + {RETRY_DELAY:.0f} s: fast worker {fast}, "
                  f"slow worker {slow}; first attempts {min(first_seen) - first_pass:.2f}-"
                  f"{max(first_seen) - first_pass:.2f} s after the first pass started "
