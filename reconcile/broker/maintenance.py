@@ -12,7 +12,6 @@ server's ``TIME``; no host's clock is involved. One reap call examines at most
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, cast
 
