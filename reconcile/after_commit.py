@@ -45,12 +45,13 @@ class _Deferred:
     job_class: JobClass
     options: dict[str, Any]
     at: float
+    delay: float  # counted from the enqueue after the commit, on Redis's clock
     transaction: SessionTransaction | None
     args: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def defer(session: Session, job_class: JobClass, args: tuple[Any, ...],
-          options: dict[str, Any] | None = None, at: float = 0.0) -> None:
+          options: dict[str, Any] | None = None, at: float = 0.0, delay: float = 0.0) -> None:
     """Enqueue ``job_class(*args)`` when ``session`` commits (see the module docs)."""
     check_args(list(args), job_class.job_name, job_class.arg_names(), job_class.arity())
     opts = options or {}
@@ -64,10 +65,10 @@ def defer(session: Session, job_class: JobClass, args: tuple[Any, ...],
     current = session.get_nested_transaction() or session.get_transaction()
     last = pending[-1] if pending else None
     if (last is not None and last.job_class is job_class and last.options == opts
-            and last.at == at and last.transaction is current):
+            and last.at == at and last.delay == delay and last.transaction is current):
         last.args.append(args)
     else:
-        pending.append(_Deferred(job_class, opts, at, current, [args]))
+        pending.append(_Deferred(job_class, opts, at, delay, current, [args]))
 
 
 def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
@@ -86,7 +87,7 @@ def _on_commit(session: Session) -> None:
     session.info[_KEY] = []
     for batch in pending:
         try:
-            enqueue(batch.job_class, batch.args, options=batch.options, at=batch.at)
+            enqueue(batch.job_class, batch.args, options=batch.options, at=batch.at, delay=batch.delay)
         except Exception:
             log.exception("%d %s jobs could not be enqueued after the commit; arguments: %s",
                           len(batch.args), batch.job_class.job_name, safe(batch.args[:20]))

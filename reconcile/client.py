@@ -9,7 +9,13 @@ and ``set(...)`` all call. Contracts:
   call every job is checked first, so a bad one writes nothing;
 * a job rejected by client middleware, or dropped because its uniqueness lock is held,
   yields ``None`` in place of its jid;
-* jobs are pushed ``bulk_batch_size`` (default 1000) per round trip.
+* jobs are pushed ``bulk_batch_size`` (default 1000) per round trip;
+* whose clock counts: a run-at is the Redis server's. ``delay`` (``perform_in``,
+  ``set(wait=)``) and ``delays`` (a pass's jitter) are sent as delays that the script
+  adds to Redis's ``TIME``; ``at`` (``perform_at``, ``set(wait_until=)``) is an
+  absolute time the application chose and stays absolute: the job runs when Redis's
+  clock reaches it. This host's ``time.time()`` only stamps the payload's
+  informational ``created_at`` / ``enqueued_at`` / ``at`` fields.
 """
 
 from __future__ import annotations
@@ -65,22 +71,34 @@ def enqueue(
     *,
     options: dict[str, Any] | None = None,
     at: float = 0.0,
-    ats: Sequence[float] | None = None,
+    delay: float = 0.0,
+    delays: Sequence[float] | None = None,
 ) -> list[str | None]:
     """Enqueue one job per entry of ``args_list``; returns jids (None where not enqueued).
 
     ``options`` override class options for these jobs: ``queue``, ``retry``,
-    ``unique_for``, ``unique_until``. ``at`` is an epoch time; 0 or past means now.
-    ``ats`` gives each job its own run-at instead (reconcile passes spread with jitter).
+    ``unique_for``, ``unique_until``. ``at`` is an absolute epoch time: the jobs run
+    when the Redis server's clock reaches it (0, or a time Redis has passed, means
+    now). ``delay`` is seconds from now on Redis's clock. ``delays`` gives each job
+    its own delay instead (reconcile passes spread with jitter). At most one of the
+    three is given.
     """
+    if (at and delay) or (delays is not None and (at or delay)):
+        raise ValueError("enqueue: give at most one of at, delay and delays")
     settings = get_settings()
     opts = job_class.options() if not options else {**job_class.options(), **options}
     queue = check_queue(job_class.job_name, opts["queue"])
     names = job_class.arg_names()
     unique_for = opts.get("unique_for")
     lock_ttl = int(unique_for * 1000) if unique_for else 0
+    # this host's clock: only the payloads' informational stamps (created_at, and the
+    # "at" a job shows); the run-at itself is Redis's (see the module docstring)
     now = time.time()
-    run_at = at if at > now else 0.0
+    if delay > 0:
+        shown = now + delay
+    else:
+        delay = 0.0
+        shown = at if at > now else 0.0
 
     template = PayloadTemplate.of(job_class.job_name, queue, opts, bool(lock_ttl))
 
@@ -95,20 +113,20 @@ def enqueue(
     chain = middleware.client_middleware.items
     if chain or _interceptor is not None or not settings.fast_paths:
         # the reference: one dict per job (what middleware and the interceptor see)
-        payloads = _build_dicts(job_class, template, args_list, names, lock_ttl, now, run_at, ats, chain)
+        payloads = _build_dicts(job_class, template, args_list, names, lock_ttl, now, shown, delays, chain)
         if _interceptor is not None:
             _interceptor.intercept(job_class, [p for p in payloads if p is not None])
             return [p["jid"] if p is not None else None for p in payloads]
-        records, jids = _records_from_dicts(payloads, run_at, ats, now, lock_ttl, settings.max_payload_bytes)
+        records, jids = _records_from_dicts(payloads, at, delay, delays, lock_ttl, settings.max_payload_bytes)
     else:
-        records, jids = _build_records(job_class, template, args_list, names, lock_ttl, now, run_at, ats,
-                                       settings.max_payload_bytes)
+        records, jids = _build_records(job_class, template, args_list, names, lock_ttl, now, shown, at, delay,
+                                       delays, settings.max_payload_bytes)
 
     out: list[str | None] = [None] * len(args_list)
     broker = get_broker(settings)
     step = settings.bulk_batch_size
     for start in range(0, len(records), step):
-        flags = broker.push(records[start : start + step], now)
+        flags = broker.push(records[start : start + step])
         for j, ok in enumerate(flags):
             if ok:
                 slot, jid = jids[start + j]
@@ -118,17 +136,18 @@ def enqueue(
 
 def _build_dicts(
     job_class: JobClass, template: PayloadTemplate, args_list: Sequence[Sequence[Any]], names: list[str],
-    lock_ttl: int, now: float, run_at: float, ats: Sequence[float] | None, chain: tuple[Any, ...],
+    lock_ttl: int, now: float, shown: float, delays: Sequence[float] | None, chain: tuple[Any, ...],
 ) -> list[dict[str, Any] | None]:
     """Payload dicts (:meth:`PayloadTemplate.reference`), passed through client
-    middleware (None where it rejected one)."""
+    middleware (None where it rejected one). ``shown``: the "at" the payloads show (0:
+    none), this host's estimate; with ``delays``, now plus each job's delay."""
     name = job_class.job_name
     arity = job_class.arity()
     payloads: list[dict[str, Any] | None] = []
     for i, args in enumerate(args_list):
         args = list(args)
         check_args(args, name, names, arity)
-        at = run_at if ats is None else (ats[i] if ats[i] > now else 0.0)
+        at = shown if delays is None else (now + delays[i] if delays[i] > 0 else 0.0)
         lock = job_class.lock_digest(template.queue, args) if lock_ttl else ""
         payload: dict[str, Any] | None = template.reference(new_jid(), args, now, at, lock)
         if chain:
@@ -138,7 +157,7 @@ def _build_dicts(
 
 
 def _records_from_dicts(
-    payloads: list[dict[str, Any] | None], run_at: float, ats: Sequence[float] | None, now: float,
+    payloads: list[dict[str, Any] | None], at: float, delay: float, delays: Sequence[float] | None,
     lock_ttl: int, limit: int,
 ) -> tuple[list[PushRecord], list[tuple[int, str]]]:
     records: list[PushRecord] = []
@@ -146,28 +165,27 @@ def _records_from_dicts(
     for i, p in enumerate(payloads):
         if p is None:
             continue
-        when = run_at if ats is None else ats[i]
-        if ats is not None and when > now:
-            p["at"] = when
-            p.pop("enqueued_at", None)
-        records.append(PushRecord(p["queue"], when, p.get("lock", ""), lock_ttl, encode(p, limit)))
+        wait = delay if delays is None else max(delays[i], 0.0)
+        records.append(PushRecord(p["queue"], at, p.get("lock", ""), lock_ttl, encode(p, limit), wait))
         jids.append((i, p["jid"]))
     return records, jids
 
 
 def _build_records(
     job_class: JobClass, template: PayloadTemplate, args_list: Sequence[Sequence[Any]], names: list[str],
-    lock_ttl: int, now: float, run_at: float, ats: Sequence[float] | None, limit: int,
+    lock_ttl: int, now: float, shown: float, at: float, delay: float, delays: Sequence[float] | None,
+    limit: int,
 ) -> tuple[list[PushRecord], list[tuple[int, str]]]:
     """The fast path (no middleware): payload bytes from the template's pre-encoded
     parts (:meth:`PayloadTemplate.assemble`), the same bytes as the reference path's
-    ``encode(template.reference(...))``."""
+    ``encode(template.reference(...))``; records carry ``at`` / ``delay`` (or each
+    job's ``delays``) for the script, ``shown`` only stamps the payloads."""
     name = job_class.job_name
     dumps = orjson.dumps
     queue, head, mid, lock_open = template.queue, template.head, template.mid, template.LOCK_OPEN
     created = template.created(now)
     ready = template.ready(now)
-    later = created + template.at_field(run_at) if run_at else b""
+    later = created + template.at_field(shown) if shown else ready
     digest = job_class.lock_digest
     ids = os.urandom(12 * len(args_list)).hex()
     records: list[PushRecord] = []
@@ -177,11 +195,12 @@ def _build_records(
         args = list(args)
         check_args(args, name, names, arity)
         jid = ids[24 * i : 24 * i + 24]
-        when = run_at if ats is None else ats[i]
-        if ats is None:
-            stamps = later if run_at else ready
+        wait = delay
+        if delays is None:
+            stamps = later
         else:
-            stamps = created + template.at_field(when) if when > now else ready
+            wait = delays[i] if delays[i] > 0 else 0.0
+            stamps = created + template.at_field(now + wait) if wait else ready
         lock = ""
         if lock_ttl:
             lock = digest(queue, args)
@@ -193,6 +212,6 @@ def _build_records(
             raise PayloadTooLarge(
                 f"payload of {name!r} is {len(data)} bytes, over the max_payload_bytes limit of {limit}"
             )
-        records.append(PushRecord(queue, when, lock, lock_ttl, data))
+        records.append(PushRecord(queue, at, lock, lock_ttl, data, wait))
         jids.append((i, jid))
     return records, jids

@@ -20,7 +20,6 @@ the plain jobs in it. For work that must survive Redis, use
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
@@ -30,7 +29,7 @@ from .after_commit import defer
 from .client import enqueue
 from .errors import ArgumentError, ConfigError
 from .identity import unique_digest
-from .options import OPTION_RULES, as_seconds, epoch, no_keywords, option_error, run_at, seconds
+from .options import OPTION_RULES, as_seconds, epoch, no_keywords, option_error, run_at, run_in, seconds
 from .outcome import Outcome
 from .payload import UNBOUNDED, Arity, check_args
 from .scheduler.cron import Cron
@@ -300,8 +299,8 @@ class Job:
         """Enqueue to run after ``interval`` (seconds or timedelta), which must be finite
         and within ``max_schedule_seconds`` (default 5 years)."""
         no_keywords(cls.job_name, kwargs)
-        at = time.time() + seconds(interval, cls.job_name)
-        return enqueue(cls, [args], at=run_at(cls.job_name, at, "perform_in"))[0]
+        delay = run_in(cls.job_name, seconds(interval, cls.job_name), "perform_in")
+        return enqueue(cls, [args], delay=delay)[0]
 
     @classmethod
     def perform_at(cls, when: datetime | float | int, *args: Any, **kwargs: Any) -> str | None:
@@ -353,36 +352,39 @@ class Job:
             if why is not None:
                 raise ArgumentError(f"{cls.job_name}.set(): {option_error(name, value, why)}")
             opts[name] = as_seconds(value)
-        at = 0.0
+        at = delay = 0.0
         if wait is not None:
-            at = run_at(cls.job_name, time.time() + seconds(wait, cls.job_name, "wait"), "set(wait=)")
+            delay = run_in(cls.job_name, seconds(wait, cls.job_name, "wait"), "set(wait=)")
         elif wait_until is not None:
             at = run_at(cls.job_name, epoch(wait_until, cls.job_name, "wait_until"), "set(wait_until=)")
-        return JobSetter(cls, opts, at)
+        return JobSetter(cls, opts, at, delay)
 
 
 class JobSetter:
-    """The result of ``Job.set(...)``: the enqueue API with per-call options."""
+    """The result of ``Job.set(...)``: the enqueue API with per-call options. ``at``
+    (from ``wait_until``) is absolute; ``delay`` (from ``wait``) counts from each
+    enqueue, on the Redis server's clock."""
 
-    def __init__(self, job_class: type[Job], options: dict[str, Any], at: float) -> None:
+    def __init__(self, job_class: type[Job], options: dict[str, Any], at: float, delay: float = 0.0) -> None:
         self.job_class = job_class
         self.opts = options
         self.at = at
+        self.delay = delay
 
     def perform_async(self, *args: Any, **kwargs: Any) -> str | None:
         if kwargs:
             no_keywords(self.job_class.job_name, kwargs)
-        return enqueue(self.job_class, [args], options=self.opts, at=self.at)[0]
+        return enqueue(self.job_class, [args], options=self.opts, at=self.at, delay=self.delay)[0]
 
     def perform_after_commit(self, session: Session, *args: Any, **kwargs: Any) -> None:
         no_keywords(self.job_class.job_name, kwargs)
-        defer(session, self.job_class, args, self.opts, self.at)
+        defer(session, self.job_class, args, self.opts, self.at, self.delay)
 
     def perform_in(self, interval: float | int | timedelta, *args: Any, **kwargs: Any) -> str | None:
         name = self.job_class.job_name
         no_keywords(name, kwargs)
-        at = run_at(name, time.time() + seconds(interval, name), "perform_in")
-        return enqueue(self.job_class, [args], options=self.opts, at=at)[0]
+        delay = run_in(name, seconds(interval, name), "perform_in")
+        return enqueue(self.job_class, [args], options=self.opts, delay=delay)[0]
 
     def perform_at(self, when: datetime | float | int, *args: Any, **kwargs: Any) -> str | None:
         name = self.job_class.job_name
@@ -391,5 +393,5 @@ class JobSetter:
         return enqueue(self.job_class, [args], options=self.opts, at=at)[0]
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]]) -> list[str | None]:
-        return enqueue(self.job_class, list(args_list), options=self.opts, at=self.at)
+        return enqueue(self.job_class, list(args_list), options=self.opts, at=self.at, delay=self.delay)
 

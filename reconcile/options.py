@@ -6,10 +6,12 @@
   (``check_class_options``: a :class:`~reconcile.errors.ConfigError`) and to each
   option given to ``Job.set()`` (an :class:`~reconcile.errors.ArgumentError`), with the
   message :func:`option_error` builds. docs/jobs.md lists the rules.
-* :func:`seconds`, :func:`epoch` and :func:`run_at`: intervals (a number of seconds or
-  a ``timedelta``) and times (an aware ``datetime`` or epoch seconds) as given to
-  ``perform_in``, ``perform_at`` and ``set(wait=, wait_until=)``; a run time must be
-  finite and within ``max_schedule_seconds`` (default 5 years) from now.
+* :func:`seconds`, :func:`epoch`, :func:`run_in` and :func:`run_at`: intervals (a
+  number of seconds or a ``timedelta``) and times (an aware ``datetime`` or epoch
+  seconds) as given to ``perform_in``, ``perform_at`` and ``set(wait=, wait_until=)``;
+  a run time must be finite and within ``max_schedule_seconds`` (default 5 years)
+  from now. An interval stays a delay all the way to Redis, which adds it to its own
+  clock; a time stays absolute (see :mod:`reconcile.client`).
 * :func:`no_keywords`: job arguments are positional; keyword arguments are refused.
 """
 
@@ -47,6 +49,21 @@ def epoch(when: datetime | float | int, job: str = "", what: str = "perform_at")
     if type(when) not in (int, float):
         raise ArgumentError(f"{job}: {what} {when!r} must be an aware datetime or epoch seconds")
     return float(when)
+
+
+def run_in(job: str, delay: float, what: str) -> float:
+    """``delay`` (seconds) if it is a usable delay: finite, and no longer than
+    ``max_schedule_seconds``; ArgumentError naming ``job`` and ``what``. The delay is
+    sent as such and counted from the Redis server's clock, not this host's."""
+    if not math.isfinite(delay):
+        raise ArgumentError(f"{job}: {what} gives a delay of {delay!r}, which is not a finite time")
+    horizon = get_settings().max_schedule_seconds
+    if delay > horizon:
+        raise ArgumentError(
+            f"{job}: {what} gives a run time {delay:.0f} s from now, beyond the "
+            f"max_schedule_seconds horizon of {horizon:.0f} s"
+        )
+    return delay
 
 
 def run_at(job: str, at: float, what: str) -> float:

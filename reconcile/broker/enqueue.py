@@ -1,9 +1,15 @@
 """Enqueue: :meth:`EnqueueOps.push`, one ``enqueue.lua`` call per batch, and the
-uniqueness locks' release."""
+uniqueness locks' release.
+
+Whose clock counts: a job's run-at is decided by the Redis server's clock. A
+:class:`PushRecord` carries either a ``delay`` (``perform_in``, ``set(wait=)``), which
+``enqueue.lua`` adds to Redis's ``TIME``, or an ``at`` that the application chose as an
+absolute epoch time (``perform_at``, ``set(wait_until=)``), kept absolute and compared
+with Redis's clock; never a run-at computed from this host's ``time.time()``.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -14,13 +20,25 @@ from .base import WAKE_CAP, BrokerBase
 
 
 class PushRecord(NamedTuple):
-    """One job to enqueue: queue, run-at (0 = now), lock digest ("" = none), lock ttl ms, payload."""
+    """One job to enqueue: queue, absolute run-at ``at`` (epoch seconds on the Redis
+    server's clock; 0 = none), lock digest ("" = none), lock ttl ms, payload, and
+    ``delay``: seconds after Redis's clock at the push (0 = none). A record has at most
+    one of ``at`` and ``delay``; with neither it runs now."""
 
     queue: str
     at: float
     lock: str
     lock_ttl_ms: int
     payload: bytes
+    delay: float = 0.0
+
+
+def run_at_arg(record: PushRecord) -> str:
+    """The record's run-at in the scripts' format (``lua/prelude.lua``): ``+<s>`` a
+    delay, ``<t>`` an absolute time, ``0`` now."""
+    if record.delay:
+        return "+" + repr(float(record.delay))
+    return repr(float(record.at)) if record.at else "0"
 
 
 def enqueue_refused(count: int, exc: redis.OutOfMemoryError) -> BrokerError:
@@ -35,27 +53,27 @@ def enqueue_refused(count: int, exc: redis.OutOfMemoryError) -> BrokerError:
 
 
 class EnqueueOps(BrokerBase):
-    def push(self, records: Sequence[PushRecord], now: float | None = None) -> list[bool]:
-        """Push a batch in one Lua call; ``False`` where a uniqueness lock was held.
+    def push(self, records: Sequence[PushRecord]) -> list[bool]:
+        """Push a batch in one Lua call; ``False`` where a uniqueness lock was held. A
+        job whose run-at is after the Redis server's clock goes to the scheduled set.
         Under ``maxmemory`` with ``noeviction`` raises :class:`BrokerError` and writes
         nothing."""
         if not records:
             return []
         try:
-            return self._push(records, now)
+            return self._push(records)
         except redis.OutOfMemoryError as exc:
             raise enqueue_refused(len(records), exc) from exc
 
-    def _push(self, records: Sequence[PushRecord], now: float | None) -> list[bool]:
-        now = time.time() if now is None else now
+    def _push(self, records: Sequence[PushRecord]) -> list[bool]:
         queue = records[0].queue
-        if all(r.queue == queue and not r.lock and r.at <= now for r in records):
+        if all(r.queue == queue and not r.lock and not r.at and not r.delay for r in records):
             # the common bulk case: one queue, no locks, run now
-            self._eval(self._enqueue, [repr(now), WAKE_CAP, "Q", queue, *(r.payload for r in records)])
+            self._eval(self._enqueue, [WAKE_CAP, "Q", queue, *(r.payload for r in records)])
             return [True] * len(records)
-        args: list[Any] = [repr(now), WAKE_CAP, "F"]
+        args: list[Any] = [WAKE_CAP, "F"]
         for r in records:
-            args += (r.queue, repr(r.at), r.lock, r.lock_ttl_ms, r.payload)
+            args += (r.queue, run_at_arg(r), r.lock, r.lock_ttl_ms, r.payload)
         flags = self._eval(self._enqueue, args)
         return [bool(f) for f in flags]
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -48,7 +47,7 @@ class FetchOps(BrokerBase):
         """
         s = self.settings
         args: list[Any] = [
-            proc_id, count, len(ops) + (adopt is not None), repr(time.time()), s.dead_max_jobs,
+            proc_id, count, len(ops) + (adopt is not None), s.dead_max_jobs,
             int(s.dead_timeout_seconds), WAKE_CAP, suspect_threshold(s.max_recoveries),
         ]
         if adopt is not None:

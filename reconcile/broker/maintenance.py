@@ -12,7 +12,6 @@ server's ``TIME``; no host's clock is involved. One reap call examines at most
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -60,11 +59,10 @@ class ReapResult:
 
 
 class MaintenanceOps(BrokerBase):
-    def promote(self, limit: int = 1000, now: float | None = None) -> tuple[int, int, bool]:
-        """Move due scheduled and retry jobs to their queues: (scheduled, retries, more due)."""
-        sched, retry, more = self._promote(
-            keys=[self.keys.script_key], args=[repr(time.time() if now is None else now), limit, WAKE_CAP]
-        )
+    def promote(self, limit: int = 1000) -> tuple[int, int, bool]:
+        """Move due scheduled and retry jobs to their queues: (scheduled, retries, more
+        due). Due means due by the Redis server's clock, not this host's."""
+        sched, retry, more = self._promote(keys=[self.keys.script_key], args=[limit, WAKE_CAP])
         return int(sched), int(retry), bool(more)
 
     def reap(self, limit: int = REAP_BATCH) -> ReapResult:
@@ -101,9 +99,12 @@ class MaintenanceOps(BrokerBase):
 
     def trim_dead(self) -> None:
         """Keep the dead set within ``dead_max_jobs`` and ``dead_timeout_seconds``
-        (fetch.lua trims when a worker kills a job; the reaper and promoter do not)."""
+        (fetch.lua trims when a worker kills a job; the reaper and promoter do not).
+        The age is measured on the Redis server's clock, the one the scores are on."""
+        seconds, micros = self.redis.time()
+        oldest = seconds + micros / 1e6 - self.settings.dead_timeout_seconds
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(self.keys.dead, "-inf", time.time() - self.settings.dead_timeout_seconds)
+        pipe.zremrangebyscore(self.keys.dead, "-inf", oldest)
         pipe.zremrangebyrank(self.keys.dead, 0, -(self.settings.dead_max_jobs + 1))
         pipe.execute()
 

@@ -52,23 +52,24 @@ class PassPusher:
 
     def push(
         self, *, queue: str, lock_ttl_ms: int, digests: bytes, width: int, payloads: bytes,
-        count: int, now: float, ats: Sequence[float] | None = None, overwrite: bool = False,
+        count: int, delays: Sequence[float] | None = None, overwrite: bool = False,
     ) -> bytes:
         """Push ``count`` jobs of one queue in one call; returns one byte per job, ``1``
         pushed, ``0`` dropped because its lock was held.
 
         ``payloads``: each job's payload followed by ``b"\\n"``; ``digests``: the jobs'
         lock digests concatenated, ``width`` bytes each (``width`` 0 and ``b""``: the
-        jobs take no lock). ``ats``: each job's run-at (None: all now); one after
-        ``now`` goes to the scheduled set. ``overwrite`` takes every lock even if held
+        jobs take no lock). ``delays``: each job's delay in seconds (the pass's jitter;
+        None: all now); one above 0 goes to the scheduled set at the Redis server's
+        clock plus the delay (never this host's clock). ``overwrite`` takes every lock even if held
         and pushes every job (a pass after a Redis loss, which does not trust locks).
         """
         if count == 0:
             return b""
-        at_blob = b"" if ats is None else "".join([f"{a!r}\n" for a in ats]).encode()
+        delay_blob = b"" if delays is None else "".join([f"{d!r}\n" for d in delays]).encode()
         mode = PUSH_OVERWRITE if overwrite else PUSH
-        args: list[bytes | str | int] = [mode, width, digests, repr(now), WAKE_CAP, queue,
-                                         lock_ttl_ms, payloads, at_blob]
+        args: list[bytes | str | int] = [mode, width, digests, WAKE_CAP, queue,
+                                         lock_ttl_ms, payloads, delay_blob]
         return self._call(args, count)
 
     def _call(self, args: list[bytes | str | int], count: int) -> bytes:

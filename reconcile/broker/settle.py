@@ -11,11 +11,15 @@ kind           code  effect in ``fetch.lua``                                a, b
 =============  ====  ====================================================  ============
 ``ack``        A     lease removed, ``processed`` counted, lock released    lock
 ``drop``       X     lease removed, lock released (already done, void)      lock
-``retry``      R     into the retry set at ``at``, ``failed`` counted       at, payload, lock
-``reschedule`` S     into the scheduled set at ``at`` (no retry spent)      at, payload
+``retry``      R     into the retry set ``delay`` s on, ``failed`` counted  delay, payload, lock
+``reschedule`` S     into the scheduled set ``delay`` s on (no retry spent) delay, payload
 ``dead``       D     into the dead set (capped), ``failed`` counted         record, lock
 ``push_back``  Q     back to the head of ``queue``, unchanged               queue, raw
 =============  ====  ====================================================  ============
+
+Retries and re-schedules carry a *delay*, never an absolute time: ``fetch.lua`` adds it
+to the Redis server's clock (``TIME``), so a worker whose clock is fast or slow still
+retries on time (one clock for every run-at, see ``lua/prelude.lua``).
 """
 
 from __future__ import annotations
@@ -60,16 +64,17 @@ class SettleOp(NamedTuple):
         return cls(SettleKind.DROP, field, lock)
 
     @classmethod
-    def retry(cls, field: bytes, at: float, payload: bytes, lock: str = "") -> SettleOp:
-        """Failed, retried at ``at`` (epoch seconds) with ``payload`` (its retry count
-        stamped); counted ``failed``."""
-        return cls(SettleKind.RETRY, field, repr(at), payload, lock)
+    def retry(cls, field: bytes, delay: float, payload: bytes, lock: str = "") -> SettleOp:
+        """Failed, retried ``delay`` seconds from now on the Redis server's clock (a
+        negative delay counts as 0) with ``payload`` (its retry count stamped); counted
+        ``failed``."""
+        return cls(SettleKind.RETRY, field, repr(delay), payload, lock)
 
     @classmethod
-    def reschedule(cls, field: bytes, at: float, payload: bytes) -> SettleOp:
-        """Runs again at ``at`` without spending a retry (lock busy, database lost,
-        held); the uniqueness lock is kept."""
-        return cls(SettleKind.RESCHEDULE, field, repr(at), payload)
+    def reschedule(cls, field: bytes, delay: float, payload: bytes) -> SettleOp:
+        """Runs again ``delay`` seconds from now on the Redis server's clock, without
+        spending a retry (lock busy, database lost, held); the uniqueness lock is kept."""
+        return cls(SettleKind.RESCHEDULE, field, repr(delay), payload)
 
     @classmethod
     def dead(cls, field: bytes, record: bytes, lock: str = "") -> SettleOp:
@@ -95,8 +100,9 @@ class SettleOp(NamedTuple):
         return ""
 
     @property
-    def at(self) -> float | None:
-        """When a retried or re-scheduled job runs again (epoch seconds)."""
+    def delay(self) -> float | None:
+        """Seconds until a retried or re-scheduled job runs again, counted from the
+        moment ``fetch.lua`` applies the settlement, on the Redis server's clock."""
         if self.kind in (SettleKind.RETRY, SettleKind.RESCHEDULE):
             return float(self.a)
         return None

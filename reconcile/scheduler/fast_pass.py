@@ -50,9 +50,8 @@ class _Built(NamedTuple):
 
     payloads: bytes  # each followed by b"\n"
     digests: bytes  # of these jobs, concatenated
-    ats: list[float] | None
+    delays: list[float] | None  # jitter, seconds after the Redis server's clock
     jobs: int
-    now: float
 
 
 PUSH_BYTES = 100_000
@@ -179,12 +178,14 @@ class FastPass:
         template = self.template
         created = template.created(now)
         ready = template.ready(now) + lock_open
-        ats: list[float] | None = None
+        delays: list[float] | None = None
         tails: list[bytes] | None = None
         longest_tail = len(ready)
         if self.jitter > 0:
-            ats = [now + random.uniform(0.0, self.jitter) for _ in range(n)]
-            tails = [created + template.at_field(at) + lock_open if at > now else ready for at in ats]
+            # The run-ats are delays that pass_enqueue.lua adds to Redis's clock; the
+            # payload's "at" is this host's estimate of that time, for display only.
+            delays = [random.uniform(0.0, self.jitter) for _ in range(n)]
+            tails = [created + template.at_field(now + d) + lock_open if d > 0 else ready for d in delays]
             longest_tail = max(map(len, tails))
         longest = len(self.head) + 24 + enc.longest + longest_tail + self.width + len(self.close)
         if longest - 1 > self.limit:
@@ -200,8 +201,8 @@ class FastPass:
                 parts += (head, jids[24 * j : 24 * j + 24], args[i], ready if tails is None else tails[j],
                           digests[w * i : w * i + w], close)
             picked = b"".join([digests[w * i : w * i + w] for i in group])
-            out.append(_Built(b"".join(parts), picked, None if ats is None else ats[start : start + per_call],
-                              len(group), now))
+            out.append(_Built(b"".join(parts), picked,
+                              None if delays is None else delays[start : start + per_call], len(group)))
         return out
 
     def _too_large(self, enc: _Encoded, which: Sequence[int], tails: list[bytes]) -> None:
@@ -233,7 +234,7 @@ class FastPass:
         for part in built:
             flags = self.pusher.push(
                 queue=self.queue, lock_ttl_ms=self.lock_ttl, digests=part.digests, width=self.width,
-                payloads=part.payloads, count=part.jobs, now=part.now, ats=part.ats,
+                payloads=part.payloads, count=part.jobs, delays=part.delays,
                 overwrite=self.overwrite,
             )
             pushed += flags.count(b"1")

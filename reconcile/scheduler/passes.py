@@ -11,7 +11,9 @@
    as they are when their page is read);
 4. drop quarantined keys (read once per pass);
 5. enqueue each page with one Lua call that takes each key's uniqueness lock and
-   gives each key a run-at spread uniformly over ``jitter`` seconds; a held lock
+   gives each key a delay spread uniformly over ``jitter`` seconds (the script adds it
+   to the Redis server's clock: a scheduler with a skewed clock still spreads the page
+   over the next ``jitter`` seconds, not earlier or later); a held lock
    means the key is already queued (or waiting for a retry, whose backoff is kept),
    except in a pass triggered by a Redis loss, which takes the page's locks over
    (a lock that survived an eviction proves nothing about its job);
@@ -282,11 +284,9 @@ def _slow_push(job_class: type[ReconciledJob], keys: list[tuple[Any, ...]], jitt
             # locks so every pending key is enqueued again. A key still queued runs
             # twice, which step 2 of the protocol makes a no-op.
             get_broker().release_locks([job_class.lock_digest(job_class.queue, list(k)) for k in keys])
-        ats = None
-        if jitter > 0:
-            now = time.time()
-            ats = [now + random.uniform(0.0, jitter) for _ in keys]
-        jids = client.enqueue(job_class, keys, ats=ats)
+        # jitter as delays: enqueue.lua adds them to the Redis server's clock
+        delays = [random.uniform(0.0, jitter) for _ in keys] if jitter > 0 else None
+        jids = client.enqueue(job_class, keys, delays=delays)
         pushed = sum(1 for j in jids if j is not None)
         return pushed, len(jids) - pushed
 

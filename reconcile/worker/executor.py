@@ -9,7 +9,7 @@ outcome               settlement
 ====================  =========================================================
 performed             ack (releases a ``unique_until="success"`` lock)
 already done          drop, counted ``already_done`` (ReconciledJob step 2)
-lock busy elsewhere   reschedule in a few seconds, counted ``lock_busy``
+lock busy elsewhere   reschedule in ``LOCK_BUSY_DELAY`` s, counted ``lock_busy``
 database connection   reschedule in a few seconds, counted ``db_unavailable``
 lost (ReconciledJob)  (no retry spent: PostgreSQL restarting or the backend killed)
 class disabled        drop (ReconciledJob, re-derived after enabling)
@@ -21,7 +21,9 @@ unknown class, arity  dead, payload kept, reason in ``error_message``
 ====================  =========================================================
 
 The rows that do not involve an exception are one pure function,
-:func:`settlement_of`; the failure rows go through :func:`.retry.decide`.
+:func:`settlement_of`; the failure rows go through :func:`.retry.decide`. Every
+re-schedule and retry is a delay, which ``fetch.lua`` adds to the Redis server's
+clock: no run-at is computed from this host's clock.
 """
 
 from __future__ import annotations
@@ -59,23 +61,24 @@ HOLD_DELAY = 30.0
 
 
 def settlement_of(
-    outcome: Outcome, field: bytes, lock: str, payload: Callable[[], bytes], now: float,
+    outcome: Outcome, field: bytes, lock: str, payload: Callable[[], bytes],
 ) -> SettleOp:
     """The settlement of a delivery that ended in ``outcome`` without raising: the
     outcome-to-settlement table above, as one pure function (``tests/unit`` checks each
     row).
 
     ``payload`` is called only for the outcomes that keep the job (re-scheduled or
-    held), so the common ``DONE`` path never serialises. ``now`` is the epoch time the
-    delay counts from. ``FAILED`` and ``NOT_CONVERGED`` are settled by the retry rules
-    (:func:`.retry.decide`), not here: passing them raises ``ValueError``.
+    held), so the common ``DONE`` path never serialises. A re-schedule's ``delay``
+    counts from when Redis applies it, on Redis's clock. ``FAILED`` and
+    ``NOT_CONVERGED`` are settled by the retry rules (:func:`.retry.decide`), not
+    here: passing them raises ``ValueError``.
     """
     if outcome is Outcome.DONE:
         return SettleOp.ack(field, lock)
     if outcome in RESCHEDULED:
-        return SettleOp.reschedule(field, now + random.uniform(*LOCK_BUSY_DELAY), payload())
+        return SettleOp.reschedule(field, random.uniform(*LOCK_BUSY_DELAY), payload())
     if outcome is Outcome.HELD:
-        return SettleOp.reschedule(field, now + HOLD_DELAY, payload())
+        return SettleOp.reschedule(field, HOLD_DELAY, payload())
     if outcome in (Outcome.ALREADY_DONE, Outcome.DISABLED):
         return SettleOp.drop(field, lock)
     raise ValueError(f"{outcome.value!r} is settled by the retry rules, not by settlement_of")
@@ -191,7 +194,7 @@ class Executor:
         if cls.injected_params == 0 and self.held.is_held(cls.job_name):
             # A disabled plain Job is held, not dropped: nothing re-derives it later.
             self.count(Outcome.HELD)
-            return settlement_of(Outcome.HELD, d.field, lock, lambda: d.raw, time.time())
+            return settlement_of(Outcome.HELD, d.field, lock, lambda: d.raw)
         try:
             job = cls()
             job.jid = payload["jid"]
@@ -240,7 +243,7 @@ class Executor:
             # per job, measured in the drain); settlement_of gives the same op
             return SettleOp.ack(d.field, lock)
         self.count(outcome)
-        return settlement_of(outcome, d.field, lock, lambda: dumps(payload), time.time())
+        return settlement_of(outcome, d.field, lock, lambda: dumps(payload))
 
     def expired(self, now: float) -> list[Active]:
         """Running deliveries past their deadline (the worker's watchdog gives them up)."""
@@ -291,7 +294,7 @@ class Executor:
         if verdict.kind == "discard":
             return SettleOp.drop(d.field, lock)
         if verdict.kind == "retry":
-            return SettleOp.retry(d.field, verdict.at, dumps(payload), lock)
+            return SettleOp.retry(d.field, verdict.delay, dumps(payload), lock)
         cls.on_death(payload, exc)
         return SettleOp.dead(d.field, dumps(payload), lock)
 

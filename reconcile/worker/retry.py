@@ -10,8 +10,12 @@ Decision order for a failure ``exc`` of a job whose payload says ``retry``:
    failure) or ``retried_at`` with ``retry_count + 1``.
 4. ``retry_count < max`` (``max`` = ``default_retry`` for ``True``, else the int):
    ask ``retry_in(count, exc)``: ``DISCARD`` drops it, ``KILL`` kills it, a number is
-   the delay, ``None`` (or a hook that raises) means the default
-   ``count**4 + 15 + rand(10) * (count + 1)`` seconds. Schedule in the retry set.
+   the delay (0 or less: at once), ``None`` (or a hook that raises, or returns
+   ``nan``/``inf``, which no clock can add) means the default
+   ``count**4 + 15 + rand(10) * (count + 1)`` seconds. Schedule in the retry set: the
+   verdict carries the delay, which ``fetch.lua`` adds to the Redis server's clock (a
+   worker whose clock is off still retries on time; the payload's ``failed_at`` and
+   ``retried_at`` are this host's clock, for display).
 5. Otherwise the retries are exhausted: call ``retries_exhausted(payload, exc)`` and
    every global death handler, then the job goes to the dead set. ``retry = 0`` lands
    here on the first failure.
@@ -20,6 +24,7 @@ Decision order for a failure ``exc`` of a job whose payload says ``retry``:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import traceback
@@ -56,10 +61,10 @@ def default_delay(count: int) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    """``kind`` is ``"discard"``, ``"retry"`` (with ``at``) or ``"dead"``."""
+    """``kind`` is ``"discard"``, ``"retry"`` (with ``delay``, seconds) or ``"dead"``."""
 
     kind: str
-    at: float = 0.0
+    delay: float = 0.0
 
 
 def error_name(exc: BaseException) -> str:
@@ -126,7 +131,13 @@ def decide(
             return Verdict("discard")
         if decision is not KILL:
             delay = default_delay(count) if decision is None else float(decision)
-            return Verdict("retry", now + delay)
+            if not math.isfinite(delay):
+                # fetch.lua adds the delay to the Redis clock: inf or nan would fail the
+                # whole settlement call, and with it the jobs settled beside this one
+                log.error("%s.retry_in returned %r, not a finite delay; using the default backoff",
+                          job_class.__name__, decision)
+                delay = default_delay(count)
+            return Verdict("retry", delay)
     run_death_hooks(job_class, payload, exc)
     return Verdict("dead")
 

@@ -20,6 +20,10 @@ from tests.fault.results import record
 
 KEYS = 500 if SOAK else 120
 FAILS = 3
+SETTLE = 0.25
+"""Seconds a failure may take to be settled: the backoff counts from the settlement, on
+the Redis server's clock (fetch.lua adds the delay to TIME), while the payload's
+``failed_at`` / ``retried_at`` is the worker's clock at the failure, a few ms earlier."""
 
 
 def finished_passes(world: World) -> int:
@@ -61,7 +65,7 @@ def test_retry_storm_follows_the_backoff(world: World) -> None:
         time.sleep(0.05)
     heal = time.monotonic() - last_promotion
     f = world.figures()
-    bad = [(n, d) for n, d in delays if not n**4 + 15 <= d <= n**4 + 15 + 9 * (n + 1) + 0.001]
+    bad = [(n, d) for n, d in delays if not n**4 + 15 <= d <= n**4 + 15 + 9 * (n + 1) + SETTLE]
     per_key = sorted(set(f.per_key_performs.values()))
     already = sum(r["already_queued"] for r in world.runs())
     record("10", f"retry storm: {KEYS} keys fail {FAILS}x then recover, passes every 1 s", f,

@@ -27,24 +27,24 @@ def scenario(broker: Broker) -> list[Any]:
     """Every hot-path script call: quick and full enqueues (a held lock, a later run),
     pass pages (probe, push, overwrite), fetch with settlements of each kind."""
     replies: list[Any] = []
-    replies.append(broker.push([PushRecord("default", 0, "", 0, payload(f"q{i}")) for i in range(3)], NOW))
+    replies.append(broker.push([PushRecord("default", 0, "", 0, payload(f"q{i}")) for i in range(3)]))
     replies.append(broker.push([
         PushRecord("default", 0, "d1", 60_000, payload("l1")),
         PushRecord("default", 0, "d1", 60_000, payload("l2")),  # same lock: dropped
-        PushRecord("low", NOW + 30, "", 0, payload("s1", "low")),
-    ], NOW))
+        PushRecord("low", NOW + 30, "", 0, payload("s1", "low")),  # absolute: kept as given
+    ]))
     pusher = PassPusher(broker)
     digests = b"".join(d.encode() for d in ("a" * 32, "b" * 32))
     replies.append(pusher.probe(digests, 32))
     replies.append(pusher.push(queue="items", lock_ttl_ms=60_000, digests=digests, width=32,
                                payloads=payload("p1", "items") + b"\n" + payload("p2", "items") + b"\n",
-                               count=2, now=NOW))
+                               count=2))
     replies.append(pusher.probe(digests, 32))
     replies.append(pusher.push(queue="items", lock_ttl_ms=60_000, digests=digests[:32], width=32,
-                               payloads=payload("p3", "items") + b"\n", count=1, now=NOW, overwrite=True))
+                               payloads=payload("p3", "items") + b"\n", count=1, overwrite=True))
     got = broker.exchange("proc", ["default", "items"], 4)
     replies.append([(d.queue, d.raw) for d in got])
-    ops = [SettleOp.ack(got[0].field, "d1"), SettleOp.retry(got[1].field, NOW + 60, got[1].raw),
+    ops = [SettleOp.ack(got[0].field, "d1"), SettleOp.retry(got[1].field, 60, got[1].raw),
            SettleOp.dead(got[2].field, got[2].raw), SettleOp.push_back(got[3].field, "default", got[3].raw)]
     more = broker.exchange("proc", ["items"], 2, ops)
     replies.append([(d.queue, d.raw) for d in more])
@@ -55,15 +55,16 @@ def scenario(broker: Broker) -> list[Any]:
 
 def state(broker: Broker) -> dict[str, Any]:
     """Every key of the namespace and its value, with the namespace, the delivery
-    numbers (which start at the clock) and the dead set's times taken out."""
+    numbers (which start at the clock) and the times the scripts read from Redis's
+    clock (the dead set's, the retry's run-at) taken out."""
     r, out = broker.redis, {}
     for key in r.scan_iter(match=broker.keys.pattern):
         kind = r.type(key).decode()
         value: Any
         if kind == "list":
             value = r.lrange(key, 0, -1)
-        elif kind == "zset" and key.endswith(b":dead"):
-            value = r.zrange(key, 0, -1)  # scored by the time of death, which differs
+        elif kind == "zset" and (key.endswith(b":dead") or key.endswith(b":retry")):
+            value = r.zrange(key, 0, -1)  # scored by Redis's clock at the call, which differs
         elif kind == "zset":
             value = r.zrange(key, 0, -1, withscores=True)
         elif kind == "set":

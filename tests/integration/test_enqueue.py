@@ -83,7 +83,9 @@ def test_perform_in_goes_to_the_scheduled_set(broker: Broker) -> None:
     assert job["jid"] == jid and job2["jid"] == jid2
     assert before + 60 <= score <= time.time() + 60
     assert before + 120 <= score2 <= time.time() + 120
-    assert job["at"] == pytest.approx(score, abs=1e-3)
+    # the score is Redis's clock plus the delay and decides; the payload's "at" is the
+    # enqueuing host's estimate of it (the same clock here, a round trip apart)
+    assert job["at"] == pytest.approx(score, abs=1.0)
     assert "enqueued_at" not in job
     assert queued(broker) == []
 

@@ -214,7 +214,8 @@ def test_payload_bytes_equal_the_reference_and_client_build_records(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, job: type[ReconciledJob], jitter: float
 ) -> None:
     """Byte for byte what PayloadTemplate.reference gives, encoded, and what
-    client.enqueue's bytes path builds, from the same clock, jids and run-ats."""
+    client.enqueue's bytes path builds, from the same clock, jids and delays; the
+    records carry the same delays for the script to add to Redis's clock."""
     by_job: dict[str, list[tuple[Any, ...]]] = {
         "ProcessItem": [(1,), (2**63 - 1,), (-5,)],
         "UnlockedItem": [(1,), (2,)],
@@ -228,15 +229,15 @@ def test_payload_bytes_equal_the_reference_and_client_build_records(
     fast = fast_pass.FastPass.create(job, settings, jitter, overwrite=False)
     assert fast is not None
     built = fast._payloads(fast._encode(keys), range(len(keys)))
-    ats = [at for part in built for at in part.ats or []] if jitter else None
+    delays = [d for part in built for d in part.delays or []] if jitter else None
     ttl, template, limit = fast.lock_ttl, fast.template, settings.max_payload_bytes
     records, _ = client._build_records(job, template, keys, job.arg_names(), ttl, 1_700_000_000.25,
-                                       0.0, ats, limit)
+                                       0.0, 0.0, 0.0, delays, limit)
     ids = os.urandom(12 * len(keys)).hex()  # patched: the jids both paths drew
     reference = [
         encode(template.reference(
             ids[24 * i : 24 * i + 24], list(k), 1_700_000_000.25,
-            ats[i] if ats and ats[i] > 1_700_000_000.25 else 0.0,
+            1_700_000_000.25 + delays[i] if delays and delays[i] > 0 else 0.0,
             job.lock_digest(job.queue, list(k)) if ttl else ""), limit) + b"\n"
         for i, k in enumerate(keys)
     ]
@@ -245,6 +246,8 @@ def test_payload_bytes_equal_the_reference_and_client_build_records(
     assert b"".join(part.digests for part in built) == "".join(r.lock for r in records).encode()
     for r, k in zip(records, keys, strict=True):
         assert r.lock == (job.lock_digest(job.queue, list(k)) if ttl else "")
+    assert [r.delay for r in records] == (delays or [0.0] * len(keys))
+    assert all(r.at == 0.0 for r in records), "a pass's run-ats are delays, never absolute"
 
 
 def test_jitter_spreads_run_ats_through_the_scheduled_set(
@@ -259,7 +262,9 @@ def test_jitter_spreads_run_ats_through_the_scheduled_set(
     assert len(scheduled) >= 290  # a run-at equal to now goes straight to the queue
     for raw, score in scheduled:
         payload = orjson.loads(raw)
-        assert payload["at"] == score and "enqueued_at" not in payload
+        # the score (Redis's clock + the jitter delay) decides; the payload shows the
+        # scheduler's estimate of it
+        assert payload["at"] == pytest.approx(score, abs=1.0) and "enqueued_at" not in payload
         assert before <= score <= time.time() + 30
 
 
@@ -458,7 +463,7 @@ def test_out_of_memory_is_a_broker_error_and_writes_nothing(
         with pytest.raises(BrokerError):
             PassPusher(get_broker(settings)).push(
                 queue="items", lock_ttl_ms=1000, digests=b"a" * 32, width=32, payloads=b"{}\n",
-                count=1, now=time.time())
+                count=1)
     finally:
         server.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -232,6 +233,21 @@ def test_retry_in_that_raises_falls_back_to_default_backoff(
 ) -> None:
     HookRaises.reset()
     HookRaises.perform_async(1)
+    with running_worker(settings):
+        before = time.time()
+        wait_for(lambda: broker.set_sizes()["retry"] == 1, what="retry")
+    [(_, score)] = retry_jobs(broker)
+    assert before + 14 <= score <= time.time() + 24
+
+
+@pytest.mark.parametrize("decision", [math.inf, math.nan], ids=["inf", "nan"])
+def test_retry_in_not_finite_falls_back_to_default_backoff(
+    settings: Settings, broker: Broker, decision: float
+) -> None:
+    """The delay is added to the Redis clock inside fetch.lua: a non-finite one would fail
+    the settlement call itself, so it is refused for the default backoff."""
+    RetryDefault.reset(decision=decision)
+    RetryDefault.perform_async(1)
     with running_worker(settings):
         before = time.time()
         wait_for(lambda: broker.set_sizes()["retry"] == 1, what="retry")

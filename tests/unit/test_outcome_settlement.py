@@ -1,7 +1,9 @@
 """The outcome-to-settlement table: how a delivery that ended without raising is settled.
 
 Each row of the table in :mod:`reconcile.worker.executor` is one case here, asserted on
-the settlement's names (kind, lock, at, payload), never on the wire letters.
+the settlement's names (kind, lock, delay, payload), never on the wire letters. A
+re-schedule carries a delay, which ``fetch.lua`` adds to the Redis server's clock: no
+row reads the worker's clock.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from reconcile.worker.executor import HOLD_DELAY, LOCK_BUSY_DELAY, settlement_of
 
 FIELD = b"lease-1"
 LOCK = "u:abc"
-NOW = 1_700_000_000.0
 PAYLOAD = b'{"jid":"j1"}'
 
 
@@ -32,7 +33,7 @@ class Payload:
 
 def settle(outcome: Outcome) -> tuple[SettleOp, int]:
     source = Payload()
-    op = settlement_of(outcome, FIELD, LOCK, source, NOW)
+    op = settlement_of(outcome, FIELD, LOCK, source)
     return op, source.calls
 
 
@@ -50,7 +51,7 @@ def test_already_done_and_disabled_are_dropped_with_the_lock(outcome: Outcome) -
     op, serialised = settle(outcome)
     assert op.kind is SettleKind.DROP
     assert op.lock == LOCK
-    assert op.at is None
+    assert op.delay is None
     assert serialised == 0
 
 
@@ -60,8 +61,8 @@ def test_lock_busy_and_db_unavailable_run_again_within_the_lock_busy_delay(
 ) -> None:
     op, serialised = settle(outcome)
     assert op.kind is SettleKind.RESCHEDULE
-    assert op.at is not None
-    assert NOW + LOCK_BUSY_DELAY[0] <= op.at <= NOW + LOCK_BUSY_DELAY[1]
+    assert op.delay is not None
+    assert LOCK_BUSY_DELAY[0] <= op.delay <= LOCK_BUSY_DELAY[1]
     assert op.payload == PAYLOAD
     # a re-schedule spends no retry and keeps the uniqueness lock
     assert op.lock == ""
@@ -69,14 +70,14 @@ def test_lock_busy_and_db_unavailable_run_again_within_the_lock_busy_delay(
 
 
 def test_rescheduled_delays_are_jittered_not_fixed() -> None:
-    ats = {settlement_of(Outcome.LOCK_BUSY, FIELD, LOCK, Payload(), NOW).at for _ in range(50)}
-    assert len(ats) > 1
+    delays = {settlement_of(Outcome.LOCK_BUSY, FIELD, LOCK, Payload()).delay for _ in range(50)}
+    assert len(delays) > 1
 
 
 def test_held_is_rescheduled_after_the_hold_delay_with_its_payload_unchanged() -> None:
     op, serialised = settle(Outcome.HELD)
     assert op.kind is SettleKind.RESCHEDULE
-    assert op.at == NOW + HOLD_DELAY
+    assert op.delay == HOLD_DELAY
     assert op.payload == PAYLOAD
     assert op.lock == ""
     assert serialised == 1

@@ -1,5 +1,7 @@
 """Settlements: each named constructor puts its fields where ``fetch.lua`` reads them
-(code, lease field, then a, b, c), and the named properties read them back."""
+(code, lease field, then a, b, c), and the named properties read them back. A retry
+and a re-schedule carry a delay (``fetch.lua`` adds it to the Redis server's clock),
+never an absolute time."""
 
 from __future__ import annotations
 
@@ -13,16 +15,16 @@ FIELD = b"7|default"
 @pytest.mark.parametrize(
     ("op", "wire", "named"),
     [
-        (SettleOp.ack(FIELD, "lk"), ("A", "lk", "", ""), {"lock": "lk", "at": None, "payload": None}),
-        (SettleOp.drop(FIELD), ("X", "", "", ""), {"lock": "", "at": None, "payload": None}),
+        (SettleOp.ack(FIELD, "lk"), ("A", "lk", "", ""), {"lock": "lk", "delay": None, "payload": None}),
+        (SettleOp.drop(FIELD), ("X", "", "", ""), {"lock": "", "delay": None, "payload": None}),
         (SettleOp.retry(FIELD, 12.5, b"{}", "lk"), ("R", "12.5", b"{}", "lk"),
-         {"lock": "lk", "at": 12.5, "payload": b"{}"}),
+         {"lock": "lk", "delay": 12.5, "payload": b"{}"}),
         (SettleOp.reschedule(FIELD, 3.0, b"{}"), ("S", "3.0", b"{}", ""),
-         {"lock": "", "at": 3.0, "payload": b"{}"}),
+         {"lock": "", "delay": 3.0, "payload": b"{}"}),
         (SettleOp.dead(FIELD, b"{rec}", "lk"), ("D", b"{rec}", "lk", ""),
-         {"lock": "lk", "at": None, "payload": b"{rec}"}),
+         {"lock": "lk", "delay": None, "payload": b"{rec}"}),
         (SettleOp.push_back(FIELD, "default", b"raw"), ("Q", "default", b"raw", ""),
-         {"lock": "", "at": None, "payload": b"raw", "queue": "default"}),
+         {"lock": "", "delay": None, "payload": b"raw", "queue": "default"}),
     ],
     ids=lambda v: v.kind.name.lower() if isinstance(v, SettleOp) else "",
 )

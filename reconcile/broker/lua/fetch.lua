@@ -1,43 +1,54 @@
 -- fetch.lua: settle finished deliveries, then lease up to N new ones, in one call.
 --
--- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
--- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
+-- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH  field "<seq>|<queue>" -> payload, the jobs <proc> holds
 --   {ns}:proc:<proc>    HASH  process info; field "seq" numbers its deliveries (a lost
---                             counter restarts at the clock in microseconds, never at 1)
+--                             counter restarts at the server's clock in microseconds,
+--                             never at 1)
 --   {ns}:queue:<q>      LIST  ready jobs (RPOP = oldest first)
 --   {ns}:claim:<proc>   LIST  jobs <proc> took with BLMOVE while idle, adopted by op C
 --   {ns}:queues         SET   known queue names
 --   {ns}:retry          ZSET  failed jobs waiting for their retry, score = run-at
 --   {ns}:schedule       ZSET  delayed jobs, score = run-at
 --   {ns}:dead           ZSET  dead jobs, score = died-at; trimmed by count and age
+--                             (every score: epoch seconds on the server's clock())
 --   {ns}:unique:<d>     STRING uniqueness locks released by A, D and X
 --   {ns}:wake:<q>       LIST  wake-up tokens
 --   {ns}:stat:processed, {ns}:stat:failed   STRING counters
 -- ARGV[1] proc id      ARGV[2] jobs to lease (0 = settle only)   ARGV[3] settle ops k
--- ARGV[4] now          ARGV[5] dead max jobs   ARGV[6] dead max age (s)   ARGV[7] wake cap
--- ARGV[8] suspect threshold: a job recovered this many times or more is leased alone
--- ARGV[9 .. 8+5k]  settle ops, 5 values each: code, lease field, a, b, c
+-- ARGV[4] dead max jobs   ARGV[5] dead max age (s)   ARGV[6] wake cap
+-- ARGV[7] suspect threshold: a job recovered this many times or more is leased alone
+-- ARGV[8 .. 7+5k]  settle ops, 5 values each: code, lease field, a, b, c
 --   A field lock            ack: success (lock "" = none)
 --   X field lock            drop: discarded, already done, or disabled (not a failure)
---   R field at payload lock retry at <at> with the updated payload; lock kept until
---                           <at> + 600 s
---   S field at payload      re-schedule (lock busy elsewhere; not a failure)
+--   R field delay payload lock  retry <delay> seconds after the server's clock() with
+--                           the updated payload; lock kept until then + 600 s
+--   S field delay payload   re-schedule <delay> s from clock() (lock busy elsewhere,
+--                           database lost, held; not a failure)
 --   D field payload lock    dead with the updated payload
 --   Q field queue payload   push back to the head of <queue> (shutdown)
 --   C "" queue              adopt: move every job of {ns}:claim:<proc> into the lease
 --                           hash under new fields (returned first, before new leases)
 --   An op whose lease field is no longer held (requeued by a reaper or by release.lua,
 --   or already applied) is skipped.
--- ARGV[9+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
+-- ARGV[8+5k ..]  queue names in the order to try (weighted or strict, chosen by caller)
 -- Returns  flat array: field1, payload1, field2, payload2, ... (adopted jobs first)
 -- A payload carrying "recovered" (stamped by reap.lua) is leased alone in its batch.
 local proc, want, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now, dead_max, dead_age, cap = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local dead_max, dead_age, cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local lease = p .. ':lease:' .. proc
 local retry_lock_ms = 600000
+
+-- The server's clock, read once and only by the ops that need a time (most exchanges
+-- are acks and new leases, which need none).
+local now = nil
+local function clock_now()
+  if not now then now = clock() end
+  return now
+end
 
 local got = {}
 
@@ -51,7 +62,7 @@ local function lease_items(items, q)
     -- restart, eviction, reaped). Jump past every number this process may still
     -- hold in flight, or a new lease field would equal a running one's.
     last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq',
-      string.format('%.0f', math.floor(tonumber(now) * 1000000)))
+      string.format('%.0f', math.floor(clock_now() * 1000000)))
   end
   local pairs_ = {}
   for m = 1, n do
@@ -65,8 +76,8 @@ local function lease_items(items, q)
 end
 
 local processed, failed, died = 0, 0, false
-local suspect_at = tonumber(ARGV[8])
-local i = 9
+local suspect_at = tonumber(ARGV[7])
+local i = 8
 for _ = 1, k do
   local code, field, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
@@ -84,18 +95,19 @@ for _ = 1, k do
     if a ~= '' then redis.call('DEL', p .. ':unique:' .. a) end
   elseif code == 'R' then
     failed = failed + 1
-    redis.call('ZADD', p .. ':retry', a, b)
+    local delay = math.max(tonumber(a), 0)
+    redis.call('ZADD', p .. ':retry', clock_now() + delay, b)
     if c ~= '' then
       -- keep the uniqueness lock through the backoff, so a reconcile pass cannot
       -- enqueue the key again and bypass it
-      redis.call('SET', p .. ':unique:' .. c, '1', 'PXAT', math.floor(tonumber(a) * 1000) + retry_lock_ms)
+      redis.call('SET', p .. ':unique:' .. c, '1', 'PX', math.floor(delay * 1000) + retry_lock_ms)
     end
   elseif code == 'S' then
-    redis.call('ZADD', p .. ':schedule', a, b)
+    redis.call('ZADD', p .. ':schedule', clock_now() + math.max(tonumber(a), 0), b)
   elseif code == 'D' then
     failed = failed + 1
     died = true
-    redis.call('ZADD', p .. ':dead', now, a)
+    redis.call('ZADD', p .. ':dead', clock_now(), a)
     if b ~= '' then redis.call('DEL', p .. ':unique:' .. b) end
   elseif code == 'Q' then
     redis.call('RPUSH', p .. ':queue:' .. a, b)
@@ -113,7 +125,7 @@ if processed > 0 then redis.call('INCRBY', p .. ':stat:processed', processed) en
 if failed > 0 then redis.call('INCRBY', p .. ':stat:failed', failed) end
 if died then
   local dead = p .. ':dead'
-  redis.call('ZREMRANGEBYSCORE', dead, '-inf', tonumber(now) - dead_age)
+  redis.call('ZREMRANGEBYSCORE', dead, '-inf', clock_now() - dead_age)
   redis.call('ZREMRANGEBYRANK', dead, 0, -(dead_max + 1))
 end
 

@@ -7,8 +7,8 @@
 -- instead of five per key. Payloads are compact JSON (orjson), which never contains a
 -- raw newline, so "\n" cannot occur inside one.
 --
--- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
--- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
+-- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:unique:<d>   STRING uniqueness lock for digest <d> ("1", PX = lock ttl);
@@ -16,7 +16,8 @@
 --                     of the same key dedupe against each other
 --   {ns}:queue:<q>    LIST   ready jobs; LPUSH here, workers RPOP (FIFO)
 --   {ns}:queues       SET    names of queues that ever held a job
---   {ns}:schedule     ZSET   jobs to run later, score = run-at (epoch seconds)
+--   {ns}:schedule     ZSET   jobs to run later, score = run-at (epoch seconds, the
+--                     server's clock)
 --   {ns}:wake:<q>     LIST   wake-up tokens that idle workers BLPOP on
 -- ARGV[1]  mode:
 --          "P" probe: read-only; which locks are free (MGET, one command a page)
@@ -26,11 +27,12 @@
 -- ARGV[2]  digest width w (characters of one digest); 0 = the jobs take no lock
 -- ARGV[3]  the digests, concatenated (w characters each, in job order)
 -- probe:   nothing else.
--- push:    ARGV[4] now (epoch seconds)   ARGV[5] wake cap (most tokens per wake list)
---          ARGV[6] queue   ARGV[7] lock ttl (ms)
---          ARGV[8] the payloads, each followed by "\n", in job order
---          ARGV[9] run-ats, each followed by "\n", in job order; "" = every job now.
---          A run-at after now goes to the schedule (ZADD), others to the queue.
+-- push:    ARGV[4] wake cap (most tokens per wake list)
+--          ARGV[5] queue   ARGV[6] lock ttl (ms)
+--          ARGV[7] the payloads, each followed by "\n", in job order
+--          ARGV[8] delays (seconds, the pass's jitter), each followed by "\n", in job
+--          order; "" = every job now. A job with a delay above 0 goes to the schedule
+--          (ZADD) at the server's clock() + delay, others to the queue.
 -- Returns  a string with one character per job, in order. Probe: "1" lock free,
 --          "0" held. Push: "1" pushed, "0" dropped because its lock was held.
 -- A push fails at its first write (SET) under maxmemory with noeviction: then
@@ -58,8 +60,9 @@ if mode == 'P' then
   return concat(out)
 end
 
-local now, cap, q, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local blob, ats = ARGV[8], ARGV[9]
+local cap, q, ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local blob, delays = ARGV[7], ARGV[8]
+local now = delays ~= '' and clock() or 0  -- read once; only a jittered page needs it
 local nx = mode == 'N'
 local out, ready, later = {}, {}, {}
 local n, pos, apos, len = 0, 1, 1, #blob
@@ -75,17 +78,17 @@ while pos <= len do
       redis.call('SET', key, '1', 'PX', ttl)
     end
   end
-  local at = 0
-  if ats ~= '' then
-    local astop = find(ats, '\n', apos, true)
-    at = tonumber(sub(ats, apos, astop - 1))
+  local delay = 0
+  if delays ~= '' then
+    local astop = find(delays, '\n', apos, true)
+    delay = tonumber(sub(delays, apos, astop - 1))
     apos = astop + 1
   end
   if ok then
     out[n] = '1'
     -- the payload string is only made for jobs that are pushed
-    if at > now then
-      later[#later + 1] = at
+    if delay > 0 then
+      later[#later + 1] = now + delay
       later[#later + 1] = sub(blob, pos, stop - 1)
     else
       ready[#ready + 1] = sub(blob, pos, stop - 1)

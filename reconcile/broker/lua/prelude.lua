@@ -13,12 +13,37 @@
 --   announce(q, cap)   {ns}:queues     SET   names of queues that ever held a job;
 --                                            and wake(q, cap)
 --
+-- Time: every run-at, score and deadline a script writes is on the Redis server's clock
+-- (clock() below, from TIME), never a host's: hosts disagree by seconds to minutes, and
+-- a host N s fast would otherwise run every job it schedules N s early. A caller sends
+-- a delay ("+<seconds>", turned into an absolute time by run_at) or, only for a time
+-- the application itself chose (perform_at, wait_until), an absolute epoch time.
+--
 -- Formats:
+--   run-at        "0" (now), "+<s>" (<s> seconds after the script's clock()), or
+--                 "<t>" (epoch seconds t, compared with the server's clock)
 --   lease field   "<seq>|<queue>": <seq> a decimal integer numbering a process's
 --                 deliveries, "0" for a claimed job that was never adopted
 --   payload       compact JSON beginning {"queue":"<q>","jid":"<jid>" (see
 --                 docs/redis-layout.md), so that both are read without decoding
 local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
+
+-- The Redis server's clock, in epoch seconds with microseconds. TIME is allowed in a
+-- script that writes: Redis 7 replicates a script's effects, not the script.
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- The absolute run-at (epoch seconds) of a run-at argument (see Formats): a delay
+-- "+<s>" counts from `now` (clock(), read once per call by the caller); "0" and an
+-- absolute time are returned as numbers.
+local function run_at(spec, now)
+  if string.byte(spec, 1) == 43 then  -- '+'
+    return now + tonumber(string.sub(spec, 2))
+  end
+  return tonumber(spec)
+end
 
 -- Add one wake-up token for queue q unless `cap` are waiting already: enough to wake
 -- every idle process at once, and the list never grows without bound.

@@ -1,21 +1,24 @@
 -- promote.lua: move due jobs from the scheduled and retry sets to their queues.
 --
--- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
--- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
+-- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
---   {ns}:schedule, {ns}:retry   ZSET  score = run-at (epoch seconds)
+--   {ns}:schedule, {ns}:retry   ZSET  score = run-at (epoch seconds, the server's clock)
 --   {ns}:queue:<q>              LIST  LPUSH: promoted jobs join the back of the line
 --   {ns}:queues                 SET   known queue names
 --   {ns}:wake:<q>               LIST  wake-up tokens
 --   {ns}:dead                   ZSET  members that name no queue go here, with a reason
--- ARGV[1] now   ARGV[2] most jobs to move per set   ARGV[3] wake cap
+-- ARGV[1] most jobs to move per set   ARGV[2] wake cap
+-- "Due" is judged by the Redis server's clock() (TIME), never the caller's: a worker
+-- whose clock is fast must not promote jobs early.
 -- Returns  {moved from schedule, moved from retry, 1 if a set still has due jobs else 0}
 --
 -- Payloads written by reconcile begin with {"queue":"<name>", so the queue is read
 -- with an anchored match; anything else falls back to cjson. Payloads are moved as
 -- the exact same string (never re-encoded: cjson would turn [] into {}).
-local now, limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = clock()
 
 local function queue_of(item)
   local q = payload_queue(item)
@@ -49,7 +52,7 @@ for s, entry in ipairs({{'schedule', p .. ':schedule'}, {'retry', p .. ':retry'}
       redis.call('ZADD', p .. ':dead', now, cjson.encode({
         error_class = 'InvalidPayload',
         error_message = 'a ' .. set .. ' entry names no queue',
-        failed_at = tonumber(now), raw = string.sub(item, 1, 2000)}))
+        failed_at = now, raw = string.sub(item, 1, 2000)}))
     end
   end
 end

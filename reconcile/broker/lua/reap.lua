@@ -15,8 +15,8 @@
 -- random members of {ns}:procs are sampled per call, and each that {ns}:beats lacks is
 -- added with score now, so that its alive key decides at once.
 --
--- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
--- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
+-- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:beats            ZSET   proc -> lapse time (ms, server clock); ZREM when reaped

@@ -1,7 +1,7 @@
 -- release.lua: a stopping process hands back every job it still holds and leaves.
 --
--- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
--- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
+-- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH   field "<seq>|<queue>" -> payload; emptied and deleted

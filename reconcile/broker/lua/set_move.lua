@@ -1,7 +1,7 @@
 -- set_move.lua: operator actions on chosen members of the scheduled, retry or dead set.
 --
--- Runs after prelude.lua (prepended at load time): p, wake, announce, lease_field,
--- field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
+-- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:schedule, {ns}:retry, {ns}:dead   ZSET  the set acted on (ARGV[2])
