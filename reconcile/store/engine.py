@@ -112,7 +112,21 @@ def make_engine(settings: Settings, **options: Any) -> Engine:
     engine = sa.create_engine(url, connect_args=args, **options)
     pooling = _modes[engine] = _Pooling(settings.database_pooler, "options" in url.query)
     sa.event.listen(engine, "connect", functools.partial(_on_connect, pooling))
+    if pooling.has_options:
+        sa.event.listen(engine, "do_connect", _connect_naming_options)
     return engine
+
+
+def _connect_naming_options(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    """Connect; PgBouncer's refusal of the URL's ``options`` becomes a ConfigError
+    that names the alternative (PgBouncer answers ``unsupported startup parameter``)."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except Exception as exc:
+        if "unsupported startup parameter: options" not in str(exc):
+            raise
+        raise ConfigError(f"database_url {OPTIONS_UNDER_POOLER} (the server answered: "
+                          "unsupported startup parameter: options)") from None
 
 
 class _Pooling:
