@@ -206,3 +206,48 @@ def test_options_behind_a_pooler_get_a_clear_error(bouncer: PgBouncer) -> None:
             engine.connect()
     finally:
         engine.dispose()
+
+
+# -- pool sizing: one server connection per running delivery, plus perform's own -------------
+
+def _stalled(world: World, quiet: float) -> Any:
+    """A condition: true once no key was done for ``quiet`` seconds while keys are pending."""
+    last = {"done": -1, "since": time.monotonic()}
+
+    def check() -> bool:
+        done, now = world.done(), time.monotonic()
+        if done != last["done"]:
+            last["done"], last["since"] = done, now
+            return False
+        return world.pending() > 0 and now - last["since"] >= quiet
+
+    return check
+
+
+@pytest.mark.parametrize("pool_size", [10, 21])
+def test_pool_sizing_rule_for_a_perform_with_its_own_connection(
+        world: World, pg_cluster: PgCluster, pool_size: int) -> None:
+    """2 workers x 10 threads, each perform holding the delivery's server connection and
+    asking for a second one (the demo's mailer): a server pool of 10 deadlocks (every
+    server connection is held by a delivery waiting for another), 21 = 2 x 10 + 1 is the
+    floor that always leaves one delivery able to finish."""
+    bouncer = PgBouncer(pg_cluster, pool_mode="transaction", pool_size=pool_size,
+                        extra={"query_wait_timeout": "120"})
+    bouncer.start()
+    try:
+        world.seed(600)
+        env = {"RECONCILE_DATABASE_POOLER": "transaction", "FAULT_OWN_CONNECTION": "1"}
+        world.scheduler(RECONCILE_DATABASE_URL=bouncer.url(world.dbname, application_name="fault-scheduler"),
+                        **env)
+        for _ in range(2):
+            world.worker(concurrency=10, RECONCILE_DATABASE_URL=bouncer.url(
+                world.dbname, application_name="fault-worker"), **env)
+        if pool_size < 2 * 10 + 1:
+            world.wait(_stalled(world, 5.0), 60, "the drain to stall (pool deadlock)")
+            assert world.pending() > 0
+        else:
+            world.wait(lambda: world.pending() == 0, 120, "every key done")
+            f = world.figures()
+            assert f.lost == 0 and f.dup_effects == 0
+    finally:
+        bouncer.destroy()
