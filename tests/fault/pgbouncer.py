@@ -13,6 +13,7 @@ PgBouncer refuses to run as root: as root the process runs as the ``postgres`` u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -123,10 +124,8 @@ class PgBouncer:
             # runuser forwards no SIGKILL: signal pgbouncer itself, found by its pidfile
             pid = self._pid()
             if pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             else:
                 self.proc.kill()
             self.proc.wait(10)
