@@ -57,6 +57,9 @@ def main() -> None:
     url = f"{base}?options={quote(f'-csearch_path={schema}')}"
     engine = sa.create_engine(url)
     try:
+        from reconcile.store import migrate
+
+        migrate.upgrade(url)  # the kill switches are read from reconcile's tables
         meta.create_all(engine)
         with engine.begin() as c:
             c.execute(sa.text("INSERT INTO mb_items SELECT g, false FROM generate_series(1, :n) g"),
