@@ -251,3 +251,26 @@ def test_pool_sizing_rule_for_a_perform_with_its_own_connection(
             assert f.lost == 0 and f.dup_effects == 0
     finally:
         bouncer.destroy()
+
+
+def test_session_pooling_keeps_prepared_statements_and_reads_the_server_pid(
+        pg_cluster: PgCluster) -> None:
+    from reconcile.store.delivery import DriverDelivery
+    from reconcile.store.engine import SERVER_PID
+
+    bouncer = PgBouncer(pg_cluster, pool_mode="session", pool_size=5)
+    bouncer.start()
+    engine = make_engine(load_settings({"database_url": bouncer.url("postgres"),
+                                        "database_pooler": "session"}, env={}, pyproject=False))
+    try:
+        with Session(engine) as session, session.begin():
+            conn = session.connection()
+            driver: Any = conn.connection.driver_connection
+            server_pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+            assert driver.prepare_threshold == 5  # psycopg's default: session mode keeps them
+            assert conn.connection.info[SERVER_PID] == server_pid != driver.info.backend_pid
+            tx = DriverDelivery(session, True, None, lambda: True, pooler_mode(engine))
+            assert tx.backend() == (server_pid, None)  # no round trip: read at connect
+    finally:
+        engine.dispose()
+        bouncer.destroy()
