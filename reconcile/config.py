@@ -185,7 +185,34 @@ class Settings:
     Default 0."""
 
     database_connect_timeout: float = 10.0
-    """Seconds to wait for a PostgreSQL connection before failing. Default 10."""
+    """Seconds to wait for a PostgreSQL connection before failing (psycopg's
+    ``connect_timeout``; a ``connect_timeout`` in ``database_url``'s query wins).
+    Default 10."""
+
+    database_pooler: str = "none"
+    """The connection pooler between reconcile and PostgreSQL: ``none``, ``session``
+    (PgBouncer ``pool_mode = session``: one server connection per client connection)
+    or ``transaction`` (``pool_mode = transaction``: a server connection per
+    transaction). ``transaction`` turns off every server-side prepared statement
+    (reconcile's ``prepared_checks`` and psycopg's automatic ones: ``prepare_threshold``
+    is None on every connection) and has the watchdog find a delivery's backend with
+    ``pg_backend_pid()`` inside its transaction; ``session`` keeps prepared statements
+    and reads each connection's backend once. With ``none`` the first connection of
+    each engine compares ``pg_backend_pid()`` with the pid libpq reports; if they
+    differ a pooler is in between, the process acts as with ``transaction`` and logs
+    one warning naming this setting. Default ``none``."""
+
+    database_prepare_threshold: str = "5"
+    """psycopg's ``prepare_threshold`` for every connection reconcile opens: executions
+    of one statement after which psycopg prepares it on the server (``0``: at the
+    first), or ``none`` to never prepare. Forced to ``none`` when ``database_pooler``
+    is (or is detected as) ``transaction``; a ``prepare_threshold`` in
+    ``database_url``'s query wins over this. Default ``5`` (psycopg's)."""
+
+    database_application_name: str = ""
+    """``application_name`` of reconcile's PostgreSQL connections, shown in
+    ``pg_stat_activity``; empty leaves libpq's default. An ``application_name`` in
+    ``database_url``'s query wins. Default empty."""
 
     prepared_checks: bool = True
     """Run a ReconciledJob's key checks (steps 2 and 4 of the protocol) as prepared
@@ -291,6 +318,10 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
                 )
             return value
         if want is str:
+            if name == "database_prepare_threshold" and isinstance(raw, int) and not isinstance(raw, bool):
+                return str(raw)  # an int from code is the same value as its text
+            if name == "database_prepare_threshold" and raw is None:
+                return "none"
             if not isinstance(raw, str):
                 raise ValueError(raw)
             return raw
@@ -325,6 +356,10 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     for name in ("shutdown_timeout", "switch_cache_seconds"):
         if values[name] < 0:
             raise bad(name, "must not be negative")
+    if values["database_pooler"] not in POOLER_MODES:
+        raise bad("database_pooler", f"must be one of {', '.join(POOLER_MODES)}")
+    if prepare_threshold_problem(values["database_prepare_threshold"]):
+        raise bad("database_prepare_threshold", "must be a whole number >= 0 or none")
     why = _redis_url_problem(values["redis_url"])
     if why:
         raise bad("redis_url", why)
@@ -339,6 +374,9 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
             sa.engine.make_url(values[name])
         except Exception as exc:  # ArgumentError, ValueError (bad port): a malformed URL
             raise bad(name, f"is not a valid URL ({type(exc).__name__})") from None
+        why = database_url_problem(values[name], values["database_pooler"])
+        if why:
+            raise bad(name, why)
     ns = values["namespace"]
     if not ns or any(c in ns for c in "{}: \t\n"):
         raise bad("namespace", "must be non-empty without braces, colons or spaces")
@@ -351,6 +389,45 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     for name in ("log_level", "retry_traceback_log_level"):
         if values[name].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad(name, "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+
+POOLER_MODES = ("none", "session", "transaction")
+"""Values of ``database_pooler``."""
+
+OPTIONS_UNDER_POOLER = (
+    "sets options (a startup parameter PgBouncer refuses, or ignores with "
+    "ignore_startup_parameters, so a search_path there would be lost); behind a pooler "
+    "set it on the server instead: ALTER ROLE <user> [IN DATABASE <db>] SET search_path = ..."
+)
+"""Why ``options`` in ``database_url`` is refused behind a pooler, and the alternative."""
+
+
+def prepare_threshold_problem(raw: str) -> bool:
+    """Whether ``raw`` is not a valid ``prepare_threshold`` (``none`` or an int >= 0)."""
+    return not (raw.lower() == "none" or (raw.isascii() and raw.isdigit()))
+
+
+def prepare_threshold_value(raw: str) -> int | None:
+    """``raw`` (checked by :func:`prepare_threshold_problem`) as psycopg takes it."""
+    return None if raw.lower() == "none" else int(raw)
+
+
+def database_url_problem(url: str, pooler: str) -> str | None:
+    """Why the driver arguments in ``url``'s query are unusable, or None: a
+    ``prepare_threshold`` that is not ``none`` or an int >= 0, a ``connect_timeout``
+    that is not a positive whole number, or (``pooler`` not ``none``) ``options``."""
+    import sqlalchemy as sa
+
+    query = sa.engine.make_url(url).query
+    threshold = query.get("prepare_threshold")
+    if threshold is not None and (not isinstance(threshold, str) or prepare_threshold_problem(threshold)):
+        return f"has prepare_threshold={threshold!r} in its query (allowed: none or a whole number >= 0)"
+    timeout = query.get("connect_timeout")
+    if timeout is not None and not (isinstance(timeout, str) and timeout.isdigit() and int(timeout) > 0):
+        return f"has connect_timeout={timeout!r} in its query (allowed: a whole number of seconds > 0)"
+    if pooler != "none" and "options" in query:
+        return f"{OPTIONS_UNDER_POOLER} (database_pooler is {pooler!r})"
+    return None
 
 
 def _redis_url_problem(url: str) -> str | None:

@@ -139,10 +139,10 @@ def postgres_answers(settings: Settings) -> bool:
     """``SELECT 1`` on the configured PostgreSQL (connect timeout :data:`PROBE_TIMEOUT`)."""
     # deferred: the CLI imports this module for every command, and store.engine brings
     # psycopg (~70 ms) that only the commands which probe need
-    from .store.engine import check_connection
+    from .store.engine import check_connection, make_engine
 
-    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool,
-                              connect_args={"connect_timeout": PROBE_TIMEOUT})
+    engine = make_engine(settings.with_overrides(database_connect_timeout=PROBE_TIMEOUT),
+                         poolclass=sa.pool.NullPool)
     try:
         return _answers(lambda: check_connection(engine), settings)
     finally:

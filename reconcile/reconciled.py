@@ -123,6 +123,7 @@ class ReconciledJob(Job):
     which applies when this is None; 0: no limit). Default None."""
 
     backend_pid: int | None = None  # set during execute when ``timeout`` is set
+    backend_xact_start: int | None = None  # with it behind a transaction pooler
 
     def pending(self) -> Select[Any]:
         """A SELECT of the keys that still need work; its columns are the key."""
@@ -271,22 +272,24 @@ class ReconciledJob(Job):
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> Outcome:
         """The protocol of the module docstring, on a :class:`DeliveryTx` (the reference
         or the fast one, see :meth:`_delivery_tx`)."""
-        from .store.engine import delivery_session, get_engine, run_perform
+        from .store.engine import delivery_session, get_engine, pooler_mode, run_perform
         from .store.pending import lock_id
 
         engine = get_engine(settings)
         # the lock is the canonical key's; the check and perform get the typed values
         key = KeyCodec.of(type(self)).native(args)
         with delivery_session(engine) as session, session.begin():
-            tx = self._delivery_tx(session, settings, key)
-            if self.timeout:
-                self.backend_pid = tx.backend_pid  # the watchdog's kill switch
+            tx = self._delivery_tx(session, settings, key, pooler_mode(engine))
             # 1. lock the key, 2. re-check it under the lock
             locked, pending = tx.begin(lock_id(name, args), float(self.timeout) if self.timeout else None)
             if not locked:
                 return Outcome.LOCK_BUSY
             if not pending:
                 return Outcome.ALREADY_DONE
+            if self.timeout:
+                # the watchdog's kill switch: read inside the transaction, where a
+                # transaction pooler has bound the server connection it names
+                self.backend_pid, self.backend_xact_start = tx.backend()
             # 3. perform, which must not commit
             run_perform(session, tx, self.perform, key)
             # 4. re-check, 5. commit if converged
@@ -297,7 +300,8 @@ class ReconciledJob(Job):
                 )
         return Outcome.DONE
 
-    def _delivery_tx(self, session: Session, settings: Settings, key: Sequence[Any]) -> DeliveryTx:
+    def _delivery_tx(self, session: Session, settings: Settings, key: Sequence[Any],
+                     pooler: str = "none") -> DeliveryTx:
         """The delivery transaction for this job: with ``fast_paths`` off, the reference
         (:class:`SessionDelivery`, the checks by :meth:`is_pending`); otherwise the fast
         one, with the default ``is_pending`` inlined: the check is built once for both
@@ -307,7 +311,7 @@ class ReconciledJob(Job):
         from .store.key_check import delivery_check
 
         if not settings.fast_paths:
-            return SessionDelivery(session, lambda: self.is_pending(session, *key))
+            return SessionDelivery(session, lambda: self.is_pending(session, *key), pooler)
         statement: Select[Any] | None = None
         compiled: tuple[str, dict[str, Any]] | None = None
         if type(self).is_pending is ReconciledJob.is_pending:
@@ -317,8 +321,11 @@ class ReconciledJob(Job):
                 compiled = check  # run by DriverTx
             else:
                 statement = check  # run by SQLAlchemy
-        return DriverDelivery(session, settings.prepared_checks, compiled,
-                              lambda: self._still_pending(session, statement, key))
+        # behind a transaction pooler a PREPAREd check would be unknown (or another
+        # client's) on the next server connection
+        prepare = settings.prepared_checks and pooler != "transaction"
+        return DriverDelivery(session, prepare, compiled,
+                              lambda: self._still_pending(session, statement, key), pooler)
 
     def _still_pending(self, session: Session, check: Select[Any] | None, args: Sequence[Any]) -> bool:
         """Steps 2 and 4 of the fast path where the check is not compiled SQL: a

@@ -43,10 +43,16 @@ class DeliveryTx(Protocol):
     conn: Connection
     """The Session's connection, on which every step runs."""
 
-    @property
-    def backend_pid(self) -> int:
-        """PostgreSQL backend pid of the delivery's connection: the watchdog terminates
-        it to end a perform that overran its ``timeout``."""
+    def backend(self) -> tuple[int, int | None]:
+        """The server backend running the delivery's transaction, as (pid, transaction
+        start or None): the watchdog terminates it to end a perform that overran its
+        ``timeout`` (:func:`reconcile.store.pending.terminate_backend`). Called inside
+        the transaction, after :meth:`begin`. Directly on PostgreSQL the pid libpq
+        reports (no round trip). Behind a pooler libpq's pid is the pooler's own: in
+        ``session`` mode the server pid read when the connection was made; in
+        ``transaction`` mode one more round trip, ``pg_backend_pid()`` and the
+        transaction's start (:data:`reconcile.store.pending.BACKEND_SQL`), so that only
+        this transaction is ever ended on that server connection."""
         ...
 
     def begin(self, lock: int, timeout: float | None) -> tuple[bool, bool]:
@@ -81,16 +87,18 @@ class SessionDelivery:
     delivery (timeouts, lock, check, check, commit), each through SQLAlchemy's
     execution; :class:`DriverDelivery` must have the same effects."""
 
-    __slots__ = ("conn", "session", "still_pending")
+    __slots__ = ("conn", "pooler", "session", "still_pending")
 
-    def __init__(self, session: Session, still_pending: Callable[[], bool]) -> None:
+    def __init__(self, session: Session, still_pending: Callable[[], bool], pooler: str = "none") -> None:
         self.session = session
         self.conn = session.connection()
         self.still_pending = still_pending
+        self.pooler = pooler
 
-    @property
-    def backend_pid(self) -> int:
-        return sql.backend_pid(self.session)
+    def backend(self) -> tuple[int, int | None]:
+        if self.pooler == "transaction":
+            return sql.backend(self.session)
+        return sql.backend_pid(self.session), None  # the server's pid, pooler or not
 
     def begin(self, lock: int, timeout: float | None) -> tuple[bool, bool]:
         if timeout:
@@ -121,21 +129,23 @@ class DriverDelivery:
     simple query, and steps 4 and 5 as another (the check as a failing cast before
     ``COMMIT``). Without it (a check only SQLAlchemy can run, or the class's own
     ``is_pending``) the lock still goes to the driver and ``still_pending`` answers
-    steps 2 and 4. ``prepare``: the setting ``prepared_checks``."""
+    steps 2 and 4. ``prepare``: the setting ``prepared_checks`` (false behind a pooler
+    in transaction mode); ``pooler``: the engine's
+    :func:`~reconcile.store.engine.pooler_mode`."""
 
-    __slots__ = ("compiled", "conn", "session", "still_pending", "tx")
+    __slots__ = ("compiled", "conn", "pooler", "session", "still_pending", "tx")
 
     def __init__(self, session: Session, prepare: bool, compiled: tuple[str, dict[str, Any]] | None,
-                 still_pending: Callable[[], bool]) -> None:
+                 still_pending: Callable[[], bool], pooler: str = "none") -> None:
         self.session = session
         self.tx = DriverTx(session, prepare=prepare)
         self.conn = self.tx.conn
         self.compiled = compiled
         self.still_pending = still_pending
+        self.pooler = pooler
 
-    @property
-    def backend_pid(self) -> int:
-        return self.tx.backend_pid  # no round trip
+    def backend(self) -> tuple[int, int | None]:
+        return self.tx.backend(self.pooler)
 
     def begin(self, lock: int, timeout: float | None) -> tuple[bool, bool]:
         locked, pending = self.tx.open_delivery(lock, self.compiled, timeout)

@@ -26,7 +26,8 @@ from ..errors import CheckGone
 from . import _psycopg_private as pg_private
 from . import _sqlalchemy_private as sa_private
 from . import prepared
-from .pending import timeout_ms
+from .engine import SERVER_PID
+from .pending import BACKEND_SQL, timeout_ms
 from .prepared import NOT_CONVERGED, PreparedCheck, not_converged_cast, prepared_form
 
 log = logging.getLogger("reconcile.store")
@@ -99,8 +100,25 @@ class DriverTx:
 
     @property
     def backend_pid(self) -> int:
-        """PostgreSQL backend pid of this connection (no round trip)."""
+        """The backend pid libpq reports for this connection (no round trip): the
+        server's directly, a pooler's own behind one (see :meth:`backend`)."""
         return int(self.cursor.connection.info.backend_pid)
+
+    def backend(self, pooler: str) -> tuple[int, int | None]:
+        """(server pid, transaction start or None) of the open transaction, for the
+        watchdog (:meth:`reconcile.store.delivery.DeliveryTx.backend` says which
+        ``pooler`` costs what)."""
+        if pooler == "transaction":
+            try:
+                result = self._simple(BACKEND_SQL)
+            except psycopg.Error as exc:
+                self._fail(exc, BACKEND_SQL, (), self.cursor)
+            return int(result.get_value(0, 0) or b"0"), int(result.get_value(0, 1) or b"0")
+        if pooler == "session":
+            pid = self.conn.connection.info.get(SERVER_PID)
+            if pid:
+                return int(pid), None
+        return self.backend_pid, None
 
     def set_local_timeouts(self, seconds: float) -> None:
         """Bound this transaction: any statement, and any idle time in it, to ``seconds``
@@ -290,7 +308,7 @@ class DriverTx:
         if not prepared.switched_off:
             prepared.switched_off.append(reason)
             log.warning("prepared key checks switched off in this process: %s (behind a pooler in "
-                        "transaction mode, set prepared_checks = false)", reason)
+                        "transaction mode, set database_pooler = transaction)", reason)
 
     def commit_if_converged(self, check: tuple[str, dict[str, Any]]) -> bool:
         """Steps 4 and 5 in ONE round trip: re-check and ``COMMIT`` together; False (and

@@ -85,7 +85,7 @@ def downgrade(url: str, revision: str) -> None:
 
 def current(url: str) -> str | None:
     """The revision the database at ``url`` is at, None if never migrated."""
-    engine = sa.create_engine(url, poolclass=NullPool)
+    engine = _engine(url)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(
@@ -120,8 +120,16 @@ def new_revision(url: str, message: str) -> str:
     return out[0]
 
 
+def _engine(url: str) -> sa.Engine:
+    """A one-connection engine for ``url``: a ``prepare_threshold`` in its query is
+    dropped (psycopg takes it as an argument, not from the conninfo) and psycopg
+    prepares nothing, so migrations also run through a pooler in transaction mode."""
+    bare = sa.engine.make_url(url).difference_update_query(["prepare_threshold"])
+    return sa.create_engine(bare, poolclass=NullPool, connect_args={"prepare_threshold": None})
+
+
 def _run(url: str, action: Any) -> None:
-    engine = sa.create_engine(url, poolclass=NullPool)
+    engine = _engine(url)
     try:
         with _alembic_lock, engine.connect() as conn:
             action(alembic_config(url, conn))
@@ -170,7 +178,7 @@ def run_env(context: Any) -> None:
         url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
         if not url:
             raise ConfigError("no database URL for reconcile migrations")
-        engine = sa.create_engine(url, poolclass=NullPool)
+        engine = _engine(url)
         try:
             with engine.connect() as conn:
                 _migrate(context, conn, options)

@@ -172,7 +172,31 @@ def backend_pid(bind: Session | Connection) -> int:
     return int(bind.execute(sa.select(sa.func.pg_backend_pid())).scalar_one())
 
 
-def terminate_backend(engine: Engine, pid: int) -> bool:
-    """End backend ``pid`` (its open transaction is rolled back, it cannot commit)."""
+BACKEND_SQL = "SELECT pg_backend_pid(), (extract(epoch FROM now()) * 1000000)::bigint"
+"""The server backend running this transaction, and the transaction's start in whole
+microseconds since the epoch (``now()`` is the start of the transaction; it equals
+``pg_stat_activity.xact_start`` of that backend while the transaction runs)."""
+
+
+def backend(bind: Session | Connection) -> tuple[int, int]:
+    """(pid, transaction start) of the transaction open on ``bind``: see :data:`BACKEND_SQL`."""
+    pid, start = bind.execute(sa.text(BACKEND_SQL)).one()
+    return int(pid), int(start)
+
+
+_TERMINATE_IF_SAME_TX = sa.text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = :pid "
+    "AND (extract(epoch FROM xact_start) * 1000000)::bigint = :start")
+
+
+def terminate_backend(engine: Engine, pid: int, xact_start: int | None = None) -> bool:
+    """End backend ``pid`` (its open transaction is rolled back, it cannot commit).
+
+    With ``xact_start`` (from :func:`backend`) only while that backend still runs the
+    same transaction: behind a pooler in transaction mode the server connection goes to
+    another client once the delivery's transaction ends, and that client's work must
+    not be ended by a watchdog that was a moment late. False if nothing was ended."""
     with engine.connect() as conn:
-        return bool(conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar())
+        if xact_start is None:
+            return bool(conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar())
+        return bool(conn.execute(_TERMINATE_IF_SAME_TX, {"pid": pid, "start": xact_start}).scalar())

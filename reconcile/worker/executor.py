@@ -265,7 +265,7 @@ class Executor:
         pid = getattr(a.job, "backend_pid", None)
         if pid:
             try:
-                terminate_backend(get_engine(self.settings), pid)
+                terminate_backend(get_engine(self.settings), pid, getattr(a.job, "backend_xact_start", None))
             except Exception:
                 log.exception("could not terminate backend %s of a timed-out job", pid)
         exc = JobTimeout(f"{a.cls.job_name} exceeded its timeout of {a.cls.timeout} s")

@@ -30,6 +30,12 @@ Fault knobs, read from the environment of the worker or scheduler process at imp
                                 backend terminated right around the COMMIT
 ``FAULT_CLOCK_OFFSET``          seconds added to ``time.time()`` in this process
                                 (clock skew of one scheduler)
+``FAULT_STATEMENTS``            distinct extra SELECTs each perform runs (with bind
+                                parameters, so psycopg prepares each one on its
+                                connection after ``prepare_threshold`` executions)
+``FAULT_OWN_CONNECTION``        ``1``: each perform also runs a statement on a
+                                connection of its own from the process's engine (as
+                                the demo's mailer does), while it holds the delivery's
 ==============================  ======================================================
 """
 
@@ -78,6 +84,16 @@ FAIL_TIMES = int(_env_float("FAULT_FAIL_TIMES", 0))
 RETRY_IN = os.environ.get("FAULT_RETRY_IN", "")
 KILL_AT_COMMIT = _env_float("FAULT_KILL_AT_COMMIT", 0.0)
 CLOCK_OFFSET = _env_float("FAULT_CLOCK_OFFSET", 0.0)
+OWN_CONNECTION = os.environ.get("FAULT_OWN_CONNECTION", "") == "1"
+STATEMENTS = [
+    # distinct texts and parameter counts: run under another's prepared name (a pooler
+    # mixing psycopg's _pg3_N statements) they fail or answer wrongly, and the assert
+    # in perform catches a wrong answer
+    (sa.text(f"SELECT count(*) + {i} FROM fault_due WHERE key = :key"
+             + "".join(f" AND :p{j} = {j}" for j in range(i % 3))),
+     {f"p{j}": j for j in range(i % 3)}, i)
+    for i in range(int(_env_float("FAULT_STATEMENTS", 0)))
+]
 
 if CLOCK_OFFSET:
     # Clock skew of this process (a scheduler host whose clock is wrong). Only the
@@ -158,6 +174,16 @@ class Oracle(ReconciledJob):
         log_attempt("P", key)
         if FAIL_TIMES and self.retry_count < FAIL_TIMES:
             raise Flaky(f"key {key}: injected failure {self.retry_count + 1} of {FAIL_TIMES}")
+        for statement, params, expect in STATEMENTS:
+            got = session.execute(statement, {"key": key, **params}).scalar()
+            if got != 1 + expect:
+                raise AssertionError(f"{statement} answered {got!r}, not {1 + expect}")
+        if OWN_CONNECTION:
+            from reconcile.config import get_settings
+            from reconcile.store.engine import get_engine
+
+            with get_engine(get_settings()).begin() as own:  # a second server connection
+                own.execute(sa.text("SELECT 1"))
         session.execute(effects.insert().values(key=key, pid=os.getpid()))
         if getattr(_crash_armed, "on", False) and CRASH_AT == "inside_perform":
             session.flush()

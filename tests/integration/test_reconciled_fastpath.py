@@ -683,7 +683,7 @@ def test_a_statement_gone_at_once_switches_prepared_checks_off(
     with caplog.at_level("WARNING", logger="reconcile.store"):
         assert [ProcessItem().execute([k]) for k in (1, 2, 1)] == ["done", "done", "already_done"]
     assert prepared.switched_off
-    assert caplog.text.count("set prepared_checks = false") == 1
+    assert caplog.text.count("set database_pooler = transaction") == 1
 
 
 def test_a_perform_that_rolls_back_a_savepoint_still_converges(

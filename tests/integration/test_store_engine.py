@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from reconcile.config import Settings
-from reconcile.store.engine import dispose_engines, get_engine, pool_size
+from reconcile.store.engine import dispose_engines, get_engine, pool_size, pooler_mode
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +101,46 @@ def test_the_ping_keeps_the_connections_prepared_statements(
         assert conn.connection.driver_connection is driver, "the same pooled connection"
         names = conn.exec_driver_sql("SELECT name FROM pg_prepared_statements").scalars().all()
         assert "reconcile_test" in names
+
+
+def test_driver_arguments_in_the_url_reach_the_connection(pg_settings: Settings) -> None:
+    # before issue 12 a prepare_threshold in the URL raised TypeError at connect
+    url = pg_settings.database_url + "&prepare_threshold=none&application_name=rc-engine-test"
+    engine = get_engine(pg_settings.with_overrides(database_url=url))
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None and driver.prepare_threshold is None
+        assert conn.execute(sa.text("SHOW application_name")).scalar() == "rc-engine-test"
+
+
+def test_settings_give_the_threshold_and_the_application_name(pg_settings: Settings) -> None:
+    engine = get_engine(pg_settings.with_overrides(database_prepare_threshold=2,
+                                                   database_application_name="rc-settings-test"))
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None and driver.prepare_threshold == 2
+        assert conn.execute(sa.text("SHOW application_name")).scalar() == "rc-settings-test"
+
+
+def test_a_direct_connection_is_detected_as_no_pooler(
+        pg_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    engine = get_engine(pg_settings)
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None and driver.prepare_threshold == 5  # psycopg's default kept
+    assert pooler_mode(engine) == "none"
+    assert "connection pooler" not in caplog.text
+
+
+def test_transaction_mode_turns_prepared_statements_off_on_every_connection(
+        pg_settings: Settings, database_url: str) -> None:
+    # the plain URL: behind a pooler the schema's options= would be refused
+    engine = get_engine(pg_settings.with_overrides(database_url=database_url, database_pooler="transaction"))
+    conns = [engine.connect() for _ in range(3)]
+    try:
+        assert pooler_mode(engine) == "transaction"
+        assert all(c.connection.driver_connection.prepare_threshold is None  # type: ignore[union-attr]
+                   for c in conns)
+    finally:
+        for c in conns:
+            c.close()

@@ -270,3 +270,69 @@ def test_fast_paths_is_a_boolean_from_the_environment(raw: str, want: bool) -> N
 def test_a_fast_paths_value_that_is_not_a_boolean_is_refused_naming_its_source() -> None:
     with pytest.raises(ConfigError, match=r"'fast_paths' from environment variable RECONCILE_FAST_PATHS"):
         load_settings({}, env={"RECONCILE_FAST_PATHS": "sometimes"}, pyproject=False)
+
+
+# -- poolers and driver arguments (issue 12, item 1) -------------------------------------------
+
+@pytest.mark.parametrize("mode", ["none", "session", "transaction"])
+def test_database_pooler_takes_its_three_modes_from_the_environment(mode: str) -> None:
+    settings = load_settings(env={"RECONCILE_DATABASE_POOLER": mode}, pyproject=False)
+    assert settings.database_pooler == mode
+
+
+@pytest.mark.parametrize(
+    ("env", "fragments"),
+    [
+        ({"RECONCILE_DATABASE_POOLER": "pgbouncer"},
+         ["'database_pooler'", "RECONCILE_DATABASE_POOLER", "none, session, transaction", "'pgbouncer'"]),
+        ({"RECONCILE_DATABASE_PREPARE_THRESHOLD": "-1"},
+         ["'database_prepare_threshold'", "whole number >= 0 or none"]),
+        ({"RECONCILE_DATABASE_PREPARE_THRESHOLD": "often"}, ["'database_prepare_threshold'"]),
+        ({"RECONCILE_DATABASE_URL": "postgresql+psycopg://h/db?prepare_threshold=x"},
+         ["'database_url'", "prepare_threshold='x'", "none or a whole number"]),
+        ({"RECONCILE_DATABASE_URL": "postgresql+psycopg://h/db?connect_timeout=0"},
+         ["'database_url'", "connect_timeout='0'"]),
+        ({"RECONCILE_DATABASE_URL": "postgresql+psycopg://h/db?options=-csearch_path%3Ds",
+          "RECONCILE_DATABASE_POOLER": "transaction"},
+         ["'database_url'", "options", "ALTER ROLE", "database_pooler is 'transaction'"]),
+    ],
+)
+def test_bad_pooler_settings_raise_naming_the_culprit(env: dict[str, str], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env, pyproject=False)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_options_are_fine_without_a_pooler() -> None:
+    url = "postgresql+psycopg://h/db?options=-csearch_path%3Ds"
+    assert load_settings({"database_url": url}, env={}, pyproject=False).database_url == url
+
+
+@pytest.mark.parametrize(("raw", "want"), [(0, "0"), (7, "7"), ("none", "none"), ("NONE", "NONE")])
+def test_prepare_threshold_accepts_ints_from_code_and_none(raw: object, want: str) -> None:
+    settings = load_settings({"database_prepare_threshold": raw}, env={}, pyproject=False)
+    assert settings.database_prepare_threshold == want
+    assert config.prepare_threshold_value(want) == (None if want.lower() == "none" else int(want))
+
+
+def test_driver_arguments_come_from_the_url_first_then_the_settings() -> None:
+    from reconcile.store.engine import driver_arguments
+
+    base = "postgresql+psycopg://u@h:5432/db"
+    plain = load_settings({"database_url": base, "database_application_name": "shop-worker",
+                           "database_connect_timeout": 4.5}, env={}, pyproject=False)
+    url, args = driver_arguments(plain)
+    assert url.query == {}
+    assert args == {"connect_timeout": 4, "application_name": "shop-worker", "prepare_threshold": 5}
+
+    query = base + "?prepare_threshold=none&connect_timeout=2&application_name=from-url"
+    url, args = driver_arguments(plain.with_overrides(database_url=query))
+    # prepare_threshold leaves the URL (psycopg takes it as an argument); the others stay
+    # in the conninfo, where libpq reads them, and the settings add nothing over them
+    assert dict(url.query) == {"connect_timeout": "2", "application_name": "from-url"}
+    assert args == {"prepare_threshold": None}
+
+    url, args = driver_arguments(plain.with_overrides(database_url=base + "?prepare_threshold=0",
+                                                      database_pooler="transaction"))
+    assert args["prepare_threshold"] is None  # transaction pooling prepares nothing
