@@ -62,7 +62,7 @@ def extract(commit: str, into: Path) -> Path:
 
 
 class ReconcileRef(System):
-    package = "reconcile"
+    package = "reconcile-jobs"  # the distribution name (the import package is reconcile)
     family = "reconcile"
     bulk_api = Reconcile.bulk_api
     pg_schema = pg.REF_SCHEMA

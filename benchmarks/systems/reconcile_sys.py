@@ -18,7 +18,7 @@ PG_CONCURRENCY = int(os.environ.get("BENCH_RC_PG_CONCURRENCY", "16"))
 
 class Reconcile(System):
     name = "reconcile"
-    package = "reconcile"
+    package = "reconcile-jobs"  # the distribution name (the import package is reconcile)
     family = "reconcile"
     bulk_api = "perform_bulk"
     pg_schema = pg.RC_SCHEMA
