@@ -31,7 +31,8 @@ from .broker import get_broker
 from .config import Settings
 from .job import Job
 from .scheduler.passes import PassResult
-from .scheduler.service import CRON_PREFIX, Scheduler
+from .scheduler.schedule_rows import CRON_PREFIX
+from .scheduler.service import Scheduler
 from .store import quarantine, schedules, switches
 from .store.engine import get_engine
 

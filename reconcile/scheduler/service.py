@@ -42,19 +42,16 @@ from typing import Any
 
 import redis
 
-from .. import registry
 from ..backoff import Backoff
 from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
 from ..job import Job
-from ..reconciled import ReconciledJob
 from ..worker.maintenance import Maintenance
-from .cron import parse_schedule
 from .passes import PassResult, run_pass
+from .redis_watch import RedisWatch
+from .schedule_rows import CRON_PREFIX, schedule_of, scheduled_classes
 
 log = logging.getLogger("reconcile.scheduler")
-
-CRON_PREFIX = "cron:"
 
 SCHEDULER_BEAT_SECONDS = 5.0
 """How often a running scheduler renews its record in Redis (``reconcile status``)."""
@@ -65,77 +62,6 @@ SCHEDULER_TTL = 15.0
 DRIFT_CHECK_SECONDS = 60.0
 """How often a scheduler compares the shared schedule rows with its own definitions
 (:meth:`Scheduler.check_drift`)."""
-
-
-def scheduled_classes(classes: Iterable[type[Job]] | None = None) -> dict[str, type[Job]]:
-    """Schedule name -> class: every ReconciledJob, and every plain Job with ``cron``."""
-    out: dict[str, type[Job]] = {}
-    for cls in classes if classes is not None else registry.all_classes().values():
-        if issubclass(cls, ReconciledJob):
-            out[cls.job_name] = cls
-        elif getattr(cls, "cron", None):
-            out[CRON_PREFIX + cls.job_name] = cls
-    return out
-
-
-def schedule_of(cls: type[Job]) -> Any:
-    every = getattr(cls, "every", None) if issubclass(cls, ReconciledJob) else None
-    cron = getattr(cls, "cron", None)
-    return parse_schedule(every=every, cron=cron, tz=cls.tz if cron else None)
-
-
-class RedisWatch:
-    """Detects that Redis lost our data: a vanished epoch sentinel, a new run_id, or
-    keys evicted (``evicted_keys`` grew: under an ``allkeys-*`` policy the sentinel
-    usually survives while queued jobs do not).
-
-    ``check()`` only looks; ``rearm()`` records the new state once the loss has been
-    handled, so a loss is never forgotten because handling it failed (PostgreSQL down).
-    """
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.run_id: str | None = None
-        self._seen_run_id: str | None = None
-        self.evicted: int | None = None
-        self._seen_evicted: int | None = None
-
-    @property
-    def armed(self) -> bool:
-        """True once a check found the namespace intact (or a loss was handled)."""
-        return self.run_id is not None
-
-    def check(self) -> str | None:
-        """The reason if Redis lost data since the last ``rearm`` (on the first call:
-        if the namespace is new or was emptied), else None."""
-        run_id = self.broker.run_id()
-        evicted = self.broker.evicted_keys()
-        self._seen_run_id = run_id
-        self._seen_evicted = evicted
-        if self.run_id is not None and run_id != self.run_id:
-            return f"Redis restarted (run_id {self.run_id[:8]} -> {run_id[:8]})"
-        if self.broker.epoch() is None:
-            return "epoch sentinel missing (namespace flushed, evicted or new)"
-        if self.evicted is not None and evicted > self.evicted:
-            return (f"Redis evicted {evicted - self.evicted} keys (maxmemory-policy is not "
-                    "noeviction): queued jobs may be gone")
-        if self.run_id is None:
-            self.run_id = run_id
-        if self.evicted is None or evicted < self.evicted:
-            self.evicted = evicted
-        return None
-
-    def rearm(self) -> None:
-        self.broker.set_epoch(f"{time.time():.3f}:{uuid.uuid4().hex[:8]}")
-        self.run_id = self._seen_run_id
-        self.evicted = self._seen_evicted
-
-    def lost(self) -> str | None:
-        """``check()`` then ``rearm()``: for callers that handle the loss themselves."""
-        reason = self.check()
-        if reason:
-            self.rearm()
-        return reason
 
 
 class Scheduler:
