@@ -198,7 +198,9 @@ class Job:
         ``DISABLED``. Plain jobs just perform (an async perform's coroutine is run to
         its end)."""
         result = self.perform(*args)
-        if inspect.iscoroutine(result):
+        # `is not None` first: most performs return None, and the test skips a call
+        # per job then (inspect.iscoroutine is a Python function)
+        if result is not None and inspect.iscoroutine(result):
             aio.run(result, owner=self)
         return Outcome.DONE
 

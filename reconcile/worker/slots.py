@@ -262,7 +262,15 @@ class Slots:
         """
         with self._changed:
             if finished is not None:
-                self._give_back(finished, suspect)
+                if suspect:
+                    self._give_back(finished, suspect)
+                else:
+                    # _give_back's common case, inlined (a call less per job, measured
+                    # in the drain): the slot back, the waiters woken only if worth it
+                    del self.running[finished]
+                    self.outstanding -= 1
+                    if self._worth_waking():
+                        self._changed.notify_all()
             while (not self.buffer or self.isolating) and not self.stopping.is_set():
                 if self.claim_duty and not self.isolating and not self.quiet.is_set():
                     self.claim_duty = False
@@ -272,7 +280,8 @@ class Slots:
             if not self.buffer:
                 return None
             d = self.buffer.popleft()
-            if not self._is_suspect(d.raw):
+            # the substring test first, inline: no call for an ordinary job
+            if SUSPECT_MARK not in d.raw or not self._is_suspect(d.raw):
                 self.running[d.field] = d
                 return d
             self.isolating = True
