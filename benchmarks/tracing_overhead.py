@@ -1,0 +1,235 @@
+"""``python -m benchmarks.tracing_overhead``: reconcile with ``tracing = "otel"`` against
+``tracing = "off"``, interleaved in rounds, on the rows tracing touches.
+
+Rows (each measured once per mode per round, the order of the modes alternating):
+
+* single enqueue: a loop of ``perform_async`` calls; jobs/s;
+* bulk enqueue: one ``perform_bulk`` of N jobs; jobs/s;
+* pass: one ``run_pass`` over N pending rows whose keys are not queued (the
+  namespace is emptied first); keys/s. The run checks that the pass took its fast
+  path (``pass_enqueue.lua`` calls, no ``client.enqueue``) and, with tracing on,
+  that its payloads carry the pass span's ``traceparent``;
+* drain: one ``reconcile worker`` process (``-c 10``), started and warmed up, then N
+  no-op jobs enqueued in bulk; jobs/s from the enqueue to the last ack (the
+  namespace's ``processed`` counter).
+
+With tracing on, both the driver and the worker install the OpenTelemetry SDK as an
+application would (:mod:`benchmarks.tracing_app`: ``BatchSpanProcessor`` in front of
+an exporter that encodes spans as OTLP protobuf and drops them). The ratio on / off is
+taken within each round and the median over rounds is reported.
+
+It uses its own Redis namespace on ``REDIS_URL`` (default db 0; removed at the end,
+nothing else is flushed) and its own PostgreSQL schema in ``DATABASE_URL``'s database
+(dropped at the end), so it can run beside the main harness, whose Redis databases
+it does not touch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import sqlalchemy as sa
+
+from .common import ROOT
+
+MODES = ("off", "otel")
+ROWS = (("single", "single enqueue", "jobs/s"), ("bulk", "bulk enqueue", "jobs/s"),
+        ("pass", "pass", "keys/s"), ("drain", "drain, 1 process", "jobs/s"))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tracing_overhead", description=__doc__)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--single", type=int, default=5_000, help="single enqueues per measurement")
+    p.add_argument("--bulk", type=int, default=50_000, help="jobs of the bulk enqueue")
+    p.add_argument("--pass-rows", type=int, default=200_000, help="pending rows of the pass")
+    p.add_argument("--drain", type=int, default=20_000, help="jobs drained")
+    return p.parse_args(argv)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from reconcile.config import load_settings
+
+        self.args = args
+        self.redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        base = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+        self.schema = f"bench_otel_{os.getpid()}"
+        self.admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
+        sep = "&" if "?" in base else "?"
+        self.db_url = f"{base}{sep}options={quote(f'-csearch_path={self.schema}')}"
+        self.namespace = f"otelbench{os.getpid()}"
+        self.settings = {
+            mode: load_settings({"redis_url": self.redis_url, "database_url": self.db_url,
+                                 "namespace": self.namespace, "tracing": mode, "log_level": "WARNING"},
+                                env={}, pyproject=False)
+            for mode in MODES
+        }
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        from reconcile.store import migrate
+
+        from . import pg
+
+        with self.admin.begin() as c:
+            c.execute(sa.text(f'CREATE SCHEMA "{self.schema}"'))
+        migrate.upgrade(self.db_url)
+        self.pg = sa.create_engine(self.db_url, pool_size=2)
+        pg.seed_pass_items(self.pg, self.args.pass_rows)
+
+    def close(self) -> None:
+        from reconcile.broker import get_broker
+        from reconcile.store.engine import dispose_engines
+
+        get_broker(self.settings["off"]).flush_namespace()
+        dispose_engines()
+        self.pg.dispose()
+        with self.admin.begin() as c:
+            c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+
+    def use(self, mode: str) -> Any:
+        from reconcile.broker import get_broker
+        from reconcile.config import use_settings
+
+        s = self.settings[mode]
+        use_settings(s)
+        broker = get_broker(s)
+        broker.flush_namespace()
+        return s, broker
+
+    # -- the rows ----------------------------------------------------------------------
+
+    def single(self, mode: str) -> float:
+        from .tracing_app import Noop
+
+        self.use(mode)
+        n = self.args.single
+        for i in range(200):  # warm-up: connections, scripts loaded
+            Noop.perform_async(i)
+        fn = Noop.perform_async
+        t = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        return n / (time.perf_counter() - t)
+
+    def bulk(self, mode: str) -> float:
+        from .tracing_app import Noop
+
+        self.use(mode)
+        n = self.args.bulk
+        Noop.perform_bulk([[i] for i in range(1000)])  # warm-up
+        args = [[i] for i in range(n)]
+        t = time.perf_counter()
+        Noop.perform_bulk(args)
+        return n / (time.perf_counter() - t)
+
+    def pass_(self, mode: str) -> float:
+        from reconcile import client
+        from reconcile.broker.pass_push import PassPusher
+        from reconcile.scheduler.passes import run_pass
+
+        from .reconciled_jobs import PassItem
+
+        s, broker = self.use(mode)
+        calls = {"push": 0, "enqueue": 0}
+        real_push, real_enqueue = PassPusher.push, client.enqueue
+
+        def push(*a: Any, **k: Any) -> Any:
+            calls["push"] += 1
+            return real_push(*a, **k)
+
+        def enqueue(*a: Any, **k: Any) -> Any:
+            calls["enqueue"] += 1
+            return real_enqueue(*a, **k)
+
+        PassPusher.push, client.enqueue = push, enqueue  # type: ignore[method-assign, assignment]
+        try:
+            t = time.perf_counter()
+            result = run_pass(PassItem, trigger="manual", owner="bench", settings=s)
+            dt = time.perf_counter() - t
+        finally:
+            PassPusher.push, client.enqueue = real_push, real_enqueue  # type: ignore[method-assign]
+        if result.error or result.enqueued != self.args.pass_rows:
+            raise RuntimeError(f"pass: {result.summary()}")
+        if not calls["push"] or calls["enqueue"]:
+            raise RuntimeError(f"the pass left its fast path with tracing {mode}: {calls}")
+        first = orjson.loads(broker.queue_entries(PassItem.queue, 1)[0])
+        if ("traceparent" in first) != (mode == "otel"):
+            raise RuntimeError(f"tracing {mode}: payload {first}")
+        return result.enqueued / dt
+
+    def drain(self, mode: str) -> float:
+        from .tracing_app import Noop
+
+        _, broker = self.use(mode)
+        n = self.args.drain
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE_")}
+        env.update(PYTHONPATH=str(ROOT), RECONCILE_TRACING=mode)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "reconcile", "worker", "--app", "benchmarks.tracing_app", "-q", "tdrain",
+             "-c", "10", "--redis-url", self.redis_url, "--namespace", self.namespace,
+             "--log-level", "WARNING"], env=env, cwd=ROOT)
+        try:
+            Noop.perform_async(-1)  # warm-up: the worker is up and has run a job
+            self.wait(lambda: broker.counters()["processed"] >= 1, 60, "the worker's first job")
+            t = time.perf_counter()
+            Noop.perform_bulk([[i] for i in range(n)])
+            self.wait(lambda: broker.counters()["processed"] >= n + 1, 300, f"{n} jobs drained")
+            return n / (time.perf_counter() - t)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+
+    @staticmethod
+    def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.002)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    from .tracing_app import install_sdk
+
+    exporter = install_sdk()  # used only while the settings say tracing = "otel"
+    bench = Bench(args)
+    print(f"tracing off vs otel: {args.rounds} rounds, single {args.single:,}, bulk {args.bulk:,}, "
+          f"pass rows {args.pass_rows:,}, drain {args.drain:,}; exporter: {exporter}", flush=True)
+    bench.open()
+    runs: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in ROWS}
+    try:
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", flush=True)
+            for row, label, unit in ROWS:
+                fn = getattr(bench, "pass_" if row == "pass" else row)
+                for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
+                    value = fn(mode)
+                    runs[row][mode].append(value)
+                    print(f"  {label:18} tracing {mode:4}: {value:12,.0f} {unit}", flush=True)
+    finally:
+        bench.close()
+    print("\n| row | tracing off | tracing otel | otel / off, median of rounds (per round) |")
+    print("|---|---|---|---|")
+    for row, label, unit in ROWS:
+        off, on = runs[row]["off"], runs[row]["otel"]
+        ratios = [b / a for a, b in zip(off, on, strict=True)]
+        print(f"| {label} | {statistics.median(off):,.0f} {unit} | {statistics.median(on):,.0f} {unit} | "
+              f"{statistics.median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in ratios)}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
