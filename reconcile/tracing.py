@@ -45,6 +45,7 @@ payload: a ``traceparent`` that is not a string or does not parse is ignored.
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -138,10 +139,22 @@ def parent_context(value: Any) -> Context:
     """The context a ``perform`` span starts in: the remote span of ``value`` (a
     payload's ``traceparent``), or an empty context (a root span) when ``value`` is
     missing, not a string or not a valid ``traceparent``."""
+    if type(value) is not str or len(value) > MAX_TRACEPARENT:
+        return _otel().empty()
+    return _extract(value)
+
+
+MAX_TRACEPARENT = 512
+"""Longer values are not parsed (a version-00 ``traceparent`` is 55 characters; later
+versions may append fields)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _extract(value: str) -> Context:
+    # Cached: the keys of one pass share one traceparent, so a worker draining them
+    # parses it once (contexts are immutable, so sharing one is safe).
     api = _otel()
     empty = api.empty()
-    if type(value) is not str:
-        return empty
     try:
         return api.propagator.extract({TRACEPARENT: value}, context=empty)
     except Exception:  # a malformed value must not fail the delivery
