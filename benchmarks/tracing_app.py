@@ -8,10 +8,14 @@ exported by a background thread) in front of :class:`EncodingExporter`, which en
 each batch as the OTLP exporter does (protobuf, when
 ``opentelemetry-exporter-otlp-proto-common`` is installed) and drops the bytes: the
 CPU an exporter costs the process, without a collector to send to.
+``BENCH_OTEL_EXPORTER=drop`` skips the encoding, ``simple`` uses a
+``SimpleSpanProcessor`` (no export thread): to tell the SDK's cost from the
+exporter's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -34,12 +38,18 @@ def install_sdk() -> str:
     """Install the SDK provider (once per process); returns what its exporter does."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
 
-    try:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    except ImportError:
-        encode_spans = None
+    how = os.environ.get("BENCH_OTEL_EXPORTER", "encode")  # encode | drop | simple (for diagnosis)
+    encode_spans: Any = None
+    if how == "encode":
+        with contextlib.suppress(ImportError):  # then spans are counted and dropped
+            from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
     class EncodingExporter(SpanExporter):
         def __init__(self) -> None:
@@ -58,10 +68,13 @@ def install_sdk() -> str:
     current: Any = trace.get_tracer_provider()
     if not isinstance(current, TracerProvider):
         current = TracerProvider()
-        current.add_span_processor(BatchSpanProcessor(EncodingExporter()))
+        processor = SimpleSpanProcessor if how == "simple" else BatchSpanProcessor
+        current.add_span_processor(processor(EncodingExporter()))
         trace.set_tracer_provider(current)
+    if how == "simple":
+        return "SimpleSpanProcessor (no export thread) -> spans counted and dropped"
     return ("BatchSpanProcessor -> OTLP protobuf encoding, bytes dropped" if encode_spans is not None
-            else "BatchSpanProcessor -> spans counted and dropped (no OTLP encoder installed)")
+            else "BatchSpanProcessor -> spans counted and dropped")
 
 
 if os.environ.get("RECONCILE_TRACING") == "otel":

@@ -11,7 +11,10 @@ Rows (each measured once per mode per round, the order of the modes alternating)
   that its payloads carry the pass span's ``traceparent``;
 * drain: one ``reconcile worker`` process (``-c 10``), started and warmed up, then N
   no-op jobs enqueued in bulk; jobs/s from the enqueue to the last ack (the
-  namespace's ``processed`` counter).
+  namespace's ``processed`` counter);
+* reconciled drain: a pass enqueues N ReconciledJob keys and one worker process
+  (``-c 16``) runs them, each in its PostgreSQL transaction (log an effect, mark the
+  row done: :mod:`benchmarks.reconciled_jobs`); checked for N effects, none doubled.
 
 With tracing on, both the driver and the worker install the OpenTelemetry SDK as an
 application would (:mod:`benchmarks.tracing_app`: ``BatchSpanProcessor`` in front of
@@ -27,12 +30,13 @@ it does not touch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -43,7 +47,8 @@ from .common import ROOT
 
 MODES = ("off", "otel")
 ROWS = (("single", "single enqueue", "jobs/s"), ("bulk", "bulk enqueue", "jobs/s"),
-        ("pass", "pass", "keys/s"), ("drain", "drain, 1 process", "jobs/s"))
+        ("pass", "pass", "keys/s"), ("drain", "drain, 1 process", "jobs/s"),
+        ("rdrain", "reconciled drain", "jobs/s"))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bulk", type=int, default=50_000, help="jobs of the bulk enqueue")
     p.add_argument("--pass-rows", type=int, default=200_000, help="pending rows of the pass")
     p.add_argument("--drain", type=int, default=20_000, help="jobs drained")
+    p.add_argument("--rdrain", type=int, default=3_000, help="ReconciledJobs drained")
     return p.parse_args(argv)
 
 
@@ -87,6 +93,7 @@ class Bench:
         migrate.upgrade(self.db_url)
         self.pg = sa.create_engine(self.db_url, pool_size=2)
         pg.seed_pass_items(self.pg, self.args.pass_rows)
+        pg.create_items(self.pg)
 
     def close(self) -> None:
         from reconcile.broker import get_broker
@@ -174,22 +181,56 @@ class Bench:
 
         _, broker = self.use(mode)
         n = self.args.drain
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE_")}
-        env.update(PYTHONPATH=str(ROOT), RECONCILE_TRACING=mode)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "reconcile", "worker", "--app", "benchmarks.tracing_app", "-q", "tdrain",
-             "-c", "10", "--redis-url", self.redis_url, "--namespace", self.namespace,
-             "--log-level", "WARNING"], env=env, cwd=ROOT)
-        try:
-            Noop.perform_async(-1)  # warm-up: the worker is up and has run a job
-            self.wait(lambda: broker.counters()["processed"] >= 1, 60, "the worker's first job")
+        with self.worker(mode, ["-q", "tdrain", "-c", "10"], broker):
             t = time.perf_counter()
             Noop.perform_bulk([[i] for i in range(n)])
             self.wait(lambda: broker.counters()["processed"] >= n + 1, 300, f"{n} jobs drained")
             return n / (time.perf_counter() - t)
+
+    def rdrain(self, mode: str) -> float:
+        """A pass enqueues N ReconciledJob keys (one PostgreSQL transaction each), and
+        one worker process (``-c 16``) drains them."""
+        from reconcile.scheduler.passes import run_pass
+
+        from . import pg
+        from .reconciled_jobs import ProcessItem
+
+        s, broker = self.use(mode)
+        n = self.args.rdrain
+        pg.seed_items(self.pg, n)
+        args = ["-q", "rdrain", "-q", "tdrain", "-c", "16", "--app", "benchmarks.reconciled_jobs",
+                "--database-url", self.db_url]
+        with self.worker(mode, args, broker):
+            t = time.perf_counter()
+            result = run_pass(ProcessItem, trigger="manual", owner="bench", settings=s)
+            if result.error or result.enqueued != n:
+                raise RuntimeError(f"pass: {result.summary()}")
+            self.wait(lambda: broker.counters()["processed"] >= n + 1, 300, f"{n} keys drained")
+            dt = time.perf_counter() - t
+        done, effects, dup = pg.items_state(self.pg)
+        if (done, effects, dup) != (n, n, 0):
+            raise RuntimeError(f"reconciled drain: {done} done, {effects} effects, {dup} duplicated of {n}")
+        return n / dt
+
+    @contextlib.contextmanager
+    def worker(self, mode: str, args: list[str], broker: Any) -> Iterator[None]:
+        """One ``reconcile worker`` process with ``tracing = mode``, up and warmed up
+        (it has run one no-op job) on entry, stopped on exit."""
+        from .tracing_app import Noop
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILE_")}
+        env.update(PYTHONPATH=str(ROOT), RECONCILE_TRACING=mode)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconcile", "worker", "--app", "benchmarks.tracing_app", *args,
+             "--redis-url", self.redis_url, "--namespace", self.namespace, "--log-level", "WARNING"],
+            env=env, cwd=ROOT)
+        try:
+            Noop.perform_async(-1)
+            self.wait(lambda: broker.counters()["processed"] >= 1, 60, "the worker's first job")
+            yield
         finally:
-            worker.terminate()
-            worker.wait(30)
+            proc.terminate()
+            proc.wait(30)
 
     @staticmethod
     def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:

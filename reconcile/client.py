@@ -10,6 +10,8 @@ and ``set(...)`` all call. Contracts:
 * a job rejected by client middleware, or dropped because its uniqueness lock is held,
   yields ``None`` in place of its jid;
 * jobs are pushed ``bulk_batch_size`` (default 1000) per round trip;
+* with the setting ``tracing = "otel"``, a call is one ``enqueue`` span and every
+  payload of the call carries its ``traceparent`` (:mod:`reconcile.tracing`);
 * whose clock counts: a run-at is the Redis server's. ``delay`` (``perform_in``,
   ``set(wait=)``) and ``delays`` (a pass's jitter) are sent as delays that the script
   adds to Redis's ``TIME``; ``at`` (``perform_at``, ``set(wait_until=)``) is an
