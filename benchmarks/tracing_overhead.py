@@ -117,7 +117,7 @@ class Bench:
 
     # -- the rows ----------------------------------------------------------------------
 
-    def single(self, mode: str) -> float:
+    def single(self, mode: str) -> tuple[float, float]:
         from .tracing_app import Noop
 
         self.use(mode)
@@ -125,23 +125,23 @@ class Bench:
         for i in range(200):  # warm-up: connections, scripts loaded
             Noop.perform_async(i)
         fn = Noop.perform_async
-        t = time.perf_counter()
+        t = self.start()
         for i in range(n):
             fn(i)
-        return n / (time.perf_counter() - t)
+        return self.rate(n, t)
 
-    def bulk(self, mode: str) -> float:
+    def bulk(self, mode: str) -> tuple[float, float]:
         from .tracing_app import Noop
 
         self.use(mode)
         n = self.args.bulk
         Noop.perform_bulk([[i] for i in range(1000)])  # warm-up
         args = [[i] for i in range(n)]
-        t = time.perf_counter()
+        t = self.start()
         Noop.perform_bulk(args)
-        return n / (time.perf_counter() - t)
+        return self.rate(n, t)
 
-    def pass_(self, mode: str) -> float:
+    def pass_(self, mode: str) -> tuple[float, float]:
         from reconcile import client
         from reconcile.broker.pass_push import PassPusher
         from reconcile.scheduler.passes import run_pass
@@ -162,9 +162,9 @@ class Bench:
 
         PassPusher.push, client.enqueue = push, enqueue  # type: ignore[method-assign, assignment]
         try:
-            t = time.perf_counter()
+            t = self.start()
             result = run_pass(PassItem, trigger="manual", owner="bench", settings=s)
-            dt = time.perf_counter() - t
+            rate = self.rate(result.enqueued, t)
         finally:
             PassPusher.push, client.enqueue = real_push, real_enqueue  # type: ignore[method-assign]
         if result.error or result.enqueued != self.args.pass_rows:
@@ -174,20 +174,20 @@ class Bench:
         first = orjson.loads(broker.queue_entries(PassItem.queue, 1)[0])
         if ("traceparent" in first) != (mode == "otel"):
             raise RuntimeError(f"tracing {mode}: payload {first}")
-        return result.enqueued / dt
+        return rate
 
-    def drain(self, mode: str) -> float:
+    def drain(self, mode: str) -> tuple[float, float]:
         from .tracing_app import Noop
 
         _, broker = self.use(mode)
         n = self.args.drain
         with self.worker(mode, ["-q", "tdrain", "-c", "10"], broker):
-            t = time.perf_counter()
+            t = self.start()
             Noop.perform_bulk([[i] for i in range(n)])
             self.wait(lambda: broker.counters()["processed"] >= n + 1, 300, f"{n} jobs drained")
-            return n / (time.perf_counter() - t)
+            return self.rate(n, t)
 
-    def rdrain(self, mode: str) -> float:
+    def rdrain(self, mode: str) -> tuple[float, float]:
         """A pass enqueues N ReconciledJob keys (one PostgreSQL transaction each), and
         one worker process (``-c 16``) drains them."""
         from reconcile.scheduler.passes import run_pass
@@ -201,16 +201,16 @@ class Bench:
         args = ["-q", "rdrain", "-q", "tdrain", "-c", "16", "--app", "benchmarks.reconciled_jobs",
                 "--database-url", self.db_url]
         with self.worker(mode, args, broker):
-            t = time.perf_counter()
+            t = self.start()
             result = run_pass(ProcessItem, trigger="manual", owner="bench", settings=s)
             if result.error or result.enqueued != n:
                 raise RuntimeError(f"pass: {result.summary()}")
             self.wait(lambda: broker.counters()["processed"] >= n + 1, 300, f"{n} keys drained")
-            dt = time.perf_counter() - t
+            rate = self.rate(n, t)
         done, effects, dup = pg.items_state(self.pg)
         if (done, effects, dup) != (n, n, 0):
             raise RuntimeError(f"reconciled drain: {done} done, {effects} effects, {dup} duplicated of {n}")
-        return n / dt
+        return rate
 
     @contextlib.contextmanager
     def worker(self, mode: str, args: list[str], broker: Any) -> Iterator[None]:
@@ -227,10 +227,34 @@ class Bench:
         try:
             Noop.perform_async(-1)
             self.wait(lambda: broker.counters()["processed"] >= 1, 60, "the worker's first job")
+            self.worker_pid = proc.pid
             yield
         finally:
+            self.worker_pid = 0
             proc.terminate()
             proc.wait(30)
+
+    # -- measuring ---------------------------------------------------------------------
+
+    worker_pid = 0
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by this process (every thread: the span exporter's
+        included) and by the worker process being measured, if any."""
+        used = time.process_time()
+        if self.worker_pid:
+            with open(f"/proc/{self.worker_pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        return used
+
+    def start(self) -> tuple[float, float]:
+        return time.perf_counter(), self.cpu()
+
+    def rate(self, n: int, started: tuple[float, float]) -> tuple[float, float]:
+        """(jobs or keys per second, CPU microseconds per job or key) since ``started``."""
+        wall, cpu = time.perf_counter() - started[0], self.cpu() - started[1]
+        return n / wall, cpu / n * 1e6
 
     @staticmethod
     def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -251,24 +275,37 @@ def main(argv: list[str] | None = None) -> int:
           f"pass rows {args.pass_rows:,}, drain {args.drain:,}; exporter: {exporter}", flush=True)
     bench.open()
     runs: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in ROWS}
+    cpus: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in ROWS}
     try:
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", flush=True)
             for row, label, unit in ROWS:
                 fn = getattr(bench, "pass_" if row == "pass" else row)
                 for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
-                    value = fn(mode)
+                    value, cpu = fn(mode)
                     runs[row][mode].append(value)
-                    print(f"  {label:18} tracing {mode:4}: {value:12,.0f} {unit}", flush=True)
+                    cpus[row][mode].append(cpu)
+                    print(f"  {label:18} tracing {mode:4}: {value:12,.0f} {unit}, {cpu:8.1f} us CPU each",
+                          flush=True)
     finally:
         bench.close()
-    print("\n| row | tracing off | tracing otel | otel / off, median of rounds (per round) |")
+    print("\nThroughput (wall clock):\n")
+    print("| row | tracing off | tracing otel | otel / off, median of rounds (per round) |")
     print("|---|---|---|---|")
     for row, label, unit in ROWS:
         off, on = runs[row]["off"], runs[row]["otel"]
         ratios = [b / a for a, b in zip(off, on, strict=True)]
         print(f"| {label} | {statistics.median(off):,.0f} {unit} | {statistics.median(on):,.0f} {unit} | "
               f"{statistics.median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in ratios)}) |")
+    print("\nCPU per job or key (driver process, plus the worker process for the drains; less "
+          "sensitive to other load than the wall clock):\n")
+    print("| row | tracing off | tracing otel | otel - off, median of rounds (per round) |")
+    print("|---|---|---|---|")
+    for row, label, _ in ROWS:
+        off, on = cpus[row]["off"], cpus[row]["otel"]
+        extra = [b - a for a, b in zip(off, on, strict=True)]
+        print(f"| {label} | {statistics.median(off):,.1f} us | {statistics.median(on):,.1f} us | "
+              f"{statistics.median(extra):+,.1f} us ({', '.join(f'{x:+.1f}' for x in extra)}) |")
     return 0
 
 
