@@ -498,6 +498,30 @@ def test_the_core_runs_without_opentelemetry_and_tracing_on_names_the_missing_ex
     assert "otel imported: False" in out.stdout
 
 
+def test_tracing_on_without_a_configured_provider_stamps_nothing(settings: Settings) -> None:
+    """The API alone (no SDK provider set, as in a process that never configured one):
+    spans are invalid, so no payload carries a ``traceparent``, and jobs run."""
+    script = textwrap.dedent(f"""
+        from reconcile.config import load_settings, use_settings
+        from tests.jobs_core import Record, counts, everything, running_worker, wait_for
+        from reconcile.broker import get_broker
+        s = load_settings({{"redis_url": {settings.redis_url!r}, "namespace": {settings.namespace!r} + "p",
+                           "idle_wait": 0.2, "poll_interval": 0.2, "tracing": "otel"}},
+                          env={{}}, pyproject=False)
+        use_settings(s)
+        Record.perform_async("no-provider")
+        print("traceparent in payload:", b"traceparent" in everything(get_broker(s))[0])
+        with running_worker(s):
+            wait_for(lambda: counts(get_broker(s)) == {{"no-provider": 1}}, what="the job")
+        get_broker(s).flush_namespace()
+        print("ran")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["traceparent in payload: False", "ran"]
+
+
 def test_a_tracing_value_other_than_off_or_otel_is_refused(settings: Settings) -> None:
     from reconcile.errors import ConfigError
 
