@@ -54,6 +54,8 @@ ROWS = (("single", "single enqueue", "jobs/s"), ("bulk", "bulk enqueue", "jobs/s
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tracing_overhead", description=__doc__)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rows", default=",".join(r for r, _, _ in ROWS),
+                   help=f"comma-separated rows to run (default all: {','.join(r for r, _, _ in ROWS)})")
     p.add_argument("--single", type=int, default=5_000, help="single enqueues per measurement")
     p.add_argument("--bulk", type=int, default=50_000, help="jobs of the bulk enqueue")
     p.add_argument("--pass-rows", type=int, default=200_000, help="pending rows of the pass")
@@ -267,6 +269,10 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    chosen = [r for r in ROWS if r[0] in args.rows.split(",")]
+    unknown = set(args.rows.split(",")) - {r for r, _, _ in ROWS}
+    if unknown or not chosen:
+        sys.exit(f"unknown rows {', '.join(sorted(unknown))}; known: {', '.join(r for r, _, _ in ROWS)}")
     from .tracing_app import install_sdk
 
     exporter = install_sdk()  # used only while the settings say tracing = "otel"
@@ -274,12 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tracing off vs otel: {args.rounds} rounds, single {args.single:,}, bulk {args.bulk:,}, "
           f"pass rows {args.pass_rows:,}, drain {args.drain:,}; exporter: {exporter}", flush=True)
     bench.open()
-    runs: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in ROWS}
-    cpus: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in ROWS}
+    runs: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in chosen}
+    cpus: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in chosen}
     try:
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", flush=True)
-            for row, label, unit in ROWS:
+            for row, label, unit in chosen:
                 fn = getattr(bench, "pass_" if row == "pass" else row)
                 for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
                     value, cpu = fn(mode)
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nThroughput (wall clock):\n")
     print("| row | tracing off | tracing otel | otel / off, median of rounds (per round) |")
     print("|---|---|---|---|")
-    for row, label, unit in ROWS:
+    for row, label, unit in chosen:
         off, on = runs[row]["off"], runs[row]["otel"]
         ratios = [b / a for a, b in zip(off, on, strict=True)]
         print(f"| {label} | {statistics.median(off):,.0f} {unit} | {statistics.median(on):,.0f} {unit} | "
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
           "sensitive to other load than the wall clock):\n")
     print("| row | tracing off | tracing otel | otel - off, median of rounds (per round) |")
     print("|---|---|---|---|")
-    for row, label, _ in ROWS:
+    for row, label, _ in chosen:
         off, on = cpus[row]["off"], cpus[row]["otel"]
         extra = [b - a for a, b in zip(off, on, strict=True)]
         print(f"| {label} | {statistics.median(off):,.1f} us | {statistics.median(on):,.1f} us | "
