@@ -66,10 +66,8 @@ if TYPE_CHECKING:
     from .jobclass import JobClass
     from .scheduler.passes import PassResult
 
-OFF = "off"
 OTEL = "otel"
-MODES = (OFF, OTEL)
-"""Values of the setting ``tracing``."""
+"""The value of the setting ``tracing`` that turns tracing on (the other is ``"off"``)."""
 
 TRACEPARENT = "traceparent"
 """The payload field holding the enqueuing span's W3C trace context."""
