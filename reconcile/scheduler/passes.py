@@ -53,6 +53,10 @@ ways:
   so middleware sees, may change and may reject every payload, as for any enqueue.
   It is also the reference the fast path must equal: both build payloads from one
   :class:`~reconcile.payload.PayloadTemplate`.
+
+Tracing (``tracing = "otel"``) does not change the choice: the pass's span is current
+while it runs, and its ``traceparent`` is part of the pass's template, so every key
+carries it on either path (:mod:`reconcile.tracing`).
 """
 
 from __future__ import annotations
