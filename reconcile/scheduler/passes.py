@@ -55,8 +55,9 @@ ways:
   :class:`~reconcile.payload.PayloadTemplate`.
 
 Tracing (``tracing = "otel"``) does not change the choice: the pass's span is current
-while it runs, and its ``traceparent`` is part of the pass's template, so every key
-carries it on either path (:mod:`reconcile.tracing`).
+while it runs; on the fast path its ``traceparent`` is part of the pass's template, so
+every key carries it, and on the slow path each chunk's ``enqueue`` span is its child
+(:mod:`reconcile.tracing`).
 """
 
 from __future__ import annotations
