@@ -22,9 +22,10 @@ an exporter that encodes spans as OTLP protobuf and drops them). The ratio on / 
 taken within each round and the median over rounds is reported.
 
 It uses its own Redis namespace on ``REDIS_URL`` (default db 0; removed at the end,
-nothing else is flushed) and its own PostgreSQL schema in ``DATABASE_URL``'s database
-(dropped at the end), so it can run beside the main harness, whose Redis databases
-it does not touch.
+nothing else is flushed), or with ``--private-redis`` a redis-server of its own, whose
+``INFO commandstats`` then gives Redis's time per job or key; and its own PostgreSQL
+schema in ``DATABASE_URL``'s database (dropped at the end). So it can run beside the
+main harness, whose Redis databases it does not touch.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +43,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+import redis
 import sqlalchemy as sa
 
 from .common import ROOT
@@ -61,6 +64,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pass-rows", type=int, default=200_000, help="pending rows of the pass")
     p.add_argument("--drain", type=int, default=20_000, help="jobs drained")
     p.add_argument("--rdrain", type=int, default=3_000, help="ReconciledJobs drained")
+    p.add_argument("--private-redis", action="store_true",
+                   help="run on a private redis-server (a free port), and report Redis's own time per "
+                        "job or key (INFO commandstats: every command on it is this run's)")
     return p.parse_args(argv)
 
 
@@ -69,7 +75,16 @@ class Bench:
         from reconcile.config import load_settings
 
         self.args = args
-        self.redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.private: subprocess.Popen[bytes] | None = None
+        if args.private_redis:
+            port = free_port()
+            self.private = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+            self.wait(lambda: _pings(self.redis_url), 10, "the private redis-server")
+        else:
+            self.redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.server = redis.Redis.from_url(self.redis_url)
         base = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
         self.schema = f"bench_otel_{os.getpid()}"
         self.admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
@@ -106,6 +121,9 @@ class Bench:
         self.pg.dispose()
         with self.admin.begin() as c:
             c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+        if self.private is not None:
+            self.private.terminate()
+            self.private.wait(10)
 
     def use(self, mode: str) -> Any:
         from reconcile.broker import get_broker
@@ -119,7 +137,7 @@ class Bench:
 
     # -- the rows ----------------------------------------------------------------------
 
-    def single(self, mode: str) -> tuple[float, float]:
+    def single(self, mode: str) -> tuple[float, float, float]:
         from .tracing_app import Noop
 
         self.use(mode)
@@ -132,7 +150,7 @@ class Bench:
             fn(i)
         return self.rate(n, t)
 
-    def bulk(self, mode: str) -> tuple[float, float]:
+    def bulk(self, mode: str) -> tuple[float, float, float]:
         from .tracing_app import Noop
 
         self.use(mode)
@@ -143,7 +161,7 @@ class Bench:
         Noop.perform_bulk(args)
         return self.rate(n, t)
 
-    def pass_(self, mode: str) -> tuple[float, float]:
+    def pass_(self, mode: str) -> tuple[float, float, float]:
         from reconcile import client
         from reconcile.broker.pass_push import PassPusher
         from reconcile.scheduler.passes import run_pass
@@ -178,7 +196,7 @@ class Bench:
             raise RuntimeError(f"tracing {mode}: payload {first}")
         return rate
 
-    def drain(self, mode: str) -> tuple[float, float]:
+    def drain(self, mode: str) -> tuple[float, float, float]:
         from .tracing_app import Noop
 
         _, broker = self.use(mode)
@@ -189,7 +207,7 @@ class Bench:
             self.wait(lambda: broker.counters()["processed"] >= n + 1, 300, f"{n} jobs drained")
             return self.rate(n, t)
 
-    def rdrain(self, mode: str) -> tuple[float, float]:
+    def rdrain(self, mode: str) -> tuple[float, float, float]:
         """A pass enqueues N ReconciledJob keys (one PostgreSQL transaction each), and
         one worker process (``-c 16``) drains them."""
         from reconcile.scheduler.passes import run_pass
@@ -250,13 +268,21 @@ class Bench:
             used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
         return used
 
-    def start(self) -> tuple[float, float]:
-        return time.perf_counter(), self.cpu()
+    def redis_usec(self) -> float:
+        """Microseconds the Redis server spent in commands so far (all clients: only
+        meaningful on a private server)."""
+        stats = self.server.info("commandstats")
+        return float(sum(v["usec"] for v in stats.values()))
 
-    def rate(self, n: int, started: tuple[float, float]) -> tuple[float, float]:
-        """(jobs or keys per second, CPU microseconds per job or key) since ``started``."""
+    def start(self) -> tuple[float, float, float]:
+        return time.perf_counter(), self.cpu(), self.redis_usec() if self.private else 0.0
+
+    def rate(self, n: int, started: tuple[float, float, float]) -> tuple[float, float, float]:
+        """(jobs or keys per second, CPU microseconds per job or key, Redis microseconds
+        per job or key: 0 without a private server) since ``started``."""
         wall, cpu = time.perf_counter() - started[0], self.cpu() - started[1]
-        return n / wall, cpu / n * 1e6
+        spent = self.redis_usec() - started[2] if self.private else 0.0
+        return n / wall, cpu / n * 1e6, spent / n
 
     @staticmethod
     def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -265,6 +291,19 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}")
             time.sleep(0.002)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url).ping())
+    except redis.RedisError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,17 +321,20 @@ def main(argv: list[str] | None = None) -> int:
     bench.open()
     runs: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in chosen}
     cpus: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in chosen}
+    in_redis: dict[str, dict[str, list[float]]] = {row: {m: [] for m in MODES} for row, _, _ in chosen}
     try:
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.1f})", flush=True)
             for row, label, unit in chosen:
                 fn = getattr(bench, "pass_" if row == "pass" else row)
                 for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
-                    value, cpu = fn(mode)
+                    value, cpu, spent = fn(mode)
                     runs[row][mode].append(value)
                     cpus[row][mode].append(cpu)
-                    print(f"  {label:18} tracing {mode:4}: {value:12,.0f} {unit}, {cpu:8.1f} us CPU each",
-                          flush=True)
+                    in_redis[row][mode].append(spent)
+                    shown = f", {spent:6.2f} us in Redis" if args.private_redis else ""
+                    print(f"  {label:18} tracing {mode:4}: {value:12,.0f} {unit}, {cpu:8.1f} us CPU each"
+                          f"{shown}", flush=True)
     finally:
         bench.close()
     print("\nThroughput (wall clock):\n")
@@ -312,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
         extra = [b - a for a, b in zip(off, on, strict=True)]
         print(f"| {label} | {statistics.median(off):,.1f} us | {statistics.median(on):,.1f} us | "
               f"{statistics.median(extra):+,.1f} us ({', '.join(f'{x:+.1f}' for x in extra)}) |")
+    if args.private_redis:
+        print("\nRedis's own time per job or key (INFO commandstats of the private server):\n")
+        print("| row | tracing off | tracing otel | otel / off, median of rounds (per round) |")
+        print("|---|---|---|---|")
+        for row, label, _ in chosen:
+            off, on = in_redis[row]["off"], in_redis[row]["otel"]
+            ratios = [b / a for a, b in zip(off, on, strict=True)]
+            print(f"| {label} | {statistics.median(off):,.2f} us | {statistics.median(on):,.2f} us | "
+                  f"{statistics.median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in ratios)}) |")
     return 0
 
 
