@@ -10,6 +10,8 @@ and ``set(...)`` all call. Contracts:
 * a job rejected by client middleware, or dropped because its uniqueness lock is held,
   yields ``None`` in place of its jid;
 * jobs are pushed ``bulk_batch_size`` (default 1000) per round trip;
+* with the setting ``tracing = "otel"``, a call is one ``enqueue`` span and every
+  payload of the call carries its ``traceparent`` (:mod:`reconcile.tracing`);
 * whose clock counts: a run-at is the Redis server's. ``delay`` (``perform_in``,
   ``set(wait=)``) and ``delays`` (a pass's jitter) are sent as delays that the script
   adds to Redis's ``TIME``; ``at`` (``perform_at``, ``set(wait_until=)``) is an
@@ -27,9 +29,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import middleware
+from . import middleware, tracing
 from .broker import PushRecord, get_broker
-from .config import get_settings
+from .config import Settings, get_settings
 from .errors import PayloadTooLarge
 from .identity import unique_digest
 from .jobclass import JobClass
@@ -83,9 +85,23 @@ def enqueue(
     its own delay instead (reconcile passes spread with jitter). At most one of the
     three is given.
     """
+    settings = get_settings()
+    if tracing.enabled(settings):
+        # one "enqueue" span per call; its context is stamped in every payload (the template's)
+        queue = {**job_class.options(), **(options or {})}.get("queue")
+        return tracing.traced_enqueue(job_class, queue, len(args_list), lambda traceparent: _enqueue(
+            job_class, args_list, settings, options, at, delay, delays, traceparent))
+    return _enqueue(job_class, args_list, settings, options, at, delay, delays, None)
+
+
+def _enqueue(
+    job_class: JobClass, args_list: Sequence[Sequence[Any]], settings: Settings,
+    options: dict[str, Any] | None, at: float, delay: float, delays: Sequence[float] | None,
+    traceparent: str | None,
+) -> list[str | None]:
+    """:func:`enqueue`, with the payloads' ``traceparent`` (None: none)."""
     if (at and delay) or (delays is not None and (at or delay)):
         raise ValueError("enqueue: give at most one of at, delay and delays")
-    settings = get_settings()
     opts = job_class.options() if not options else {**job_class.options(), **options}
     queue = check_queue(job_class.job_name, opts["queue"])
     names = job_class.arg_names()
@@ -100,7 +116,7 @@ def enqueue(
         delay = 0.0
         shown = at if at > now else 0.0
 
-    template = PayloadTemplate.of(job_class.job_name, queue, opts, bool(lock_ttl))
+    template = PayloadTemplate.of(job_class.job_name, queue, opts, bool(lock_ttl), traceparent)
 
     if job_class.keyed:
         # One identity per row: "3", 3.0 and 3 become the key's canonical form before

@@ -249,6 +249,12 @@ class Settings:
     written while a job runs (the application's own included), ``jid``, ``class``,
     ``queue``, ``key``, ``attempt``. Default ``"text"``."""
 
+    tracing: str = "off"
+    """OpenTelemetry tracing: ``"off"``, or ``"otel"`` (needs the ``otel`` extra,
+    ``opentelemetry-api``): spans ``enqueue``, ``perform`` and ``pass`` through the
+    process's global TracerProvider, linked by a ``traceparent`` field in each payload
+    (:mod:`reconcile.tracing`). Default ``"off"``."""
+
     retry_traceback_log_level: str = "DEBUG"
     """Level at which a worker logs the traceback of a failure that will be retried
     (its WARNING line is one line; a final failure, dead or discarded, is logged at
@@ -388,9 +394,24 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
         raise bad("max_schedule_seconds", "must be a finite positive number of seconds")
     if values["log_format"] not in ("text", "json"):
         raise bad("log_format", "must be text or json")
+    if values["tracing"] not in ("off", "otel"):
+        raise bad("tracing", "must be off or otel")
+    if values["tracing"] == "otel" and not _otel_installed():
+        raise bad("tracing", "needs the otel extra (pip install 'reconcile-jobs[otel]'): "
+                             "opentelemetry-api is not installed")
     for name in ("log_level", "retry_traceback_log_level"):
         if values[name].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad(name, "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+
+def _otel_installed() -> bool:
+    """Whether ``opentelemetry-api`` can be imported (looked up, not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except ImportError:  # no "opentelemetry" package at all
+        return False
 
 
 POOLER_MODES = ("none", "session", "transaction")

@@ -9,7 +9,10 @@ A payload is a JSON object, encoded compactly (orjson), never pickled::
 Fields written by the engine as a job moves: ``retry_count``, ``error_class``,
 ``error_message``, ``failed_at``, ``retried_at``, ``at`` (scheduled run time),
 ``lock`` (uniqueness lock digest), ``unique_until``, ``recovered`` (times the reaper
-returned it from a crashed worker; such a job is leased alone).
+returned it from a crashed worker; such a job is leased alone), and ``traceparent``
+(the W3C trace context of the span that enqueued it, with the setting ``tracing =
+"otel"``; see :mod:`reconcile.tracing`). ``traceparent`` is not checked here: a
+malformed one is ignored by the worker, never a reason to dead-letter a job.
 
 Contracts:
 
@@ -203,9 +206,11 @@ class PayloadTemplate:
     two ways of building a payload from it.
 
     A job's payload is ``{"queue", "jid", "class", "args", "created_at", "retry"
-    [, "unique_until"], "enqueued_at" | "at" [, "lock"]}``, fields in that order ("queue"
-    then "jid" first: the Lua scripts read them with an anchored match). Jobs of one
-    call differ only in jid, args, timestamps and lock digest.
+    [, "unique_until"] [, "traceparent"], "enqueued_at" | "at" [, "lock"]}``, fields in
+    that order ("queue" then "jid" first: the Lua scripts read them with an anchored
+    match). Jobs of one call differ only in jid, args, timestamps and lock digest; the
+    ``traceparent`` (tracing on) is the call's, or the pass's: one per template, so
+    stamping it costs the fast paths nothing per job.
 
     * :meth:`reference` builds the dict (the specification; what client middleware
       and the testing interceptor receive), encoded by :func:`encode`;
@@ -220,15 +225,18 @@ class PayloadTemplate:
     :meth:`reference`.
     """
 
-    __slots__ = ("head", "locked", "mid", "name", "options", "queue", "retry", "unique_until")
+    __slots__ = ("head", "locked", "mid", "name", "options", "queue", "retry", "traceparent",
+                 "unique_until")
 
     LOCK_OPEN = b',"lock":"'
 
-    def __init__(self, name: str, queue: str, retry: Any, unique_until: str | None) -> None:
+    def __init__(self, name: str, queue: str, retry: Any, unique_until: str | None,
+                 traceparent: str | None = None) -> None:
         """``unique_until`` None: the jobs take no uniqueness lock (no ``unique_until``
-        nor ``lock`` field)."""
+        nor ``lock`` field); ``traceparent`` None: no ``traceparent`` field."""
         dumps = orjson.dumps
         self.name, self.queue, self.retry, self.unique_until = name, queue, retry, unique_until
+        self.traceparent = traceparent
         self.locked = unique_until is not None
         self.head = b'{"queue":' + dumps(queue) + b',"jid":"'
         """Everything before the jid."""
@@ -237,15 +245,21 @@ class PayloadTemplate:
         options = b',"retry":' + dumps(retry)
         if unique_until is not None:
             options += b',"unique_until":' + dumps(unique_until)
+        if traceparent is not None:
+            options += b',"traceparent":' + dumps(traceparent)
         self.options = options
-        """The fields after ``created_at``: ``retry`` and, for a locked job, ``unique_until``."""
+        """The fields after ``created_at``: ``retry``, for a locked job ``unique_until``,
+        and the ``traceparent`` if any."""
 
     @classmethod
-    def of(cls, name: str, queue: str, opts: dict[str, Any], locked: bool) -> PayloadTemplate:
+    def of(cls, name: str, queue: str, opts: dict[str, Any], locked: bool,
+           traceparent: str | None = None) -> PayloadTemplate:
         """The template of class ``name``'s jobs on ``queue`` with options ``opts``
         (``Job.options()`` and the call's overrides; ``unique_until`` defaults to
-        ``"success"``); ``locked``: whether they take a uniqueness lock."""
-        return cls(name, queue, opts["retry"], opts.get("unique_until", "success") if locked else None)
+        ``"success"``); ``locked``: whether they take a uniqueness lock; ``traceparent``:
+        the trace context every payload carries (None: none)."""
+        return cls(name, queue, opts["retry"], opts.get("unique_until", "success") if locked else None,
+                   traceparent)
 
     def reference(self, jid: str, args: list[Any], created_at: float, at: float = 0.0,
                   lock: str = "") -> Payload:
@@ -256,6 +270,8 @@ class PayloadTemplate:
                             "created_at": created_at, "retry": self.retry}
         if self.unique_until is not None:
             payload["unique_until"] = self.unique_until
+        if self.traceparent is not None:
+            payload["traceparent"] = self.traceparent
         if at:
             payload["at"] = at
         else:

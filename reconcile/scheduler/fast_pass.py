@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from .. import client
+from .. import client, tracing
 from ..broker import get_broker
 from ..broker.pass_push import PassPusher
 from ..config import Settings
@@ -95,7 +95,9 @@ class FastPass:
         self.limit = settings.max_payload_bytes
         self.pusher = PassPusher(get_broker(settings))
         self.new_fraction = 0.0  # of the last chunk pushed: probe first until keys are new
-        self.template = PayloadTemplate.of(self.name, queue, opts, bool(self.lock_ttl))
+        # one traceparent per pass (the pass span's, tracing on): in the template, so in every payload
+        self.template = PayloadTemplate.of(self.name, queue, opts, bool(self.lock_ttl),
+                                           tracing.current_traceparent(settings))
         self.head, self.mid = self.template.head, self.template.mid
         self.lock_open = PayloadTemplate.LOCK_OPEN if self.lock_ttl else b""
         self.close = b'"}\n' if self.lock_ttl else b"}\n"  # the newline frames the payload

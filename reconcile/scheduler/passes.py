@@ -53,6 +53,11 @@ ways:
   so middleware sees, may change and may reject every payload, as for any enqueue.
   It is also the reference the fast path must equal: both build payloads from one
   :class:`~reconcile.payload.PayloadTemplate`.
+
+Tracing (``tracing = "otel"``) does not change the choice: the pass's span is current
+while it runs; on the fast path its ``traceparent`` is part of the pass's template, so
+every key carries it, and on the slow path each chunk's ``enqueue`` span is its child
+(:mod:`reconcile.tracing`).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import client, middleware
+from .. import client, middleware, tracing
 from ..broker import get_broker
 from ..config import Settings, get_settings
 from ..errors import InvalidKey
@@ -137,6 +142,7 @@ def run_pass(
     result = PassResult(name, trigger)
     started = time.monotonic()
     run_id = runs.start_run(engine, job=name, trigger=trigger, scheduler=owner)
+    trace = tracing.start_pass(settings, name, trigger)  # the "pass" span (tracing on), current until end
     try:
         # a pass decides with the current switch, not a cached one
         if not switch_cache(settings).is_enabled(name, fresh=True):
@@ -147,8 +153,10 @@ def run_pass(
                   distrust_locks=trigger == "redis_loss")
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+        trace.failed(exc)
         log.exception("pass of %s failed", name)
     result.seconds = time.monotonic() - started
+    trace.end(result)
     runs.finish_run(
         engine, run_id, found=result.found, enqueued=result.enqueued,
         already_queued=result.already_queued, quarantined=result.quarantined,
@@ -290,4 +298,4 @@ def _slow_push(job_class: type[ReconciledJob], keys: list[tuple[Any, ...]], jitt
         pushed = sum(1 for j in jids if j is not None)
         return pushed, len(jids) - pushed
 
-    return push
+    return tracing.carry_context(push)  # a pusher thread runs it: its enqueue span under the pass's

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .. import middleware, registry
+from .. import middleware, registry, tracing
 from ..broker import Delivery, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
@@ -215,6 +215,10 @@ class Executor:
         # the job's fields for every log record written while it runs (structured logs)
         context = job_context.set((d.queue, payload, cls.keyed))
         try:
+            if tracing.enabled(self.settings):  # the "perform" span around it (reconcile.tracing)
+                return tracing.traced_perform(d.queue, cls, payload, lambda: self._execute(
+                    d, cls, job, payload, perform, lock, lambda: outcome), lambda: outcome,
+                    lambda: d.field in self.abandoned)
             return self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
         finally:
             job_context.reset(context)
@@ -277,6 +281,7 @@ class Executor:
         exc: BaseException,
     ) -> SettleOp:
         lock: str = payload.get("lock", "")
+        tracing.record_exception(self.settings, exc)  # on the perform span, if any
         verdict = decide(cls, job, payload, exc, self.settings.default_retry)
         line = "%s jid=%s failed (%s: %s); %s"
         args = (cls.job_name, safe(payload["jid"]), error_name(exc), safe(exc), verdict.kind)

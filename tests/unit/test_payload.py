@@ -182,14 +182,16 @@ _args = st.lists(st.recursive(
     name=_text.filter(bool), queue=st.from_regex(r"[A-Za-z0-9_.:\-]{1,12}", fullmatch=True),
     retry=st.booleans() | st.integers(0, 50), unique_until=st.none() | st.sampled_from(["success", "start"]),
     args=_args, created_at=st.floats(1e9, 3e9), later=st.none() | st.floats(0.001, 1e6),
+    traceparent=st.none() | st.just("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
 )
 def test_template_assembles_the_bytes_of_its_reference_dict(
     name: str, queue: str, retry: bool | int, unique_until: str | None, args: list[Any],
-    created_at: float, later: float | None,
+    created_at: float, later: float | None, traceparent: str | None,
 ) -> None:
     """The fast builder's bytes are ``orjson.dumps`` of the reference dict, for any
-    JSON-native args, options, and a job that runs now or later, locked or not."""
-    template = PayloadTemplate(name, queue, retry, unique_until)
+    JSON-native args, options, and a job that runs now or later, locked or not, with
+    a trace context (tracing on) or without."""
+    template = PayloadTemplate(name, queue, retry, unique_until, traceparent)
     jid = new_jid()
     lock = "ab" * 16 if unique_until is not None else ""
     at = created_at + later if later is not None else 0.0
@@ -199,3 +201,4 @@ def test_template_assembles_the_bytes_of_its_reference_dict(
     assert fast == orjson.dumps(reference)
     assert list(reference)[:2] == ["queue", "jid"], "the Lua scripts read them anchored"
     assert decode(fast, LIMIT) == reference
+    assert reference.get("traceparent") == traceparent
