@@ -49,7 +49,7 @@ from ..job import Job
 from ..worker.maintenance import Maintenance
 from .passes import PassResult, run_pass
 from .redis_watch import RedisWatch
-from .schedule_rows import CRON_PREFIX, schedule_of, scheduled_classes
+from .schedule_rows import CRON_PREFIX, partition_of, schedule_of, scheduled_classes, spec_of
 
 log = logging.getLogger("reconcile.scheduler")
 
@@ -82,6 +82,8 @@ class Scheduler:
         self.engine = get_engine(settings)
         self.classes = scheduled_classes(classes)
         self.schedules = {name: schedule_of(cls) for name, cls in self.classes.items()}
+        # as the classes were when this scheduler started (the drift check compares them)
+        self._specs = {name: spec_of(cls) for name, cls in self.classes.items()}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.watch = RedisWatch(self.broker)
         self.maintenance = Maintenance(settings, self.broker, self.owner)
@@ -104,7 +106,7 @@ class Scheduler:
 
     def own_specs(self) -> dict[str, str]:
         """This scheduler's definition of each schedule (the row's ``spec`` text)."""
-        return {name: str(self.schedules[name]) for name in self.classes}
+        return dict(self._specs)
 
     def ensure_schedules(self) -> None:
         """Write this scheduler's definitions into the shared rows, at start: the most
@@ -125,6 +127,16 @@ class Scheduler:
         with self.engine.begin() as conn:
             before = {r.name: r for r in store.list_schedules(conn)}
             store.ensure(conn, specs)
+            # rows of another partition count of this scheduler's classes go
+            rows_of: dict[str, list[str]] = {}
+            for name, cls in self.classes.items():
+                if not name.startswith(CRON_PREFIX):
+                    rows_of.setdefault(cls.job_name, []).append(name)
+            retired = [name for job, keep in rows_of.items()
+                       for name in store.retire_partitions(conn, job, keep)]
+        if retired:
+            log.warning("retired the schedule rows %s: their classes have another partition "
+                        "count now", ", ".join(sorted(retired)))
         for name, spec in own.items():
             row = before.get(name)
             if row is not None and row.spec != spec:
@@ -250,16 +262,22 @@ class Scheduler:
         self._pruned = time.monotonic()
         return runs.prune_runs(self.engine, timedelta(days=self.settings.runs_keep_days))
 
-    def claim(self) -> list[Any]:
+    def claim(self, share: bool = True) -> list[Any]:
+        """Claim this scheduler's due schedules (not those running here). With ``share``
+        (the loop), at most one partition of each partitioned class per call, so other
+        schedulers claim the others; ``run_once`` claims every due one."""
         from ..store import schedules as store
 
         names = [n for n in self.classes if n not in self._running]
         if not names:
             return []
+        groups = {n: partition_of(n).job for n in names
+                  if getattr(self.classes[n], "partitions", 1) > 1} if share else None
         return list(store.claim_due(
             self.engine, self.owner, names, self._next_after,
             timedelta(seconds=self.settings.pass_stale_seconds),
             specs=self.own_specs(),  # never fire by a definition that is not in force
+            groups=groups or None,
         ))
 
     def fire(self, name: str, trigger: str = "tick") -> None:
@@ -277,9 +295,11 @@ class Scheduler:
                     raise
                 log.info("cron tick: enqueued %s", cls.job_name)
             else:
+                part = partition_of(name, getattr(cls, "partitions", 1))
                 self.results.append(run_pass(
                     cls, trigger=trigger, owner=self.owner, settings=self.settings,  # type: ignore[arg-type]
                     keepalive=lambda: store.keep_running(self.engine, name, self.owner),
+                    partition=None if part.count == 1 else (part.index, part.count),
                 ))
         except Exception:
             log.exception("firing %s failed", name)
@@ -295,7 +315,7 @@ class Scheduler:
         lost = self.check_redis()
         self.sync_switches()
         fired = []
-        for c in self.claim():
+        for c in self.claim(share=False):
             self.fire(c.name, "redis_loss" if lost and trigger == "tick" else trigger)
             fired.append(c.name)
         return fired
