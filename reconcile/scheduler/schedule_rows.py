@@ -78,6 +78,31 @@ def scheduled_classes(classes: Iterable[type[Job]] | None = None) -> dict[str, t
     return out
 
 
+def pass_rows(classes: dict[str, type[Job]]) -> dict[str, list[str]]:
+    """Job name -> its pass rows, from a :func:`scheduled_classes` mapping."""
+    out: dict[str, list[str]] = {}
+    for name, cls in classes.items():
+        if not name.startswith(CRON_PREFIX):
+            out.setdefault(cls.job_name, []).append(name)
+    return out
+
+
+def partition_shares(classes: dict[str, type[Job]], running: Iterable[str],
+                     live: int) -> tuple[dict[str, str], dict[str, int]]:
+    """For a scheduler's claim: each partition row's job (its group), and how many more
+    partitions of each job this scheduler may claim now: its fair share
+    ``ceil(N / live)`` (``live`` schedulers alive) less those ``running`` here."""
+    here = set(running)
+    groups: dict[str, str] = {}
+    limits: dict[str, int] = {}
+    for job, rows in pass_rows(classes).items():
+        if len(rows) > 1:
+            groups.update((n, job) for n in rows)
+            share = -(-len(rows) // max(1, live))
+            limits[job] = max(0, share - sum(1 for n in rows if n in here))
+    return groups, limits
+
+
 def schedule_of(cls: type[Job]) -> Any:
     every = getattr(cls, "every", None) if issubclass(cls, ReconciledJob) else None
     cron = getattr(cls, "cron", None)

@@ -10,7 +10,8 @@ Any number of schedulers may run. Each loop iteration (about once a second):
 2. **Claim** every due schedule in PostgreSQL. A claim advances ``next_run_at`` with
    a compare-and-set evaluated on the database clock, so each tick fires exactly once
    across all schedulers and local clock skew cannot double-fire or skip one; a
-   claimed schedule is marked running, so a class never has two passes at once.
+   claimed schedule is marked running, so a class never has two passes at once (of a
+   partitioned class: one per partition, claimed one per round, to share them).
 3. **Run** claimed passes on a small thread pool (a long pass does not delay other
    classes' ticks); a cron tick of a plain ``Job`` enqueues it. Then release the claim.
 
@@ -47,9 +48,10 @@ from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
 from ..job import Job
 from ..worker.maintenance import Maintenance
+from . import schedule_rows as rows
 from .passes import PassResult, run_pass
 from .redis_watch import RedisWatch
-from .schedule_rows import CRON_PREFIX, partition_of, schedule_of, scheduled_classes, spec_of
+from .schedule_rows import CRON_PREFIX, schedule_of, scheduled_classes
 
 log = logging.getLogger("reconcile.scheduler")
 
@@ -83,7 +85,7 @@ class Scheduler:
         self.classes = scheduled_classes(classes)
         self.schedules = {name: schedule_of(cls) for name, cls in self.classes.items()}
         # as the classes were when this scheduler started (the drift check compares them)
-        self._specs = {name: spec_of(cls) for name, cls in self.classes.items()}
+        self._specs = {name: rows.spec_of(cls) for name, cls in self.classes.items()}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.watch = RedisWatch(self.broker)
         self.maintenance = Maintenance(settings, self.broker, self.owner)
@@ -101,6 +103,7 @@ class Scheduler:
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
         self._pruned = -1e18
+        self._live = 1  # schedulers alive, as of the last beat
 
     # -- pieces --------------------------------------------------------------------
 
@@ -128,11 +131,7 @@ class Scheduler:
             before = {r.name: r for r in store.list_schedules(conn)}
             store.ensure(conn, specs)
             # rows of another partition count of this scheduler's classes go
-            rows_of: dict[str, list[str]] = {}
-            for name, cls in self.classes.items():
-                if not name.startswith(CRON_PREFIX):
-                    rows_of.setdefault(cls.job_name, []).append(name)
-            retired = [name for job, keep in rows_of.items()
+            retired = [name for job, keep in rows.pass_rows(self.classes).items()
                        for name in store.retire_partitions(conn, job, keep)]
         if retired:
             log.warning("retired the schedule rows %s: their classes have another partition "
@@ -158,6 +157,9 @@ class Scheduler:
             "schedules": len(self.classes), "passes_running": sorted(self._running),
             "round_ok_ago": None if self._round_ok_at is None else round(now - self._round_ok_at, 3),
         }, SCHEDULER_TTL)
+        # for fair shares of partitions; a dead one counts until its record expires
+        _, records = self.broker.scheduler_records()
+        self._live = max(1, sum(1 for _, _, alive in records if alive))
 
     def check_drift(self) -> list[str]:
         """Schedules whose shared row says something other than this scheduler's class
@@ -264,20 +266,21 @@ class Scheduler:
 
     def claim(self, share: bool = True) -> list[Any]:
         """Claim this scheduler's due schedules (not those running here). With ``share``
-        (the loop), at most one partition of each partitioned class per call, so other
-        schedulers claim the others; ``run_once`` claims every due one."""
+        (the loop), a partitioned class's partitions are claimed up to this scheduler's
+        fair share, ``ceil(N / live schedulers)`` running here at once, so the other
+        schedulers claim the rest; ``run_once`` claims every due one."""
         from ..store import schedules as store
 
         names = [n for n in self.classes if n not in self._running]
         if not names:
             return []
-        groups = {n: partition_of(n).job for n in names
-                  if getattr(self.classes[n], "partitions", 1) > 1} if share else None
+        groups, limits = (rows.partition_shares(self.classes, self._running, self._live)
+                          if share else ({}, {}))
         return list(store.claim_due(
             self.engine, self.owner, names, self._next_after,
             timedelta(seconds=self.settings.pass_stale_seconds),
             specs=self.own_specs(),  # never fire by a definition that is not in force
-            groups=groups or None,
+            groups=groups or None, group_limits=limits,
         ))
 
     def fire(self, name: str, trigger: str = "tick") -> None:
@@ -295,7 +298,7 @@ class Scheduler:
                     raise
                 log.info("cron tick: enqueued %s", cls.job_name)
             else:
-                part = partition_of(name, getattr(cls, "partitions", 1))
+                part = rows.partition_of(name, getattr(cls, "partitions", 1))
                 self.results.append(run_pass(
                     cls, trigger=trigger, owner=self.owner, settings=self.settings,  # type: ignore[arg-type]
                     keepalive=lambda: store.keep_running(self.engine, name, self.owner),

@@ -146,14 +146,16 @@ def claim_due(
     stale_after: timedelta,
     specs: Mapping[str, str] | None = None,
     groups: Mapping[str, str] | None = None,
+    group_limits: Mapping[str, int] | None = None,
 ) -> list[Claim]:
     """Claim every due tick among ``names`` for ``owner``, oldest first.
 
-    With ``groups`` (name to a group: the partition rows of one class), at most one due
-    row of each group is claimed per call, the oldest; the others stay due, for other
-    schedulers (or this one's next call), so schedulers share a partitioned pass
-    instead of the first one claiming every partition. Rows skipped that way are
-    locked only until this transaction commits.
+    With ``groups`` (name to a group: the partition rows of one class), at most
+    ``group_limits[group]`` due rows of each group (default 1) are claimed per call,
+    the oldest; the others stay due, for other schedulers (or this one's next call),
+    so schedulers share a partitioned pass instead of the first one claiming every
+    partition. A grouped row is locked only once it is chosen (rows are tried one at
+    a time, ``SKIP LOCKED``), so a concurrent caller can claim the group's others.
 
     With ``specs`` (name to the caller's own spec), only rows whose ``spec`` is the
     caller's are claimed: a scheduler never fires a schedule by a definition that is not
@@ -191,16 +193,18 @@ def claim_due(
         rows = list(conn.execute(due(single, True)).all()) if single else []
         grouped = [n for n in wanted if n in groups]
         if grouped:
-            # One row per group: the candidates are read without a lock, then locked one
-            # at a time (SKIP LOCKED) until one is had, so the group's other rows stay
-            # free for a scheduler claiming at the same moment.
-            taken: set[str] = set()
+            # Up to a limit per group: the candidates are read without a lock, then
+            # locked one at a time (SKIP LOCKED) until the limit is had, so the group's
+            # other rows stay free for a scheduler claiming at the same moment.
+            limits = group_limits or {}
+            taken: dict[str, int] = {}
             for cand in conn.execute(due(grouped, False)).all():
-                if groups[cand.name] in taken:
+                group = groups[cand.name]
+                if taken.get(group, 0) >= limits.get(group, 1):
                     continue
                 got = conn.execute(due([cand.name], True)).first()
                 if got is not None:
-                    taken.add(groups[cand.name])
+                    taken[group] = taken.get(group, 0) + 1
                     rows.append(got)
         if not rows:
             return []
