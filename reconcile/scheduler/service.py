@@ -24,6 +24,11 @@ and a dead worker's leases go back to their queue even if it was the last worker
 
 ``run_once()`` does one iteration synchronously (tests, ``reconcile flush``); it does
 not promote (``self.maintenance.promote_once()`` does).
+
+The file is a little over 400 lines because :class:`Scheduler` is one state machine
+(its loop, claims, Redis-loss handling and drift check share the claim state); the
+parts that stand alone are split off: ``redis_watch.py`` (loss detection),
+``schedule_rows.py`` (classes to rows, partition shares), ``passes.py``.
 """
 
 from __future__ import annotations
@@ -103,7 +108,8 @@ class Scheduler:
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
         self._pruned = -1e18
-        self._live = 1  # schedulers alive, as of the last beat
+        self._live = 1  # schedulers alive, as last counted (live_schedulers)
+        self._partitioned = any(len(r) > 1 for r in rows.pass_rows(self.classes).values())
 
     # -- pieces --------------------------------------------------------------------
 
@@ -157,9 +163,6 @@ class Scheduler:
             "schedules": len(self.classes), "passes_running": sorted(self._running),
             "round_ok_ago": None if self._round_ok_at is None else round(now - self._round_ok_at, 3),
         }, SCHEDULER_TTL)
-        # for fair shares of partitions; a dead one counts until its record expires
-        _, records = self.broker.scheduler_records()
-        self._live = max(1, sum(1 for _, _, alive in records if alive))
 
     def check_drift(self) -> list[str]:
         """Schedules whose shared row says something other than this scheduler's class
@@ -274,14 +277,24 @@ class Scheduler:
         names = [n for n in self.classes if n not in self._running]
         if not names:
             return []
-        groups, limits = (rows.partition_shares(self.classes, self._running, self._live)
-                          if share else ({}, {}))
+        groups, limits = rows.partition_shares(self.classes, self._running, self.live_schedulers()
+                                               ) if share and self._partitioned else ({}, {})
         return list(store.claim_due(
             self.engine, self.owner, names, self._next_after,
             timedelta(seconds=self.settings.pass_stale_seconds),
             specs=self.own_specs(),  # never fire by a definition that is not in force
             groups=groups or None, group_limits=limits,
         ))
+
+    def live_schedulers(self) -> int:
+        """Schedulers alive in Redis, this one included (at least 1; the last count if
+        Redis does not answer). A dead one counts until its record expires (15 s)."""
+        try:
+            _, records = self.broker.scheduler_records()
+            self._live = max(1, sum(1 for _, _, alive in records if alive))
+        except redis.RedisError:
+            pass
+        return self._live
 
     def fire(self, name: str, trigger: str = "tick") -> None:
         """Run the pass (or cron enqueue) of ``name`` here and now, then release its claim."""
