@@ -77,7 +77,8 @@ def _measure(url: str, partitions: int, schedulers: int) -> tuple[float, list[st
     namespace = "partbench" + uuid.uuid4().hex[:6]
     settings = load_settings({"redis_url": server.url, "namespace": namespace}, env={},
                              pyproject=False)
-    Broker(settings).set_epoch("bench")  # an established namespace: tick passes, not redis_loss
+    broker = Broker(settings)
+    broker.set_epoch("bench")  # an established namespace: tick passes, not redis_loss
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "BENCH_"))}
     env.update(RECONCILE_DATABASE_URL=url, RECONCILE_REDIS_URL=server.url,
                RECONCILE_NAMESPACE=namespace, RECONCILE_LOG_LEVEL="WARNING",
@@ -97,7 +98,7 @@ def _measure(url: str, partitions: int, schedulers: int) -> tuple[float, list[st
                 [sys.executable, "-m", "reconcile", "scheduler", "--app", "benchmarks.partitioned_pass"],
                 cwd=ROOT, env=env))
         r = redis.Redis.from_url(server.url)
-        alive = f"{{{namespace}}}:scheduler:alive:*"
+        alive = broker.keys.scheduler_alive("") + "*"
         deadline = time.monotonic() + 60
         while len(list(r.scan_iter(match=alive))) < schedulers:
             if time.monotonic() > deadline:

@@ -87,19 +87,18 @@ def pass_rows(classes: dict[str, type[Job]]) -> dict[str, list[str]]:
     return out
 
 
-def partition_shares(classes: dict[str, type[Job]], running: Iterable[str],
-                     live: int) -> tuple[dict[str, str], dict[str, int]]:
-    """For a scheduler's claim: each partition row's job (its group), and how many more
-    partitions of each job this scheduler may claim now: its fair share
-    ``ceil(N / live)`` (``live`` schedulers alive) less those ``running`` here."""
+def partition_shares(classes: dict[str, type[Job]],
+                     running: Iterable[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """For a scheduler's claim: each partition row's job (its group), and how many
+    partitions of each job this scheduler may claim now: one, unless one is ``running``
+    here already (a scheduler runs one partition of a class at a time)."""
     here = set(running)
     groups: dict[str, str] = {}
     limits: dict[str, int] = {}
     for job, rows in pass_rows(classes).items():
         if len(rows) > 1:
             groups.update((n, job) for n in rows)
-            share = -(-len(rows) // max(1, live))
-            limits[job] = max(0, share - sum(1 for n in rows if n in here))
+            limits[job] = 0 if any(n in here for n in rows) else 1
     return groups, limits
 
 

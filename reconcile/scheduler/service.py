@@ -108,8 +108,7 @@ class Scheduler:
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
         self._pruned = -1e18
-        self._live = 1  # schedulers alive, as last counted (live_schedulers)
-        self._partitioned = any(len(r) > 1 for r in rows.pass_rows(self.classes).values())
+        self._wake = threading.Event()  # a pass finished: claim again without waiting a tick
 
     # -- pieces --------------------------------------------------------------------
 
@@ -269,32 +268,22 @@ class Scheduler:
 
     def claim(self, share: bool = True) -> list[Any]:
         """Claim this scheduler's due schedules (not those running here). With ``share``
-        (the loop), a partitioned class's partitions are claimed up to this scheduler's
-        fair share, ``ceil(N / live schedulers)`` running here at once, so the other
-        schedulers claim the rest; ``run_once`` claims every due one."""
+        (the loop), a partitioned class has at most one partition running here at a
+        time, so the other schedulers claim the others (a pass is CPU-bound in Python:
+        two partitions in one process share its GIL, while two processes use two
+        cores); ``run_once`` claims every due one."""
         from ..store import schedules as store
 
         names = [n for n in self.classes if n not in self._running]
         if not names:
             return []
-        groups, limits = rows.partition_shares(self.classes, self._running, self.live_schedulers()
-                                               ) if share and self._partitioned else ({}, {})
+        groups, limits = rows.partition_shares(self.classes, self._running) if share else ({}, {})
         return list(store.claim_due(
             self.engine, self.owner, names, self._next_after,
             timedelta(seconds=self.settings.pass_stale_seconds),
             specs=self.own_specs(),  # never fire by a definition that is not in force
             groups=groups or None, group_limits=limits,
         ))
-
-    def live_schedulers(self) -> int:
-        """Schedulers alive in Redis, this one included (at least 1; the last count if
-        Redis does not answer). A dead one counts until its record expires (15 s)."""
-        try:
-            _, records = self.broker.scheduler_records()
-            self._live = max(1, sum(1 for _, _, alive in records if alive))
-        except redis.RedisError:
-            pass
-        return self._live
 
     def fire(self, name: str, trigger: str = "tick") -> None:
         """Run the pass (or cron enqueue) of ``name`` here and now, then release its claim."""
@@ -340,7 +329,7 @@ class Scheduler:
         """Loop until TERM/INT (or :meth:`stop`); passes run on the thread pool."""
         def on_term(signum: int, frame: FrameType | None) -> None:
             log.info("received %s: scheduler stopping", signal.Signals(signum).name)
-            self._stop.set()
+            self.stop()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_term)
@@ -363,6 +352,9 @@ class Scheduler:
         backoff = Backoff(first=1.0, cap=10.0)
         while not self._stop.is_set():
             pause = tick
+            for name, fut in list(self._running.items()):
+                if fut.done():
+                    del self._running[name]
             try:
                 if time.monotonic() - self._beat_at >= SCHEDULER_BEAT_SECONDS:
                     self.beat()
@@ -380,7 +372,9 @@ class Scheduler:
                     # pass later, when its claim comes round (it must not trust locks)
                     trigger = "redis_loss" if lost or c.name in self._after_loss else "tick"
                     self._after_loss.discard(c.name)
-                    self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)
+                    fut = self.pool.submit(self.fire, c.name, trigger)
+                    fut.add_done_callback(lambda _: self._wake.set())
+                    self._running[c.name] = fut
                 backoff.reset()
                 self._round_ok_at = time.monotonic()
             except (redis.RedisError, OSError) as exc:
@@ -389,10 +383,8 @@ class Scheduler:
             except Exception as exc:  # database errors: keep the scheduler alive
                 log.warning("scheduler round failed (%s: %s); retrying", type(exc).__name__, exc)
                 pause = backoff.next()
-            for name, fut in list(self._running.items()):
-                if fut.done():
-                    del self._running[name]
-            self._stop.wait(pause)
+            self._wake.wait(pause)  # a tick, or less when a pass finishes
+            self._wake.clear()
         self.pool.shutdown(wait=True)
         maintenance.join(timeout=5.0)
         try:
@@ -418,3 +410,4 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()

@@ -4,6 +4,7 @@ one scheduler the keys enqueued are the same as with one partition."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -207,15 +208,13 @@ def test_two_schedulers_claim_disjoint_partitions_and_together_cover_every_key(
     a, b = Scheduler(pg_settings, [Items4]), Scheduler(pg_settings, [Items4])
     for s in (a, b):
         s.ensure_schedules()
-        s.beat()  # both alive in Redis: a fair share is ceil(4 / 2) = 2
-    a.beat()  # a counts b now too
     fired: dict[str, list[str]] = {"a": [], "b": []}
     barrier = threading.Barrier(2)
 
     def claim_rounds(s: Scheduler, who: str) -> None:
         for _ in range(2):
             barrier.wait()  # both schedulers claim at the same moment, twice
-            claims = s.claim()  # the loop's claim: up to its fair share
+            claims = s.claim()  # the loop's claim: one partition of the class
             barrier.wait()
             fired[who] += [c.name for c in claims]
         for name in fired[who]:
@@ -229,30 +228,25 @@ def test_two_schedulers_claim_disjoint_partitions_and_together_cover_every_key(
     print(f"\npartitions per scheduler: a {fired['a']}, b {fired['b']}")
     assert not set(fired["a"]) & set(fired["b"]), fired
     assert sorted(fired["a"] + fired["b"]) == sorted(partition_names(Items4.job_name, 4))
-    assert len(fired["a"]) == len(fired["b"]) == 2, "each its fair share"
+    assert len(fired["a"]) == len(fired["b"]) == 2, "one each per round"
     assert queued_keys(broker, "items4") == list(range(1, 4001))
     recorded = runs.recent_runs(engine, job=Items4.job_name)
     assert sorted(r.partition_index for r in recorded) == [0, 1, 2, 3]
     assert {r.scheduler for r in recorded} == {a.owner, b.owner}
 
 
-def test_a_lone_scheduler_claims_every_partition_in_one_round(
-    pg_settings: Settings, engine: sa.Engine,
-) -> None:
-    established(pg_settings)
-    sched = Scheduler(pg_settings, [Items4])
-    sched.ensure_schedules()
-    sched.beat()
-    assert sorted(c.name for c in sched.claim()) == sorted(partition_names(Items4.job_name, 4))
-
-
-def test_the_scheduler_loop_runs_every_partition(
+def test_a_lone_scheduler_runs_the_partitions_one_after_another_without_waiting_a_tick(
     pg_settings: Settings, engine: sa.Engine, broker: Broker,
 ) -> None:
     seed(engine, range(1, 2001))
     established(pg_settings)
     sched = Scheduler(pg_settings, [Items4])
-    thread = threading.Thread(target=sched.run, kwargs={"tick": 0.05}, daemon=True)
+    sched.ensure_schedules()
+    assert len(sched.claim()) == 1, "one partition of a class at a time per scheduler"
+    schedules.trigger_now(engine)
+    with engine.begin() as c:
+        c.execute(sa.text("UPDATE reconcile_schedules SET running_owner = NULL"))
+    thread = threading.Thread(target=sched.run, kwargs={"tick": 2.0}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30
@@ -263,6 +257,12 @@ def test_the_scheduler_loop_runs_every_partition(
         thread.join(10)
     assert sorted(r.name for r in sched.results) == [f"{Items4.job_name}#{i}/4" for i in range(4)]
     assert queued_keys(broker, "items4") == list(range(1, 2001))
+    recorded = sorted(runs.recent_runs(engine, job=Items4.job_name), key=lambda r: r.started_at)
+    assert all(r.finished_at is not None for r in recorded)
+    gaps = [(b.started_at - a.finished_at).total_seconds()  # type: ignore[operator]
+            for a, b in itertools.pairwise(recorded)]
+    assert min(gaps) >= 0, f"two partitions ran at once in one scheduler: {gaps}"
+    assert max(gaps) < 1.0, f"the next partition waited for a tick (2 s): {gaps}"
 
 
 # -- every key in exactly one partition, any key type --------------------------------------------
