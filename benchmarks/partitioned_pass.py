@@ -16,7 +16,9 @@ class's rows due and waits for one pass of every partition. The rate is the keys
 over the span from the first partition's ``started_at`` to the last one's
 ``finished_at`` (``reconcile_runs``, database clock), so process start-up and the tick
 delay are not counted. Modes, interleaved each round: ``N=1, 1 scheduler`` (today's
-pass), ``N partitions, 1 scheduler``, ``N partitions, 2 schedulers``. The bounds
+pass), ``N partitions, 1 scheduler``, ``N partitions, 2 schedulers``; each makes two
+passes, the first enqueuing every key, the second finding every key already queued
+(the probe path: what a steady-state pass over a big backlog does). The bounds
 computation (one ``row_number()`` over the pending keys) is timed on its own too.
 """
 
@@ -60,8 +62,9 @@ class PartItem(ReconciledJob):
         raise AssertionError("the benchmark only passes")
 
 
-def _measure(url: str, partitions: int, schedulers: int) -> tuple[float, list[str]]:
-    """One pass of every partition by ``schedulers`` processes: (keys/s, per-run lines)."""
+def _measure(url: str, partitions: int, schedulers: int) -> tuple[float, float, list[str]]:
+    """Two passes of every partition by ``schedulers`` processes: (first pass keys/s,
+    second pass keys/s, per-run lines)."""
     import redis
 
     from reconcile.broker import Broker
@@ -105,21 +108,23 @@ def _measure(url: str, partitions: int, schedulers: int) -> tuple[float, list[st
                 raise RuntimeError("schedulers did not register")
             time.sleep(0.1)
         time.sleep(6.0)  # one beat (5 s) after the last registered: each counts every other
-        schedules.trigger_now(engine)
-        deadline = time.monotonic() + 900
-        while True:
+        rows = []
+        for round_ in (1, 2):  # the first pass enqueues every key, the second finds them queued
+            schedules.trigger_now(engine)
+            deadline = time.monotonic() + 900
+            while True:
+                with engine.connect() as c:
+                    done = c.execute(sa.text(
+                        "SELECT count(*) FROM reconcile_runs WHERE finished_at IS NOT NULL")).scalar()
+                if done == partitions * round_:
+                    break
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"the passes did not finish ({done} of {partitions * round_})")
+                time.sleep(0.05)
             with engine.connect() as c:
-                done = c.execute(sa.text(
-                    "SELECT count(*) FROM reconcile_runs WHERE finished_at IS NOT NULL")).scalar()
-            if done == partitions:
-                break
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"the passes did not finish ({done} of {partitions})")
-            time.sleep(0.05)
-        with engine.connect() as c:
-            rows = c.execute(sa.text(
-                "SELECT scheduler, partition_index, found, enqueued, error, started_at, finished_at "
-                "FROM reconcile_runs ORDER BY partition_index")).all()
+                rows.append(c.execute(sa.text(
+                    "SELECT scheduler, partition_index, found, enqueued, error, started_at, finished_at "
+                    "FROM reconcile_runs ORDER BY id OFFSET :o"), {"o": partitions * (round_ - 1)}).all())
         r.close()
     finally:
         for p in procs:
@@ -128,15 +133,19 @@ def _measure(url: str, partitions: int, schedulers: int) -> tuple[float, list[st
             p.wait(60)
         server.stop()
         engine.dispose()
-    errors = [row.error for row in rows if row.error]
-    if errors:
-        raise RuntimeError(f"pass errors: {errors}")
-    span = (max(row.finished_at for row in rows) - min(row.started_at for row in rows)).total_seconds()
-    owners = sorted({row.scheduler for row in rows})
-    lines = [f"  #{row.partition_index} scheduler {owners.index(row.scheduler) + 1}: found {row.found} "
-             f"enqueued {row.enqueued} in {(row.finished_at - row.started_at).total_seconds():.2f} s"
-             for row in rows]
-    return sum(row.found for row in rows) / span, lines
+    out: list[float] = []
+    lines: list[str] = []
+    for which, runs in zip(("first", "second"), rows, strict=True):
+        errors = [row.error for row in runs if row.error]
+        if errors:
+            raise RuntimeError(f"pass errors: {errors}")
+        span = (max(row.finished_at for row in runs) - min(row.started_at for row in runs)).total_seconds()
+        owners = sorted({row.scheduler for row in runs})
+        out.append(sum(row.found for row in runs) / span)
+        lines += [f"  {which} #{row.partition_index} scheduler {owners.index(row.scheduler) + 1}: "
+                  f"found {row.found} enqueued {row.enqueued} in "
+                  f"{(row.finished_at - row.started_at).total_seconds():.2f} s" for row in runs]
+    return out[0], out[1], lines
 
 
 def main() -> None:
@@ -173,20 +182,26 @@ def main() -> None:
     bench.dispose()
     n = opts.partitions
     modes = [("N=1, 1 scheduler", 1, 1), (f"N={n}, 1 scheduler", n, 1), (f"N={n}, 2 schedulers", n, 2)]
-    rates: dict[str, list[float]] = {m[0]: [] for m in modes}
+    rates: dict[str, dict[str, list[float]]] = {w: {m[0]: [] for m in modes} for w in ("first", "second")}
     for r in range(opts.rounds):
         order = modes if r % 2 == 0 else modes[::-1]
         for label, parts, scheds in order:
-            rate, lines = _measure(url, parts, scheds)
-            rates[label].append(rate)
-            print(f"round {r + 1} {label:22s} {rate:9.0f} keys/s", flush=True)
+            first, second, lines = _measure(url, parts, scheds)
+            rates["first"][label].append(first)
+            rates["second"][label].append(second)
+            print(f"round {r + 1} {label:22s} first pass {first:9.0f} keys/s, second {second:9.0f} keys/s",
+                  flush=True)
             print("\n".join(lines), flush=True)
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    for k, v in rates.items():
-        print(f"{k:22s} median {med[k]:9.0f} keys/s  (rounds: {', '.join(f'{x:.0f}' for x in v)})")
-    print(f"2 schedulers / 1 scheduler at N={n}: {med[modes[2][0]] / med[modes[1][0]]:.2f}; "
-          f"N={n} 2 schedulers / N=1: {med[modes[2][0]] / med[modes[0][0]]:.2f} "
-          f"({opts.rows} pending rows, {opts.rounds} interleaved rounds)")
+    for which, by_mode in rates.items():
+        med = {k: statistics.median(v) for k, v in by_mode.items()}
+        for k, v in by_mode.items():
+            print(f"{which:6s} {k:22s} median {med[k]:9.0f} keys/s  (rounds: "
+                  f"{', '.join(f'{x:.0f}' for x in v)})")
+        print(f"{which} pass: 2 schedulers / 1 scheduler at N={n}: "
+              f"{med[modes[2][0]] / med[modes[1][0]]:.2f}; N={n} 1 scheduler / N=1: "
+              f"{med[modes[1][0]] / med[modes[0][0]]:.2f}; N={n} 2 schedulers / N=1: "
+              f"{med[modes[2][0]] / med[modes[0][0]]:.2f} ({opts.rows} pending rows, "
+              f"{opts.rounds} interleaved rounds)")
 
 
 if __name__ == "__main__":
