@@ -427,3 +427,50 @@ def test_back_pressure_defers_within_the_partitions_range(
     assert first.found + first.deferred == 500  # its range: keys 501-1000
     assert first.deferred > 0
     assert pending.count_after(engine, Items4().pending(), (500,), (1000,)) == 500
+
+
+def test_quarantined_keys_are_dropped_by_the_partition_whose_range_holds_them(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker,
+) -> None:
+    from reconcile.store import quarantine
+
+    seed(engine, range(1, 401))
+    established(pg_settings)
+    for key in (7, 260, 261):  # partitions 0 and 2 (ranges of 100 keys)
+        quarantine.add(engine, Items4.job_name, [key], reason="test")
+    sched = Scheduler(pg_settings, [Items4])
+    sched.run_once()
+    assert [(r.found, r.quarantined) for r in sched.results] == [(100, 1), (100, 0), (100, 2), (100, 0)]
+    assert queued_keys(broker, "items4") == [k for k in range(1, 401) if k not in (7, 260, 261)]
+
+
+def test_partitions_compute_bounds_and_scan_on_the_pending_database(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker, schema_url: str,
+) -> None:
+    from reconcile.store.engine import get_pending_engine
+
+    # a second URL to the same database stands for the replica: the statements it
+    # runs are captured (fault scenario 15 runs a real standby)
+    sep = "&" if "?" in schema_url else "?"
+    # fast_paths off: pages go through SQLAlchemy, whose statements the listener sees
+    settings = pg_settings.with_overrides(pending_database_url=f"{schema_url}{sep}application_name=scan",
+                                          fast_paths=False)
+    scan = get_pending_engine(settings)
+    assert scan is not get_engine_of(settings)
+    seen: list[str] = []
+    sa.event.listen(scan, "before_cursor_execute", lambda c, cur, stmt, *a: seen.append(stmt))
+    seed(engine, range(1, 201))
+    established(settings)
+    sched = Scheduler(settings, [Items4])
+    sched.run_once()
+    assert [r.error for r in sched.results] == [None] * 4
+    assert sum(r.found for r in sched.results) == 200
+    assert queued_keys(broker, "items4") == list(range(1, 201))
+    assert any("row_number()" in stmt for stmt in seen), "the bounds are computed on the scan's database"
+    assert sum("<=" in stmt for stmt in seen) >= 3, "the ranges are scanned there"
+
+
+def get_engine_of(settings: Settings) -> sa.Engine:
+    from reconcile.store.engine import get_engine
+
+    return get_engine(settings)
