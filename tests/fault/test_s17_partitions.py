@@ -2,9 +2,10 @@
 
 The oracle class runs with ``partitions = 4`` (pages of 50 keys, so a partition's pass
 over its quarter of the keys takes long enough to be caught running) and two
-``reconcile scheduler`` processes, which claim the four partition rows one per round
-each. Once both have run partition passes, a scheduler holding a running partition
-pass is frozen (SIGSTOP), checked to still hold it, and SIGKILLed: its claim stays in
+``reconcile scheduler`` processes, each running one partition of the class at a time
+(so they share the four rows). Once both have run partition passes, a scheduler
+holding a running partition pass is frozen (SIGSTOP), checked to still hold it, and
+SIGKILLed: its claim stays in
 PostgreSQL with nobody refreshing it, and its run record keeps ``finished_at`` NULL.
 The survivor takes the dead claim over ``pass_stale_seconds`` (4 s here) later and
 from then on runs every partition.
