@@ -5,10 +5,9 @@ over its quarter of the keys takes long enough to be caught running) and two
 ``reconcile scheduler`` processes, each running one partition of the class at a time
 (so they share the four rows). Once both have run partition passes, a scheduler
 holding a running partition pass is frozen (SIGSTOP), checked to still hold it, and
-SIGKILLed: its claim stays in
-PostgreSQL with nobody refreshing it, and its run record keeps ``finished_at`` NULL.
-The survivor takes the dead claim over ``pass_stale_seconds`` (4 s here) later and
-from then on runs every partition.
+SIGKILLed: its claim stays in PostgreSQL with nobody refreshing it, and its run record
+keeps ``finished_at`` NULL. The survivor takes the dead claim over
+``pass_stale_seconds`` (4 s here) later and from then on runs every partition.
 Asserted: nothing lost, no duplicate effect, the dead scheduler's partition rescanned
 by the survivor, no partition ever run by both at once. Reported: how the partitions
 were split between the two before the kill, and the times to heal.
