@@ -474,3 +474,35 @@ def get_engine_of(settings: Settings) -> sa.Engine:
     from reconcile.store.engine import get_engine
 
     return get_engine(settings)
+
+
+def test_the_cli_shows_each_partition_in_runs_and_schedules_and_fires_them_all(
+    pg_settings: Settings, engine: sa.Engine,
+) -> None:
+    from click.testing import CliRunner
+
+    from reconcile.cli import main
+
+    def cli(*args: str) -> str:
+        flags = ["--redis-url", pg_settings.redis_url, "--database-url", pg_settings.database_url,
+                 "--namespace", pg_settings.namespace]
+        out = CliRunner().invoke(main, [*args, *flags], env={"RECONCILE_APP": None})
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    seed(engine, range(1, 101))
+    established(pg_settings)
+    Scheduler(pg_settings, [Items4]).run_once()
+    runs_out = cli("runs", "--job", Items4.job_name)
+    for i in range(4):
+        assert f"{Items4.job_name}#{i}/4 tick: found 25 enqueued 25" in runs_out
+    listed = cli("schedules", "list")
+    assert f"{Items4.job_name}#3/4 pass every 3600s, 4 partitions: next" in listed
+    assert listed.count("scanned 25 keys of bounds gen 1") == 4
+    head = [orjson.loads(line) for line in cli("schedules", "list", "--json").splitlines()
+            if orjson.loads(line)["name"] == Items4.job_name]
+    assert head[0]["bounds"] == [[25], [50], [75]]
+    cli("schedules", "fire", Items4.job_name)
+    now = schedules.database_now(engine)
+    due = [s.name for s in schedules.list_schedules(engine) if s.next_run_at <= now]
+    assert sorted(due) == sorted(partition_names(Items4.job_name, 4))
