@@ -686,12 +686,17 @@ def schedules_list(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
                 "name": s.name, "kind": s.kind, "spec": s.spec, "next_run_at": iso(s.next_run_at),
                 "running_owner": s.running_owner, "running_since": iso(s.running_since),
                 "last_started_at": iso(s.last_started_at), "last_finished_at": iso(s.last_finished_at),
-                "updated_at": iso(s.updated_at),
+                "updated_at": iso(s.updated_at), "bounds_gen": s.bounds_gen,
+                "bounds": s.bounds, "scanned_gen": s.scanned_gen, "scanned_keys": s.scanned_keys,
             }))
             continue
         running = f", running on {s.running_owner} since {s.running_since:%H:%M:%S}" if (
             s.running_owner and s.running_since) else ""
-        click.echo(f"{s.name} {s.kind} {s.spec}: next {s.next_run_at:%Y-%m-%d %H:%M:%S}{running}")
+        # a partition's row: the bounds generation its last pass scanned, and its keys
+        scanned = f", scanned {s.scanned_keys} keys of bounds gen {s.scanned_gen}" if (
+            s.scanned_gen is not None) else ""
+        click.echo(f"{s.name} {s.kind} {s.spec}: next {s.next_run_at:%Y-%m-%d %H:%M:%S}"
+                   f"{running}{scanned}")
     if not as_json:
         click.echo(f"{len(rows)} schedules")
 
@@ -729,7 +734,7 @@ def runs(apps: tuple[str, ...], job: str | None, limit: int, as_json: bool, **fl
             click.echo(json.dumps(dataclasses.asdict(r), default=lambda t: t.isoformat()))
             continue
         click.echo(
-            f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.job} {r.trigger}: found {r.found} enqueued "
+            f"{r.started_at:%Y-%m-%d %H:%M:%S} {r.name} {r.trigger}: found {r.found} enqueued "
             f"{r.enqueued} already {r.already_queued} quarantined {r.quarantined} "
             + (f"deferred {r.deferred} " if r.deferred else "")
             + (f"replica lag {r.replica_lag_ms} ms " if r.replica_lag_ms is not None else "")

@@ -31,7 +31,7 @@ from .broker import get_broker
 from .config import Settings
 from .job import Job
 from .scheduler.passes import PassResult
-from .scheduler.schedule_rows import CRON_PREFIX
+from .scheduler.schedule_rows import CRON_PREFIX, job_of_row, partition_of
 from .scheduler.service import Scheduler
 from .store import quarantine, schedules, switches
 from .store.engine import get_engine
@@ -49,13 +49,15 @@ def operator() -> str | None:
 def fire_schedule(settings: Settings, name: str) -> bool:
     """Make the schedule of job ``name`` due now (its reconcile pass, or its cron
     enqueue), so the next scheduler tick fires it, under the usual tick claim (one
-    scheduler fires it once). False when the job has no schedule row."""
+    scheduler fires it once). Every partition of a partitioned pass is made due. False
+    when the job has no schedule row."""
     engine = get_engine(settings)
     rows = {s.name for s in schedules.list_schedules(engine)}
-    row = name if name in rows else CRON_PREFIX + name
-    if row not in rows:
+    wanted = [r for r in rows if r == CRON_PREFIX + name or (
+        not r.startswith(CRON_PREFIX) and partition_of(r).job == name)]
+    if not wanted:
         return False
-    schedules.trigger_now(engine, [row])
+    schedules.trigger_now(engine, wanted)
     return True
 
 
@@ -64,7 +66,7 @@ def known_job_names(settings: Settings) -> set[str]:
     every class with a schedule row (ReconciledJobs, cron jobs) or a kill switch. What
     the CLI checks a job name against when no app module is given."""
     engine = get_engine(settings)
-    names = {s.name.removeprefix(CRON_PREFIX) for s in schedules.list_schedules(engine)}
+    names = {job_of_row(s.name) for s in schedules.list_schedules(engine)}
     return names | set(switches.all_switches(engine))
 
 

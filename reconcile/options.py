@@ -147,6 +147,10 @@ def _rule_backtrace(v: Any) -> str | None:
     return "True, False or an int >= 0 (frames kept)"
 
 
+def _rule_partitions(v: Any) -> str | None:
+    return None if type(v) is int and v >= 1 else "an int >= 1 (1: one pass over every key)"
+
+
 def _rule_high_water(v: Any) -> str | None:
     return None if v is None or (type(v) is int and v >= 0) else "None or an int >= 0 (0: no limit)"
 
@@ -181,6 +185,7 @@ OPTION_RULES: Final[dict[str, Callable[[Any], str | None]]] = {
     "discard_on": _rule_discard_on, "cron": _rule_cron, "tz": _rule_tz,
     "cron_args": _rule_cron_args, "every": _rule_every, "jitter": _rule_jitter,
     "batch_size": _rule_batch_size, "high_water": _rule_high_water, "backtrace": _rule_backtrace,
+    "partitions": _rule_partitions,
 }
 """Allowed values of each class option (docs/jobs.md lists them)."""
 

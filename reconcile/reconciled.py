@@ -105,7 +105,7 @@ class ReconciledJob(Job):
 
     abstract = True
     injected_params = 1  # perform(self, session, *key)
-    option_names = (*Job.option_names, "every", "jitter", "batch_size", "high_water")
+    option_names = (*Job.option_names, "every", "jitter", "batch_size", "high_water", "partitions")
 
     every: ClassVar[float | timedelta | None] = None
     """Seconds (or timedelta) between reconcile passes. Exactly one of ``every`` and
@@ -121,6 +121,11 @@ class ReconciledJob(Job):
     """Back-pressure: a pass stops enqueuing once the class's backlog is above this
     many jobs and records the rest as deferred (see the setting ``pass_high_water``,
     which applies when this is None; 0: no limit). Default None."""
+
+    partitions: ClassVar[int] = 1
+    """Split each pass into this many key ranges, each its own schedule row that any
+    scheduler may claim, so several schedulers share one class's pass (see
+    ``docs/scheduler.md``, "Partitioned passes"). Default 1: one pass over every key."""
 
     backend_pid: int | None = None  # set during execute when ``timeout`` is set
     backend_xact_start: int | None = None  # with it behind a transaction pooler

@@ -27,6 +27,12 @@
 7. record found / enqueued / already queued / quarantined / deferred and the duration.
    ``found`` counts the keys read, so a pass that deferred found fewer than are pending.
 
+A pass of one partition of a class with ``partitions = N`` (``partition=(i, N)``, what
+the scheduler fires for the row ``<job>#<i>/<N>``) does all of the above for its key
+range only (:mod:`reconcile.scheduler.partitioning`): the range bounds every page's
+SQL, the disabled backlog and the deferred count; the run record names the
+partition; a pass that completes records the bounds generation it scanned.
+
 Passes are idempotent and level-triggered: running one twice, or concurrently with a
 worker draining the same keys, enqueues nothing twice that matters.
 
@@ -80,6 +86,7 @@ from .fast_pass import FastPass
 if TYPE_CHECKING:
     from ..keys import KeyCodec
     from ..reconciled import ReconciledJob
+    from .partitioning import KeyRange
 
 log = logging.getLogger("reconcile.scheduler")
 
@@ -99,6 +106,8 @@ class PassResult:
     already_queued: int = 0
     quarantined: int = 0
     deferred: int = 0
+    partition: tuple[int, int] | None = None
+    """(index, count) of a partitioned pass's key range; None: every key."""
     replica_lag: float | None = None
     """Seconds the read replica scanned (``pending_database_url``) was behind its
     primary when the pass started; None: the pass read the primary."""
@@ -106,11 +115,18 @@ class PassResult:
     seconds: float = 0.0
     error: str | None = None
 
+    @property
+    def name(self) -> str:
+        """The job name, with ``#i/N`` for a partition's pass."""
+        if self.partition is None:
+            return self.job
+        return f"{self.job}#{self.partition[0]}/{self.partition[1]}"
+
     def summary(self) -> str:
         if self.disabled:
-            return f"{self.job}: disabled, nothing enqueued ({self.found} pending keys skipped)"
+            return f"{self.name}: disabled, nothing enqueued ({self.found} pending keys skipped)"
         return (
-            f"{self.job}: found {self.found}, enqueued {self.enqueued}, already queued "
+            f"{self.name}: found {self.found}, enqueued {self.enqueued}, already queued "
             f"{self.already_queued}, quarantined {self.quarantined}"
             + (f", deferred {self.deferred} (high water)" if self.deferred else "")
             + (f", replica lag {self.replica_lag:.1f}s" if self.replica_lag is not None else "")
@@ -126,35 +142,49 @@ def run_pass(
     owner: str = "cli",
     settings: Settings | None = None,
     keepalive: Callable[[], object] | None = None,
+    partition: tuple[int, int] | None = None,
 ) -> PassResult:
     """Run one pass now and record it; never raises for a failing pending query
     (the error is recorded and returned), so one bad class cannot stop a scheduler.
 
     ``keepalive`` is called between pages at most every 10 s: the scheduler uses it
-    to refresh its claim, so a long pass is not mistaken for an abandoned one."""
+    to refresh its claim, so a long pass is not mistaken for an abandoned one.
+    ``partition`` (index, count): scan only that partition's key range (None: every
+    key, whatever the class's ``partitions``; what ``reconcile run`` does)."""
     from ..reconciled import switch_cache
-    from ..store import quarantine, runs
-    from ..store.engine import get_engine
+    from ..store import partitions, quarantine, runs
+    from ..store.engine import get_engine, get_pending_engine
+    from .partitioning import key_range, row_name
 
     settings = settings or get_settings()
     engine = get_engine(settings)
     name = job_class.job_name
-    result = PassResult(name, trigger)
+    if partition is not None and partition[1] == 1:
+        partition = None  # one partition is every key
+    result = PassResult(name, trigger, partition=partition)
     started = time.monotonic()
-    run_id = runs.start_run(engine, job=name, trigger=trigger, scheduler=owner)
+    run_id = runs.start_run(engine, job=name, trigger=trigger, scheduler=owner, partition=partition)
     trace = tracing.start_pass(settings, name, trigger)  # the "pass" span (tracing on), current until end
+    keys: KeyRange | None = None
     try:
+        if partition is not None:
+            keys = key_range(job_class, *partition, engine, get_pending_engine(settings))
         # a pass decides with the current switch, not a cached one
         if not switch_cache(settings).is_enabled(name, fresh=True):
             result.disabled = True
-            result.found = _backlog(job_class, settings)
-        else:
+            result.found = _backlog(job_class, settings, keys)
+        elif keys is None or not keys.empty:
             _scan(job_class, result, settings, quarantine.keys(engine, name), keepalive,
-                  distrust_locks=trigger == "redis_loss")
+                  distrust_locks=trigger == "redis_loss", span=keys)
+        if keys is not None:
+            # this range of this generation is scanned: once every partition's is, the
+            # bounds may move (partitioning.needs_bounds)
+            partitions.mark_scanned(engine, row_name(job_class, keys.index, keys.count), keys.gen,
+                                    result.found + result.deferred)
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         trace.failed(exc)
-        log.exception("pass of %s failed", name)
+        log.exception("pass of %s failed", result.name)
     result.seconds = time.monotonic() - started
     trace.end(result)
     runs.finish_run(
@@ -171,7 +201,7 @@ def run_pass(
 def _scan(
     job_class: type[ReconciledJob], result: PassResult, settings: Settings,
     quarantined: set[tuple[Any, ...]], keepalive: Callable[[], object] | None,
-    distrust_locks: bool = False,
+    distrust_locks: bool = False, span: KeyRange | None = None,
 ) -> None:
     from ..store import keyset, pending
     from ..store.engine import get_pending_engine
@@ -184,12 +214,15 @@ def _scan(
         result.replica_lag = pending.replica_lag(scan)
     batch = int(job_class.batch_size)
     jitter = float(job_class.jitter)
-    read = keyset.reader(scan, stmt, batch, fast=settings.fast_paths)
+    upper = None if span is None else span.upper
+    read = keyset.reader(scan, stmt, batch, fast=settings.fast_paths, upper=upper)
     fast = FastPass.create(job_class, settings, jitter, distrust_locks)
     step = max(1, settings.bulk_batch_size)
     high_water = high_water_of(job_class, settings)
     broker = get_broker(settings) if high_water else None
-    after: tuple[Any, ...] | None = None
+    # a partition starts after its lower bound (the keyset's "after", in the SQL)
+    after: tuple[Any, ...] | None = None if span is None else span.lower
+    read_any = False
     # Keys become payload args and identities in their canonical form (reconcile.keys).
     # Integer and text columns come from the driver as ints and strs, which are that
     # form already: such pages are used as read (the common case, and the fast one).
@@ -214,10 +247,10 @@ def _scan(
             if keepalive is not None and time.monotonic() - kept > KEEPALIVE_SECONDS:
                 keepalive()
                 kept = time.monotonic()
-            if broker is not None and after is not None:
+            if broker is not None and read_any:
                 backlog = broker.queue_length(job_class.queue) + (result.enqueued if jitter > 0 else 0)
                 if backlog > high_water:
-                    result.deferred = pending.count_after(scan, stmt, after)
+                    result.deferred = pending.count_after(scan, stmt, after, upper)
                     log.info("pass %s: backlog %d above high water %d, %d keys deferred",
                              job_class.job_name, backlog, high_water, result.deferred)
                     break
@@ -225,6 +258,7 @@ def _scan(
             if not rows:
                 break
             after = rows[-1]
+            read_any = True
             result.found += len(rows)
             page = [tuple(codec.wire(r)) for r in rows] if convert else rows
             keys = [r for r in page if r not in quarantined] if quarantined else page
@@ -246,13 +280,17 @@ def _scan(
             settle_one()
 
 
-def _backlog(job_class: type[ReconciledJob], settings: Settings) -> int:
-    """How many keys of ``job_class`` are pending (the pass of a disabled class records
-    what the switch holds back)."""
+def _backlog(job_class: type[ReconciledJob], settings: Settings, keys: KeyRange | None) -> int:
+    """How many keys of ``job_class`` (in ``keys``, a partition's range) are pending:
+    the pass of a disabled class records what the switch holds back."""
     from ..store import pending
     from ..store.engine import get_pending_engine
 
-    return pending.count_after(get_pending_engine(settings), job_class().pending(), None)
+    if keys is not None and keys.empty:
+        return 0
+    return pending.count_after(get_pending_engine(settings), job_class().pending(),
+                               None if keys is None else keys.lower,
+                               None if keys is None else keys.upper)
 
 
 def high_water_of(job_class: type[ReconciledJob], settings: Settings) -> int:

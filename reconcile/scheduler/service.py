@@ -10,7 +10,8 @@ Any number of schedulers may run. Each loop iteration (about once a second):
 2. **Claim** every due schedule in PostgreSQL. A claim advances ``next_run_at`` with
    a compare-and-set evaluated on the database clock, so each tick fires exactly once
    across all schedulers and local clock skew cannot double-fire or skip one; a
-   claimed schedule is marked running, so a class never has two passes at once.
+   claimed schedule is marked running, so a class never has two passes at once (of a
+   partitioned class: one per partition, claimed one per round, to share them).
 3. **Run** claimed passes on a small thread pool (a long pass does not delay other
    classes' ticks); a cron tick of a plain ``Job`` enqueues it. Then release the claim.
 
@@ -23,6 +24,11 @@ and a dead worker's leases go back to their queue even if it was the last worker
 
 ``run_once()`` does one iteration synchronously (tests, ``reconcile flush``); it does
 not promote (``self.maintenance.promote_once()`` does).
+
+The file is a little over 400 lines because :class:`Scheduler` is one state machine
+(its loop, claims, Redis-loss handling and drift check share the claim state); the
+parts that stand alone are split off: ``redis_watch.py`` (loss detection),
+``schedule_rows.py`` (classes to rows, partition shares), ``passes.py``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
 from ..job import Job
 from ..worker.maintenance import Maintenance
+from . import schedule_rows as rows
 from .passes import PassResult, run_pass
 from .redis_watch import RedisWatch
 from .schedule_rows import CRON_PREFIX, schedule_of, scheduled_classes
@@ -82,6 +89,8 @@ class Scheduler:
         self.engine = get_engine(settings)
         self.classes = scheduled_classes(classes)
         self.schedules = {name: schedule_of(cls) for name, cls in self.classes.items()}
+        # as the classes were when this scheduler started (the drift check compares them)
+        self._specs = {name: rows.spec_of(cls) for name, cls in self.classes.items()}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.watch = RedisWatch(self.broker)
         self.maintenance = Maintenance(settings, self.broker, self.owner)
@@ -99,12 +108,13 @@ class Scheduler:
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
         self._pruned = -1e18
+        self._wake = threading.Event()  # a pass finished: claim again without waiting a tick
 
     # -- pieces --------------------------------------------------------------------
 
     def own_specs(self) -> dict[str, str]:
         """This scheduler's definition of each schedule (the row's ``spec`` text)."""
-        return {name: str(self.schedules[name]) for name in self.classes}
+        return dict(self._specs)
 
     def ensure_schedules(self) -> None:
         """Write this scheduler's definitions into the shared rows, at start: the most
@@ -125,6 +135,12 @@ class Scheduler:
         with self.engine.begin() as conn:
             before = {r.name: r for r in store.list_schedules(conn)}
             store.ensure(conn, specs)
+            # rows of another partition count of this scheduler's classes go
+            retired = [name for job, keep in rows.pass_rows(self.classes).items()
+                       for name in store.retire_partitions(conn, job, keep)]
+        if retired:
+            log.warning("retired the schedule rows %s: their classes have another partition "
+                        "count now", ", ".join(sorted(retired)))
         for name, spec in own.items():
             row = before.get(name)
             if row is not None and row.spec != spec:
@@ -250,16 +266,23 @@ class Scheduler:
         self._pruned = time.monotonic()
         return runs.prune_runs(self.engine, timedelta(days=self.settings.runs_keep_days))
 
-    def claim(self) -> list[Any]:
+    def claim(self, share: bool = True) -> list[Any]:
+        """Claim this scheduler's due schedules (not those running here). With ``share``
+        (the loop), a partitioned class has at most one partition running here at a
+        time, so the other schedulers claim the others (a pass is CPU-bound in Python:
+        two partitions in one process share its GIL, while two processes use two
+        cores); ``run_once`` claims every due one."""
         from ..store import schedules as store
 
         names = [n for n in self.classes if n not in self._running]
         if not names:
             return []
+        groups, limits = rows.partition_shares(self.classes, self._running) if share else ({}, {})
         return list(store.claim_due(
             self.engine, self.owner, names, self._next_after,
             timedelta(seconds=self.settings.pass_stale_seconds),
             specs=self.own_specs(),  # never fire by a definition that is not in force
+            groups=groups or None, group_limits=limits,
         ))
 
     def fire(self, name: str, trigger: str = "tick") -> None:
@@ -277,9 +300,11 @@ class Scheduler:
                     raise
                 log.info("cron tick: enqueued %s", cls.job_name)
             else:
+                part = rows.partition_of(name, getattr(cls, "partitions", 1))
                 self.results.append(run_pass(
                     cls, trigger=trigger, owner=self.owner, settings=self.settings,  # type: ignore[arg-type]
                     keepalive=lambda: store.keep_running(self.engine, name, self.owner),
+                    partition=None if part.count == 1 else (part.index, part.count),
                 ))
         except Exception:
             log.exception("firing %s failed", name)
@@ -295,7 +320,7 @@ class Scheduler:
         lost = self.check_redis()
         self.sync_switches()
         fired = []
-        for c in self.claim():
+        for c in self.claim(share=False):
             self.fire(c.name, "redis_loss" if lost and trigger == "tick" else trigger)
             fired.append(c.name)
         return fired
@@ -304,7 +329,7 @@ class Scheduler:
         """Loop until TERM/INT (or :meth:`stop`); passes run on the thread pool."""
         def on_term(signum: int, frame: FrameType | None) -> None:
             log.info("received %s: scheduler stopping", signal.Signals(signum).name)
-            self._stop.set()
+            self.stop()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_term)
@@ -327,6 +352,9 @@ class Scheduler:
         backoff = Backoff(first=1.0, cap=10.0)
         while not self._stop.is_set():
             pause = tick
+            for name, fut in list(self._running.items()):
+                if fut.done():
+                    del self._running[name]
             try:
                 if time.monotonic() - self._beat_at >= SCHEDULER_BEAT_SECONDS:
                     self.beat()
@@ -344,7 +372,9 @@ class Scheduler:
                     # pass later, when its claim comes round (it must not trust locks)
                     trigger = "redis_loss" if lost or c.name in self._after_loss else "tick"
                     self._after_loss.discard(c.name)
-                    self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)
+                    fut = self.pool.submit(self.fire, c.name, trigger)
+                    fut.add_done_callback(lambda _: self._wake.set())
+                    self._running[c.name] = fut
                 backoff.reset()
                 self._round_ok_at = time.monotonic()
             except (redis.RedisError, OSError) as exc:
@@ -353,10 +383,8 @@ class Scheduler:
             except Exception as exc:  # database errors: keep the scheduler alive
                 log.warning("scheduler round failed (%s: %s); retrying", type(exc).__name__, exc)
                 pause = backoff.next()
-            for name, fut in list(self._running.items()):
-                if fut.done():
-                    del self._running[name]
-            self._stop.wait(pause)
+            self._wake.wait(pause)  # a tick, or less when a pass finishes
+            self._wake.clear()
         self.pool.shutdown(wait=True)
         maintenance.join(timeout=5.0)
         try:
@@ -382,3 +410,4 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()

@@ -35,13 +35,16 @@ PageReader = Callable[[Sequence[Any] | None], list[tuple[Any, ...]]]
 _AFTER = "reconcile_after_{}"
 
 
-def reader(engine: Engine, stmt: Select[Any], limit: int, fast: bool = True) -> PageReader:
+def reader(engine: Engine, stmt: Select[Any], limit: int, fast: bool = True,
+           upper: Sequence[Any] | None = None) -> PageReader:
     """A page reader for ``stmt``: the fast one when it is equivalent and ``fast`` (the
-    setting ``fast_paths``), else the reference, ``pending.page``."""
-    pages = KeysetPages.build(engine, stmt, limit) if fast else None
+    setting ``fast_paths``), else the reference, ``pending.page``. With ``upper``, pages
+    end at that key (inclusive): a partition's range, bounded in the SQL, so a partition
+    reads only its own keys (the lower bound is the first ``after``)."""
+    pages = KeysetPages.build(engine, stmt, limit, upper) if fast else None
     if pages is not None:
         return pages.page
-    return lambda after: pending.page(engine, stmt, after, limit)
+    return lambda after: pending.page(engine, stmt, after, limit, upper)
 
 
 class KeysetPages:
@@ -55,14 +58,16 @@ class KeysetPages:
         self._names = names
 
     @classmethod
-    def build(cls, engine: Engine, stmt: Select[Any], limit: int) -> KeysetPages | None:
+    def build(cls, engine: Engine, stmt: Select[Any], limit: int,
+              upper: Sequence[Any] | None = None) -> KeysetPages | None:
         """Compile ``stmt``'s pages, or None where the driver's rows or parameters would
         differ from what SQLAlchemy makes of them."""
         pending.key_columns(stmt)
         dialect = engine.dialect
         sub = stmt.subquery("pending")
         cols = list(sub.c)
-        first = sa.select(*cols).order_by(*cols).limit(limit)
+        first = sa.select(*cols).order_by(*cols).limit(limit).where(
+            *pending.range_conditions(cols, None, upper))
         names = [_AFTER.format(i) for i in range(len(cols))]
         binds = [sa.bindparam(n, None, type_=c.type) for n, c in zip(names, cols, strict=True)]
         nxt = first.where(sa.tuple_(*cols) > sa.tuple_(*binds))

@@ -49,31 +49,43 @@ def key_columns(stmt: Select[Any]) -> int:
 
 
 def page(
-    engine: Engine, stmt: Select[Any], after: Sequence[Any] | None, limit: int
+    engine: Engine, stmt: Select[Any], after: Sequence[Any] | None, limit: int,
+    upper: Sequence[Any] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """The next ``limit`` keys after ``after`` (None: from the start), in key order."""
+    """The next ``limit`` keys after ``after`` (None: from the start), in key order; with
+    ``upper``, only keys up to it (inclusive): a partition's range."""
     sub = stmt.subquery("pending")
     cols = list(sub.c)
-    q = sa.select(*cols).order_by(*cols).limit(limit)
-    if after is not None:
-        q = q.where(
-            sa.tuple_(*cols) > sa.tuple_(*[sa.literal(v, c.type) for c, v in zip(cols, after, strict=True)])
-        )
+    q = sa.select(*cols).order_by(*cols).limit(limit).where(*range_conditions(cols, after, upper))
     with engine.connect() as conn:
         return [tuple(row) for row in conn.execute(q)]
 
 
-def count_after(engine: Engine, stmt: Select[Any], after: Sequence[Any] | None) -> int:
+def range_conditions(cols: Sequence[Any], after: Sequence[Any] | None,
+                     upper: Sequence[Any] | None) -> list[Any]:
+    """``(key) > (after)`` and ``(key) <= (upper)``, the ones given: row-value comparisons
+    in key order (what the keyset scan's ORDER BY sorts by, so an index on the key serves
+    both), each value a bind parameter typed like its column."""
+    def row(values: Sequence[Any]) -> Any:
+        return sa.tuple_(*[sa.literal(v, c.type) for c, v in zip(cols, values, strict=True)])
+
+    out = []
+    if after is not None:
+        out.append(sa.tuple_(*cols) > row(after))
+    if upper is not None:
+        out.append(sa.tuple_(*cols) <= row(upper))
+    return out
+
+
+def count_after(engine: Engine, stmt: Select[Any], after: Sequence[Any] | None,
+                upper: Sequence[Any] | None = None) -> int:
     """How many keys of ``stmt`` come after ``after`` in key order (None: all of them),
-    in one ``count(*)``: what a pass that stopped at ``after`` (back-pressure) leaves
-    for the next one. PostgreSQL counts in the server, without sending a key."""
+    and up to ``upper`` if given (a partition's range), in one ``count(*)``: what a pass
+    that stopped at ``after`` (back-pressure) leaves for the next one. PostgreSQL counts
+    in the server, without sending a key."""
     sub = stmt.subquery("pending")
     cols = list(sub.c)
-    q = sa.select(sa.func.count()).select_from(sub)
-    if after is not None:
-        q = q.where(
-            sa.tuple_(*cols) > sa.tuple_(*[sa.literal(v, c.type) for c, v in zip(cols, after, strict=True)])
-        )
+    q = sa.select(sa.func.count()).select_from(sub).where(*range_conditions(cols, after, upper))
     with engine.connect() as conn:
         return int(conn.execute(q).scalar_one())
 

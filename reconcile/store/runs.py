@@ -24,7 +24,8 @@ TRIGGERS: Final = frozenset({"tick", "manual", "redis_loss", "flush", "startup"}
 
 @dataclass(frozen=True)
 class Run:
-    """One row of ``reconcile_runs``; counts are 0 and ``finished_at`` None until finished."""
+    """One row of ``reconcile_runs``; counts are 0 and ``finished_at`` None until finished.
+    ``partition_index`` of ``partition_count``: the key range of a partitioned pass."""
 
     id: int
     job: str
@@ -38,21 +39,35 @@ class Run:
     quarantined: int
     deferred: int
     replica_lag_ms: int | None
+    partition_index: int | None
+    partition_count: int | None
     disabled: bool
     error: str | None
     duration_ms: int | None
 
+    @property
+    def name(self) -> str:
+        """The job, with ``#i/N`` for a partition's pass (like its schedule row, but
+        partition 0 shows as ``#0/N`` too)."""
+        if self.partition_index is None or self.partition_count is None:
+            return self.job
+        return f"{self.job}#{self.partition_index}/{self.partition_count}"
 
-def start_run(bind: Bind, job: str, trigger: str, scheduler: str) -> int:
+
+def start_run(bind: Bind, job: str, trigger: str, scheduler: str,
+              partition: tuple[int, int] | None = None) -> int:
     """Record the start of a pass of ``job`` by ``scheduler`` (its owner id); returns the
-    run id. ``trigger`` is one of :data:`TRIGGERS` (ValueError otherwise)."""
+    run id. ``trigger`` is one of :data:`TRIGGERS` (ValueError otherwise); ``partition``
+    (index, count) is the key range of a partitioned pass (None: every key)."""
     if trigger not in TRIGGERS:
         raise ValueError(f"unknown run trigger {trigger!r}; expected one of {sorted(TRIGGERS)}")
     with transaction(bind) as conn:
         return conn.execute(  # type: ignore[no-any-return]
             sa.insert(r)
             .values(job=job, trigger=trigger, scheduler=scheduler,
-                    started_at=sa.func.clock_timestamp())
+                    started_at=sa.func.clock_timestamp(),
+                    partition_index=None if partition is None else partition[0],
+                    partition_count=None if partition is None else partition[1])
             .returning(r.c.id)
         ).scalar_one()
 

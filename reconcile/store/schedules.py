@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -72,6 +73,12 @@ class Schedule:
     last_started_at: datetime | None
     last_finished_at: datetime | None
     updated_at: datetime
+    bounds: list[list[object]] | None = None
+    """Partition 0's row of a partitioned pass: the key bounds in force (store/partitions.py)."""
+    bounds_gen: int = 0
+    scanned_gen: int | None = None
+    """The bounds generation this partition's last completed pass scanned."""
+    scanned_keys: int | None = None
 
 
 def _aware(value: datetime, what: str) -> datetime:
@@ -93,6 +100,8 @@ def ensure(bind: Bind, specs: Sequence[ScheduleSpec]) -> list[str]:
 
     New and changed rows get ``next_run_at = first_run_at(db_now)``; unchanged rows keep
     their next tick and running state; rows of names not in ``specs`` are left alone.
+    A changed row also drops its partition bounds (a new partition count needs new
+    ones; the next pass computes them).
     Returns the names inserted or updated. Names in ``specs`` must be distinct.
     """
     names = [spec.name for spec in specs]
@@ -119,6 +128,7 @@ def ensure(bind: Bind, specs: Sequence[ScheduleSpec]) -> list[str]:
                 "spec": stmt.excluded.spec,
                 "next_run_at": stmt.excluded.next_run_at,
                 "updated_at": sa.func.now(),
+                "bounds": None,
             },
             where=sa.or_(
                 s.c.spec.is_distinct_from(stmt.excluded.spec),
@@ -135,8 +145,17 @@ def claim_due(
     next_after: NextAfter,
     stale_after: timedelta,
     specs: Mapping[str, str] | None = None,
+    groups: Mapping[str, str] | None = None,
+    group_limits: Mapping[str, int] | None = None,
 ) -> list[Claim]:
     """Claim every due tick among ``names`` for ``owner``, oldest first.
+
+    With ``groups`` (name to a group: the partition rows of one class), at most
+    ``group_limits[group]`` due rows of each group (default 1) are claimed per call,
+    the oldest; the others stay due, for other schedulers (or this one's next call),
+    so schedulers share a partitioned pass instead of the first one claiming every
+    partition. A grouped row is locked only once it is chosen (rows are tried one at
+    a time, ``SKIP LOCKED``), so a concurrent caller can claim the group's others.
 
     With ``specs`` (name to the caller's own spec), only rows whose ``spec`` is the
     caller's are claimed: a scheduler never fires a schedule by a definition that is not
@@ -153,30 +172,51 @@ def claim_due(
     if not wanted:
         return []
     now = sa.func.now()
-    with transaction(bind) as conn:
-        rows = conn.execute(
+    groups = groups or {}
+
+    def due(among: list[str], lock: bool) -> Any:
+        q = (
             sa.select(s.c.name, s.c.kind, s.c.next_run_at, now)
             .where(
-                s.c.name.in_(wanted),
-                sa.tuple_(s.c.name, s.c.spec).in_([(n, specs[n]) for n in wanted])
+                s.c.name.in_(among),
+                sa.tuple_(s.c.name, s.c.spec).in_([(n, specs[n]) for n in among])
                 if specs is not None else sa.true(),
                 s.c.next_run_at <= now,
                 sa.or_(s.c.running_owner.is_(None), s.c.running_since < now - stale_after),
             )
             .order_by(s.c.next_run_at, s.c.name)
-            .with_for_update(skip_locked=True)
-        ).all()
+        )
+        return q.with_for_update(skip_locked=True) if lock else q
+
+    with transaction(bind) as conn:
+        single = [n for n in wanted if n not in groups]
+        rows = list(conn.execute(due(single, True)).all()) if single else []
+        grouped = [n for n in wanted if n in groups]
+        if grouped:
+            # Up to a limit per group: the candidates are read without a lock, then
+            # locked one at a time (SKIP LOCKED) until the limit is had, so the group's
+            # other rows stay free for a scheduler claiming at the same moment.
+            limits = group_limits or {}
+            taken: dict[str, int] = {}
+            for cand in conn.execute(due(grouped, False)).all():
+                group = groups[cand.name]
+                if taken.get(group, 0) >= limits.get(group, 1):
+                    continue
+                got = conn.execute(due([cand.name], True)).first()
+                if got is not None:
+                    taken[group] = taken.get(group, 0) + 1
+                    rows.append(got)
         if not rows:
             return []
         claims: list[Claim] = []
         updates: list[dict[str, object]] = []
-        for name, kind, due, db_now in rows:
-            following = _aware(next_after(name, due, db_now), f"next_after of {name}")
-            if following <= due:
+        for name, kind, due_at, db_now in sorted(rows, key=lambda r: (r[2], r[0])):
+            following = _aware(next_after(name, due_at, db_now), f"next_after of {name}")
+            if following <= due_at:
                 raise ValueError(
-                    f"next_after of {name} returned {following}, not after the tick {due}"
+                    f"next_after of {name} returned {following}, not after the tick {due_at}"
                 )
-            claims.append(Claim(name=name, kind=kind, scheduled_for=due, db_now=db_now))
+            claims.append(Claim(name=name, kind=kind, scheduled_for=due_at, db_now=db_now))
             updates.append({"b_name": name, "b_next": following})
         conn.execute(
             sa.update(s)
@@ -240,6 +280,20 @@ def remove(bind: Bind, names: Iterable[str]) -> int:
         return 0
     with transaction(bind) as conn:
         return conn.execute(sa.delete(s).where(s.c.name.in_(wanted))).rowcount
+
+
+def retire_partitions(bind: Bind, job: str, keep: Iterable[str]) -> list[str]:
+    """Delete the partition rows of ``job`` (``<job>#<i>/<n>``) whose names are not in
+    ``keep``: what is left of another partition count. A pass still running under a
+    deleted row finishes its range (its ``finish`` then changes nothing). Returns the
+    names deleted."""
+    prefix = job + "#"
+    with transaction(bind) as conn:
+        return list(conn.execute(
+            sa.delete(s)
+            .where(sa.func.starts_with(s.c.name, prefix), s.c.name.not_in(sorted(set(keep))))
+            .returning(s.c.name)
+        ).scalars())
 
 
 def list_schedules(bind: Bind) -> list[Schedule]:

@@ -28,6 +28,14 @@ schedules = sa.Table(
     sa.Column("last_started_at", TZ, nullable=True),
     sa.Column("last_finished_at", TZ, nullable=True),
     sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
+    # Partitioned passes (migration 0003, store/partitions.py). On the row of partition 0
+    # (named like the job): the key bounds that split the class's keys into ranges, as
+    # a JSON array of keys in canonical form, and their generation. On every partition
+    # row: the generation its last completed pass scanned, and how many keys it found.
+    sa.Column("bounds", JSONB(none_as_null=True), nullable=True),
+    sa.Column("bounds_gen", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("scanned_gen", sa.BigInteger, nullable=True),
+    sa.Column("scanned_keys", sa.BigInteger, nullable=True),
 )
 
 runs = sa.Table(
@@ -48,6 +56,10 @@ runs = sa.Table(
     sa.Column("deferred", sa.Integer, nullable=False, server_default=sa.text("0")),
     # lag of the read replica the pass scanned (pending_database_url), NULL without one
     sa.Column("replica_lag_ms", sa.Integer, nullable=True),
+    # the key range of a partitioned pass: partition_index of partition_count (0-based),
+    # NULL for a pass over every key (migration 0003)
+    sa.Column("partition_index", sa.Integer, nullable=True),
+    sa.Column("partition_count", sa.Integer, nullable=True),
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=True),

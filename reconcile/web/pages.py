@@ -179,7 +179,7 @@ def runs(v: View) -> tuple[str, Raw]:
     from ..store.engine import get_engine
     from ..store.runs import recent_runs
 
-    rows = [(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.job, r.trigger, r.found, r.enqueued,
+    rows = [(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.name, r.trigger, r.found, r.enqueued,
              r.already_queued, r.quarantined, r.deferred,
              "running" if r.finished_at is None else f"{r.duration_ms} ms",
              "disabled" if r.disabled else clip(r.error or ""))

@@ -19,6 +19,8 @@ Fault knobs, read from the environment of the worker or scheduler process at imp
 ``FAULT_LOG_DIR``               folder of the attempt logs (required in workers)
 ``FAULT_EVERY``                 seconds between passes (default 2)
 ``FAULT_JITTER``                jitter window of a pass (default 0)
+``FAULT_PARTITIONS``            the class's ``partitions`` (default 1)
+``FAULT_BATCH``                 the class's ``batch_size`` (default 1000)
 ``FAULT_RETRY``                 the class's ``retry`` (default 25)
 ``FAULT_RETRY_IN``              seconds returned by ``retry_in`` (default: Sidekiq's)
 ``FAULT_CRASH_AT``              ``before_perform``, ``inside_perform`` or
@@ -146,6 +148,8 @@ class Oracle(ReconciledJob):
     name = "fault.Oracle"
     every = _env_float("FAULT_EVERY", 2.0)
     jitter = _env_float("FAULT_JITTER", 0.0)
+    partitions = int(_env_float("FAULT_PARTITIONS", 1))
+    batch_size = int(_env_float("FAULT_BATCH", 1000))
     queue = "oracle"
     retry = int(_env_float("FAULT_RETRY", 25))
 

@@ -160,7 +160,7 @@ def test_a_search_path_without_an_existing_schema_is_refused(database_url: str) 
 
 
 def test_heads_is_the_single_latest_revision() -> None:
-    assert migrate.heads() == ["0002"]
+    assert migrate.heads() == ["0003"]
 
 
 def test_the_installed_wheel_layout_is_preferred(tmp_path: Path) -> None:
