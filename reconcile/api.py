@@ -193,3 +193,14 @@ def dead_jobs(settings: Settings | None = None, limit: int = 50) -> list[dict[st
         job.setdefault("failed_at", score)
         out.append(job)
     return out
+
+
+def job(jid: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Where job ``jid`` is right now, in one bounded Redis call (the jid index):
+    queued (which queue, at which position), scheduled, retrying, dead (with its
+    traceback and, for a ReconciledJob, its quarantine entry), running (which process,
+    for how long) or unknown. The shape is :func:`reconcile.whereis.job`'s
+    (docs/cli.md, "reconcile job"); ValueError for a string that cannot be a jid."""
+    from .whereis import job as locate_job
+
+    return locate_job(jid, settings)

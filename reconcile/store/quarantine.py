@@ -85,6 +85,14 @@ def is_quarantined(conn: Connection, job: str, key: Sequence[Any]) -> bool:
     return found is not None
 
 
+def entry(bind: Bind, job: str, key: Sequence[Any]) -> Entry | None:
+    """The quarantine entry of ``key`` of ``job``, or None (``reconcile key``)."""
+    query = sa.select(q).where(q.c.job == job, q.c.key == sa.cast(list(key), q.c.key.type))
+    with transaction(bind) as conn:
+        row = conn.execute(query).mappings().first()
+    return None if row is None else Entry(**{**row, "key": tuple(row["key"])})
+
+
 def list_entries(bind: Bind, job: str | None = None) -> list[Entry]:
     """Quarantined keys (of ``job``, or of every job), newest first."""
     query = sa.select(q).order_by(q.c.quarantined_at.desc(), q.c.job)

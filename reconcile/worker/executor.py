@@ -61,7 +61,7 @@ HOLD_DELAY = 30.0
 
 
 def settlement_of(
-    outcome: Outcome, field: bytes, lock: str, payload: Callable[[], bytes],
+    outcome: Outcome, field: bytes, lock: str, payload: Callable[[], bytes], jid: str = "",
 ) -> SettleOp:
     """The settlement of a delivery that ended in ``outcome`` without raising: the
     outcome-to-settlement table above, as one pure function (``tests/unit`` checks each
@@ -74,13 +74,13 @@ def settlement_of(
     here: passing them raises ``ValueError``.
     """
     if outcome is Outcome.DONE:
-        return SettleOp.ack(field, lock)
+        return SettleOp.ack(field, lock, jid)
     if outcome in RESCHEDULED:
         return SettleOp.reschedule(field, random.uniform(*LOCK_BUSY_DELAY), payload())
     if outcome is Outcome.HELD:
         return SettleOp.reschedule(field, HOLD_DELAY, payload())
     if outcome in (Outcome.ALREADY_DONE, Outcome.DISABLED):
-        return SettleOp.drop(field, lock)
+        return SettleOp.drop(field, lock, jid)
     raise ValueError(f"{outcome.value!r} is settled by the retry rules, not by settlement_of")
 
 
@@ -241,9 +241,9 @@ class Executor:
         if outcome is Outcome.DONE:
             # the common case, settled here without a call into the table (one call
             # per job, measured in the drain); settlement_of gives the same op
-            return SettleOp.ack(d.field, lock)
+            return SettleOp.ack(d.field, lock, payload["jid"])
         self.count(outcome)
-        return settlement_of(outcome, d.field, lock, lambda: dumps(payload))
+        return settlement_of(outcome, d.field, lock, lambda: dumps(payload), payload["jid"])
 
     def expired(self, now: float) -> list[Active]:
         """Running deliveries past their deadline (the worker's watchdog gives them up)."""
@@ -292,7 +292,7 @@ class Executor:
             # Sentry's logging integration and other trackers pick up
             log.error(line, *args, exc_info=exc)
         if verdict.kind == "discard":
-            return SettleOp.drop(d.field, lock)
+            return SettleOp.drop(d.field, lock, payload["jid"])
         if verdict.kind == "retry":
             return SettleOp.retry(d.field, verdict.delay, dumps(payload), lock)
         cls.on_death(payload, exc)

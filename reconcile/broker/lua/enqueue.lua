@@ -9,8 +9,11 @@
 --   {ns}:schedule     ZSET  jobs to run later, score = run-at (epoch seconds, Redis clock)
 --   {ns}:unique:<d>   STRING uniqueness lock for digest <d>, PX = unique_for
 --   {ns}:wake:<q>     LIST  wake-up tokens that idle workers BLPOP on
+--   {ns}:jobs         HASH  the jid index (prelude.lua): modes FI and QI only
 -- ARGV[1]  wake cap: most tokens kept per wake list
--- ARGV[2]  mode: "F" (full) or "Q" (quick: every job immediate, same queue, no lock)
+-- ARGV[2]  mode: "F" (full) or "Q" (quick: every job immediate, same queue, no lock);
+--          "FI" and "QI" also index each pushed job by its jid (plain jobs: HSET
+--          jid -> payload, in the same call), "F" and "Q" do not (ReconciledJobs)
 -- full:    ARGV[3..] groups of 5 per job: queue, run-at (prelude's format: "0" now,
 --          "+<s>" a delay from this script's clock(), "<t>" an absolute epoch time),
 --          lock digest ("" = none), lock ttl (ms), payload
@@ -19,12 +22,28 @@
 -- Returns  full: one integer per job: 1 pushed, 0 dropped because its lock was held;
 --          quick: the number of jobs pushed.
 local cap = tonumber(ARGV[1])
+local mode = ARGV[2]
+local indexed = (mode == 'FI' or mode == 'QI')
 
-if ARGV[2] == 'Q' then
+-- jid -> payload pairs of the pushed jobs, written with one HSET per 500 (call_sliced)
+local entries = {}
+local function index(payload)
+  local jid = payload_jid(payload)
+  if jid then
+    entries[#entries + 1] = jid
+    entries[#entries + 1] = payload
+  end
+end
+
+if mode == 'Q' or mode == 'QI' then
   local q = ARGV[3]
   local key = p .. ':queue:' .. q
   call_sliced('LPUSH', key, ARGV, 4)
   announce(q, cap)
+  if indexed then
+    for i = 4, #ARGV do index(ARGV[i]) end
+    if #entries > 0 then call_sliced('HSET', p .. ':jobs', entries, 1) end
+  end
   return #ARGV - 3
 end
 
@@ -40,6 +59,7 @@ for i = 3, #ARGV, 5 do
   n = n + 1
   if ok then
     out[n] = 1
+    if indexed then index(payload) end
     local later = false
     if at ~= '0' then
       now = now or clock()
@@ -67,4 +87,5 @@ for _, q in ipairs(order) do
   call_sliced('LPUSH', key, list, 1)
   announce(q, cap)
 end
+if #entries > 0 then call_sliced('HSET', p .. ':jobs', entries, 1) end
 return out
