@@ -117,7 +117,7 @@ def job(jid: str, settings: Settings | None = None, broker: Broker | None = None
     broker = broker or get_broker(settings)
     doc = located(jid, broker.locate(jid))
     if with_quarantine and doc["state"] == "dead" and "key" in doc:
-        doc["quarantine"] = quarantine_link(settings, doc["class"], doc["key"])
+        doc.update(dead_link(settings, all_classes()[doc["class"]], doc["key"]))  # type: ignore[arg-type]
     return doc
 
 
@@ -133,6 +133,34 @@ def quarantine_link(settings: Settings, job_name: str, key: Sequence[Any]) -> di
     except Exception as exc:  # the Redis answer stands without PostgreSQL
         return {"error": f"{type(exc).__name__}: {exc}"}
     return None if entry is None else quarantine_doc(entry)
+
+
+def dead_link(settings: Settings, cls: type[ReconciledJob], args: Sequence[Any]) -> dict[str, Any]:
+    """How a dead ReconciledJob record stands (issue 13, item 8): ``quarantine``, its
+    key's entry (None: released or never quarantined), and ``resolved``: True when the
+    key is no longer pending in PostgreSQL (a later delivery succeeded, or the row
+    changed), so the record is history, not an open failure; None if unknown."""
+    from .store.engine import get_engine
+    from .store.pending import key_is_pending
+
+    doc: dict[str, Any] = {"quarantine": quarantine_link(settings, cls.job_name, args), "resolved": None}
+    try:
+        canonical = cls.canonical_args(list(args))
+        doc["resolved"] = not key_is_pending(get_engine(settings), cls().pending(),
+                                             cls.key_codec().native(canonical))
+    except Exception:  # a record whose key no longer fits, or no database: unknown
+        pass
+    return doc
+
+
+def link_line(link: dict[str, Any]) -> str:
+    """One line for :func:`dead_link`."""
+    q = link["quarantine"]
+    resolved = {True: "; resolved: the key is no longer pending", False: "; the key is still pending",
+                None: ""}[link["resolved"]]
+    if q:
+        return quarantine_line(q) + resolved
+    return "none (released, or never quarantined)" + resolved
 
 
 def quarantine_doc(entry: Any) -> dict[str, Any]:
@@ -238,9 +266,7 @@ def job_lines(doc: dict[str, Any]) -> list[str]:
     if state == "dead" and doc.get("error_backtrace"):
         lines += ["  " + line for line in str(doc["error_backtrace"]).splitlines()]
     if "quarantine" in doc:
-        q = doc["quarantine"]
-        shown = quarantine_line(q) if q else "none (released: passes enqueue the key again)"
-        lines.append("  quarantine: " + shown)
+        lines.append("  quarantine: " + link_line(doc))
     if doc.get("note"):
         lines.append(f"  ({doc['note']})")
     return lines

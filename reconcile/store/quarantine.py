@@ -115,6 +115,23 @@ def release(bind: Bind, job: str, keys: Iterable[Sequence[Any]]) -> int:
         ).rowcount
 
 
+def release_returning(bind: Bind, job: str | None, keys: Iterable[Sequence[Any]] | None) -> list[Entry]:
+    """Release ``keys`` of ``job`` (None: every key of ``job``; ``job`` None too: every
+    key) and return the entries released (``DELETE ... RETURNING``), so that their
+    dead records can be removed with them."""
+    stmt = sa.delete(q)
+    if job is not None:
+        stmt = stmt.where(q.c.job == job)
+    if keys is not None:
+        wanted = [list(key) for key in keys]
+        if not wanted:
+            return []
+        stmt = stmt.where(q.c.key.in_(wanted))
+    with transaction(bind) as conn:
+        rows = conn.execute(stmt.returning(*q.c)).mappings().all()
+    return [Entry(**{**row, "key": tuple(row["key"])}) for row in rows]
+
+
 def release_all(bind: Bind, job: str | None = None) -> int:
     """Release every key of ``job``, or of every job; returns how many."""
     stmt = sa.delete(q)
