@@ -212,6 +212,31 @@ def status(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
                    "are stopped (start `reconcile scheduler`)")
     click.echo("counters " + "  ".join(f"{k} {v}" for k, v in doc["counters"].items())
                + invalid({"invalid": doc.get("invalid_counters", {})}))
+    _status_classes(doc)
+
+
+def _status_classes(doc: dict[str, Any]) -> None:
+    """``reconcile status``'s per-class lines (``classes`` of the document)."""
+    from .web.html import time_text  # deferred: start-up (the web package)
+
+    if doc.get("classes_error"):
+        click.echo(f"classes: PostgreSQL could not be read ({doc['classes_error']})")
+    for c in doc.get("classes") or []:
+        run = c["last_pass"]
+        if run is None:
+            last = "no pass yet"
+        else:
+            took = "running" if run["finished_at"] is None else f"{run['duration_ms']} ms"
+            last = (f"last pass {time_text(run['started_at'])} ({run['trigger']}, {took}) found "
+                    f"{run['found']} enqueued {run['enqueued']} already queued {run['already_queued']} "
+                    f"quarantined {run['quarantined']} deferred {run['deferred']}")
+            if run["disabled"]:
+                last += " (disabled: backlog not enqueued)"
+            if run["error"]:
+                last += f" ERROR {run['error']}"
+        tick = time_text(c["next_tick"]) if c["next_tick"] else "no schedule row"
+        switch = "enabled" if c["enabled"] else f"DISABLED ({c['disabled_reason']})"
+        click.echo(f"class {c['class']} {switch}, next tick {tick}, quarantined {c['quarantined']}; {last}")
 
 
 @main.group()

@@ -93,6 +93,13 @@ def entry(bind: Bind, job: str, key: Sequence[Any]) -> Entry | None:
     return None if row is None else Entry(**{**row, "key": tuple(row["key"])})
 
 
+def counts(bind: Bind) -> dict[str, int]:
+    """Quarantined keys per job (jobs with none are absent)."""
+    with transaction(bind) as conn:
+        rows = conn.execute(sa.select(q.c.job, sa.func.count()).group_by(q.c.job)).all()
+    return {job: int(n) for job, n in rows}
+
+
 def list_entries(bind: Bind, job: str | None = None) -> list[Entry]:
     """Quarantined keys (of ``job``, or of every job), newest first."""
     query = sa.select(q).order_by(q.c.quarantined_at.desc(), q.c.job)

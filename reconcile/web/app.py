@@ -190,7 +190,7 @@ class Dashboard:
                 body = json.dumps(status(self.settings, self.broker)).encode()
                 return _reply(start_response, "200 OK", body, "application/json")
             if path == "/metrics" and method in ("GET", "HEAD"):
-                body = metrics.render(status(self.settings, self.broker))
+                body = metrics.render(status(self.settings, self.broker, include_classes=False))
                 return _reply(start_response, "200 OK", body, metrics.CONTENT_TYPE)
             if path in PAGES:
                 if method not in ("GET", "HEAD"):
