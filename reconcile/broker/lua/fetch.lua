@@ -1,7 +1,8 @@
 -- fetch.lua: settle finished deliveries, then lease up to N new ones, in one call.
 --
 -- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
--- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- lease_field, field_queue, payload_queue, payload_jid, jid_reader and call_sliced are
+-- defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH  field "<seq>|<queue>" -> payload, the jobs <proc> holds
@@ -71,13 +72,14 @@ local function lease_items(items, q)
   end
   local pairs_ = {}
   local jids, fields = {}, {}
+  local read = jid_reader(q)
   for m = 1, n do
     local field = lease_field(last - n + m, q)
     pairs_[2 * m - 1] = field
     pairs_[2 * m] = items[m]
     got[#got + 1] = field
     got[#got + 1] = items[m]
-    local jid = payload_jid(items[m])
+    local jid = read(items[m])
     if jid then
       jids[#jids + 1] = jid
       fields[#fields + 1] = field

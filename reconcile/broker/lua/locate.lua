@@ -3,7 +3,9 @@
 -- Bounded work: one HGET of the index, then one lookup where the entry points (ZSCORE
 -- of the member, ZRANGEBYSCORE of one dead score, one lease HGET), or for a queued job
 -- LPOS of its member among the ARGV[2] oldest of its queue (the end workers take
--- from), never a scan of the whole of a set. Read-only, except that an entry naming a
+-- from) or, for an entry "Q<queue>" (which holds no member), a search for its jid
+-- among the ARGV[4] oldest entries of that queue, 1,000 per LRANGE: never a scan of
+-- the whole of a set. Read-only, except that an entry naming a
 -- lease that is gone (its process was reaped before it was indexed again, an entry
 -- left behind) is removed, so that stale entries do not outlive a lookup.
 --
@@ -18,10 +20,12 @@
 --   {ns}:schedule       ZSET  ZSCORE of the member
 --   {ns}:retry          ZSET  ZSCORE of the member
 --   {ns}:dead           ZSET  ZRANGEBYSCORE of the entry's score
---   {ns}:queue:<q>      LIST  LPOS of the member (RANK -1 MAXLEN ARGV[2]), LLEN
+--   {ns}:queue:<q>      LIST  LPOS of the member (RANK -1 MAXLEN ARGV[2]), LLEN; for a
+--                             "Q<queue>" entry LRANGE of its ARGV[4] oldest
 -- ARGV[1]  mode: "J" (by jid: ARGV[3] the jid) or "K" (by uniqueness lock: ARGV[3]
 --          the lock digest; the lock's jid, when it names one, is located as by "J")
 -- ARGV[2]  most queue entries LPOS compares (from the oldest)
+-- ARGV[4]  most queue entries searched for the jid of a "Q<queue>" entry
 -- Returns  {state, now (server clock, epoch ms), ...} where state and the rest are:
 --   "unknown"                                 no entry (never indexed, or ended)
 --   "running", proc, since_ms, field, payload leased by <proc> since <since_ms>
@@ -34,7 +38,7 @@
 --                                             or in transit between sets)
 --   "stale", entry                            the entry names a place the job left
 -- mode K prepends {lock ttl ms (-2: no lock), lock value or false}.
-local mode, maxlen = ARGV[1], tonumber(ARGV[2])
+local mode, maxlen, maxscan = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local jobs = p .. ':jobs'
@@ -57,6 +61,26 @@ local function by_jid(jid)
     for _, item in ipairs(redis.call('ZRANGEBYSCORE', p .. ':dead', score, score)) do
       if payload_jid(item) == jid then return {'dead', now_ms, score, item} end
     end
+    return {'stale', now_ms, e}
+  end
+  if head == 81 then  -- "Q<queue>": search the queue's oldest entries for the jid
+    local q = string.sub(e, 2)
+    local key = p .. ':queue:' .. q
+    local len = redis.call('LLEN', key)
+    local needle = '"jid":"' .. jid .. '"'
+    local done = 0
+    while done < math.min(len, maxscan) do
+      local n = math.min(1000, maxscan - done)
+      local chunk = redis.call('LRANGE', key, -(done + n), -(done + 1))
+      for c = #chunk, 1, -1 do
+        if string.find(chunk[c], needle, 1, true) then
+          return {'queued', now_ms, q, done + (#chunk - c), len, chunk[c]}
+        end
+      end
+      if #chunk < n then break end
+      done = done + n
+    end
+    if len > maxscan then return {'deep', now_ms, q, len, false} end
     return {'stale', now_ms, e}
   end
   local score = redis.call('ZSCORE', p .. ':schedule', e)

@@ -33,6 +33,8 @@
 -- answers in bounded time (locate.lua) instead of scanning every set. Its values:
 --   "{..."                    the job waits as exactly these bytes (the member) in its
 --                             queue (LPOS), the scheduled set or the retry set (ZSCORE)
+--   "Q<queue>"                a plain job enqueued to <queue> (no copy of its payload:
+--                             found by a bounded scan of the queue's oldest entries)
 --   "D<score>"                dead since <score> (ZRANGEBYSCORE dead <score> <score>)
 --   "L<i>|<ms>|<proc>|<f>"    leased by <proc> under lease field <f> since <ms> (server
 --                             clock); <i> "1" if the job was indexed before the lease
@@ -94,6 +96,20 @@ end
 -- The jid of a payload written by reconcile, or nil.
 local function payload_jid(item)
   return string.match(item, '^{"queue":"[^"]*","jid":"(%w+)"')
+end
+
+-- A reader of the jids of payloads of queue q: at their fixed offset when a payload
+-- starts as reconcile writes it ({"queue":"<q>","jid":"<24 characters>"), a third of
+-- payload_jid's cost on the hot paths (measured in Redis); else payload_jid.
+local function jid_reader(q)
+  local prefix = '{"queue":"' .. q .. '","jid":"'
+  local n = #prefix
+  return function(item)
+    if string.byte(item, n + 25) == 34 and string.sub(item, 1, n) == prefix then
+      return string.sub(item, n + 1, n + 24)
+    end
+    return payload_jid(item)
+  end
 end
 
 -- redis.call(cmd, key, list[first], ..., list[#list]) in slices of 1,000 values:
