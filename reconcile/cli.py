@@ -39,7 +39,7 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__, registry, sets
+from . import __version__, registry, sets, whereis
 from .api import status as get_status
 from .broker import get_broker
 from .config import Settings, current_settings, get_settings, load_settings, scrub, use_settings
@@ -459,8 +459,6 @@ def quarantine_release(
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (see docs/cli.md).")
 def job_cmd(apps: tuple[str, ...], jid: str, as_json: bool, **flags: Any) -> None:
     """Where job JID is: queued (queue, position), scheduled, retrying, dead, running, or unknown."""
-    from . import whereis
-
     settings = setup(apps, **flags)
     try:
         doc = whereis.job(jid, settings)
@@ -480,7 +478,7 @@ def job_cmd(apps: tuple[str, ...], jid: str, as_json: bool, **flags: Any) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (see docs/cli.md).")
 def key_cmd(apps: tuple[str, ...], job: str, key: str, as_json: bool, **flags: Any) -> None:
     """Why KEY of ReconciledJob JOB is or is not done (KEY: 42, or '[7,"eu"]' for several columns)."""
-    from . import control, whereis  # deferred: start-up (PostgreSQL driver)
+    from . import control  # deferred: start-up (PostgreSQL driver)
 
     settings = setup(apps, **flags)
     cls = _reconciled_class(job)
@@ -562,8 +560,6 @@ def _set_show(which: str, jid: str, apps: tuple[str, ...], as_json: bool,
 
 def _link_doc(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
     """``{"quarantine": ..., "resolved": ...}`` for a ReconciledJob's dead record, else {}."""
-    from . import whereis  # deferred: start-up (PostgreSQL driver)
-
     cls = registry.all_classes().get(str(job.get("class")))
     if cls is None or not issubclass(cls, ReconciledJob) or not isinstance(job.get("args"), list):
         return {}
@@ -573,8 +569,6 @@ def _link_doc(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
 def _quarantine_link(settings: Settings, job: dict[str, Any]) -> None:
     """``dead show``'s line linking a ReconciledJob's dead record to its key's
     quarantine entry (or saying it was released, and whether the key is done since)."""
-    from . import whereis  # deferred: start-up (PostgreSQL driver)
-
     cls = registry.all_classes().get(str(job.get("class")))
     if cls is None or not issubclass(cls, ReconciledJob) or not isinstance(job.get("args"), list):
         return

@@ -249,6 +249,13 @@ class Settings:
     written while a job runs (the application's own included), ``jid``, ``class``,
     ``queue``, ``key``, ``attempt``. Default ``"text"``."""
 
+    log_job_lines: bool = False
+    """Log a ``start`` and a ``done`` line (logger ``reconcile.job``, INFO) for every job
+    a worker runs, for audit: the done line carries ``outcome`` and ``duration_ms``, and
+    in the ``json`` format both carry ``jid``, ``class``, ``queue``, ``key``,
+    ``attempt``. Two records per job: off by default (Sidekiq's default is on).
+    Default False."""
+
     retry_traceback_log_level: str = "DEBUG"
     """Level at which a worker logs the traceback of a failure that will be retried
     (its WARNING line is one line; a final failure, dead or discarded, is logged at

@@ -37,10 +37,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import middleware, registry
-from ..broker import Delivery, SettleOp
+from ..broker import Delivery, SettleKind, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
-from ..logs import job_context, safe
+from ..logs import job_context, job_fields, safe
 from ..outcome import RESCHEDULED, Outcome
 from ..payload import UNBOUNDED, decode, dumps
 from ..store.engine import get_engine
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ..job import Job
 
 log = logging.getLogger("reconcile.worker")
+job_log = logging.getLogger("reconcile.job")  # the per-job audit lines (log_job_lines)
 
 LOCK_BUSY_DELAY = (1.0, 3.0)
 """Seconds (uniform range) before a delivery whose key lock is held elsewhere runs again."""
@@ -82,6 +83,20 @@ def settlement_of(
     if outcome in (Outcome.ALREADY_DONE, Outcome.DISABLED):
         return SettleOp.drop(field, lock, jid)
     raise ValueError(f"{outcome.value!r} is settled by the retry rules, not by settlement_of")
+
+
+def audit_outcome(op: SettleOp | None, outcome: Outcome | None) -> str:
+    """The ``outcome`` of a job's done line (``log_job_lines``): ``retry`` or ``dead``
+    for a failure, ``discarded`` for a failure dropped by its retry rules, else the
+    outcome of the delivery (``done``, ``already_done``, ``lock_busy``...); ``error``
+    when the engine itself failed."""
+    if op is None:
+        return "error"
+    if op.kind is SettleKind.RETRY:
+        return "retry"
+    if op.kind is SettleKind.DEAD:
+        return "dead"
+    return outcome.value if outcome is not None else "discarded"
 
 
 class Active(NamedTuple):
@@ -205,18 +220,34 @@ class Executor:
         except Exception as exc:  # a constructor that raises, Redis down: a failure
             return self._failed(d, cls, None, payload, exc)
         outcome = Outcome.DONE
+        finished = False  # perform returned (rather than raised)
 
         def perform() -> None:
-            nonlocal outcome
+            nonlocal outcome, finished
             outcome = job.execute(args)
+            finished = True
 
         if cls.timeout:
             self.active[d.field] = Active(d, cls, job, payload, time.monotonic() + float(cls.timeout))
         # the job's fields for every log record written while it runs (structured logs)
-        context = job_context.set((d.queue, payload, cls.keyed))
+        context_value = (d.queue, payload, cls.keyed)
+        context = job_context.set(context_value)
+        lines = self.settings.log_job_lines
+        started = time.monotonic()
+        # a failure stamps the payload's retry count before the done line: keep this run's
+        attempt = job_fields(context_value)["attempt"] if lines else 0
+        op: SettleOp | None = None
         try:
-            return self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
+            if lines:
+                job_log.info("start %s jid=%s", cls.job_name, safe(payload["jid"]))
+            op = self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
+            return op
         finally:
+            if lines:
+                ended = audit_outcome(op, outcome if finished else None)
+                ms = round((time.monotonic() - started) * 1000, 3)
+                job_log.info("done %s jid=%s %s in %.1f ms", cls.job_name, safe(payload["jid"]), ended, ms,
+                             extra={"outcome": ended, "duration_ms": ms, "attempt": attempt})
             job_context.reset(context)
             with self._settling:  # the watchdog and this thread agree on who settles
                 self.active.pop(d.field, None)
