@@ -256,9 +256,16 @@ def classes(settings: Settings | None = None) -> list[dict[str, Any]]:
 
 def with_classes(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """``doc`` (a :func:`status` document) with ``classes`` (:func:`classes`) when a
-    database is configured; a database that cannot be read gives ``classes: null``
-    and ``classes_error`` (the Redis half of the status stands on its own)."""
-    if not settings.database_url:
+    database is configured (``database_url`` set other than by default) or a
+    ReconciledJob class is registered; a database that cannot be read gives
+    ``classes: null`` and ``classes_error`` (the Redis half of the status stands on
+    its own). A plain-jobs deployment on the default URL is not asked about a
+    database it does not use."""
+    from .reconciled import ReconciledJob
+    from .registry import all_classes
+
+    configured = bool(settings.database_url) and settings.source_of("database_url") != "default"
+    if not configured and not any(issubclass(c, ReconciledJob) for c in all_classes().values()):
         return doc
     try:
         return {**doc, "classes": classes(settings)}
