@@ -1,4 +1,6 @@
-"""Inspection: what Redis holds right now (queues, sets, processes, counters).
+"""Inspection: what Redis holds right now (queues, sets, processes, counters), the
+per-class pass state PostgreSQL holds (:func:`classes`), and where one job is
+(:func:`job`).
 
 ``status()`` is what ``reconcile status --json`` prints. Its shape (documented in
 ``docs/cli.md``)::
