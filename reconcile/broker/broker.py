@@ -39,13 +39,13 @@ from .connect import CONNECT_TIMEOUT, make_client
 from .enqueue import EnqueueOps, PushRecord, enqueue_refused
 from .fetch import Delivery, FetchOps, suspect_threshold
 from .inspection import InspectionOps
-from .locate import LOCATE_MAXLEN, LocateOps, Location, LockState
+from .locate import LOCATE_MAXSCAN, LocateOps, Location, LockState
 from .maintenance import RECOVERY_TTL, MaintenanceOps, ReapResult
 from .namespace import NamespaceOps
 from .sets import SET_BATCH, SetOps
 
 __all__ = [
-    "CONNECT_TIMEOUT", "LOCATE_MAXLEN", "RECOVERY_TTL", "SET_BATCH", "WAKE_CAP", "Broker", "BrokerBase",
+    "CONNECT_TIMEOUT", "LOCATE_MAXSCAN", "RECOVERY_TTL", "SET_BATCH", "WAKE_CAP", "Broker", "BrokerBase",
     "Delivery", "Location", "LockState", "PushRecord", "ReapResult", "enqueue_refused", "make_client",
     "suspect_threshold",
 ]

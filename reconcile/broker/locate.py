@@ -1,8 +1,8 @@
 """Where one job is: :meth:`LocateOps.locate` (by jid) and :meth:`LocateOps.locate_lock`
 (by uniqueness lock), one ``locate.lua`` call each, through the jid index
 (``{ns}:jobs``, its format in ``lua/prelude.lua``). Bounded work: the index names the
-one place to look, and a queue position is searched among the ``LOCATE_MAXLEN`` oldest
-entries of the job's queue only."""
+one place to look, and a queue position is searched among the ``LOCATE_MAXSCAN``
+oldest entries of the job's queue only."""
 
 from __future__ import annotations
 
@@ -10,17 +10,11 @@ from typing import Any, NamedTuple
 
 from .base import BrokerBase
 
-LOCATE_MAXLEN = 100_000
-"""Most queue entries one lookup compares with a known member (``LPOS ... MAXLEN``),
-counted from the oldest (the next to run): a job further back is reported as ``deep``
-(queued, position unknown), so that one lookup never costs more than this many
-comparisons."""
-
 LOCATE_MAXSCAN = 10_000
-"""Most queue entries one lookup searches for a jid whose index entry holds only its
-queue (``Q<queue>``: a plain job enqueued to run now, indexed without a copy of its
-payload). In Lua, 1,000 per ``LRANGE``: about 5 ms of Redis time at most (measured
-0.4 us per entry); a job further back is ``deep``."""
+"""Most queue entries one lookup searches, from the oldest (the next to run), 1,000
+per ``LRANGE`` inside ``locate.lua``: a few milliseconds of Redis time at most. A job
+further back is reported as ``deep`` (queued, position unknown). ``LPOS`` would be
+faster for a known member but is not in the documented ACL rule."""
 
 STATES = ("unknown", "running", "scheduled", "retry", "dead", "queued", "deep", "stale")
 """Every ``Location.state``, as ``locate.lua`` returns them."""
@@ -82,15 +76,14 @@ def _location(reply: list[Any]) -> Location:
 
 
 class LocateOps(BrokerBase):
-    def locate(self, jid: str, maxlen: int = LOCATE_MAXLEN, maxscan: int = LOCATE_MAXSCAN) -> Location:
+    def locate(self, jid: str, maxscan: int = LOCATE_MAXSCAN) -> Location:
         """Where job ``jid`` is, in one bounded call (see :class:`Location`)."""
-        return _location(self._locate(keys=[self.keys.script_key], args=["J", maxlen, jid, maxscan]))
+        return _location(self._locate(keys=[self.keys.script_key], args=["J", maxscan, jid]))
 
-    def locate_lock(self, digest: str, maxlen: int = LOCATE_MAXLEN,
-                    maxscan: int = LOCATE_MAXSCAN) -> LockState:
+    def locate_lock(self, digest: str, maxscan: int = LOCATE_MAXSCAN) -> LockState:
         """The uniqueness lock ``digest``: its TTL, and where its job is when the lock
         names it (a retrying job's lock holds its jid; a pass's holds ``1``)."""
-        reply = self._locate(keys=[self.keys.script_key], args=["K", maxlen, digest, maxscan])
+        reply = self._locate(keys=[self.keys.script_key], args=["K", maxscan, digest])
         ttl, value = int(reply[0]), reply[1]
         jid = _text(value) if value and value != b"1" else None
         return LockState(ttl, jid, _location(reply[2:]) if len(reply) > 2 else None)

@@ -2,12 +2,13 @@
 --
 -- Bounded work: one HGET of the index, then one lookup where the entry points (ZSCORE
 -- of the member, ZRANGEBYSCORE of one dead score, one lease HGET), or for a queued job
--- LPOS of its member among the ARGV[2] oldest of its queue (the end workers take
--- from) or, for an entry "Q<queue>" (which holds no member), a search for its jid
--- among the ARGV[4] oldest entries of that queue, 1,000 per LRANGE: never a scan of
--- the whole of a set. Read-only, except that an entry naming a
--- lease that is gone (its process was reaped before it was indexed again, an entry
--- left behind) is removed, so that stale entries do not outlive a lookup.
+-- a search among the ARGV[2] oldest entries of its queue (the end workers take from),
+-- 1,000 per LRANGE, for its member or, for an entry "Q<queue>" (which holds no
+-- member), for its jid: never a scan of the whole of a set. Only commands of the
+-- documented ACL rule (docs/settings.md): LRANGE, not LPOS. Read-only, except that an
+-- entry naming a lease that is gone (its process was reaped before it was indexed
+-- again, an entry left behind) is removed, so that stale entries do not outlive a
+-- lookup.
 --
 -- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
 -- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
@@ -20,12 +21,10 @@
 --   {ns}:schedule       ZSET  ZSCORE of the member
 --   {ns}:retry          ZSET  ZSCORE of the member
 --   {ns}:dead           ZSET  ZRANGEBYSCORE of the entry's score
---   {ns}:queue:<q>      LIST  LPOS of the member (RANK -1 MAXLEN ARGV[2]), LLEN; for a
---                             "Q<queue>" entry LRANGE of its ARGV[4] oldest
+--   {ns}:queue:<q>      LIST  LLEN, LRANGE of its ARGV[2] oldest entries
 -- ARGV[1]  mode: "J" (by jid: ARGV[3] the jid) or "K" (by uniqueness lock: ARGV[3]
 --          the lock digest; the lock's jid, when it names one, is located as by "J")
--- ARGV[2]  most queue entries LPOS compares (from the oldest)
--- ARGV[4]  most queue entries searched for the jid of a "Q<queue>" entry
+-- ARGV[2]  most queue entries searched (from the oldest)
 -- Returns  {state, now (server clock, epoch ms), ...} where state and the rest are:
 --   "unknown"                                 no entry (never indexed, or ended)
 --   "running", proc, since_ms, field, payload leased by <proc> since <since_ms>
@@ -33,15 +32,34 @@
 --   "retry", score, payload                   in the retry set, runs at <score>
 --   "dead", score, payload                    in the dead set since <score>
 --   "queued", queue, position, length, payload   <position> 0 = the next to run
---   "deep", queue, length, payload            in the index, not among the ARGV[2]
+--   "deep", queue, length, payload or false   in the index, not among the ARGV[2]
 --                                             oldest of its queue (queued further back,
 --                                             or in transit between sets)
 --   "stale", entry                            the entry names a place the job left
 -- mode K prepends {lock ttl ms (-2: no lock), lock value or false}.
-local mode, maxlen, maxscan = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+local mode, maxscan = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local jobs = p .. ':jobs'
+
+-- Search the ARGV[2] oldest entries of queue q for the one `match` accepts: its
+-- position (0 = the next to run), the entry and the queue's length, or nil and the
+-- length.
+local function search(q, match)
+  local key = p .. ':queue:' .. q
+  local len = redis.call('LLEN', key)
+  local done = 0
+  while done < math.min(len, maxscan) do
+    local n = math.min(1000, maxscan - done)
+    local chunk = redis.call('LRANGE', key, -(done + n), -(done + 1))
+    for c = #chunk, 1, -1 do
+      if match(chunk[c]) then return done + (#chunk - c), chunk[c], len end
+    end
+    if #chunk < n then break end
+    done = done + n
+  end
+  return nil, nil, len
+end
 
 local function by_jid(jid)
   local e = redis.call('HGET', jobs, jid)
@@ -65,21 +83,9 @@ local function by_jid(jid)
   end
   if head == 81 then  -- "Q<queue>": search the queue's oldest entries for the jid
     local q = string.sub(e, 2)
-    local key = p .. ':queue:' .. q
-    local len = redis.call('LLEN', key)
     local needle = '"jid":"' .. jid .. '"'
-    local done = 0
-    while done < math.min(len, maxscan) do
-      local n = math.min(1000, maxscan - done)
-      local chunk = redis.call('LRANGE', key, -(done + n), -(done + 1))
-      for c = #chunk, 1, -1 do
-        if string.find(chunk[c], needle, 1, true) then
-          return {'queued', now_ms, q, done + (#chunk - c), len, chunk[c]}
-        end
-      end
-      if #chunk < n then break end
-      done = done + n
-    end
+    local pos, item, len = search(q, function(x) return string.find(x, needle, 1, true) end)
+    if pos then return {'queued', now_ms, q, pos, len, item} end
     if len > maxscan then return {'deep', now_ms, q, len, false} end
     return {'stale', now_ms, e}
   end
@@ -89,11 +95,9 @@ local function by_jid(jid)
   if score then return {'retry', now_ms, score, e} end
   local q = payload_queue(e)
   if q then
-    local key = p .. ':queue:' .. q
-    local len = redis.call('LLEN', key)
-    local idx = redis.call('LPOS', key, e, 'RANK', -1, 'MAXLEN', maxlen)
-    if idx then return {'queued', now_ms, q, len - 1 - idx, len, e} end
-    if len > maxlen then return {'deep', now_ms, q, len, e} end
+    local pos, _, len = search(q, function(x) return x == e end)
+    if pos then return {'queued', now_ms, q, pos, len, e} end
+    if len > maxscan then return {'deep', now_ms, q, len, e} end
   end
   return {'stale', now_ms, e}
 end

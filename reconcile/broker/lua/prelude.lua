@@ -32,7 +32,7 @@
 -- The jid index {ns}:jobs: HASH jid -> where the job is, so that `reconcile job JID`
 -- answers in bounded time (locate.lua) instead of scanning every set. Its values:
 --   "{..."                    the job waits as exactly these bytes (the member) in its
---                             queue (LPOS), the scheduled set or the retry set (ZSCORE)
+--                             queue (searched), the scheduled or the retry set (ZSCORE)
 --   "Q<queue>"                a plain job enqueued to <queue> (no copy of its payload:
 --                             found by a bounded scan of the queue's oldest entries)
 --   "D<score>"                dead since <score> (ZRANGEBYSCORE dead <score> <score>)

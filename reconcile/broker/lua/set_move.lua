@@ -33,7 +33,7 @@ for i = 4, #ARGV, step do
   out[#out + 1] = gone
   if gone == 1 then
     local jid = payload_jid(ARGV[i])
-    local indexed = jid and redis.call('HEXISTS', p .. ':jobs', jid) == 1
+    local indexed = jid and redis.call('HGET', p .. ':jobs', jid)  -- HGET: in the ACL rule
     if mode == 'Q' then
       if indexed then redis.call('HSET', p .. ':jobs', jid, ARGV[i + 2]) end
       local q = ARGV[i + 1]
