@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from reconcile import Job, api
+from reconcile import Job, api, whereis
 from reconcile.broker import Broker, SettleOp
 from reconcile.cli import main
 from reconcile.config import Settings
@@ -130,6 +130,16 @@ def test_trimming_the_dead_set_trims_the_index(settings: Settings, broker: Broke
     assert index_size(b) == 2
 
 
+def test_a_lookup_searches_a_bounded_part_of_the_queue(settings: Settings, broker: Broker) -> None:
+    jids = [str(Indexed.perform_async(i)) for i in range(12)]
+    near = broker.locate(jids[3], maxscan=5)
+    assert (near.state, near.position, near.length) == ("queued", 3, 12)
+    far = broker.locate(jids[11], maxscan=5)
+    assert (far.state, far.position, far.length) == ("deep", None, 12)
+    assert whereis.located(jids[11], far)["note"].startswith("queued further back")
+    assert api.job(jids[11], settings)["position"] == 11  # within the default bound
+
+
 def test_reconcile_job_prints_the_answer_and_refuses_a_bad_jid(settings: Settings, broker: Broker) -> None:
     jid = Indexed.perform_async(7)
     out = run_cli(settings, "job", str(jid))
@@ -159,6 +169,9 @@ def test_a_pass_adds_nothing_to_the_index(pg_settings: Settings, broker: Broker,
     jid = json.loads(raw)["jid"]
     doc = api.job(jid, pg_settings)
     assert doc["state"] == "unknown" and "reconcile key" in doc["note"]
+    for _ in range(3):
+        deliver(pg_settings, broker, "items")
+    assert index_size(broker) == 0, "running entries end with their deliveries"
 
 
 def test_key_status_follows_a_key_from_pending_to_done(
