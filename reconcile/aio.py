@@ -51,7 +51,10 @@ def loop() -> asyncio.AbstractEventLoop:
 
 def submit(coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
     """Schedule ``coro`` on the process loop; its future, which ``cancel()`` cancels
-    in the loop."""
+    in the loop. The coroutine runs with a copy of the caller's context variables
+    (``call_soon_threadsafe`` copies the calling thread's context, and the task starts
+    from it), so the running job's :data:`reconcile.logs.job_context` reaches the log
+    calls of an async ``perform`` (tests/integration/test_banner_and_job_lines.py)."""
     return asyncio.run_coroutine_threadsafe(coro, loop())
 
 

@@ -1,4 +1,6 @@
-"""Inspection: what Redis holds right now (queues, sets, processes, counters).
+"""Inspection: what Redis holds right now (queues, sets, processes, counters), the
+per-class pass state PostgreSQL holds (:func:`classes`), and where one job is
+(:func:`job`).
 
 ``status()`` is what ``reconcile status --json`` prints. Its shape (documented in
 ``docs/cli.md``)::
@@ -141,9 +143,12 @@ def _process(pid: bytes, info: dict[bytes, bytes] | str, alive: bool, leased: in
     return out
 
 
-def status(settings: Settings | None = None, broker: Broker | None = None) -> dict[str, Any]:
+def status(settings: Settings | None = None, broker: Broker | None = None,
+           include_classes: bool = True) -> dict[str, Any]:
     """A snapshot of the namespace, in a handful of round trips; never fails on what
-    Redis holds (see the module docs)."""
+    Redis holds (see the module docs). With a database configured and
+    ``include_classes``, also ``classes``: per ReconciledJob class, its last pass, next
+    tick, switch and quarantine size (:func:`classes`; four PostgreSQL queries)."""
     broker = broker or get_broker(settings)
     now = time.time()
     queues = []
@@ -181,7 +186,7 @@ def status(settings: Settings | None = None, broker: Broker | None = None) -> di
     }
     if bad_counters:
         doc["invalid_counters"] = bad_counters
-    return doc
+    return with_classes(doc, broker.settings) if include_classes else doc
 
 
 def dead_jobs(settings: Settings | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -193,3 +198,80 @@ def dead_jobs(settings: Settings | None = None, limit: int = 50) -> list[dict[st
         job.setdefault("failed_at", score)
         out.append(job)
     return out
+
+
+def job(jid: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Where job ``jid`` is right now, in one bounded Redis call (the jid index):
+    queued (which queue, at which position), scheduled, retrying, dead (with its
+    traceback and, for a ReconciledJob, its quarantine entry), running (which process,
+    for how long) or unknown. The shape is :func:`reconcile.whereis.job`'s
+    (docs/cli.md, "reconcile job"); ValueError for a string that cannot be a jid."""
+    from .whereis import job as locate_job
+
+    return locate_job(jid, settings)
+
+
+def classes(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Per ReconciledJob class of the app (and every class PostgreSQL has a schedule,
+    a run or a switch for): its last pass, next tick, switch and quarantine size, read
+    from PostgreSQL in four queries. The shape (docs/cli.md, "reconcile status")::
+
+        {"class": "shop.jobs.ShipOrder", "schedule": "every 60s", "next_tick": 1732357140.0,
+         "enabled": true, "disabled_reason": null, "quarantined": 2,
+         "last_pass": {"started_at": 1732357080.2, "trigger": "tick", "found": 12,
+                       "enqueued": 10, "already_queued": 2, "quarantined": 0, "deferred": 0,
+                       "disabled": false, "duration_ms": 41, "error": null,
+                       "finished_at": 1732357080.3} | null}
+    """
+    from .reconciled import ReconciledJob
+    from .registry import all_classes
+    from .store import quarantine, runs, schedules, switches
+    from .store.engine import get_engine
+
+    engine = get_engine(settings)
+    last = runs.last_runs(engine)
+    rows = {s.name: s for s in schedules.list_schedules(engine) if s.kind == "pass"}
+    switch = switches.all_switches(engine)
+    held = quarantine.counts(engine)
+    names = {n for n, c in all_classes().items() if issubclass(c, ReconciledJob)}
+    names |= set(last) | set(rows) | set(held) | {n for n, sw in switch.items() if not sw.enabled}
+    out = []
+    for name in sorted(names):
+        run, row, sw = last.get(name), rows.get(name), switch.get(name)
+        out.append({
+            "class": name,
+            "schedule": row.spec if row else None,
+            "next_tick": row.next_run_at.timestamp() if row else None,
+            "enabled": sw is None or sw.enabled,
+            "disabled_reason": sw.reason if sw is not None and not sw.enabled else None,
+            "quarantined": held.get(name, 0),
+            "last_pass": None if run is None else {
+                "started_at": run.started_at.timestamp(), "trigger": run.trigger,
+                "found": run.found, "enqueued": run.enqueued, "already_queued": run.already_queued,
+                "quarantined": run.quarantined, "deferred": run.deferred, "disabled": run.disabled,
+                "duration_ms": run.duration_ms, "error": run.error,
+                "finished_at": run.finished_at.timestamp() if run.finished_at else None,
+            },
+        })
+    return out
+
+
+def with_classes(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``doc`` (a :func:`status` document) with ``classes`` (:func:`classes`) when a
+    database is configured (``database_url`` set other than by default) or a
+    ReconciledJob class is registered; a database that cannot be read gives
+    ``classes: null`` and ``classes_error`` (the Redis half of the status stands on
+    its own). A plain-jobs deployment on the default URL is not asked about a
+    database it does not use."""
+    from .reconciled import ReconciledJob
+    from .registry import all_classes
+
+    configured = bool(settings.database_url) and settings.source_of("database_url") != "default"
+    if not configured and not any(issubclass(c, ReconciledJob) for c in all_classes().values()):
+        return doc
+    try:
+        return {**doc, "classes": classes(settings)}
+    except Exception as exc:
+        from .config import scrub
+
+        return {**doc, "classes": None, "classes_error": scrub(f"{type(exc).__name__}: {exc}", settings)}

@@ -39,7 +39,7 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from . import __version__, registry, sets
+from . import __version__, registry, sets, whereis
 from .api import status as get_status
 from .broker import get_broker
 from .config import Settings, current_settings, get_settings, load_settings, scrub, use_settings
@@ -212,6 +212,31 @@ def status(apps: tuple[str, ...], as_json: bool, **flags: Any) -> None:
                    "are stopped (start `reconcile scheduler`)")
     click.echo("counters " + "  ".join(f"{k} {v}" for k, v in doc["counters"].items())
                + invalid({"invalid": doc.get("invalid_counters", {})}))
+    _status_classes(doc)
+
+
+def _status_classes(doc: dict[str, Any]) -> None:
+    """``reconcile status``'s per-class lines (``classes`` of the document)."""
+    from .web.html import time_text  # deferred: start-up (the web package)
+
+    if doc.get("classes_error"):
+        click.echo(f"classes: PostgreSQL could not be read ({doc['classes_error']})")
+    for c in doc.get("classes") or []:
+        run = c["last_pass"]
+        if run is None:
+            last = "no pass yet"
+        else:
+            took = "running" if run["finished_at"] is None else f"{run['duration_ms']} ms"
+            last = (f"last pass {time_text(run['started_at'])} ({run['trigger']}, {took}) found "
+                    f"{run['found']} enqueued {run['enqueued']} already queued {run['already_queued']} "
+                    f"quarantined {run['quarantined']} deferred {run['deferred']}")
+            if run["disabled"]:
+                last += " (disabled: backlog not enqueued)"
+            if run["error"]:
+                last += f" ERROR {run['error']}"
+        tick = time_text(c["next_tick"]) if c["next_tick"] else "no schedule row"
+        switch = "enabled" if c["enabled"] else f"DISABLED ({c['disabled_reason']})"
+        click.echo(f"class {c['class']} {switch}, next tick {tick}, quarantined {c['quarantined']}; {last}")
 
 
 @main.group()
@@ -376,18 +401,29 @@ def quarantine_list(apps: tuple[str, ...], job: str | None, as_json: bool, **fla
 
     settings = setup(apps, **flags)
     entries = q.list_entries(get_engine(settings), _job_name(job, settings))
+    dead = _dead_records(settings, [(e.payload or {}).get("jid") for e in entries])
     for e in entries:
         if as_json:
             click.echo(json.dumps({
                 "job": e.job, "key": list(e.key), "reason": e.reason, "error_class": e.error_class,
                 "error_message": e.error_message, "quarantined_at": e.quarantined_at.isoformat(),
                 "jid": (e.payload or {}).get("jid"),
+                "dead_record": dead.get(str((e.payload or {}).get("jid"))),
             }))
             continue
+        jid = str((e.payload or {}).get("jid"))
+        record = f" dead record {jid}" if dead.get(jid) else " (no dead record)"
         click.echo(f"{e.job} {json.dumps(list(e.key))} {e.quarantined_at:%Y-%m-%d %H:%M:%S} "
-                   f"{e.error_class}: {e.error_message}")
+                   f"{e.error_class}: {e.error_message}{record}")
     if not as_json:
         click.echo(f"{len(entries)} quarantined")
+
+
+def _dead_records(settings: Settings, jids: list[Any]) -> dict[str, bool]:
+    """For each jid (of a quarantine entry's last delivery), whether its dead record is
+    still in the dead set: one bounded lookup each (``Broker.locate``)."""
+    broker = get_broker(settings)
+    return {j: broker.locate(j).state == "dead" for j in jids if isinstance(j, str) and j}
 
 
 @quarantine.command("release")
@@ -415,6 +451,46 @@ def quarantine_release(
         except InvalidKey as exc:
             raise click.UsageError(str(exc)) from None
     click.echo(f"released {n} keys")
+
+
+@main.command("job")
+@common_options
+@click.argument("jid")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (see docs/cli.md).")
+def job_cmd(apps: tuple[str, ...], jid: str, as_json: bool, **flags: Any) -> None:
+    """Where job JID is: queued (queue, position), scheduled, retrying, dead, running, or unknown."""
+    settings = setup(apps, **flags)
+    try:
+        doc = whereis.job(jid, settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for line in whereis.job_lines(doc):
+        click.echo(line)
+
+
+@main.command("key")
+@common_options
+@click.argument("job")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (see docs/cli.md).")
+def key_cmd(apps: tuple[str, ...], job: str, key: str, as_json: bool, **flags: Any) -> None:
+    """Why KEY of ReconciledJob JOB is or is not done (KEY: 42, or '[7,"eu"]' for several columns)."""
+    from . import control  # deferred: start-up (PostgreSQL driver)
+
+    settings = setup(apps, **flags)
+    cls = _reconciled_class(job)
+    try:
+        doc = whereis.key_status(cls, control.parse_key(key), settings)
+    except InvalidKey as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for line in whereis.key_lines(doc):
+        click.echo(line)
 
 
 SET_GROUPS = (
@@ -462,6 +538,8 @@ def _set_show(which: str, jid: str, apps: tuple[str, ...], as_json: bool,
         raise CliError(f"no job {jid!r} in the {which} set")
     job = entry.payload or {}
     if as_json:
+        if which == "dead":
+            job = {**job, **_link_doc(settings, job)}
         click.echo(json.dumps(job))
         return
     click.echo(f"jid {job.get('jid')}  class {job.get('class')}  queue {job.get('queue')}")
@@ -476,6 +554,26 @@ def _set_show(which: str, jid: str, apps: tuple[str, ...], as_json: bool,
     elif "error_class" in job:
         click.echo("(no traceback kept: the class's backtrace option is off, or the record "
                    "predates it)")
+    if which == "dead":
+        _quarantine_link(settings, job)
+
+
+def _link_doc(settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
+    """``{"quarantine": ..., "resolved": ...}`` for a ReconciledJob's dead record, else {}."""
+    cls = registry.all_classes().get(str(job.get("class")))
+    if cls is None or not issubclass(cls, ReconciledJob) or not isinstance(job.get("args"), list):
+        return {}
+    return whereis.dead_link(settings, cls, job["args"])
+
+
+def _quarantine_link(settings: Settings, job: dict[str, Any]) -> None:
+    """``dead show``'s line linking a ReconciledJob's dead record to its key's
+    quarantine entry (or saying it was released, and whether the key is done since)."""
+    cls = registry.all_classes().get(str(job.get("class")))
+    if cls is None or not issubclass(cls, ReconciledJob) or not isinstance(job.get("args"), list):
+        return
+    link = whereis.dead_link(settings, cls, job["args"])
+    click.echo("quarantine: " + whereis.link_line(link))
 
 
 def _set_change(which: str, action: str, apps: tuple[str, ...], jids: tuple[str, ...],

@@ -141,8 +141,9 @@ def _enqueue(
     out: list[str | None] = [None] * len(args_list)
     broker = get_broker(settings)
     step = settings.bulk_batch_size
+    index = not job_class.keyed  # plain jobs are found by jid; ReconciledJobs by key
     for start in range(0, len(records), step):
-        flags = broker.push(records[start : start + step])
+        flags = broker.push(records[start : start + step], index)
         for j, ok in enumerate(flags):
             if ok:
                 slot, jid = jids[start + j]

@@ -254,6 +254,12 @@ class Settings:
     ``opentelemetry-api``): spans ``enqueue``, ``perform`` and ``pass`` through the
     process's global TracerProvider, linked by a ``traceparent`` field in each payload
     (:mod:`reconcile.tracing`). Default ``"off"``."""
+    log_job_lines: bool = False
+    """Log a ``start`` and a ``done`` line (logger ``reconcile.job``, INFO) for every job
+    a worker runs, for audit: the done line carries ``outcome`` and ``duration_ms``, and
+    in the ``json`` format both carry ``jid``, ``class``, ``queue``, ``key``,
+    ``attempt``. Two records per job: off by default (Sidekiq's default is on).
+    Default False."""
 
     retry_traceback_log_level: str = "DEBUG"
     """Level at which a worker logs the traceback of a failure that will be retried

@@ -30,6 +30,7 @@ import redis
 from .broker import get_broker
 from .config import Settings
 from .job import Job
+from .payload import loads_lenient
 from .scheduler.passes import PassResult
 from .scheduler.schedule_rows import CRON_PREFIX, job_of_row, partition_of
 from .scheduler.service import Scheduler
@@ -138,9 +139,40 @@ def release_quarantined(settings: Settings, job: str, keys: Sequence[Sequence[An
     wanted = [list(k) for k in keys]
     if job_class is not None:
         wanted += [c for c in (job_class.canonical_args(k) for k in wanted) if c not in wanted]
-    return quarantine.release(get_engine(settings), job, wanted)
+    released = quarantine.release_returning(get_engine(settings), job, wanted)
+    drop_dead_records(settings, released)
+    return len(released)
 
 
 def release_all_quarantined(settings: Settings, job: str | None) -> int:
-    """Release every quarantined key (of ``job``, if given); returns how many."""
-    return quarantine.release_all(get_engine(settings), job)
+    """Release every quarantined key (of ``job``, if given); returns how many. Their
+    dead records go with them, as for :func:`release_quarantined`."""
+    released = quarantine.release_returning(get_engine(settings), job, None)
+    drop_dead_records(settings, released)
+    return len(released)
+
+
+def drop_dead_records(settings: Settings, entries: Sequence[quarantine.Entry]) -> int:
+    """Remove the dead records of released quarantine entries (issue 13, item 8): a
+    released key gets a new delivery from the next pass, and its old death must not
+    stay in the dead set as if it were still unresolved. Each dead record of the same
+    class and key goes (one ``ZSCAN`` of the dead set per class, matching its class and
+    args bytes; the dead set is bounded by ``dead_max_jobs``); returns how many."""
+    if not entries:
+        return 0
+    broker = get_broker(settings)
+    by_job: dict[str, set[str]] = {}
+    for e in entries:
+        by_job.setdefault(e.job, set()).add(json.dumps(list(e.key), separators=(",", ":")))
+    removed = 0
+    for job, keys in by_job.items():
+        needle = b'"class":' + json.dumps(job).encode() + b',"args":'
+        doomed: list[tuple[bytes, str]] = []
+        for rows in broker.set_scan("dead", containing=needle):
+            for member, _score in rows:
+                record = loads_lenient(member)
+                args = json.dumps(record.get("args"), separators=(",", ":"))
+                if record.get("class") == job and args in keys:
+                    doomed.append((member, ""))
+        removed += sum(broker.set_delete("dead", doomed))
+    return removed

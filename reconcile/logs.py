@@ -103,6 +103,12 @@ class JsonFormatter(logging.Formatter):
                 value = known.get(name)
             if value is not None:
                 line[name] = value
+        banner = getattr(record, "banner", None)
+        if isinstance(banner, dict):
+            # the start-up banner (reconcile.banner): its facts as one object, and a
+            # one-line msg instead of the text block
+            line["banner"] = banner
+            line["msg"] = f"reconcile {banner.get('role')} {banner.get('process')} starting"
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -239,6 +239,16 @@ class ReconciledJob(Job):
         ``args`` is the key's canonical form (enqueue canonicalises first)."""
         return key_digest(cls.job_name, args)
 
+    @classmethod
+    def status(cls, *key: Any) -> dict[str, Any]:
+        """Why this key is or is not done: pending in PostgreSQL, running, in Redis,
+        quarantined, disabled, and a one-word ``verdict``
+        (:func:`reconcile.whereis.key_status`; the shape is in docs/cli.md). ``key``:
+        the key's values (``ShipOrder.status(42)``, ``Sync.status(7, "eu")``)."""
+        from .whereis import key_status
+
+        return key_status(cls, key)
+
     @property
     def idempotency_key(self) -> str:
         """Stable for (class, key): pass it to external APIs so a retried side effect is

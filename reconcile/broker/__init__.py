@@ -8,12 +8,12 @@ from __future__ import annotations
 import threading
 
 from ..config import Settings, get_settings
-from .broker import Broker, Delivery, PushRecord, ReapResult, suspect_threshold
+from .broker import Broker, Delivery, Location, LockState, PushRecord, ReapResult, suspect_threshold
 from .keys import Keys
 from .settle import SettleKind, SettleOp
 
-__all__ = ["Broker", "Delivery", "Keys", "PushRecord", "ReapResult", "SettleKind", "SettleOp", "get_broker",
-           "suspect_threshold"]
+__all__ = ["Broker", "Delivery", "Keys", "Location", "LockState", "PushRecord", "ReapResult", "SettleKind",
+           "SettleOp", "get_broker", "suspect_threshold"]
 
 _lock = threading.Lock()
 _cache: dict[Settings, Broker] = {}

@@ -43,6 +43,8 @@ class BrokerBase:
         self._heartbeat = self.register("heartbeat.lua")
         self._release = self.register("release.lua")
         self._set_move = self.register("set_move.lua")
+        self._locate = self.register("locate.lua")
+        self._trim_dead = self.register("trim_dead.lua")
         self._free = private.FreeConnections(self.redis)  # idle connections of _eval and claim
 
     def register(self, name: str) -> Script:

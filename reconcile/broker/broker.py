@@ -13,6 +13,7 @@ module                        what
 ``maintenance.py``            heartbeat, release, promote, reap, dead-set trim
 ``sets.py``                   scheduled / retry / dead sets for operators
 ``inspection.py``             queues, processes, counters, switch mirror, checks
+``locate.py``                 where one job is, by jid or by lock (``locate.lua``)
 ``namespace.py``              flush, epoch sentinel, incident claim
 ``scripts.py``                the Lua scripts with ``lua/prelude.lua`` prepended
 ``connect.py``                the redis-py client (timeouts, TLS, retries)
@@ -38,15 +39,17 @@ from .connect import CONNECT_TIMEOUT, make_client
 from .enqueue import EnqueueOps, PushRecord, enqueue_refused
 from .fetch import Delivery, FetchOps, suspect_threshold
 from .inspection import InspectionOps
+from .locate import LOCATE_MAXSCAN, LocateOps, Location, LockState
 from .maintenance import RECOVERY_TTL, MaintenanceOps, ReapResult
 from .namespace import NamespaceOps
 from .sets import SET_BATCH, SetOps
 
 __all__ = [
-    "CONNECT_TIMEOUT", "RECOVERY_TTL", "SET_BATCH", "WAKE_CAP", "Broker", "BrokerBase", "Delivery",
-    "PushRecord", "ReapResult", "enqueue_refused", "make_client", "suspect_threshold",
+    "CONNECT_TIMEOUT", "LOCATE_MAXSCAN", "RECOVERY_TTL", "SET_BATCH", "WAKE_CAP", "Broker", "BrokerBase",
+    "Delivery", "Location", "LockState", "PushRecord", "ReapResult", "enqueue_refused", "make_client",
+    "suspect_threshold",
 ]
 
 
-class Broker(EnqueueOps, FetchOps, MaintenanceOps, SetOps, InspectionOps, NamespaceOps):
+class Broker(EnqueueOps, FetchOps, MaintenanceOps, SetOps, InspectionOps, NamespaceOps, LocateOps):
     """Redis operations for one namespace. Thread-safe (redis-py pools connections)."""

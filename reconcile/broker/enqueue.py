@@ -53,25 +53,28 @@ def enqueue_refused(count: int, exc: redis.OutOfMemoryError) -> BrokerError:
 
 
 class EnqueueOps(BrokerBase):
-    def push(self, records: Sequence[PushRecord]) -> list[bool]:
+    def push(self, records: Sequence[PushRecord], index: bool = False) -> list[bool]:
         """Push a batch in one Lua call; ``False`` where a uniqueness lock was held. A
         job whose run-at is after the Redis server's clock goes to the scheduled set.
-        Under ``maxmemory`` with ``noeviction`` raises :class:`BrokerError` and writes
-        nothing."""
+        ``index`` (plain jobs) also records each pushed job in the jid index, in the
+        same call (``reconcile job JID`` finds it while it waits); ReconciledJobs are
+        not indexed (they are found by key). Under ``maxmemory`` with ``noeviction``
+        raises :class:`BrokerError` and writes nothing."""
         if not records:
             return []
         try:
-            return self._push(records)
+            return self._push(records, index)
         except redis.OutOfMemoryError as exc:
             raise enqueue_refused(len(records), exc) from exc
 
-    def _push(self, records: Sequence[PushRecord]) -> list[bool]:
+    def _push(self, records: Sequence[PushRecord], index: bool) -> list[bool]:
         queue = records[0].queue
         if all(r.queue == queue and not r.lock and not r.at and not r.delay for r in records):
             # the common bulk case: one queue, no locks, run now
-            self._eval(self._enqueue, [WAKE_CAP, "Q", queue, *(r.payload for r in records)])
+            mode = "QI" if index else "Q"
+            self._eval(self._enqueue, [WAKE_CAP, mode, queue, *(r.payload for r in records)])
             return [True] * len(records)
-        args: list[Any] = [WAKE_CAP, "F"]
+        args: list[Any] = [WAKE_CAP, "FI" if index else "F"]
         for r in records:
             args += (r.queue, run_at_arg(r), r.lock, r.lock_ttl_ms, r.payload)
         flags = self._eval(self._enqueue, args)

@@ -92,6 +92,14 @@ class Keys:
     def unique(self, digest: str) -> str:
         return f"{self.tag}:unique:{digest}"
 
+    @property
+    def jobs(self) -> str:
+        """The jid index: jid -> where the job is (its member, ``D<score>`` once dead,
+        ``L...`` while leased); the format is in ``lua/prelude.lua``. Plain jobs from
+        their enqueue, every job while leased, retried or dead; a ReconciledJob that
+        waits after a pass is not in it (it is found by its key)."""
+        return f"{self.tag}:jobs"
+
     def recoveries(self, jid: str) -> str:
         """How often a job was recovered from crashed workers (written by reap.lua)."""
         return f"{self.tag}:recov:{jid}"

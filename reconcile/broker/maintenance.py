@@ -39,6 +39,9 @@ REAP_BATCH = 100
 """Most lapsed processes one ``reap.lua`` call examines; :meth:`MaintenanceOps.reap`
 callers repeat while ``more`` is set, so one call stays short however many died."""
 
+DEAD_TRIM_BATCH = 1000
+"""Most dead-set members one ``trim_dead.lua`` call removes."""
+
 LEGACY_SAMPLE = 100
 """Members of ``{ns}:procs`` one reap call samples (``SRANDMEMBER``) for processes
 missing from ``{ns}:beats``: those registered by the previous version, whose
@@ -99,14 +102,13 @@ class MaintenanceOps(BrokerBase):
 
     def trim_dead(self) -> None:
         """Keep the dead set within ``dead_max_jobs`` and ``dead_timeout_seconds``
-        (fetch.lua trims when a worker kills a job; the reaper and promoter do not).
+        (fetch.lua trims when a worker kills a job; the reaper and promoter do not),
+        ``trim_dead.lua``: 1,000 members per call, and their jid index entries with them.
         The age is measured on the Redis server's clock, the one the scores are on."""
-        seconds, micros = self.redis.time()
-        oldest = seconds + micros / 1e6 - self.settings.dead_timeout_seconds
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(self.keys.dead, "-inf", oldest)
-        pipe.zremrangebyrank(self.keys.dead, 0, -(self.settings.dead_max_jobs + 1))
-        pipe.execute()
+        s = self.settings
+        args = [s.dead_max_jobs, int(s.dead_timeout_seconds), DEAD_TRIM_BATCH]
+        while int(self._trim_dead(keys=[self.keys.script_key], args=args)) == DEAD_TRIM_BATCH:
+            pass  # more to trim (a lowered dead_max_jobs): the next 1,000
 
     def release(self, proc_id: str) -> int:
         """Push back every job ``proc_id`` holds and unregister it; returns the count."""

@@ -17,8 +17,8 @@ PRELUDE = "prelude.lua"
 """The file prepended to every script."""
 
 SCRIPTS = (
-    "enqueue.lua", "fetch.lua", "heartbeat.lua", "pass_enqueue.lua", "promote.lua", "reap.lua",
-    "release.lua", "set_move.lua",
+    "enqueue.lua", "fetch.lua", "heartbeat.lua", "locate.lua", "pass_enqueue.lua", "promote.lua",
+    "reap.lua", "release.lua", "set_move.lua", "trim_dead.lua",
 )
 """Every script of ``lua/`` (the prelude excepted), each registered by the broker."""
 

@@ -9,8 +9,8 @@ properties; the one-letter codes ``fetch.lua`` reads (A/X/R/S/D/Q) are the value
 =============  ====  ====================================================  ============
 kind           code  effect in ``fetch.lua``                                a, b, c
 =============  ====  ====================================================  ============
-``ack``        A     lease removed, ``processed`` counted, lock released    lock
-``drop``       X     lease removed, lock released (already done, void)      lock
+``ack``        A     lease removed, ``processed`` counted, lock released    lock, jid
+``drop``       X     lease removed, lock released (already done, void)      lock, jid
 ``retry``      R     into the retry set ``delay`` s on, ``failed`` counted  delay, payload, lock
 ``reschedule`` S     into the scheduled set ``delay`` s on (no retry spent) delay, payload
 ``dead``       D     into the dead set (capped), ``failed`` counted         record, lock
@@ -53,15 +53,18 @@ class SettleOp(NamedTuple):
     # -- constructors ----------------------------------------------------------------
 
     @classmethod
-    def ack(cls, field: bytes, lock: str = "") -> SettleOp:
-        """Performed: counted ``processed``; ``lock`` (a uniqueness lock) is released."""
-        return cls(SettleKind.ACK, field, lock)
+    def ack(cls, field: bytes, lock: str = "", jid: str = "") -> SettleOp:
+        """Performed: counted ``processed``; ``lock`` (a uniqueness lock) is released;
+        the job's ``jid`` leaves the jid index ("": ``fetch.lua`` reads it from the
+        lease, one more command)."""
+        return cls(SettleKind.ACK, field, lock, jid)
 
     @classmethod
-    def drop(cls, field: bytes, lock: str = "") -> SettleOp:
+    def drop(cls, field: bytes, lock: str = "", jid: str = "") -> SettleOp:
         """Ends the lease with no other effect (already done, disabled, discarded, or a
-        late result of a delivery the watchdog settled); ``lock`` is released."""
-        return cls(SettleKind.DROP, field, lock)
+        late result of a delivery the watchdog settled); ``lock`` is released, ``jid``
+        leaves the jid index (as for :meth:`ack`)."""
+        return cls(SettleKind.DROP, field, lock, jid)
 
     @classmethod
     def retry(cls, field: bytes, delay: float, payload: bytes, lock: str = "") -> SettleOp:

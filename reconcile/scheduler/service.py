@@ -49,6 +49,7 @@ from typing import Any
 import redis
 
 from ..backoff import Backoff
+from ..banner import log_banner
 from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
 from ..job import Job
@@ -341,9 +342,8 @@ class Scheduler:
         if policy is not None and policy != "noeviction":
             log.warning("Redis maxmemory-policy is %r, not 'noeviction': evicted work is "
                         "re-derived by passes, but plain jobs are lost. Set noeviction.", policy)
-        log.info("scheduler %s started: %d schedules, Redis %s namespace %s, PostgreSQL %s",
-                 self.owner, len(self.classes), mask_url(self.settings.redis_url),
-                 self.settings.namespace, mask_url(self.settings.database_url))
+        log_banner("scheduler", self.owner, self.settings,
+                   schedules=sorted(self.classes))
         # its own thread, as in a worker: a round that waits on PostgreSQL (down, or a
         # slow claim) must not hold up promotion, which needs Redis only
         maintenance = threading.Thread(target=self.maintenance.run, args=(self._stop,),

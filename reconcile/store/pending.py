@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from ..errors import PendingQueryError
+from ._tx import Bind, transaction
 
 
 def key_columns(stmt: Select[Any]) -> int:
@@ -159,6 +160,34 @@ def try_lock(bind: Session | Connection, lock: int) -> bool:
 def try_key_lock(bind: Session | Connection, job: str, key: Sequence[Any]) -> bool:
     """Take the transaction-scoped advisory lock of (job, key); False if another holds it."""
     return try_lock(bind, lock_id(job, key))
+
+
+_LOCK_HOLDER = sa.text(
+    "SELECT l.pid, extract(epoch FROM a.xact_start) FROM pg_locks l "
+    "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.classid = CAST(:hi AS oid) AND l.objid = CAST(:lo AS oid) "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
+def key_lock_holder(bind: Bind, job: str, key: Sequence[Any]) -> tuple[int, float | None] | None:
+    """The backend holding the advisory lock of (job, key) -- a delivery of that key is
+    running its transaction -- as (pid, transaction start in epoch seconds), or None.
+    One read of ``pg_locks`` (a 64-bit lock shows as classid = high 32 bits, objid =
+    low 32 bits, objsubid = 1)."""
+    unsigned = lock_id(job, key) & 0xFFFFFFFFFFFFFFFF
+    with transaction(bind) as conn:
+        row = conn.execute(_LOCK_HOLDER, {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).first()
+    if row is None:
+        return None
+    return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+
+def key_is_pending(bind: Bind, stmt: Select[Any], key: Sequence[Any]) -> bool:
+    """Whether ``key`` is among the rows of ``stmt`` now, in a transaction of its own
+    (``reconcile key``: the operator's question, not a delivery's re-check)."""
+    with transaction(bind) as conn:
+        return run_check(conn, key_check(stmt, key))
 
 
 def timeout_ms(seconds: float) -> int:

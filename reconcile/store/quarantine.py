@@ -85,6 +85,21 @@ def is_quarantined(conn: Connection, job: str, key: Sequence[Any]) -> bool:
     return found is not None
 
 
+def entry(bind: Bind, job: str, key: Sequence[Any]) -> Entry | None:
+    """The quarantine entry of ``key`` of ``job``, or None (``reconcile key``)."""
+    query = sa.select(q).where(q.c.job == job, q.c.key == sa.cast(list(key), q.c.key.type))
+    with transaction(bind) as conn:
+        row = conn.execute(query).mappings().first()
+    return None if row is None else Entry(**{**row, "key": tuple(row["key"])})
+
+
+def counts(bind: Bind) -> dict[str, int]:
+    """Quarantined keys per job (jobs with none are absent)."""
+    with transaction(bind) as conn:
+        rows = conn.execute(sa.select(q.c.job, sa.func.count()).group_by(q.c.job)).all()
+    return {job: int(n) for job, n in rows}
+
+
 def list_entries(bind: Bind, job: str | None = None) -> list[Entry]:
     """Quarantined keys (of ``job``, or of every job), newest first."""
     query = sa.select(q).order_by(q.c.quarantined_at.desc(), q.c.job)
@@ -105,6 +120,23 @@ def release(bind: Bind, job: str, keys: Iterable[Sequence[Any]]) -> int:
         return conn.execute(
             sa.delete(q).where(q.c.job == job, q.c.key.in_(wanted))
         ).rowcount
+
+
+def release_returning(bind: Bind, job: str | None, keys: Iterable[Sequence[Any]] | None) -> list[Entry]:
+    """Release ``keys`` of ``job`` (None: every key of ``job``; ``job`` None too: every
+    key) and return the entries released (``DELETE ... RETURNING``), so that their
+    dead records can be removed with them."""
+    stmt = sa.delete(q)
+    if job is not None:
+        stmt = stmt.where(q.c.job == job)
+    if keys is not None:
+        wanted = [list(key) for key in keys]
+        if not wanted:
+            return []
+        stmt = stmt.where(q.c.key.in_(wanted))
+    with transaction(bind) as conn:
+        rows = conn.execute(stmt.returning(*q.c)).mappings().all()
+    return [Entry(**{**row, "key": tuple(row["key"])}) for row in rows]
 
 
 def release_all(bind: Bind, job: str | None = None) -> int:

@@ -124,6 +124,15 @@ def recent_runs(bind: Bind, job: str | None = None, limit: int = 20) -> list[Run
     return [Run(**row) for row in rows]
 
 
+def last_runs(bind: Bind) -> dict[str, Run]:
+    """The latest run of each job (the highest id: ids grow with each start):
+    ``reconcile status``'s per-class "last pass"."""
+    query = sa.select(r).where(r.c.id.in_(sa.select(sa.func.max(r.c.id)).group_by(r.c.job)))
+    with transaction(bind) as conn:
+        rows = conn.execute(query).mappings().all()
+    return {row["job"]: Run(**row) for row in rows}
+
+
 def prune_runs(bind: Bind, older_than: timedelta) -> int:
     """Delete runs started more than ``older_than`` ago (database clock); returns how
     many. The history grows by one row per pass, so schedulers should call this now

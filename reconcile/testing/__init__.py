@@ -29,7 +29,20 @@ production (a rejected job is not collected and its enqueue returns ``None``).
 Differences from a real worker, on purpose:
 
 * a job that raises propagates its exception to the caller of ``drain`` (or of the
-  enqueue, inline); there are no retries, no dead set;
+  enqueue, inline); there are no retries, no dead set. Unless the fake mode is made
+  with ``retries=True``: then a failure is settled by the worker's own retry rules
+  (the class's ``retry``, ``retry_in``, ``discard_on``, ``retries_exhausted``, death
+  handlers), a retried job is collected again at once (``retry_count`` and the error
+  stamped, its backoff not waited for) and runs again in the same ``drain``, and a
+  job out of retries lands in ``jobs.dead`` and dies as in a worker: a ReconciledJob's
+  key is quarantined in the database, so "quarantined after N failures" is testable::
+
+      with fake(retries=True) as jobs:
+          ShipOrder.perform_async(order.id)          # ShipOrder.retry = 2, perform raises
+          jobs.drain(ShipOrder)                      # 3 attempts, no exception
+          assert [p["retry_count"] for p in jobs.dead] == [2]
+          assert ShipOrder.status(order.id)["verdict"] == "quarantined"
+
 * scheduled jobs (``perform_in``, ``perform_at``, ``set(wait=...)``) are collected with
   their ``at`` field and run on ``drain`` regardless of time (inline: at once);
 * uniqueness locks are not taken (every enqueue is collected);
@@ -49,6 +62,7 @@ provides the fixtures ``reconcile_fake`` and ``reconcile_inline``.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,10 +158,15 @@ class FakeMode(_Mode):
     enqueued from other threads while the mode is active are collected too.
     """
 
-    def __init__(self, *, server_middleware: bool = False) -> None:
+    def __init__(self, *, server_middleware: bool = False, retries: bool = False) -> None:
         super().__init__(server_middleware=server_middleware)
+        self.retries = retries
         self._lock = threading.RLock()
         self._jobs: deque[Payload] = deque()
+        self.dead: list[Payload] = []
+        """Jobs that died (``retries=True``): their payloads, error fields stamped."""
+        self.discarded: list[Payload] = []
+        """Jobs a failure discarded (``retries=True``: ``retry = False``, ``discard_on``)."""
 
     # -- collection ------------------------------------------------------------------
 
@@ -207,7 +226,7 @@ class FakeMode(_Mode):
         raises is gone (its exception propagates)."""
         payload = self._take(None if job_class is None else _name(job_class))
         if payload is not None:
-            _perform(payload, self.server_middleware)
+            self._run(payload)
         return payload
 
     def drain(self, job_class: type[Job] | str, *, limit: int = DRAIN_LIMIT) -> int:
@@ -239,7 +258,39 @@ class FakeMode(_Mode):
                     "itself without end?"
                 )
             ran += 1
+            self._run(payload)
+
+    def _run(self, payload: Payload) -> None:
+        """Run one job; with ``retries``, settle a failure as a worker would."""
+        if not self.retries:
             _perform(payload, self.server_middleware)
+            return
+        try:
+            _perform(payload, self.server_middleware)
+        except Exception as exc:
+            self._failed(payload, exc)
+
+    def _failed(self, payload: Payload, exc: Exception) -> None:
+        """The worker's retry rules (:func:`reconcile.worker.retry.decide`) on a fake
+        job: collected again (retry), kept in :attr:`dead` after ``on_death`` (dead:
+        a ReconciledJob's key is quarantined), or in :attr:`discarded`."""
+        from ..worker.retry import decide  # deferred: the worker package is not needed otherwise
+
+        cls = registry.resolve(payload["class"])
+        try:
+            job: Job | None = cls()
+        except Exception:
+            job = None
+        verdict = decide(cls, job, payload, exc, get_settings().default_retry)
+        if verdict.kind == "retry":
+            payload["at"] = time.time() + (verdict.delay or 0.0)  # when a worker would run it
+            with self._lock:
+                self._jobs.append(payload)
+        elif verdict.kind == "dead":
+            cls.on_death(payload, exc)
+            self.dead.append(payload)
+        else:
+            self.discarded.append(payload)
 
 
 class InlineMode(_Mode):
@@ -263,9 +314,10 @@ def _name(job_class: type[Job] | str) -> str:
 
 
 @contextmanager
-def fake(*, server_middleware: bool = False) -> Iterator[FakeMode]:
-    """Fake mode for the ``with`` block; yields the :class:`FakeMode`."""
-    with FakeMode(server_middleware=server_middleware) as mode:
+def fake(*, server_middleware: bool = False, retries: bool = False) -> Iterator[FakeMode]:
+    """Fake mode for the ``with`` block; yields the :class:`FakeMode`. ``retries``:
+    settle failures by the retry rules instead of raising them (see the module docs)."""
+    with FakeMode(server_middleware=server_middleware, retries=retries) as mode:
         yield mode
 
 

@@ -190,7 +190,7 @@ class Dashboard:
                 body = json.dumps(status(self.settings, self.broker)).encode()
                 return _reply(start_response, "200 OK", body, "application/json")
             if path == "/metrics" and method in ("GET", "HEAD"):
-                body = metrics.render(status(self.settings, self.broker))
+                body = metrics.render(status(self.settings, self.broker, include_classes=False))
                 return _reply(start_response, "200 OK", body, metrics.CONTENT_TYPE)
             if path in PAGES:
                 if method not in ("GET", "HEAD"):
@@ -268,6 +268,7 @@ class Dashboard:
         return back, message
 
     def _release(self, form: dict[str, list[str]]) -> tuple[str, str]:
+        from ..control import drop_dead_records
         from ..store import quarantine
         from ..store.engine import get_engine
 
@@ -278,7 +279,9 @@ class Dashboard:
             return "/quarantine", "not released: a key is not JSON"
         if not job or not parsed or not all(isinstance(k, list) for k in parsed):
             return "/quarantine", "not released: give a job and keys as JSON arrays"
-        n = quarantine.release(get_engine(self.settings), job, parsed)
+        released = quarantine.release_returning(get_engine(self.settings), job, parsed)
+        drop_dead_records(self.settings, released)  # the key's dead records go with it
+        n = len(released)
         return "/quarantine", f"released {n} keys of {job}"
 
 

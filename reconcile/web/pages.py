@@ -73,8 +73,39 @@ def overview(v: View) -> tuple[str, Raw]:
         (k, bad(bad_counters[k], "not an integer") if k in bad_counters else f"{n:,}")
         for k, n in doc["counters"].items()])
     body = (f"<h3>Queues</h3>{queues}<h3>Sets</h3>{sets}<p>In flight: {doc['in_flight']:,}</p>"
-            f"<h3>Processes</h3>{procs}<h3>Schedulers</h3>{scheds}<h3>Counters</h3>{counters}")
+            f"<h3>Processes</h3>{procs}<h3>Schedulers</h3>{scheds}<h3>Counters</h3>{counters}"
+            f"{_classes(doc)}")
     return "Overview", Raw(body)
+
+
+def _classes(doc: dict[str, Any]) -> Raw:
+    """Per ReconciledJob class: last pass, next tick, switch, quarantine size."""
+    if "classes" not in doc:
+        return Raw("")
+    if doc["classes"] is None:
+        return Raw("<h3>Classes</h3><p>PostgreSQL could not be read: "
+                   f"{e(doc.get('classes_error', ''))}</p>")
+
+    def last(run: dict[str, Any] | None) -> str:
+        if run is None:
+            return "no pass yet"
+        text = (f"{run['trigger']}: found {run['found']:,}, enqueued {run['enqueued']:,}, already "
+                f"queued {run['already_queued']:,}, quarantined {run['quarantined']:,}, deferred "
+                f"{run['deferred']:,}")
+        if run["disabled"]:
+            text += " (disabled)"
+        return text + (f"; ERROR {run['error']}" if run["error"] else "")
+
+    rows = [(c["class"], "enabled" if c["enabled"] else f"DISABLED: {c['disabled_reason'] or ''}",
+             when(c["last_pass"]["started_at"]) if c["last_pass"] else "-",
+             last(c["last_pass"]),
+             "-" if not c["last_pass"] or c["last_pass"]["duration_ms"] is None
+             else f"{c['last_pass']['duration_ms']:,} ms",
+             when(c["next_tick"]) if c["next_tick"] else "-", f"{c['quarantined']:,}")
+            for c in doc["classes"]]
+    return Raw("<h3>Classes</h3>" + table(
+        ["class", "switch", "last pass", "counts", "took", "next tick", "quarantined"], rows,
+        empty="no ReconciledJob class"))
 
 
 def _invalid(entry: dict[str, Any]) -> Raw:
@@ -146,15 +177,30 @@ def set_page(which: str) -> Callable[[View], tuple[str, Raw]]:
             if isinstance(trace, str) and trace:
                 # the traceback the class's ``backtrace`` option kept, folded under its error
                 error = Raw(f"<details><summary>{e(error)}</summary><pre>{e(trace)}</pre></details>")
-            rows.append((jid or "-", j.get("class") or "-", clip(j.get("args")), when(score),
-                         error, actions))
+            row = [jid or "-", j.get("class") or "-", clip(j.get("args")), when(score), error]
+            if which == "dead":
+                row.append(_dead_link(v, j))
+            rows.append((*row, actions))
         bulk = ""
         if not v.read_only:
             bulk = (form(v.url(move), spec.move_all, {"all": "1"}, spec.confirm)
                     + form(v.url(delete), "delete all", {"all": "1"}, "Delete every job of this set?"))
-        return spec.title, Raw(f"<p>{spec.intro}</p>{bulk}"
-                               + table(["jid", "class", "args", spec.when, "error", ""], rows))
+        heads = ["jid", "class", "args", spec.when, "error", *(["quarantine"] if which == "dead" else []), ""]
+        return spec.title, Raw(f"<p>{spec.intro}</p>{bulk}" + table(heads, rows))
     return page
+
+
+def _dead_link(v: View, job: dict[str, Any]) -> str:
+    """A dead ReconciledJob record's quarantine entry, or that it was released / is
+    resolved (:func:`reconcile.whereis.dead_link`); "-" for other records."""
+    from ..reconciled import ReconciledJob
+    from ..registry import all_classes
+    from ..whereis import dead_link, link_line
+
+    cls = all_classes().get(str(job.get("class")))
+    if cls is None or not issubclass(cls, ReconciledJob) or not isinstance(job.get("args"), list):
+        return "-"
+    return link_line(dead_link(v.settings, cls, job["args"]))
 
 
 def quarantine(v: View) -> tuple[str, Raw]:
@@ -167,12 +213,16 @@ def quarantine(v: View) -> tuple[str, Raw]:
         key = json.dumps(list(entry.key))
         action = Raw("") if v.read_only else form(
             v.url("/quarantine/release"), "release", {"job": entry.job, "key": key})
+        jid = (entry.payload or {}).get("jid")
+        # the dead record of the delivery that quarantined the key (one bounded lookup)
+        record = f"dead record {jid}" if isinstance(jid, str) and jid and (
+            v.broker.locate(jid).state == "dead") else "no dead record"
         rows.append((entry.job, key, entry.quarantined_at.strftime("%Y-%m-%d %H:%M:%S"),
-                     f"{entry.error_class}: {clip(entry.error_message or entry.reason)}", action))
+                     f"{entry.error_class}: {clip(entry.error_message or entry.reason)}", record, action))
     return "Quarantined keys", Raw(
         f"<p>{len(entries):,} keys of ReconciledJobs that died (newest {PAGE_ROWS} shown); "
         "passes skip them until released (<code>reconcile quarantine release</code>).</p>"
-        + table(["job", "key", "since", "error", ""], rows))
+        + table(["job", "key", "since", "error", "dead record", ""], rows))
 
 
 def runs(v: View) -> tuple[str, Raw]:

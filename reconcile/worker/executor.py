@@ -37,10 +37,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import middleware, registry, tracing
-from ..broker import Delivery, SettleOp
+from ..broker import Delivery, SettleKind, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
-from ..logs import job_context, safe
+from ..logs import job_context, job_fields, safe
 from ..outcome import RESCHEDULED, Outcome
 from ..payload import UNBOUNDED, decode, dumps
 from ..store.engine import get_engine
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ..job import Job
 
 log = logging.getLogger("reconcile.worker")
+job_log = logging.getLogger("reconcile.job")  # the per-job audit lines (log_job_lines)
 
 LOCK_BUSY_DELAY = (1.0, 3.0)
 """Seconds (uniform range) before a delivery whose key lock is held elsewhere runs again."""
@@ -61,7 +62,7 @@ HOLD_DELAY = 30.0
 
 
 def settlement_of(
-    outcome: Outcome, field: bytes, lock: str, payload: Callable[[], bytes],
+    outcome: Outcome, field: bytes, lock: str, payload: Callable[[], bytes], jid: str = "",
 ) -> SettleOp:
     """The settlement of a delivery that ended in ``outcome`` without raising: the
     outcome-to-settlement table above, as one pure function (``tests/unit`` checks each
@@ -74,14 +75,28 @@ def settlement_of(
     here: passing them raises ``ValueError``.
     """
     if outcome is Outcome.DONE:
-        return SettleOp.ack(field, lock)
+        return SettleOp.ack(field, lock, jid)
     if outcome in RESCHEDULED:
         return SettleOp.reschedule(field, random.uniform(*LOCK_BUSY_DELAY), payload())
     if outcome is Outcome.HELD:
         return SettleOp.reschedule(field, HOLD_DELAY, payload())
     if outcome in (Outcome.ALREADY_DONE, Outcome.DISABLED):
-        return SettleOp.drop(field, lock)
+        return SettleOp.drop(field, lock, jid)
     raise ValueError(f"{outcome.value!r} is settled by the retry rules, not by settlement_of")
+
+
+def audit_outcome(op: SettleOp | None, outcome: Outcome | None) -> str:
+    """The ``outcome`` of a job's done line (``log_job_lines``): ``retry`` or ``dead``
+    for a failure, ``discarded`` for a failure dropped by its retry rules, else the
+    outcome of the delivery (``done``, ``already_done``, ``lock_busy``...); ``error``
+    when the engine itself failed."""
+    if op is None:
+        return "error"
+    if op.kind is SettleKind.RETRY:
+        return "retry"
+    if op.kind is SettleKind.DEAD:
+        return "dead"
+    return outcome.value if outcome is not None else "discarded"
 
 
 class Active(NamedTuple):
@@ -123,6 +138,10 @@ class Executor:
         self.settings = settings
         self.broker = broker
         self.held = HeldJobs(broker, settings.switch_cache_seconds)
+        # read once, not per job: the per-job audit lines (log_job_lines) and the
+        # "perform" span (tracing) are off in the common case
+        self.lines = settings.log_job_lines
+        self.tracing = tracing.enabled(settings)
         # Deliveries running under a timeout, by lease field: added and removed by their
         # executor thread, removed by the watchdog's give_up; a removal is done under
         # _settling, so exactly one of the two settles the delivery.
@@ -205,22 +224,41 @@ class Executor:
         except Exception as exc:  # a constructor that raises, Redis down: a failure
             return self._failed(d, cls, None, payload, exc)
         outcome = Outcome.DONE
+        finished = False  # perform returned (rather than raised)
 
         def perform() -> None:
-            nonlocal outcome
+            nonlocal outcome, finished
             outcome = job.execute(args)
+            finished = True
 
         if cls.timeout:
             self.active[d.field] = Active(d, cls, job, payload, time.monotonic() + float(cls.timeout))
         # the job's fields for every log record written while it runs (structured logs)
-        context = job_context.set((d.queue, payload, cls.keyed))
+        context_value = (d.queue, payload, cls.keyed)
+        context = job_context.set(context_value)
+        lines = self.lines
+        started, attempt = 0.0, 0
+        if lines:
+            started = time.monotonic()
+            # a failure stamps the payload's retry count before the done line: keep this run's
+            attempt = job_fields(context_value)["attempt"]
+        op: SettleOp | None = None
         try:
-            if tracing.enabled(self.settings):  # the "perform" span around it (reconcile.tracing)
-                return tracing.traced_perform(d.queue, cls, payload, lambda: self._execute(
+            if lines:
+                job_log.info("start %s jid=%s", cls.job_name, safe(payload["jid"]))
+            if self.tracing:  # the "perform" span around it (reconcile.tracing)
+                op = tracing.traced_perform(d.queue, cls, payload, lambda: self._execute(
                     d, cls, job, payload, perform, lock, lambda: outcome), lambda: outcome,
                     lambda: d.field in self.abandoned)
-            return self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
+            else:
+                op = self._execute(d, cls, job, payload, perform, lock, lambda: outcome)
+            return op
         finally:
+            if lines:
+                ended = audit_outcome(op, outcome if finished else None)
+                ms = round((time.monotonic() - started) * 1000, 3)
+                job_log.info("done %s jid=%s %s in %.1f ms", cls.job_name, safe(payload["jid"]), ended, ms,
+                             extra={"outcome": ended, "duration_ms": ms, "attempt": attempt})
             job_context.reset(context)
             with self._settling:  # the watchdog and this thread agree on who settles
                 self.active.pop(d.field, None)
@@ -245,9 +283,9 @@ class Executor:
         if outcome is Outcome.DONE:
             # the common case, settled here without a call into the table (one call
             # per job, measured in the drain); settlement_of gives the same op
-            return SettleOp.ack(d.field, lock)
+            return SettleOp.ack(d.field, lock, payload["jid"])
         self.count(outcome)
-        return settlement_of(outcome, d.field, lock, lambda: dumps(payload))
+        return settlement_of(outcome, d.field, lock, lambda: dumps(payload), payload["jid"])
 
     def expired(self, now: float) -> list[Active]:
         """Running deliveries past their deadline (the worker's watchdog gives them up)."""
@@ -297,7 +335,7 @@ class Executor:
             # Sentry's logging integration and other trackers pick up
             log.error(line, *args, exc_info=exc)
         if verdict.kind == "discard":
-            return SettleOp.drop(d.field, lock)
+            return SettleOp.drop(d.field, lock, payload["jid"])
         if verdict.kind == "retry":
             return SettleOp.retry(d.field, verdict.delay, dumps(payload), lock)
         cls.on_death(payload, exc)

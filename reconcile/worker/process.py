@@ -66,6 +66,7 @@ from typing import Any
 import redis
 
 from .. import registry
+from ..banner import log_banner
 from ..broker import Broker, SettleKind, SettleOp, get_broker
 from ..broker.broker import suspect_threshold
 from ..config import Settings, mask_url
@@ -192,12 +193,9 @@ class Worker:
         self._spawn("reconcile-watchdog", lambda: self.watchdog.run(stopping))
         for i in range(self.concurrency):
             self._spawn(f"reconcile-exec-{i}", self.runner.loop)
-        log.info(
-            "worker %s started: queues %s (%s), concurrency %d, Redis %s namespace %s",
-            self.proc_id, ",".join(f"{s.name}:{s.weight}" for s in self.order.specs),
-            "strict" if self.order.strict else "weighted", self.concurrency,
-            mask_url(self.settings.redis_url), self.settings.namespace,
-        )
+        log_banner("worker", self.proc_id, self.settings,
+                   queues={spec.name: spec.weight for spec in self.order.specs},
+                   order="strict" if self.order.strict else "weighted", concurrency=self.concurrency)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         t = threading.Thread(target=target, name=name, daemon=True)

@@ -121,6 +121,10 @@ def test_everything_runs_as_the_namespace_user(
     assert listed.exit_code == 0 and str(later) in listed.output, listed.output
     moved = runner.invoke(main, ["scheduled", "run", str(later)], env=env)
     assert moved.exit_code == 0, moved.output
+    # where is my job (locate.lua: only the rule's commands; the job was moved to its queue)
+    where = runner.invoke(main, ["job", str(later), "--json"], env=env)
+    assert where.exit_code == 0, where.output
+    assert json.loads(where.output)["state"] == "queued"
     assert str(later) not in str(acl_broker.set_entries("scheduled", 0, -1)), "moved to its queue"
     flushed = runner.invoke(main, ["flush", "--yes", "--app", "tests.reconciled_app"], env=env)
     assert flushed.exit_code == 0, flushed.output

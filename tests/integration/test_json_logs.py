@@ -48,7 +48,10 @@ def test_every_line_of_a_worker_is_json_and_job_lines_carry_the_job(settings: Se
     for line in lines:
         records.append(json.loads(line))  # every line, or this fails naming it
     assert {"ts", "level", "logger", "msg"} <= set(records[0])
-    assert any(r["msg"].startswith("worker ") and "started" in r["msg"] for r in records)  # the banner
+    [banner] = [r["banner"] for r in records if "banner" in r]  # one object, not a block of lines
+    assert banner["role"] == "worker" and banner["namespace"] == settings.namespace
+    assert banner["queues"] == {"jsonlog": 1} and banner["concurrency"] == 2
+    assert SendMail.job_name in banner["classes"] and "tests.json_log_app" in banner["app_modules"]
     [sent] = [r for r in records if r["logger"] == "app.mail"]
     assert (sent["jid"], sent["class"], sent["queue"], sent["attempt"]) == (
         mail, SendMail.job_name, "jsonlog", 1)

@@ -171,7 +171,7 @@ def test_the_parsers_read_what_they_claim() -> None:
     pass the tests above by agreeing with another that finds nothing."""
     release = (LUA / "release.lua").read_text()
     assert keys_in_header(release) == {"lease:*", "claim:*", "queue:*", "queues", "wake:*", "proc:*",
-                                       "alive:*", "procs", "beats"}
+                                       "alive:*", "procs", "beats", "jobs"}
     assert "wake:*" in keys_touched(release) and "wake:*" not in keys_in_code(release), (
         "release.lua reaches {ns}:wake:<q> only through the prelude's announce()")
     assert {"queue:*", "incident", "epoch", "stat:*"} <= set(keys_of_keys_py())

@@ -1,7 +1,8 @@
 -- enqueue.lua: push a batch of jobs, taking uniqueness locks in the same call.
 --
 -- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
--- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- lease_field, field_queue, payload_queue, payload_jid, jid_reader and call_sliced are
+-- defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:queue:<q>    LIST  ready jobs; LPUSH here, workers RPOP (FIFO)
@@ -9,8 +10,13 @@
 --   {ns}:schedule     ZSET  jobs to run later, score = run-at (epoch seconds, Redis clock)
 --   {ns}:unique:<d>   STRING uniqueness lock for digest <d>, PX = unique_for
 --   {ns}:wake:<q>     LIST  wake-up tokens that idle workers BLPOP on
+--   {ns}:jobs         HASH  the jid index (prelude.lua): modes FI and QI only
 -- ARGV[1]  wake cap: most tokens kept per wake list
--- ARGV[2]  mode: "F" (full) or "Q" (quick: every job immediate, same queue, no lock)
+-- ARGV[2]  mode: "F" (full) or "Q" (quick: every job immediate, same queue, no lock);
+--          "FI" and "QI" also index each pushed job by its jid (plain jobs, in the
+--          same call: HSET jid "Q<queue>" for a job pushed to its queue, found by a
+--          bounded scan of the queue; jid -> payload for a scheduled one, found by
+--          ZSCORE), "F" and "Q" do not (ReconciledJobs)
 -- full:    ARGV[3..] groups of 5 per job: queue, run-at (prelude's format: "0" now,
 --          "+<s>" a delay from this script's clock(), "<t>" an absolute epoch time),
 --          lock digest ("" = none), lock ttl (ms), payload
@@ -19,12 +25,37 @@
 -- Returns  full: one integer per job: 1 pushed, 0 dropped because its lock was held;
 --          quick: the number of jobs pushed.
 local cap = tonumber(ARGV[1])
+local mode = ARGV[2]
+local indexed = (mode == 'FI' or mode == 'QI')
 
-if ARGV[2] == 'Q' then
+-- jid -> entry pairs of the pushed jobs, written with one HSET per 500 (call_sliced):
+-- "Q<queue>" for a queued job (a few bytes, not a copy of the payload), the payload
+-- for a scheduled one (the member ZSCORE needs)
+local entries = {}
+local readers = {}  -- queue -> its jid_reader
+local function index(q, payload, value)
+  local read = readers[q]
+  if not read then
+    read = jid_reader(q)
+    readers[q] = read
+  end
+  local jid = read(payload)
+  if jid then
+    entries[#entries + 1] = jid
+    entries[#entries + 1] = value
+  end
+end
+
+if mode == 'Q' or mode == 'QI' then
   local q = ARGV[3]
   local key = p .. ':queue:' .. q
   call_sliced('LPUSH', key, ARGV, 4)
   announce(q, cap)
+  if indexed then
+    local value = 'Q' .. q
+    for i = 4, #ARGV do index(q, ARGV[i], value) end
+    if #entries > 0 then call_sliced('HSET', p .. ':jobs', entries, 1) end
+  end
   return #ARGV - 3
 end
 
@@ -48,7 +79,9 @@ for i = 3, #ARGV, 5 do
     end
     if later then
       redis.call('ZADD', p .. ':schedule', at, payload)
+      if indexed then index(q, payload, payload) end
     else
+      if indexed then index(q, payload, 'Q' .. q) end
       local list = ready[q]
       if not list then
         list = {}
@@ -67,4 +100,5 @@ for _, q in ipairs(order) do
   call_sliced('LPUSH', key, list, 1)
   announce(q, cap)
 end
+if #entries > 0 then call_sliced('HSET', p .. ':jobs', entries, 1) end
 return out

@@ -1,7 +1,8 @@
 -- fetch.lua: settle finished deliveries, then lease up to N new ones, in one call.
 --
 -- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
--- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- lease_field, field_queue, payload_queue, payload_jid, jid_reader and call_sliced are
+-- defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
 --   {ns}:lease:<proc>   HASH  field "<seq>|<queue>" -> payload, the jobs <proc> holds
@@ -18,12 +19,15 @@
 --   {ns}:unique:<d>     STRING uniqueness locks released by A, D and X
 --   {ns}:wake:<q>       LIST  wake-up tokens
 --   {ns}:stat:processed, {ns}:stat:failed   STRING counters
+--   {ns}:jobs           HASH  the jid index (prelude.lua): each leased job gets
+--                             "L<i>|<ms>|<proc>|<field>"; A and X remove it, R and D
+--                             index the retried or dead job, S and Q (index_wait)
 -- ARGV[1] proc id      ARGV[2] jobs to lease (0 = settle only)   ARGV[3] settle ops k
 -- ARGV[4] dead max jobs   ARGV[5] dead max age (s)   ARGV[6] wake cap
 -- ARGV[7] suspect threshold: a job recovered this many times or more is leased alone
 -- ARGV[8 .. 7+5k]  settle ops, 5 values each: code, lease field, a, b, c
---   A field lock            ack: success (lock "" = none)
---   X field lock            drop: discarded, already done, or disabled (not a failure)
+--   A field lock jid        ack: success (lock "" = none; jid "": read from the lease)
+--   X field lock jid        drop: discarded, already done, or disabled (not a failure)
 --   R field delay payload lock  retry <delay> seconds after the server's clock() with
 --                           the updated payload; lock kept until then + 600 s
 --   S field delay payload   re-schedule <delay> s from clock() (lock busy elsewhere,
@@ -51,9 +55,11 @@ local function clock_now()
 end
 
 local got = {}
+local jobs = p .. ':jobs'
+local ended = {}  -- jids of acked and dropped jobs: one HDEL of the index at the end
 
 -- Give `items` (taken from queue q) lease fields "<seq>|<q>" and record them in
--- the lease hash and in the reply.
+-- the lease hash, in the jid index and in the reply.
 local function lease_items(items, q)
   local n = #items
   local last = redis.call('HINCRBY', p .. ':proc:' .. proc, 'seq', n)
@@ -65,14 +71,36 @@ local function lease_items(items, q)
       string.format('%.0f', math.floor(clock_now() * 1000000)))
   end
   local pairs_ = {}
+  local jids, fields = {}, {}
+  local read = jid_reader(q)
   for m = 1, n do
     local field = lease_field(last - n + m, q)
     pairs_[2 * m - 1] = field
     pairs_[2 * m] = items[m]
     got[#got + 1] = field
     got[#got + 1] = items[m]
+    local jid = read(items[m])
+    if jid then
+      jids[#jids + 1] = jid
+      fields[#fields + 1] = field
+    end
   end
   redis.call('HSET', lease, unpack(pairs_))
+  if #jids > 0 then
+    -- one HMGET and one HSET per batch: was each job indexed before (a plain job, a
+    -- retry)? Its running entry says so, for when it waits again (index_wait)
+    local before = redis.call('HMGET', jobs, unpack(jids))
+    local stamp = '|' .. string.format('%.0f', math.floor(clock_now() * 1000)) .. '|' .. proc .. '|'
+    local running = {}
+    for m = 1, #jids do
+      local b = before[m]
+      local was = '0'
+      if b and (string.byte(b, 1) ~= 76 or string.byte(b, 2) == 49) then was = '1' end
+      running[2 * m - 1] = jids[m]
+      running[2 * m] = 'L' .. was .. stamp .. fields[m]
+    end
+    redis.call('HSET', jobs, unpack(running))
+  end
 end
 
 local processed, failed, died = 0, 0, false
@@ -85,7 +113,11 @@ for _ = 1, k do
   -- has requeued the job, a late settlement must not add a second copy (R, D, S, Q),
   -- and an op re-sent after a lost reply must not apply twice.
   local held = true
+  local leased = nil  -- the leased payload, read only where the op does not carry it
   if field ~= '' then
+    if (code == 'A' or code == 'X') and b == '' or code == 'D' then
+      leased = redis.call('HGET', lease, field)
+    end
     held = redis.call('HDEL', lease, field) == 1
   end
   if not held then
@@ -93,25 +125,38 @@ for _ = 1, k do
   elseif code == 'A' or code == 'X' then
     if code == 'A' then processed = processed + 1 end
     if a ~= '' then redis.call('DEL', p .. ':unique:' .. a) end
+    local jid = (b ~= '') and b or (leased and payload_jid(leased))
+    if jid then ended[#ended + 1] = jid end
   elseif code == 'R' then
     failed = failed + 1
     local delay = math.max(tonumber(a), 0)
     redis.call('ZADD', p .. ':retry', clock_now() + delay, b)
+    local jid = payload_jid(b)
+    index_set(jid, b)
     if c ~= '' then
       -- keep the uniqueness lock through the backoff, so a reconcile pass cannot
-      -- enqueue the key again and bypass it
-      redis.call('SET', p .. ':unique:' .. c, '1', 'PX', math.floor(delay * 1000) + retry_lock_ms)
+      -- enqueue the key again and bypass it; its value names the jid, so that a
+      -- retrying ReconciledJob is found by its key (locate.lua)
+      redis.call('SET', p .. ':unique:' .. c, jid or '1', 'PX', math.floor(delay * 1000) + retry_lock_ms)
     end
   elseif code == 'S' then
     redis.call('ZADD', p .. ':schedule', clock_now() + math.max(tonumber(a), 0), b)
+    index_wait(payload_jid(b), b)
   elseif code == 'D' then
     failed = failed + 1
     died = true
-    redis.call('ZADD', p .. ':dead', clock_now(), a)
+    -- the score as a string, so that the index's "D<score>" names exactly it
+    local score = string.format('%.17g', clock_now())
+    redis.call('ZADD', p .. ':dead', score, a)
     if b ~= '' then redis.call('DEL', p .. ':unique:' .. b) end
+    local jid = payload_jid(a)
+    local was = leased and payload_jid(leased)
+    if was and was ~= jid then ended[#ended + 1] = was end  -- a record that lost its jid
+    index_set(jid, 'D' .. score)
   elseif code == 'Q' then
     redis.call('RPUSH', p .. ':queue:' .. a, b)
     announce(a, cap)
+    index_wait(payload_jid(b), b)
   elseif code == 'C' then
     local claim = p .. ':claim:' .. proc
     local items = redis.call('LRANGE', claim, 0, -1)
@@ -123,10 +168,22 @@ for _ = 1, k do
 end
 if processed > 0 then redis.call('INCRBY', p .. ':stat:processed', processed) end
 if failed > 0 then redis.call('INCRBY', p .. ':stat:failed', failed) end
+if #ended > 0 then call_sliced('HDEL', jobs, ended, 1) end
 if died then
+  -- trim by age, then by count; the trimmed jobs leave the jid index too (most deaths
+  -- trim nothing, or one member once the set is full)
   local dead = p .. ':dead'
-  redis.call('ZREMRANGEBYSCORE', dead, '-inf', clock_now() - dead_age)
-  redis.call('ZREMRANGEBYRANK', dead, 0, -(dead_max + 1))
+  local old = redis.call('ZRANGEBYSCORE', dead, '-inf', clock_now() - dead_age, 'LIMIT', 0, 1000)
+  if #old > 0 then
+    call_sliced('ZREM', dead, old, 1)
+    index_dead_trimmed(old)
+  end
+  local over = redis.call('ZCARD', dead) - dead_max
+  if over > 0 then
+    local extra = redis.call('ZRANGE', dead, 0, over - 1)
+    call_sliced('ZREM', dead, extra, 1)
+    index_dead_trimmed(extra)
+  end
 end
 
 if want > 0 then

@@ -12,6 +12,8 @@
 --   wake(q, cap)       {ns}:wake:<q>   LIST  wake-up tokens that idle workers BLPOP on
 --   announce(q, cap)   {ns}:queues     SET   names of queues that ever held a job;
 --                                            and wake(q, cap)
+--   index_wait(jid, m), index_set(jid, v), index_dead_trimmed(items)
+--                      {ns}:jobs       HASH  the jid index (see "The jid index" below)
 --
 -- Time: every run-at, score and deadline a script writes is on the Redis server's clock
 -- (clock() below, from TIME), never a host's: hosts disagree by seconds to minutes, and
@@ -26,6 +28,21 @@
 --                 deliveries, "0" for a claimed job that was never adopted
 --   payload       compact JSON beginning {"queue":"<q>","jid":"<jid>" (see
 --                 docs/redis-layout.md), so that both are read without decoding
+--
+-- The jid index {ns}:jobs: HASH jid -> where the job is, so that `reconcile job JID`
+-- answers in bounded time (locate.lua) instead of scanning every set. Its values:
+--   "{..."                    the job waits as exactly these bytes (the member) in its
+--                             queue (searched), the scheduled or the retry set (ZSCORE)
+--   "Q<queue>"                a plain job enqueued to <queue> (no copy of its payload:
+--                             found by a bounded scan of the queue's oldest entries)
+--   "D<score>"                dead since <score> (ZRANGEBYSCORE dead <score> <score>)
+--   "L<i>|<ms>|<proc>|<f>"    leased by <proc> under lease field <f> since <ms> (server
+--                             clock); <i> "1" if the job was indexed before the lease
+-- Who is indexed: plain jobs from their enqueue (enqueue.lua modes FI/QI); every job
+-- while leased, after a retry (R) and once dead. A ReconciledJob that a pass (or a
+-- perform_async) enqueued is not indexed while it waits: it costs the index nothing,
+-- and it is found by its key instead (its uniqueness lock; `reconcile key`). An entry
+-- is removed when its job ends (ack, drop, the dead set's trim or delete).
 local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 
 -- The Redis server's clock, in epoch seconds with microseconds. TIME is allowed in a
@@ -81,10 +98,57 @@ local function payload_jid(item)
   return string.match(item, '^{"queue":"[^"]*","jid":"(%w+)"')
 end
 
+-- A reader of the jids of payloads of queue q: at their fixed offset when a payload
+-- starts as reconcile writes it ({"queue":"<q>","jid":"<24 characters>"), a third of
+-- payload_jid's cost on the hot paths (measured in Redis); else payload_jid.
+local function jid_reader(q)
+  local prefix = '{"queue":"' .. q .. '","jid":"'
+  local n = #prefix
+  return function(item)
+    if string.byte(item, n + 25) == 34 and string.sub(item, 1, n) == prefix then
+      return string.sub(item, n + 1, n + 24)
+    end
+    return payload_jid(item)
+  end
+end
+
 -- redis.call(cmd, key, list[first], ..., list[#list]) in slices of 1,000 values:
 -- Lua's C stack holds ~8,000, so one unpack of a large list would fail.
 local function call_sliced(cmd, key, list, first)
   for s = first, #list, 1000 do
     redis.call(cmd, key, unpack(list, s, math.min(s + 999, #list)))
+  end
+end
+
+-- The jid index (see the header): a job that waits again as `member` (pushed back,
+-- re-scheduled, recovered) stays indexed if it was before its lease (an entry "L1..."
+-- or a member); a job that was not ("L0...") leaves the index with its lease.
+local function index_wait(jid, member)
+  if not jid then return end
+  local jobs = p .. ':jobs'
+  local cur = redis.call('HGET', jobs, jid)
+  if not cur then return end
+  if string.byte(cur, 1) == 76 and string.byte(cur, 2) ~= 49 then  -- "L0..."
+    redis.call('HDEL', jobs, jid)
+  else
+    redis.call('HSET', jobs, jid, member)
+  end
+end
+
+-- The jid index: job `jid` is now where `value` says (a member, or "D<score>").
+local function index_set(jid, value)
+  if jid then redis.call('HSET', p .. ':jobs', jid, value) end
+end
+
+-- The jid index: forget the dead jobs among `items` (members just trimmed from the
+-- dead set), unless their jid was indexed elsewhere since.
+local function index_dead_trimmed(items)
+  local jobs = p .. ':jobs'
+  for _, item in ipairs(items) do
+    local jid = payload_jid(item)
+    if jid then
+      local cur = redis.call('HGET', jobs, jid)
+      if cur and string.byte(cur, 1) == 68 then redis.call('HDEL', jobs, jid) end  -- "D..."
+    end
   end
 end

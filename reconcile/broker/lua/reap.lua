@@ -33,6 +33,8 @@
 --   {ns}:recov:<jid>      STRING how often this job was recovered (expires)
 --   {ns}:dead             ZSET   poison pills: recovered more than the maximum
 --   {ns}:unique:<d>       STRING a poison pill's uniqueness lock, released
+--   {ns}:jobs             HASH   the jid index (prelude.lua): a requeued job is indexed
+--                                again if it was before its lease; a poison pill "D"
 -- ARGV[1] max recoveries   ARGV[2] recovery counter ttl (s)   ARGV[3] wake cap
 -- ARGV[4] most lapsed processes examined per call   ARGV[5] legacy records sampled
 -- Returns  {jobs requeued, processes reaped, 1 if more lapsed processes wait else 0,
@@ -73,6 +75,7 @@ local function mark_dead(item, n)
       failed_at = tonumber(now), raw = string.sub(item, 1, 2000)})
   end
   redis.call('ZADD', p .. ':dead', now, entry)
+  index_set(payload_jid(item), 'D' .. now)
   -- release its uniqueness lock, as a D settlement does: the key is quarantined, and
   -- once an operator releases it the next pass must be able to enqueue it again
   -- (a kept lock would make passes report it "already queued" for up to unique_for)
@@ -123,6 +126,7 @@ for _, proc in ipairs(lapsed) do
         if body then item = '{' .. body .. ',"recovered":' .. n .. '}' end
         redis.call('RPUSH', p .. ':queue:' .. q, item)
         announce(q, cap)
+        index_wait(payload_jid(item), item)
         requeued = requeued + 1
       end
     end

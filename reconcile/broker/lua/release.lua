@@ -12,6 +12,8 @@
 --   {ns}:wake:<q>       LIST   wake-up tokens
 --   {ns}:proc:<proc>, {ns}:alive:<proc>   deleted;   {ns}:procs   SREM <proc>
 --   {ns}:beats          ZSET   ZREM <proc>
+--   {ns}:jobs           HASH   the jid index (prelude.lua): a job pushed back is indexed
+--                              again if it was before its lease
 -- ARGV[1] proc id   ARGV[2] wake cap
 -- Returns  number of jobs pushed back.
 local proc, cap = ARGV[1], tonumber(ARGV[2])
@@ -34,6 +36,7 @@ for e = 1, #entries, 2 do
   local q = field_queue(entries[e]) or 'default'
   redis.call('RPUSH', p .. ':queue:' .. q, entries[e + 1])
   announce(q, cap)
+  index_wait(payload_jid(entries[e + 1]), entries[e + 1])
   n = n + 1
 end
 redis.call('DEL', lease, claim, p .. ':proc:' .. proc, p .. ':alive:' .. proc)

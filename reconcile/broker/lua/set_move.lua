@@ -9,6 +9,8 @@
 --   {ns}:queues       SET     mode Q: known queue names
 --   {ns}:wake:<q>     LIST    mode Q: wake-up tokens
 --   {ns}:unique:<d>   STRING  mode X: the deleted job's uniqueness lock, released
+--   {ns}:jobs         HASH    the jid index (prelude.lua): an indexed job is indexed as
+--                             its pushed payload (Q) or forgotten (X)
 -- ARGV[1] wake cap   ARGV[2] set: "schedule", "retry" or "dead"
 -- ARGV[3] mode:
 --   Q  groups of 3: member (exact bytes), queue, payload to push (the caller's
@@ -30,15 +32,19 @@ for i = 4, #ARGV, step do
   local gone = redis.call('ZREM', set, ARGV[i])
   out[#out + 1] = gone
   if gone == 1 then
+    local jid = payload_jid(ARGV[i])
+    local indexed = jid and redis.call('HGET', p .. ':jobs', jid)  -- HGET: in the ACL rule
     if mode == 'Q' then
+      if indexed then redis.call('HSET', p .. ':jobs', jid, ARGV[i + 2]) end
       local q = ARGV[i + 1]
       redis.call('LPUSH', p .. ':queue:' .. q, ARGV[i + 2])
       if not woken[q] then
         woken[q] = true
         announce(q, cap)
       end
-    elseif ARGV[i + 1] ~= '' then
-      redis.call('DEL', p .. ':unique:' .. ARGV[i + 1])
+    else
+      if indexed then redis.call('HDEL', p .. ':jobs', jid) end
+      if ARGV[i + 1] ~= '' then redis.call('DEL', p .. ':unique:' .. ARGV[i + 1]) end
     end
   end
 end
