@@ -105,7 +105,7 @@ class ReconciledJob(Job):
 
     abstract = True
     injected_params = 1  # perform(self, session, *key)
-    option_names = (*Job.option_names, "every", "jitter", "batch_size", "high_water")
+    option_names = (*Job.option_names, "every", "jitter", "batch_size", "high_water", "pending_since")
 
     every: ClassVar[float | timedelta | None] = None
     """Seconds (or timedelta) between reconcile passes. Exactly one of ``every`` and
@@ -121,6 +121,13 @@ class ReconciledJob(Job):
     """Back-pressure: a pass stops enqueuing once the class's backlog is above this
     many jobs and records the rest as deferred (see the setting ``pass_high_water``,
     which applies when this is None; 0: no limit). Default None."""
+
+    pending_since: ClassVar[str | None] = None
+    """Name of a timestamp column of ``pending()`` (one it selects, or a column of a
+    table it selects from) saying since when a key has been pending, such as
+    ``"created_at"``. It gives the metric ``reconcile_lag_seconds``: the age of the
+    oldest still-pending key (docs/metrics.md, with the index to add). Default None
+    (no lag is exported for the class)."""
 
     backend_pid: int | None = None  # set during execute when ``timeout`` is set
     backend_xact_start: int | None = None  # with it behind a transaction pooler

@@ -95,12 +95,23 @@ class Scheduler:
         self._drift_checked = -1e18
         self._beat_at = -1e18
         self._round_ok_at: float | None = None  # monotonic time of the last round without error
+        self.looped_at = time.monotonic()  # of the last loop iteration (health checks)
         self._started_at = time.time()
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
         self._pruned = -1e18
 
     # -- pieces --------------------------------------------------------------------
+
+    @property
+    def round_ok_at(self) -> float | None:
+        """Monotonic time of the last round that went through (None: none yet)."""
+        return self._round_ok_at
+
+    @property
+    def running_passes(self) -> list[str]:
+        """Schedules whose pass or cron enqueue runs now."""
+        return list(self._running)
 
     def own_specs(self) -> dict[str, str]:
         """This scheduler's definition of each schedule (the row's ``spec`` text)."""
@@ -215,6 +226,9 @@ class Scheduler:
                          self.settings.namespace, len(names))
                 return reason
             self.incidents.append(reason)
+            from ..observe import metrics  # deferred: prometheus_client
+
+            metrics.record_incident(reason)
             log.error("INCIDENT: %s; made all %d reconcile passes due now", reason, len(names))
         return reason
 
@@ -277,10 +291,14 @@ class Scheduler:
                     raise
                 log.info("cron tick: enqueued %s", cls.job_name)
             else:
-                self.results.append(run_pass(
+                result = run_pass(
                     cls, trigger=trigger, owner=self.owner, settings=self.settings,  # type: ignore[arg-type]
                     keepalive=lambda: store.keep_running(self.engine, name, self.owner),
-                ))
+                )
+                self.results.append(result)
+                from ..observe import metrics  # deferred: prometheus_client
+
+                metrics.record_pass(result)
         except Exception:
             log.exception("firing %s failed", name)
         finally:
@@ -324,8 +342,13 @@ class Scheduler:
         maintenance = threading.Thread(target=self.maintenance.run, args=(self._stop,),
                                        name="reconcile-maintenance", daemon=True)
         maintenance.start()
+        from ..observe.surface import Surface
+
+        surface = Surface.for_scheduler(self)  # metrics_port: /metrics, /livez, /readyz
+        surface.ready()  # systemd READY=1 and watchdog pings, when asked for
         backoff = Backoff(first=1.0, cap=10.0)
         while not self._stop.is_set():
+            self.looped_at = time.monotonic()
             pause = tick
             try:
                 if time.monotonic() - self._beat_at >= SCHEDULER_BEAT_SECONDS:
@@ -357,6 +380,7 @@ class Scheduler:
                 if fut.done():
                     del self._running[name]
             self._stop.wait(pause)
+        surface.stop()
         self.pool.shutdown(wait=True)
         maintenance.join(timeout=5.0)
         try:
