@@ -66,14 +66,15 @@ def since_column(stmt: Select[Any], name: str) -> Select[Any]:
     from. ``PendingQueryError`` names the column and what exists when there is none."""
     if not isinstance(stmt, Select):
         raise PendingQueryError(f"pending() must return a SQLAlchemy Select, got {type(stmt).__name__}")
-    if name in stmt.selected_columns:
+    # .keys(): `in` on a ColumnCollection compares column objects, not names
+    if name in stmt.selected_columns.keys():  # noqa: SIM118
         col: Any = stmt.selected_columns[name]
         return stmt.with_only_columns(col.label(SINCE_LABEL), maintain_column_froms=True)
     for table in stmt.get_final_froms():
         columns = getattr(table, "c", None)
-        if columns is not None and name in columns:
+        if columns is not None and name in columns.keys():  # noqa: SIM118
             return stmt.with_only_columns(columns[name].label(SINCE_LABEL), maintain_column_froms=True)
-    known = sorted({c for t in stmt.get_final_froms() for c in getattr(t, "c", {})})
+    known = sorted({c.name for t in stmt.get_final_froms() for c in getattr(t, "c", ())})
     raise PendingQueryError(
         f"pending_since = {name!r} is not a column of pending() or of the tables it selects "
         f"from (columns there: {', '.join(known) or 'none'})")
