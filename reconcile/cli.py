@@ -329,7 +329,7 @@ def scheduler(apps: tuple[str, ...], **flags: Any) -> None:
 def health(apps: tuple[str, ...], url: str | None, process_id: str | None, probe: str, timeout: float,
            as_json: bool, **flags: Any) -> None:
     """Exit 0 if a worker or scheduler is live (--live) or ready (the default), else 1."""
-    from .observe import probe as probes
+    from .observe import probe as probes  # deferred: start-up (urllib.request, http.client)
 
     settings = setup(apps, **flags)
     if url and process_id:

@@ -119,8 +119,14 @@ class ClusterCollector(Collector):
             "Age of the oldest still-pending key of the class, by its pending_since column "
             "(0: nothing pending); how far PostgreSQL's truth is ahead of the work.",
             labels=["class"])
+        interval = GaugeMetricFamily(
+            "reconcile_pass_interval_seconds",
+            "Seconds between two passes of the class (its `every`; classes on a cron have none): "
+            "alert when the last pass is several intervals old.", labels=["class"])
         scan = None
         for cls in sorted(self.classes(), key=lambda c: c.job_name):
+            if isinstance(cls.every, (int, float)) and cls.every:
+                interval.add_metric([cls.job_name], float(cls.every))
             column = getattr(cls, "pending_since", None)
             if not column:
                 continue
@@ -131,7 +137,7 @@ class ClusterCollector(Collector):
                 self._warn(f"the lag of {cls.job_name}", exc)
                 continue
             lag.add_metric([cls.job_name], 0.0 if age is None else age)
-        return [quarantined, last, lag]
+        return [quarantined, last, interval, lag]
 
 
 def redis_families(doc: dict[str, Any]) -> list[Metric]:
