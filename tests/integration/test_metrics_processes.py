@@ -103,9 +103,9 @@ def orders_engine(pg_settings: Settings) -> Iterator[sa.Engine]:
     dispose_engines()
 
 
-def health_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def health_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconcile", "health", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=30)
 
 
 def test_a_scraped_worker_and_scheduler_count_the_work_as_it_happens(
@@ -221,6 +221,9 @@ def test_health_finds_a_process_by_its_id_in_the_redis_registry(settings: Settin
         env = ["--redis-url", settings.redis_url, "--namespace", settings.namespace]
         ok = health_cli("--process", proc_id, *env)
         assert ok.returncode == 0 and proc_id in ok.stdout, ok
+        # a Kubernetes exec probe in the worker's container: the setting names the port
+        local = health_cli("--live", "--json", env={"RECONCILE_METRICS_PORT": str(port)})
+        assert local.returncode == 0 and json.loads(local.stdout)["process"] == proc_id, local
     missing = health_cli("--process", proc_id, *env)
     assert missing.returncode == 1 and "no worker or scheduler" in missing.stdout, missing
 
