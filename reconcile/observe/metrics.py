@@ -2,13 +2,13 @@
 
 Counters and histograms live in this process (``prometheus_client`` objects made once,
 at import, in no registry: :func:`registry_for` puts them in the registry a server
-serves). They are updated where outcomes are decided, with no Redis or PostgreSQL
-round trip and no lock beyond ``prometheus_client``'s own per-child one:
+serves). They are recorded where outcomes are decided, with no Redis or PostgreSQL
+round trip and no lock on the job's path:
 
 * :class:`JobMetrics` (the worker's executor): ``reconcile_jobs_total{class,queue,
-  outcome}`` and ``reconcile_job_duration_seconds{class}``. The labelled children are
-  cached per (class, queue, outcome) in a dict, so a job costs one dict lookup, one
-  counter increment and one histogram observation;
+  outcome}`` and ``reconcile_job_duration_seconds{class}``. A job costs one tuple
+  appended to a deque; the buffer is added up and applied in batches (before a
+  scrape, at each heartbeat, every :data:`FLUSH_AT` jobs);
 * :func:`record_pass` (the scheduler, from each :class:`~reconcile.scheduler.passes.PassResult`):
   ``reconcile_pass_keys_total{class,kind}``, ``reconcile_pass_duration_seconds{class}``,
   ``reconcile_passes_total{class,result}``;
@@ -30,7 +30,10 @@ process's server adds up every process's files (:func:`registry_for`). The gauge
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -38,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
 from . import multiprocess
+from ._prometheus_private import observe_many
 
 if TYPE_CHECKING:
     from ..scheduler.passes import PassResult
@@ -114,26 +118,63 @@ def registry_for(own: Iterable[Collector], extra: Iterable[Collector] = ()) -> C
     return registry
 
 
+FLUSH_AT = 4096
+"""Deliveries a worker buffers before the thread recording the next one adds them up
+(bounds the buffer: about 400 KB)."""
+
+
 class JobMetrics:
     """The worker's job counters, one per executor (shared by its threads).
 
-    The children cache is a plain dict: a miss makes the children (``labels()``
-    takes ``prometheus_client``'s lock once) and two threads racing on a miss store
-    the same objects, so no lock of ours is needed."""
+    :meth:`record` is the hot path: it appends one tuple to a deque (atomic under the
+    GIL: no lock, no ``prometheus_client`` call). :meth:`flush` adds the buffer up and
+    applies it, one counter increment per (class, queue, outcome) and one histogram
+    increment per bucket touched: called before each scrape of the process's server,
+    at each heartbeat (so the other processes of a multiprocess host are at most one
+    heartbeat behind), at a clean stop, and by a recording thread every
+    :data:`FLUSH_AT` deliveries."""
 
     def __init__(self) -> None:
-        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._events: deque[tuple[tuple[str, str, str], float | None]] = deque()
+        self._flushing = threading.Lock()  # one flush at a time; never taken by record()
+        self._counters: dict[tuple[str, str, str], Counter] = {}  # labelled children, by flushes
+        self._histograms: dict[str, Histogram] = {}
 
     def record(self, cls: str, queue: str, outcome: str, seconds: float | None) -> None:
         """One settled delivery; ``seconds`` it ran (None: perform never started)."""
-        key = (cls, queue, outcome)
-        children = self._children.get(key)
-        if children is None:
-            children = (JOBS.labels(cls, queue, outcome), JOB_DURATION.labels(cls))
-            self._children[key] = children
-        children[0].inc()
-        if seconds is not None:
-            children[1].observe(seconds)
+        events = self._events
+        events.append(((cls, queue, outcome), seconds))
+        if len(events) >= FLUSH_AT:
+            self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> int:
+        """Apply the buffered deliveries; how many. ``wait`` False: return 0 at once if
+        another thread is flushing (it will take these too, or the next flush will)."""
+        if not self._flushing.acquire(blocking=wait):
+            return 0
+        try:
+            events = self._events
+            pop = events.popleft
+            # others keep appending on the right: take exactly the n there now
+            batch = [pop() for _ in range(len(events))]
+            counts = collections.Counter(key for key, _ in batch)
+            durations: dict[str, list[float]] = {}
+            for key, seconds in batch:
+                if seconds is not None:
+                    durations.setdefault(key[0], []).append(seconds)
+            for key, k in counts.items():
+                child = self._counters.get(key)
+                if child is None:
+                    child = self._counters[key] = JOBS.labels(*key)
+                child.inc(k)
+            for cls, values in durations.items():
+                hist = self._histograms.get(cls)
+                if hist is None:
+                    hist = self._histograms[cls] = JOB_DURATION.labels(cls)
+                observe_many(hist, values)
+            return len(batch)
+        finally:
+            self._flushing.release()
 
 
 def set_process_gauges(process: str, in_flight: int, busy: int, threads: int) -> None:

@@ -41,12 +41,15 @@ class Surface:
         self.server = server
         self.health = health
         self.notifier = Notifier(lambda: health("live").ok)
+        self._last_flush: Callable[[], None] | None = None  # at stop: the last counts
 
     @classmethod
     def for_worker(cls, worker: Worker) -> Surface:
         def gauges() -> None:
             slots = worker.slots
             metrics.set_process_gauges(worker.proc_id, slots.outstanding, slots.busy, worker.concurrency)
+            if worker.executor.metrics is not None:
+                worker.executor.metrics.flush()  # the buffered job counts (JobMetrics)
 
         if enabled(worker.settings):
             gauges()
@@ -55,8 +58,10 @@ class Surface:
         def health(probe: str) -> Health:
             return worker_health(worker, probe)
 
-        return cls._start(worker.settings, metrics.registry_for(metrics.WORKER_METRICS),
-                          health, gauges)
+        surface = cls._start(worker.settings, metrics.registry_for(metrics.WORKER_METRICS),
+                             health, gauges)
+        surface._last_flush = gauges if enabled(worker.settings) else None
+        return surface
 
     @classmethod
     def for_scheduler(cls, scheduler: Scheduler) -> Surface:
@@ -98,6 +103,8 @@ class Surface:
         self.notifier.start()
 
     def stop(self) -> None:
+        if self._last_flush is not None:
+            self._last_flush()  # multiprocess mode: the files keep this process's counts
         self.notifier.stop()
         if self.server is not None:
             self.server.stop()
