@@ -19,8 +19,12 @@ when it records metrics (:func:`enabled`).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..config import Settings
+
+if TYPE_CHECKING:
+    from ..scheduler.passes import PassResult
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -35,3 +39,19 @@ def enabled(settings: Settings) -> bool:
     """Whether this process records metrics: a metrics port, or multiprocess mode
     (another process of the host may serve what this one records)."""
     return bool(settings.metrics_port) or multiprocess()
+
+
+def record_pass(settings: Settings, result: PassResult) -> None:
+    """A finished pass of this scheduler, counted when metrics are on (:func:`enabled`)."""
+    if enabled(settings):
+        from . import metrics  # deferred: prometheus_client
+
+        metrics.record_pass(result)
+
+
+def record_incident(settings: Settings, reason: str) -> None:
+    """A Redis loss this scheduler handled, counted when metrics are on."""
+    if enabled(settings):
+        from . import metrics  # deferred: prometheus_client
+
+        metrics.record_incident(reason)

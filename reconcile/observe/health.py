@@ -93,7 +93,6 @@ def scheduler_health(scheduler: Scheduler, probe: str) -> Health:
     details: dict[str, Any] = {
         "scheduler": scheduler.owner, "loop_ago": round(loop_ago, 3),
         "round_ok_ago": None if ok_at is None else round(now - ok_at, 3),
-        "passes_running": sorted(scheduler.running_passes),
     }
     if probe == "ready" and not reasons:
         if ok_at is None:

@@ -42,6 +42,7 @@ from typing import Any
 
 import redis
 
+from .. import observe
 from ..backoff import Backoff
 from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
@@ -107,11 +108,6 @@ class Scheduler:
     def round_ok_at(self) -> float | None:
         """Monotonic time of the last round that went through (None: none yet)."""
         return self._round_ok_at
-
-    @property
-    def running_passes(self) -> list[str]:
-        """Schedules whose pass or cron enqueue runs now."""
-        return list(self._running)
 
     def own_specs(self) -> dict[str, str]:
         """This scheduler's definition of each schedule (the row's ``spec`` text)."""
@@ -226,9 +222,7 @@ class Scheduler:
                          self.settings.namespace, len(names))
                 return reason
             self.incidents.append(reason)
-            from ..observe import metrics  # deferred: prometheus_client
-
-            metrics.record_incident(reason)
+            observe.record_incident(self.settings, reason)
             log.error("INCIDENT: %s; made all %d reconcile passes due now", reason, len(names))
         return reason
 
@@ -296,9 +290,7 @@ class Scheduler:
                     keepalive=lambda: store.keep_running(self.engine, name, self.owner),
                 )
                 self.results.append(result)
-                from ..observe import metrics  # deferred: prometheus_client
-
-                metrics.record_pass(result)
+                observe.record_pass(self.settings, result)
         except Exception:
             log.exception("firing %s failed", name)
         finally:
