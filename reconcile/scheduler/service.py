@@ -329,14 +329,14 @@ class Scheduler:
         log.info("scheduler %s started: %d schedules, Redis %s namespace %s, PostgreSQL %s",
                  self.owner, len(self.classes), mask_url(self.settings.redis_url),
                  self.settings.namespace, mask_url(self.settings.database_url))
+        from ..observe.surface import Surface
+
+        surface = Surface.for_scheduler(self)  # metrics_port: /metrics, /livez, /readyz
         # its own thread, as in a worker: a round that waits on PostgreSQL (down, or a
         # slow claim) must not hold up promotion, which needs Redis only
         maintenance = threading.Thread(target=self.maintenance.run, args=(self._stop,),
                                        name="reconcile-maintenance", daemon=True)
         maintenance.start()
-        from ..observe.surface import Surface
-
-        surface = Surface.for_scheduler(self)  # metrics_port: /metrics, /livez, /readyz
         surface.ready()  # systemd READY=1 and watchdog pings, when asked for
         backoff = Backoff(first=1.0, cap=10.0)
         while not self._stop.is_set():

@@ -7,7 +7,8 @@ quarantine, last pass and reconcile lag from PostgreSQL, cached a few seconds), 
 Prometheus that cannot reach the schedulers can scrape it instead. It serves none of
 the process-local counters (jobs by class, passes): those come from the workers' and
 schedulers' own ``metrics_port`` (docs/metrics.md says which process serves what).
-Lag samples need the job classes: run the dashboard with ``--app``.
+Lag samples need the job classes: run the dashboard with ``--app``. PostgreSQL is read
+only when ReconciledJobs are registered or ``database_url`` is set.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class DashboardMetrics:
     def __init__(self, settings: Settings, broker: Broker) -> None:
         self.settings = settings
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(ClusterCollector(settings, _registered, broker=broker))
+        # PostgreSQL only when this deployment uses it (ReconciledJobs registered, or a
+        # database_url set): a Redis-only dashboard does not warn every 5 minutes
+        postgres = bool(_registered()) or settings.source_of("database_url") != "default"
+        self.registry.register(ClusterCollector(settings, _registered, broker=broker, postgres=postgres))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -133,7 +133,8 @@ def test_the_collector_serves_lag_and_leaves_a_failing_class_out(
     text = generate_latest(registry).decode()
     [line] = [x for x in text.splitlines() if x.startswith("reconcile_lag_seconds{")]
     assert 'class="gauges.LaggingTicket"' in line and 119 <= float(line.split()[-1]) < 150
-    assert "gauges.WrongColumn" not in text
+    assert 'reconcile_lag_seconds{class="gauges.WrongColumn"}' not in text
+    assert 'reconcile_pass_interval_seconds{class="gauges.WrongColumn"} 3600.0' in text
     assert 'reconcile_metrics_source_up{source="postgresql"} 1.0' in text
 
 
