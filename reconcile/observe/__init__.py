@@ -55,3 +55,11 @@ def record_incident(settings: Settings, reason: str) -> None:
         from . import metrics  # deferred: prometheus_client
 
         metrics.record_incident(reason)
+
+
+def record_heal(settings: Settings, reason: str, seconds: float) -> None:
+    """The seconds a Redis loss this scheduler handled took to heal."""
+    if enabled(settings):
+        from . import metrics  # deferred: prometheus_client
+
+        metrics.record_heal(reason, seconds)

@@ -93,8 +93,15 @@ INCIDENTS = Counter(
     "without persistence; eviction: Redis evicted keys).",
     ["kind"], registry=None)
 
+HEAL = Histogram(
+    "reconcile_incident_heal_seconds",
+    "Seconds from a Redis-loss incident this scheduler handled to every pass it made due "
+    "having finished once since, by kind.",
+    ["kind"], buckets=(1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf")),
+    registry=None)
+
 WORKER_METRICS: tuple[Collector, ...] = (JOBS, JOB_DURATION, IN_FLIGHT, BUSY, THREADS)
-SCHEDULER_METRICS: tuple[Collector, ...] = (PASS_KEYS, PASS_DURATION, PASSES, INCIDENTS)
+SCHEDULER_METRICS: tuple[Collector, ...] = (PASS_KEYS, PASS_DURATION, PASSES, INCIDENTS, HEAL)
 PASS_KINDS = ("found", "enqueued", "already_queued", "quarantined", "deferred")
 
 
@@ -209,6 +216,11 @@ def incident_kind(reason: str) -> str:
 def record_incident(reason: str) -> None:
     """A Redis loss handled by this scheduler (logged as INCIDENT)."""
     INCIDENTS.labels(incident_kind(reason)).inc()
+
+
+def record_heal(reason: str, seconds: float) -> None:
+    """A Redis loss this scheduler handled healed (:mod:`reconcile.scheduler.healing`)."""
+    HEAL.labels(incident_kind(reason)).observe(seconds)
 
 
 def process_gone() -> None:

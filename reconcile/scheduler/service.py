@@ -48,6 +48,7 @@ from ..broker import Broker, get_broker
 from ..config import Settings, mask_url
 from ..job import Job
 from ..worker.maintenance import Maintenance
+from .healing import Healing
 from .passes import PassResult, run_pass
 from .redis_watch import RedisWatch
 from .schedule_rows import CRON_PREFIX, schedule_of, scheduled_classes
@@ -95,7 +96,8 @@ class Scheduler:
         self._ensured = False
         self._drift_checked = -1e18
         self._beat_at = -1e18
-        self._round_ok_at: float | None = None  # monotonic time of the last round without error
+        self.round_ok_at: float | None = None  # monotonic time of the last round without error
+        self.healing = Healing()  # times the Redis-loss incidents this scheduler handles
         self.looped_at = time.monotonic()  # of the last loop iteration (health checks)
         self._started_at = time.time()
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
@@ -103,11 +105,6 @@ class Scheduler:
         self._pruned = -1e18
 
     # -- pieces --------------------------------------------------------------------
-
-    @property
-    def round_ok_at(self) -> float | None:
-        """Monotonic time of the last round that went through (None: none yet)."""
-        return self._round_ok_at
 
     def own_specs(self) -> dict[str, str]:
         """This scheduler's definition of each schedule (the row's ``spec`` text)."""
@@ -151,7 +148,7 @@ class Scheduler:
         self.broker.scheduler_beat(self.owner, {
             "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at,
             "schedules": len(self.classes), "passes_running": sorted(self._running),
-            "round_ok_ago": None if self._round_ok_at is None else round(now - self._round_ok_at, 3),
+            "round_ok_ago": None if self.round_ok_at is None else round(now - self.round_ok_at, 3),
         }, SCHEDULER_TTL)
 
     def check_drift(self) -> list[str]:
@@ -223,6 +220,7 @@ class Scheduler:
                 return reason
             self.incidents.append(reason)
             observe.record_incident(self.settings, reason)
+            self.healing.begin(reason, schedules)
             log.error("INCIDENT: %s; made all %d reconcile passes due now", reason, len(names))
         return reason
 
@@ -361,7 +359,8 @@ class Scheduler:
                     self._after_loss.discard(c.name)
                     self._running[c.name] = self.pool.submit(self.fire, c.name, trigger)
                 backoff.reset()
-                self._round_ok_at = time.monotonic()
+                self.healing.check(self.engine, self.settings)
+                self.round_ok_at = time.monotonic()
             except (redis.RedisError, OSError) as exc:
                 log.warning("scheduler round failed (%s); retrying", exc)
                 pause = backoff.next()

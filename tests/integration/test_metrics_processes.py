@@ -188,6 +188,13 @@ def test_a_scraped_worker_and_scheduler_count_the_work_as_it_happens(
         broker.redis.delete(broker.keys.epoch)
         eventually(lambda: value(scrape(sport), "reconcile_incidents_total", kind="epoch_lost") == 1,
                    30, "the incident counter", sched)
+        # ... and how long it took to heal: every pass it made due ran once since
+        healed = eventually(lambda: value(scrape(sport), "reconcile_incident_heal_seconds_count",
+                                          kind="epoch_lost") == 1, 30, "the heal time", sched)
+        assert healed
+        heal_sum = value(scrape(sport), "reconcile_incident_heal_seconds_sum", kind="epoch_lost")
+        assert heal_sum is not None and 0 < heal_sum < 30, heal_sum
+        print(f"incident healed in {heal_sum:.2f}s")
 
         # health: both live and ready, over HTTP and through `reconcile health`
         for port in (wport, sport):
