@@ -71,6 +71,11 @@ def common_options(func: F) -> F:
     return func
 
 
+metrics_port_option = click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    help="Serve /metrics, /livez and /readyz on this port (setting metrics_port; 0: off).")
+
+
 class CliError(click.ClickException):
     """A failure the operator fixes outside the code (a setting, a server, a
     permission): shown as one line ``reconcile: <message>``, exit code 2."""
@@ -164,6 +169,7 @@ def main(debug: bool) -> None:
 @click.option("-t", "--timeout", "shutdown_timeout", type=float, default=None,
               help="Seconds to wait for running jobs on TERM (default 25).")
 @click.option("--prefetch", type=int, default=None, help="Jobs leased beyond those running.")
+@metrics_port_option
 def worker(apps: tuple[str, ...], queues: tuple[str, ...], strict: bool, **flags: Any) -> None:
     """Run jobs from the given queues until TERM/INT."""
     settings = setup(apps, **flags)
@@ -326,11 +332,50 @@ def _job_name(name: str | None, settings: Settings) -> str | None:
 
 @main.command()
 @common_options
+@metrics_port_option
 def scheduler(apps: tuple[str, ...], **flags: Any) -> None:
     """Fire reconcile passes and cron ticks; heal Redis loss. Run as many as you like."""
     from .scheduler.service import Scheduler  # deferred: start-up
 
     Scheduler(setup(apps, **flags)).run()
+
+
+@main.command()
+@common_options
+@click.option("--url", default=None, metavar="http://HOST:PORT",
+              help="The metrics server of the process (default: 127.0.0.1 on metrics_port).")
+@click.option("--process", "process_id", default=None, metavar="ID",
+              help="Or: the worker or scheduler id as `reconcile status` lists it (Redis registry).")
+@click.option("--live", "probe", flag_value="live", help="Liveness: restart the process if it fails.")
+@click.option("--ready", "probe", flag_value="ready", default=True, help="Readiness (the default).")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait for the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the process's health document.")
+def health(apps: tuple[str, ...], url: str | None, process_id: str | None, probe: str, timeout: float,
+           as_json: bool, **flags: Any) -> None:
+    """Exit 0 if a worker or scheduler is live (--live) or ready (the default), else 1."""
+    from .observe import probe as probes  # deferred: start-up (urllib.request, http.client)
+
+    settings = setup(apps, **flags)
+    if url and process_id:
+        raise click.UsageError("give --url or --process, not both")
+    if process_id:
+        try:
+            verdict = probes.by_process(get_status(settings), process_id, probe)
+        except Exception as exc:  # Redis down: the process cannot be judged healthy
+            verdict = probes.Verdict(False, f"cannot read the Redis registry ({explain(exc) or exc})")
+    else:
+        if not url:
+            if not settings.metrics_port:
+                raise click.UsageError("give --url http://host:port or --process ID (or set "
+                                       "metrics_port: then 127.0.0.1 on it is asked)")
+            url = f"http://127.0.0.1:{settings.metrics_port}"
+        why = probes.url_problem(url)
+        if why:
+            raise click.UsageError(f"--url {url!r} {why}")
+        verdict = probes.by_url(url, probe, timeout)
+    click.echo(json.dumps(verdict.body) if as_json else verdict.summary)
+    sys.exit(0 if verdict.ok else 1)
 
 
 @main.command("run")

@@ -267,6 +267,17 @@ class Settings:
     ERROR with its traceback whatever this says). One of DEBUG, INFO, WARNING, ERROR,
     CRITICAL. Default DEBUG."""
 
+    metrics_port: int = 0
+    """TCP port on which ``reconcile worker`` and ``reconcile scheduler`` serve
+    Prometheus metrics (``/metrics``) and their health checks (``/livez``, ``/readyz``);
+    ``--metrics-port`` on both commands. 0: no server (and a worker records no metrics,
+    unless ``PROMETHEUS_MULTIPROC_DIR`` is set: see docs/metrics.md). Default 0."""
+
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics server binds (``metrics_port``). The default serves every
+    interface, as Prometheus exporters do, so a scraper or a Kubernetes probe on
+    another host reaches it; ``127.0.0.1`` keeps it local. Default ``0.0.0.0``."""
+
     max_schedule_seconds: float = 5 * 365 * 86_400.0
     """Furthest ahead ``perform_in``, ``perform_at`` and ``set(wait=, wait_until=)``
     may schedule a job, in seconds; later (or non-finite) run times raise
@@ -398,6 +409,10 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     horizon = values["max_schedule_seconds"]
     if not horizon > 0 or horizon == float("inf"):
         raise bad("max_schedule_seconds", "must be a finite positive number of seconds")
+    if not 0 <= values["metrics_port"] <= 65535:
+        raise bad("metrics_port", "must be a TCP port 1..65535, or 0 for no metrics server")
+    if not values["metrics_host"].strip():
+        raise bad("metrics_host", "must be an address to bind, such as 0.0.0.0 or 127.0.0.1")
     if values["log_format"] not in ("text", "json"):
         raise bad("log_format", "must be text or json")
     if values["tracing"] not in ("off", "otel"):

@@ -155,6 +155,12 @@ def _rule_high_water(v: Any) -> str | None:
     return None if v is None or (type(v) is int and v >= 0) else "None or an int >= 0 (0: no limit)"
 
 
+def _rule_pending_since(v: Any) -> str | None:
+    if v is None or (type(v) is str and v.isidentifier()):
+        return None
+    return "None or the name of a timestamp column of pending(), such as 'created_at'"
+
+
 def _rule_discard_on(v: Any) -> str | None:
     if type(v) is tuple and all(isinstance(e, type) and issubclass(e, BaseException) for e in v):
         return None
@@ -186,6 +192,7 @@ OPTION_RULES: Final[dict[str, Callable[[Any], str | None]]] = {
     "cron_args": _rule_cron_args, "every": _rule_every, "jitter": _rule_jitter,
     "batch_size": _rule_batch_size, "high_water": _rule_high_water, "backtrace": _rule_backtrace,
     "partitions": _rule_partitions,
+    "pending_since": _rule_pending_since,
 }
 """Allowed values of each class option (docs/jobs.md lists them)."""
 

@@ -105,7 +105,8 @@ class ReconciledJob(Job):
 
     abstract = True
     injected_params = 1  # perform(self, session, *key)
-    option_names = (*Job.option_names, "every", "jitter", "batch_size", "high_water", "partitions")
+    option_names = (*Job.option_names, "every", "jitter", "batch_size", "high_water", "partitions",
+                    "pending_since")
 
     every: ClassVar[float | timedelta | None] = None
     """Seconds (or timedelta) between reconcile passes. Exactly one of ``every`` and
@@ -126,6 +127,13 @@ class ReconciledJob(Job):
     """Split each pass into this many key ranges, each its own schedule row that any
     scheduler may claim, so several schedulers share one class's pass (see
     ``docs/scheduler.md``, "Partitioned passes"). Default 1: one pass over every key."""
+
+    pending_since: ClassVar[str | None] = None
+    """Name of a timestamp column of ``pending()`` (one it selects, or a column of a
+    table it selects from) saying since when a key has been pending, such as
+    ``"created_at"``. It gives the metric ``reconcile_lag_seconds``: the age of the
+    oldest still-pending key (docs/metrics.md, with the index to add). Default None
+    (no lag is exported for the class)."""
 
     backend_pid: int | None = None  # set during execute when ``timeout`` is set
     backend_xact_start: int | None = None  # with it behind a transaction pooler

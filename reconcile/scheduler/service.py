@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 
+from .. import observe
 from ..backoff import Backoff
 from ..banner import log_banner
 from ..broker import Broker, get_broker
@@ -55,6 +56,7 @@ from ..config import Settings, mask_url
 from ..job import Job
 from ..worker.maintenance import Maintenance
 from . import schedule_rows as rows
+from .healing import Healing
 from .passes import PassResult, run_pass
 from .redis_watch import RedisWatch
 from .schedule_rows import CRON_PREFIX, schedule_of, scheduled_classes
@@ -104,7 +106,9 @@ class Scheduler:
         self._ensured = False
         self._drift_checked = -1e18
         self._beat_at = -1e18
-        self._round_ok_at: float | None = None  # monotonic time of the last round without error
+        self.round_ok_at: float | None = None  # monotonic time of the last round without error
+        self.healing = Healing()  # times the Redis-loss incidents this scheduler handles
+        self.looped_at = time.monotonic()  # of the last loop iteration (health checks)
         self._started_at = time.time()
         self._drift_warned: dict[str, str] = {}  # name -> the row spec warned about
         self._switches_synced = -1e18
@@ -161,7 +165,7 @@ class Scheduler:
         self.broker.scheduler_beat(self.owner, {
             "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at,
             "schedules": len(self.classes), "passes_running": sorted(self._running),
-            "round_ok_ago": None if self._round_ok_at is None else round(now - self._round_ok_at, 3),
+            "round_ok_ago": None if self.round_ok_at is None else round(now - self.round_ok_at, 3),
         }, SCHEDULER_TTL)
 
     def check_drift(self) -> list[str]:
@@ -232,6 +236,8 @@ class Scheduler:
                          self.settings.namespace, len(names))
                 return reason
             self.incidents.append(reason)
+            observe.record_incident(self.settings, reason)
+            self.healing.begin(reason, schedules)
             log.error("INCIDENT: %s; made all %d reconcile passes due now", reason, len(names))
         return reason
 
@@ -302,11 +308,13 @@ class Scheduler:
                 log.info("cron tick: enqueued %s", cls.job_name)
             else:
                 part = rows.partition_of(name, getattr(cls, "partitions", 1))
-                self.results.append(run_pass(
+                result = run_pass(
                     cls, trigger=trigger, owner=self.owner, settings=self.settings,  # type: ignore[arg-type]
                     keepalive=lambda: store.keep_running(self.engine, name, self.owner),
                     partition=None if part.count == 1 else (part.index, part.count),
-                ))
+                )
+                self.results.append(result)
+                observe.record_pass(self.settings, result)
         except Exception:
             log.exception("firing %s failed", name)
         finally:
@@ -344,13 +352,18 @@ class Scheduler:
                         "re-derived by passes, but plain jobs are lost. Set noeviction.", policy)
         log_banner("scheduler", self.owner, self.settings,
                    schedules=sorted(self.classes))
+        from ..observe.surface import Surface
+
+        surface = Surface.for_scheduler(self)  # metrics_port: /metrics, /livez, /readyz
         # its own thread, as in a worker: a round that waits on PostgreSQL (down, or a
         # slow claim) must not hold up promotion, which needs Redis only
         maintenance = threading.Thread(target=self.maintenance.run, args=(self._stop,),
                                        name="reconcile-maintenance", daemon=True)
         maintenance.start()
+        surface.ready()  # systemd READY=1 and watchdog pings, when asked for
         backoff = Backoff(first=1.0, cap=10.0)
         while not self._stop.is_set():
+            self.looped_at = time.monotonic()
             pause = tick
             for name, fut in list(self._running.items()):
                 if fut.done():
@@ -376,7 +389,8 @@ class Scheduler:
                     fut.add_done_callback(lambda _: self._wake.set())
                     self._running[c.name] = fut
                 backoff.reset()
-                self._round_ok_at = time.monotonic()
+                self.healing.check(self.engine, self.settings)
+                self.round_ok_at = time.monotonic()
             except (redis.RedisError, OSError) as exc:
                 log.warning("scheduler round failed (%s); retrying", exc)
                 pause = backoff.next()
@@ -385,6 +399,7 @@ class Scheduler:
                 pause = backoff.next()
             self._wake.wait(pause)  # a tick, or less when a pass finishes
             self._wake.clear()
+        surface.stop()
         self.pool.shutdown(wait=True)
         maintenance.join(timeout=5.0)
         try:

@@ -127,6 +127,7 @@ class Dashboard:
             self.actions[f"/{which}/{spec.move}"] = functools.partial(self._set_change, which, "move")
             self.actions[f"/{which}/delete"] = functools.partial(self._set_change, which, "delete")
         self.actions["/quarantine/release"] = self._release
+        self._metrics_for: metrics.DashboardMetrics | None = None
 
     @property
     def settings(self) -> Settings:
@@ -135,6 +136,13 @@ class Dashboard:
     @property
     def broker(self) -> Broker:
         return get_broker(self.settings)  # cached per settings
+
+    def _metrics(self) -> metrics.DashboardMetrics:
+        """The ``/metrics`` registry of the current settings (made again if they changed)."""
+        current = self._metrics_for
+        if current is None or current.settings is not self.settings:
+            current = self._metrics_for = metrics.DashboardMetrics(self.settings, self.broker)
+        return current
 
     def host_allowed(self, environ: dict[str, Any]) -> bool:
         """Whether the request's ``Host`` (port ignored; ``SERVER_NAME`` without one)
@@ -190,7 +198,7 @@ class Dashboard:
                 body = json.dumps(status(self.settings, self.broker)).encode()
                 return _reply(start_response, "200 OK", body, "application/json")
             if path == "/metrics" and method in ("GET", "HEAD"):
-                body = metrics.render(status(self.settings, self.broker, include_classes=False))
+                body = self._metrics().render()
                 return _reply(start_response, "200 OK", body, metrics.CONTENT_TYPE)
             if path in PAGES:
                 if method not in ("GET", "HEAD"):

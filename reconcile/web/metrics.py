@@ -1,84 +1,70 @@
-"""``/metrics``: the status document in Prometheus's text exposition format (0.0.4).
+"""``/metrics`` of the dashboard: the cluster-wide gauges, by ``prometheus_client``.
 
-Everything comes from :func:`reconcile.api.status` (Redis only, a handful of round
-trips), so a scrape costs what ``reconcile status`` costs. Names:
-
-=====================================  =======  ===========================================
-metric                                 type     labels, meaning
-=====================================  =======  ===========================================
-``reconcile_queue_jobs``               gauge    ``queue``: jobs waiting
-``reconcile_queue_latency_seconds``    gauge    ``queue``: age of the oldest waiting job
-``reconcile_set_jobs``                 gauge    ``set`` (scheduled, retry, dead)
-``reconcile_in_flight_jobs``           gauge    leased by worker processes
-``reconcile_processes``                gauge    ``state`` (alive, quiet, dead: not yet reaped)
-``reconcile_busy_threads``             gauge    executor threads running a job, all processes
-``reconcile_threads``                  gauge    executor threads (concurrency), all processes
-``reconcile_schedulers_alive``         gauge    schedulers beating now (0: passes stopped)
-``reconcile_jobs_total``               counter  ``outcome`` (processed, failed, already_done,
-                                                lock_busy, db_unavailable, disabled, held)
-=====================================  =======  ===========================================
+The dashboard serves what a scheduler serves of the cluster
+(:class:`reconcile.observe.cluster.ClusterCollector`: queues, sets, processes,
+schedulers alive, the namespace's outcome counters from Redis at each scrape;
+quarantine, last pass and reconcile lag from PostgreSQL, cached a few seconds), so a
+Prometheus that cannot reach the schedulers can scrape it instead. It serves none of
+the process-local counters (jobs by class, passes): those come from the workers' and
+schedulers' own ``metrics_port`` (docs/metrics.md says which process serves what).
+Lag samples need the job classes: run the dashboard with ``--app``. PostgreSQL is read
+only when ReconciledJobs are registered or ``database_url`` is set.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
+from ..observe.cluster import ClusterCollector, redis_families
 
-def sample_value(value: float) -> str:
-    """A sample as Prometheus reads it back exactly: an integer in full (``{:g}`` would
-    print 123456789 as ``1.23457e+08`` and break ``rate()``), a float at ``repr``
-    precision, and ``NaN``, ``+Inf``, ``-Inf`` as the format spells them."""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+if TYPE_CHECKING:
+    from ..broker import Broker
+    from ..config import Settings
+    from ..reconciled import ReconciledJob
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""Prometheus text format 0.0.4, which every Prometheus version reads."""
 
 
-def _label(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _registered() -> list[type[ReconciledJob]]:
+    from .. import registry
+    from ..reconciled import ReconciledJob
+
+    return [c for c in registry.all_classes().values() if issubclass(c, ReconciledJob)]
+
+
+class DashboardMetrics:
+    """The registry the dashboard's ``/metrics`` serves, for one settings object."""
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry(auto_describe=True)
+        # PostgreSQL only when this deployment uses it (ReconciledJobs registered, or a
+        # database_url set): a Redis-only dashboard does not warn every 5 minutes
+        postgres = bool(_registered()) or settings.source_of("database_url") != "default"
+        self.registry.register(ClusterCollector(settings, _registered, broker=broker, postgres=postgres))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Doc(Collector):
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    def collect(self) -> Iterator[Metric]:
+        yield from redis_families(self.doc)
 
 
 def render(doc: dict[str, Any]) -> bytes:
-    """The exposition text of a status document."""
-    out: list[str] = []
-
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
-        out.extend(f"{name}{labels} {sample_value(value)}" for labels, value in samples)
-
-    family("reconcile_queue_jobs", "gauge", "Jobs waiting in the queue.",
-           [(f'{{queue="{_label(q["name"])}"}}', q["size"]) for q in doc["queues"]])
-    family("reconcile_queue_latency_seconds", "gauge", "Age of the oldest job waiting in the queue.",
-           [(f'{{queue="{_label(q["name"])}"}}', q["latency"]) for q in doc["queues"]])
-    family("reconcile_set_jobs", "gauge", "Jobs in the scheduled, retry and dead sets.",
-           [(f'{{set="{s}"}}', doc[s]) for s in ("scheduled", "retry", "dead")])
-    family("reconcile_set_due_jobs", "gauge",
-           "Jobs of the scheduled and retry sets that are due now (about to be promoted).",
-           [(f'{{set="{s}"}}', doc[f"{s}_due"]) for s in ("scheduled", "retry")])
-    family("reconcile_in_flight_jobs", "gauge", "Jobs leased by worker processes.",
-           [("", doc["in_flight"])])
-    procs = doc["processes"]
-    states = {"alive": 0, "quiet": 0, "dead": 0}
-    for p in procs:
-        states["quiet" if p["quiet"] else ("alive" if p["alive"] else "dead")] += 1
-    family("reconcile_processes", "gauge", "Registered worker processes by state.",
-           [(f'{{state="{s}"}}', n) for s, n in states.items()])
-    family("reconcile_busy_threads", "gauge", "Executor threads running a job.",
-           [("", sum(p["busy"] for p in procs if p["alive"]))])
-    family("reconcile_threads", "gauge", "Executor threads of live worker processes.",
-           [("", sum(p["concurrency"] for p in procs if p["alive"]))])
-    family("reconcile_schedulers_alive", "gauge",
-           "Schedulers beating now; 0 means no reconcile pass, cron job or Redis-loss healing runs.",
-           [("", doc["schedulers_alive"])])
-    family("reconcile_jobs_total", "counter", "Job outcomes since the namespace was created.",
-           [(f'{{outcome="{_label(k)}"}}', n) for k, n in doc["counters"].items()])
-    return ("\n".join(out) + "\n").encode()
+    """The exposition text of the Redis families of one status document
+    (:func:`reconcile.api.status`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Doc(doc))
+    return generate_latest(registry)

@@ -41,6 +41,7 @@ from ..broker import Delivery, SettleKind, SettleOp
 from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
 from ..logs import job_context, job_fields, safe
+from ..observe import enabled as metrics_enabled
 from ..outcome import RESCHEDULED, Outcome
 from ..payload import UNBOUNDED, decode, dumps
 from ..store.engine import get_engine
@@ -50,12 +51,19 @@ from .retry import decide, error_name, run_death_hooks
 if TYPE_CHECKING:
     from ..broker import Broker
     from ..job import Job
+    from ..observe.metrics import JobMetrics
 
 log = logging.getLogger("reconcile.worker")
 job_log = logging.getLogger("reconcile.job")  # the per-job audit lines (log_job_lines)
 
 LOCK_BUSY_DELAY = (1.0, 3.0)
 """Seconds (uniform range) before a delivery whose key lock is held elsewhere runs again."""
+
+UNKNOWN_CLASS = "-"
+"""The ``class`` label of a dead delivery whose class is not registered or unreadable."""
+
+FAILURE_OUTCOMES = {"retry": "retry", "dead": "dead", "discard": "discarded"}
+"""The ``outcome`` label of ``reconcile_jobs_total`` for each retry verdict."""
 
 HOLD_DELAY = 30.0
 """Seconds before a held job (its plain Job class is disabled) is looked at again."""
@@ -154,6 +162,13 @@ class Executor:
         # heartbeat; guarded by _count_lock.
         self.counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
+        # Prometheus job counters (observe/metrics.py); None when metrics are off, so
+        # a worker without them pays one ``is None`` test per job
+        self.metrics: JobMetrics | None = None
+        if metrics_enabled(settings):
+            from ..observe.metrics import JobMetrics  # deferred: prometheus_client
+
+            self.metrics = JobMetrics()
 
     def count(self, name: str, n: int = 1) -> None:
         with self._count_lock:
@@ -213,6 +228,8 @@ class Executor:
         if cls.injected_params == 0 and self.held.is_held(cls.job_name):
             # A disabled plain Job is held, not dropped: nothing re-derives it later.
             self.count(Outcome.HELD)
+            if self.metrics is not None:
+                self.metrics.record(cls.job_name, d.queue, Outcome.HELD.value, None)
             return settlement_of(Outcome.HELD, d.field, lock, lambda: d.raw)
         try:
             job = cls()
@@ -267,6 +284,8 @@ class Executor:
         self, d: Delivery, cls: type[Job], job: Job, payload: dict[str, Any],
         perform: Callable[[], None], lock: str, outcome_of: Callable[[], Outcome],
     ) -> SettleOp:
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             chain = middleware.server_middleware.items
             if chain:
@@ -278,13 +297,17 @@ class Executor:
                 # given up by the watchdog, which settled it already (an async job is
                 # cancelled then): a late failure is void, no second retry or death
                 return SettleOp.drop(d.field)
-            return self._failed(d, cls, job, payload, exc)
+            return self._failed(d, cls, job, payload, exc, started if metrics is not None else None)
         outcome = outcome_of()
         if outcome is Outcome.DONE:
+            if metrics is not None:
+                metrics.record(cls.job_name, d.queue, "done", time.perf_counter() - started)
             # the common case, settled here without a call into the table (one call
             # per job, measured in the drain); settlement_of gives the same op
             return SettleOp.ack(d.field, lock, payload["jid"])
         self.count(outcome)
+        if metrics is not None:
+            metrics.record(cls.job_name, d.queue, outcome.value, time.perf_counter() - started)
         return settlement_of(outcome, d.field, lock, lambda: dumps(payload), payload["jid"])
 
     def expired(self, now: float) -> list[Active]:
@@ -316,11 +339,16 @@ class Executor:
 
     def _failed(
         self, d: Delivery, cls: type[Job], job: Job | None, payload: dict[str, Any],
-        exc: BaseException,
+        exc: BaseException, started: float | None = None,
     ) -> SettleOp:
+        """A failure, settled by the retry rules; ``started`` (``perf_counter``) is when
+        its perform began, for the duration metric (None: unknown or never began)."""
         lock: str = payload.get("lock", "")
         tracing.record_exception(self.settings, exc)  # on the perform span, if any
         verdict = decide(cls, job, payload, exc, self.settings.default_retry)
+        if self.metrics is not None:
+            self.metrics.record(cls.job_name, d.queue, FAILURE_OUTCOMES[verdict.kind],
+                                None if started is None else time.perf_counter() - started)
         line = "%s jid=%s failed (%s: %s); %s"
         args = (cls.job_name, safe(payload["jid"]), error_name(exc), safe(exc), verdict.kind)
         if verdict.kind == "retry":
@@ -345,6 +373,8 @@ class Executor:
 
     def _invalid(self, d: Delivery, reason: str) -> SettleOp:
         """Not a usable payload at all: keep a readable excerpt and the reason."""
+        if self.metrics is not None:
+            self.metrics.record(UNKNOWN_CLASS, d.queue, "dead", None)
         log.warning("invalid payload on queue %s sent to the dead set: %s", safe(d.queue), safe(reason))
         record: dict[str, Any] = {
             "queue": d.queue, "jid": "", "class": None, "args": [],
@@ -358,6 +388,11 @@ class Executor:
         """A well-formed payload this worker cannot run: dead with the reason, no retries.
         ``death_hooks`` False skips the class's hooks and its quarantine (a key with no
         canonical form must not be quarantined under a second identity)."""
+        if self.metrics is not None:
+            name = payload.get("class")
+            # a registered name, or a constant: a crafted name must not add a series
+            label = name if isinstance(name, str) and name in registry.all_classes() else UNKNOWN_CLASS
+            self.metrics.record(label, d.queue, "dead", None)
         log.warning("job %s jid=%s sent to the dead set: %s",
                     safe(payload.get("class")), safe(payload.get("jid")), safe(reason))
         payload["error_class"] = kind

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,15 +44,24 @@ class Heartbeat:
         self.aliases = aliases
         self.settler = settler
         self.trouble = trouble
+        # monotonic times of the last loop iteration and of the last beat Redis took:
+        # written by the heartbeat thread, read by health checks (observe/health.py)
+        self.looped_at = self.redis_ok_at = time.monotonic()
+        # called at each beat (the metrics' process gauges), None: nothing
+        self.on_beat: Callable[[], None] | None = None
         # written and read by the heartbeat thread only
         self._suspects: set[bytes] = set()  # lease fields unknown locally at the last beat
 
     def run(self, stop: threading.Event) -> None:
         """Beat every ``interval`` seconds until ``stop`` is set."""
         while not stop.wait(self.interval):
+            self.looped_at = time.monotonic()
+            if self.on_beat is not None:
+                self.on_beat()
             counts = self.executor.take_counts()
             try:
                 self.broker.heartbeat(self.proc_id, self.info())
+                self.redis_ok_at = time.monotonic()
                 for name, n in counts.items():
                     self.broker.incr_counter(name, n)
                 counts = {}

@@ -241,10 +241,15 @@ class Worker:
         signal.signal(signal.SIGTTIN, on_ttin)
         if not self.wait_for_servers(stop_requested):
             return  # stopped while waiting: nothing was registered or leased
+        from ..observe.surface import Surface  # deferred: prometheus_client only when run
+
+        surface = Surface.for_worker(self)  # metrics_port: /metrics, /livez, /readyz
         self.start()
+        surface.ready()  # systemd READY=1 and watchdog pings, when asked for
         while not stop_requested.wait(0.5):
             pass
         self.stop()
+        surface.stop()
 
     def quiet(self) -> None:
         """Stop fetching new jobs; running and buffered jobs still complete."""

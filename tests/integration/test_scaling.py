@@ -30,5 +30,5 @@ def test_status_counts_the_scheduled_and_retry_entries_that_are_due(
     assert (doc["scheduled"], doc["scheduled_due"]) == (3, 2)
     assert (doc["retry"], doc["retry_due"]) == (2, 1)
     text = render(doc).decode()
-    assert 'reconcile_set_due_jobs{set="scheduled"} 2\n' in text
-    assert 'reconcile_set_due_jobs{set="retry"} 1\n' in text
+    assert 'reconcile_set_due_jobs{set="scheduled"} 2.0\n' in text
+    assert 'reconcile_set_due_jobs{set="retry"} 1.0\n' in text

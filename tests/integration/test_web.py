@@ -195,15 +195,18 @@ def test_metrics_are_the_status_in_prometheus_text_format(settings: Settings, br
     with running_worker(settings, ["idle"]):
         code, headers, body = call(Dashboard(settings), "/metrics")
     assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    samples = dict(line.rsplit(" ", 1) for line in body.splitlines() if not line.startswith("#"))
-    assert samples['reconcile_queue_jobs{queue="default"}'] == "2"
-    assert samples['reconcile_queue_jobs{queue="odd\\"q\\\\"}'] == "1", "label values escaped"
-    assert samples['reconcile_set_jobs{set="dead"}'] == "0"
-    assert samples['reconcile_set_due_jobs{set="scheduled"}'] == "0"
-    assert samples['reconcile_processes{state="alive"}'] == "1"
-    assert samples["reconcile_threads"] == str(settings.concurrency)
-    assert samples['reconcile_jobs_total{outcome="processed"}'] == "0"
-    assert "# TYPE reconcile_jobs_total counter" in body
+    # prometheus_client's values: floats, exact (1.23456789e+08 reads back as 123456789)
+    samples = {k: float(v) for k, v in (line.rsplit(" ", 1) for line in body.splitlines()
+                                         if not line.startswith("#"))}
+    assert samples['reconcile_queue_size{queue="default"}'] == 2
+    assert samples['reconcile_queue_size{queue="odd\\"q\\\\"}'] == 1, "label values escaped"
+    assert samples['reconcile_set_jobs{set="dead"}'] == 0
+    assert samples['reconcile_set_due_jobs{set="scheduled"}'] == 0
+    assert samples['reconcile_processes{state="alive"}'] == 1
+    assert samples["reconcile_threads"] == settings.concurrency
+    assert samples['reconcile_namespace_jobs_total{outcome="processed"}'] == 0
+    assert samples['reconcile_metrics_source_up{source="redis"}'] == 1
+    assert "# TYPE reconcile_namespace_jobs_total counter" in body
 
 
 def test_scheduled_job_is_run_now_or_deleted_from_its_buttons(settings: Settings, broker: Broker) -> None:

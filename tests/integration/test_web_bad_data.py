@@ -85,7 +85,7 @@ def test_status_and_its_pages_show_a_bad_value_and_the_rest(
     assert code == 200 and json.loads(body)["queues"], "valid JSON (no NaN)"
     assert "NaN" not in body and "Infinity" not in body
     code, _, metrics = call(app, "/metrics")
-    assert code == 200 and 'reconcile_queue_jobs{queue="default"}' in metrics
+    assert code == 200 and 'reconcile_queue_size{queue="default"}' in metrics
     result = cli(settings, "status")
     assert result.exit_code == 0 and "INVALID" in result.output and raw in result.output
     assert cli(settings, "status", "--json").exit_code == 0

