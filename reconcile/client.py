@@ -126,7 +126,9 @@ def enqueue(
     broker = get_broker(settings)
     step = settings.bulk_batch_size
     for start in range(0, len(records), step):
-        flags = broker.push(records[start : start + step])
+        # enqueue_replicas guards plain jobs only: a ReconciledJob lost in a failover is
+        # found again by its next pass (and a pass must not fail on a slow replica)
+        flags = broker.push(records[start : start + step], replicated=not job_class.keyed)
         for j, ok in enumerate(flags):
             if ok:
                 slot, jid = jids[start + j]

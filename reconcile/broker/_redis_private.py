@@ -22,7 +22,7 @@ Internals used, all of ``redis.connection``:
 * ``ConnectionPool.make_connection()``: :class:`FreeConnections` makes connections
   outside the pool's bookkeeping, with the pool's settings;
 * ``AbstractConnection.pack_command``, ``send_packed_command`` and ``read_response``:
-  :func:`evalsha`, :func:`client_id_then_blmove`;
+  :func:`evalsha`, :func:`evalsha_then_wait`, :func:`client_id_then_blmove`;
 * ``AbstractConnection.disconnect``: :meth:`FreeConnections.checkin`;
 * ``SSLConnection._wrap_socket_with_ssl``: :class:`TLSConnection`.
 
@@ -44,6 +44,7 @@ from typing import Any
 
 import redis
 import redis.connection
+import redis.sentinel
 
 
 class FreeConnections:
@@ -61,6 +62,7 @@ class FreeConnections:
         self._client = client
         self._free: list[Any] = []
         self._pid = os.getpid()
+        self._generation = 0  # bumped by drop_all; a connection of an older one is dropped
 
     def __len__(self) -> int:
         """How many idle connections are kept."""
@@ -74,14 +76,27 @@ class FreeConnections:
         try:
             return self._free.pop()
         except IndexError:
-            return self._client.connection_pool.make_connection()
+            conn: Any = self._client.connection_pool.make_connection()
+            conn._reconcile_generation = self._generation
+            return conn
 
     def checkin(self, conn: Any, ok: bool) -> None:
         """Return a connection; one that failed or was interrupted mid-reply (``ok``
-        False) is disconnected first (it reconnects on its next use)."""
-        if not ok:
+        False), or that was in use when :meth:`drop_all` ran, is disconnected first (it
+        reconnects on its next use)."""
+        if not ok or conn._reconcile_generation != self._generation:
             conn.disconnect()
+            conn._reconcile_generation = self._generation
         self._free.append(conn)
+
+    def drop_all(self) -> None:
+        """Disconnect every idle connection now and each one in use when it comes back:
+        the server they talk to is no longer the primary (a Sentinel failover). They
+        reconnect on their next command, through the Sentinels."""
+        self._generation += 1
+        for conn in list(self._free):
+            conn.disconnect()
+            conn._reconcile_generation = self._generation
 
 
 def evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> Any:
@@ -92,6 +107,26 @@ def evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> Any:
     ``ResponseError``, connection errors), which the caller handles."""
     conn.send_packed_command(conn.pack_command("EVALSHA", sha, 1, key, *args))
     return conn.read_response()
+
+
+def evalsha_then_wait(conn: Any, sha: str, key: str, args: Sequence[Any], replicas: int,
+                      timeout_ms: int) -> tuple[Any, int]:
+    """``EVALSHA`` then ``WAIT replicas timeout_ms`` in one write (the enqueue of
+    ``enqueue_replicas``): returns the script's reply and how many replicas acknowledged.
+    Both replies are read even when the script's is an error (the connection stays in
+    step), then the error is raised."""
+    conn.send_packed_command(conn.pack_command("EVALSHA", sha, 1, key, *args)
+                             + conn.pack_command("WAIT", replicas, timeout_ms))
+    error: redis.ResponseError | None = None
+    reply: Any = None
+    try:
+        reply = conn.read_response()
+    except redis.ResponseError as exc:
+        error = exc
+    acked = int(conn.read_response())
+    if error is not None:
+        raise error
+    return reply, acked
 
 
 def client_id_then_blmove(conn: Any, source: str, destination: str, timeout: float) -> tuple[int, Any]:
@@ -121,6 +156,12 @@ class TLSConnection(redis.SSLConnection):
         wrapped = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
         wrapped.settimeout(self.socket_timeout)
         return wrapped
+
+
+class SentinelTLSConnection(redis.sentinel.SentinelManagedConnection, TLSConnection):
+    """TLS to a data node found through Sentinel, its handshake bounded as above.
+    redis-py's ``SentinelManagedSSLConnection`` with :class:`TLSConnection` in place of
+    ``SSLConnection``."""
 
 
 def check_internals() -> list[str]:

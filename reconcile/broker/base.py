@@ -16,7 +16,7 @@ from redis.commands.core import Script
 
 from ..config import Settings
 from . import _redis_private as private
-from .connect import make_client
+from . import connect
 from .keys import Keys
 from .scripts import script_source
 
@@ -35,7 +35,8 @@ class BrokerBase:
         self.settings = settings
         self.fast = fast
         self.keys = Keys(settings.namespace)
-        self.redis = client if client is not None else make_client(settings.redis_url)
+        self.redis = client if client is not None else connect.make_client(
+            settings.redis_url, socket_timeout=settings.redis_socket_timeout)
         self._enqueue = self.register("enqueue.lua")
         self._fetch = self.register("fetch.lua")
         self._promote = self.register("promote.lua")
@@ -44,6 +45,29 @@ class BrokerBase:
         self._release = self.register("release.lua")
         self._set_move = self.register("set_move.lua")
         self._free = private.FreeConnections(self.redis)  # idle connections of _eval and claim
+        self._primary: tuple[str, int] | None = None  # where follow_primary last found it
+
+    @property
+    def via_sentinel(self) -> bool:
+        """True if this broker finds its Redis through Sentinel (``redis+sentinel://``)."""
+        return connect.is_sentinel_client(self.redis)
+
+    def follow_primary(self) -> tuple[str, int] | None:
+        """Through Sentinel: ask where the primary is and, if it moved since the last
+        call, drop every idle connection (the client's pool and :attr:`_free`), so the
+        next command goes to the new primary rather than to a demoted one that still
+        accepts writes. Returns the new address when it moved, else None; a no-op
+        without Sentinel. One Sentinel round trip; raises ``ConnectionError`` when no
+        Sentinel answers."""
+        address = connect.follow_primary(self.redis)
+        if address is None:
+            return None
+        moved = self._primary is not None and address != self._primary
+        self._primary = address
+        if moved:
+            self._free.drop_all()
+            return address
+        return None
 
     def register(self, name: str) -> Script:
         """Script ``name`` of ``lua/`` (prelude prepended), registered on this client."""
@@ -78,3 +102,32 @@ class BrokerBase:
         finally:
             self._free.checkin(conn, ok)
         return script(keys=[key], args=args)
+
+    def _eval_wait(self, script: Script, args: Sequence[Any], replicas: int,
+                   timeout_ms: int) -> tuple[Any, int]:
+        """:meth:`_eval` with ``WAIT replicas timeout_ms`` in the same round trip: the
+        script's reply and how many replicas acknowledged its writes. The reference
+        path (and the fallback on NOSCRIPT or a lost connection) is a non-transactional
+        pipeline of the ``Script`` call and the ``WAIT``."""
+        key = self.keys.script_key
+        if self.fast:
+            conn = self._free.checkout()
+            ok = False
+            try:
+                reply = private.evalsha_then_wait(conn, script.sha, key, args, replicas, timeout_ms)
+                ok = True
+                return reply
+            except redis.exceptions.NoScriptError:
+                ok = True
+            except redis.ResponseError:
+                ok = True
+                raise
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                pass
+            finally:
+                self._free.checkin(conn, ok)
+        pipe = self.redis.pipeline(transaction=False)
+        script(keys=[key], args=args, client=pipe)
+        pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+        reply, acked = pipe.execute()
+        return reply, int(acked)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from ..errors import BrokerError
+from ..errors import BrokerError, NotReplicated
 from .base import WAKE_CAP, BrokerBase
 
 
@@ -53,29 +53,44 @@ def enqueue_refused(count: int, exc: redis.OutOfMemoryError) -> BrokerError:
 
 
 class EnqueueOps(BrokerBase):
-    def push(self, records: Sequence[PushRecord]) -> list[bool]:
+    def push(self, records: Sequence[PushRecord], *, replicated: bool = True) -> list[bool]:
         """Push a batch in one Lua call; ``False`` where a uniqueness lock was held. A
         job whose run-at is after the Redis server's clock goes to the scheduled set.
         Under ``maxmemory`` with ``noeviction`` raises :class:`BrokerError` and writes
-        nothing."""
+        nothing. With ``enqueue_replicas`` = N, returns only once N replicas have the
+        batch (one ``WAIT`` per call, in the same round trip), else raises
+        :class:`~reconcile.errors.NotReplicated` (the batch is on the primary);
+        ``replicated`` False skips the wait (ReconciledJobs: their passes re-derive
+        what a failover loses)."""
         if not records:
             return []
         try:
-            return self._push(records)
+            return self._push(records, self.settings.enqueue_replicas if replicated else 0)
         except redis.OutOfMemoryError as exc:
             raise enqueue_refused(len(records), exc) from exc
 
-    def _push(self, records: Sequence[PushRecord]) -> list[bool]:
+    def _push(self, records: Sequence[PushRecord], replicas: int) -> list[bool]:
         queue = records[0].queue
         if all(r.queue == queue and not r.lock and not r.at and not r.delay for r in records):
             # the common bulk case: one queue, no locks, run now
-            self._eval(self._enqueue, [WAKE_CAP, "Q", queue, *(r.payload for r in records)])
+            self._call(len(records), replicas, [WAKE_CAP, "Q", queue, *(r.payload for r in records)])
             return [True] * len(records)
         args: list[Any] = [WAKE_CAP, "F"]
         for r in records:
             args += (r.queue, run_at_arg(r), r.lock, r.lock_ttl_ms, r.payload)
-        flags = self._eval(self._enqueue, args)
+        flags = self._call(len(records), replicas, args)
         return [bool(f) for f in flags]
+
+    def _call(self, count: int, wanted: int, args: list[Any]) -> Any:
+        """One ``enqueue.lua`` call; with ``wanted`` replicas, its ``WAIT`` rides in the
+        same round trip and too few acknowledgements raise :class:`NotReplicated`."""
+        if not wanted:
+            return self._eval(self._enqueue, args)
+        timeout = self.settings.enqueue_replicas_timeout
+        reply, acked = self._eval_wait(self._enqueue, args, wanted, max(1, round(timeout * 1000)))
+        if acked < wanted:
+            raise NotReplicated(acked, wanted, count, timeout)
+        return reply
 
     def release_lock(self, digest: str) -> None:
         """Drop a uniqueness lock (``unique_until = "start"``)."""

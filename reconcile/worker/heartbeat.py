@@ -4,7 +4,8 @@ Every ``lease_seconds / 4`` it refreshes ``{ns}:alive:<proc>`` (with the process
 info: queues, concurrency, busy threads, quiet), adds the executor's outcome counters
 to Redis, and sweeps orphans (:meth:`Heartbeat.sweep_orphans`). If the process dies,
 the alive key expires and any live process's reaper returns its jobs to their queues.
-On a Redis error the counters are kept for the next beat.
+On a Redis error the counters are kept for the next beat. Through Sentinel each beat
+first asks where the primary is, and drops connections to one that was demoted.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class Heartbeat:
         while not stop.wait(self.interval):
             counts = self.executor.take_counts()
             try:
+                if self.broker.via_sentinel:
+                    # after a failover, leave a demoted primary (which still takes writes
+                    # for seconds, all of them lost) for the one the Sentinels name
+                    moved = self.broker.follow_primary()
+                    if moved is not None:
+                        log.warning("Sentinel names a new Redis primary at %s:%d; following it", *moved)
                 self.broker.heartbeat(self.proc_id, self.info())
                 for name, n in counts.items():
                     self.broker.incr_counter(name, n)
