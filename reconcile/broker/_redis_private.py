@@ -24,6 +24,9 @@ Internals used, all of ``redis.connection``:
 * ``AbstractConnection.pack_command``, ``send_packed_command`` and ``read_response``:
   :func:`evalsha`, :func:`evalsha_then_wait`, :func:`client_id_then_blmove`;
 * ``AbstractConnection.disconnect``: :meth:`FreeConnections.checkin`;
+* ``AbstractConnection.connect``: :meth:`FreeConnections.checkout` of a
+  Sentinel-managed connection (``send_packed_command``'s own lazy connect bypasses
+  ``SentinelManagedConnection.connect``, which is where the primary is looked up);
 * ``SSLConnection._wrap_socket_with_ssl``: :class:`TLSConnection`.
 
 Supported redis-py: the range in ``pyproject.toml``, 5.1 up to (not including) 9.
@@ -63,6 +66,10 @@ class FreeConnections:
         self._free: list[Any] = []
         self._pid = os.getpid()
         self._generation = 0  # bumped by drop_all; a connection of an older one is dropped
+        # A Sentinel-managed connection finds the primary in its connect(); redis-py's
+        # lazy connect in send_packed_command skips that (it reconnects to the last
+        # address, or to localhost for a new one), so such connections connect here.
+        self._connect_first = isinstance(client.connection_pool, redis.sentinel.SentinelConnectionPool)
 
     def __len__(self) -> int:
         """How many idle connections are kept."""
@@ -74,11 +81,17 @@ class FreeConnections:
         if self._pid != os.getpid():
             self._free, self._pid = [], os.getpid()
         try:
-            return self._free.pop()
+            conn: Any = self._free.pop()
         except IndexError:
-            conn: Any = self._client.connection_pool.make_connection()
+            conn = self._client.connection_pool.make_connection()
             conn._reconcile_generation = self._generation
-            return conn
+        if self._connect_first:
+            try:
+                conn.connect()  # a no-op when connected; else asks the Sentinels (with retries)
+            except BaseException:
+                self._free.append(conn)
+                raise
+        return conn
 
     def checkin(self, conn: Any, ok: bool) -> None:
         """Return a connection; one that failed or was interrupted mid-reply (``ok``
@@ -175,6 +188,7 @@ def check_internals() -> list[str]:
         (redis.connection.AbstractConnection, "send_packed_command", ["self", "command"]),
         (redis.connection.AbstractConnection, "read_response", ["self"]),
         (redis.connection.AbstractConnection, "disconnect", ["self"]),
+        (redis.connection.AbstractConnection, "connect", ["self"]),
         (redis.connection.SSLConnection, "_wrap_socket_with_ssl", ["self", "sock"]),
     ]
     for owner, name, leading in expected:
