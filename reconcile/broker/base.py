@@ -8,6 +8,8 @@ subclass of :class:`BrokerBase` (``enqueue.py``, ``fetch.py``, ``maintenance.py`
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +21,11 @@ from . import _redis_private as private
 from . import connect
 from .keys import Keys
 from .scripts import script_source
+
+FOLLOW_EVERY = 1.0
+"""Seconds between the Sentinel look-ups that the enqueue path makes by itself
+(:meth:`BrokerBase.follow_now_and_then`): a client process has no heartbeat to follow a
+failover for it."""
 
 WAKE_CAP = 64
 """Most wake-up tokens kept per queue: enough to wake every idle process at once."""
@@ -46,11 +53,27 @@ class BrokerBase:
         self._set_move = self.register("set_move.lua")
         self._free = private.FreeConnections(self.redis)  # idle connections of _eval and claim
         self._primary: tuple[str, int] | None = None  # where follow_primary last found it
+        self._sentinel = connect.is_sentinel_client(self.redis)
+        self._followed_at = 0.0  # monotonic time of the last follow_now_and_then look-up
 
     @property
     def via_sentinel(self) -> bool:
         """True if this broker finds its Redis through Sentinel (``redis+sentinel://``)."""
-        return connect.is_sentinel_client(self.redis)
+        return self._sentinel
+
+    def follow_now_and_then(self) -> None:
+        """:meth:`follow_primary` at most once per :data:`FOLLOW_EVERY` seconds, for the
+        enqueue path (one Sentinel round trip a second at most, not one per enqueue);
+        a no-op without Sentinel. No Sentinel answering is not an error here: the
+        command goes to the primary last known."""
+        if not self._sentinel:
+            return
+        now = time.monotonic()
+        if now - self._followed_at < FOLLOW_EVERY:
+            return
+        self._followed_at = now
+        with contextlib.suppress(redis.ConnectionError):
+            self.follow_primary()
 
     def follow_primary(self) -> tuple[str, int] | None:
         """Through Sentinel: ask where the primary is and, if it moved since the last

@@ -64,6 +64,9 @@ class EnqueueOps(BrokerBase):
         what a failover loses)."""
         if not records:
             return []
+        # through Sentinel: leave a demoted primary within a second (it takes writes
+        # until the Sentinels reconfigure it, and loses them)
+        self.follow_now_and_then()
         try:
             return self._push(records, self.settings.enqueue_replicas if replicated else 0)
         except redis.OutOfMemoryError as exc:
