@@ -158,6 +158,12 @@ def test_every_part_reaches_the_primary_through_sentinel(
                                                       "RECONCILE_NAMESPACE": sentinel_settings.namespace})
     assert result.exit_code == 0, result.output
     assert "default" in result.output
+    # the dashboard
+    from reconcile.web import Dashboard
+    from tests.web_client import call
+
+    code, _, page = call(Dashboard(sentinel_settings), "/")
+    assert code == 200 and "default" in page
 
 
 def test_after_a_failover_a_broker_follows_the_new_primary_before_the_old_is_demoted(
