@@ -124,6 +124,17 @@ class SentinelGroup:
                 continue
         raise RuntimeError("no sentinel answered")
 
+    def primary_port_of_nodes(self) -> int:
+        """The port of the node that answers ``role: master`` (asks the nodes, not the
+        Sentinels: for when they are down)."""
+        for node in self.nodes:
+            try:
+                if node.client().info("replication").get("role") == "master":
+                    return node.port
+            except redis.ConnectionError:
+                continue
+        raise RuntimeError("no node answers as the primary")
+
     def primary(self) -> RedisServer:
         port = self.primary_port()
         return next(n for n in self.nodes if n.port == port)

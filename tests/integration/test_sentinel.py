@@ -325,3 +325,28 @@ def test_without_a_replica_the_wait_times_out(settings: Settings, fast: bool) ->
                                          bulk_batch_size=2))
     with pytest.raises(NotReplicated, match="of 2 job"):
         Record.perform_bulk([[f"t{i}"] for i in range(6)])
+
+
+def test_with_every_sentinel_down_the_primary_last_known_is_still_used(
+        group: SentinelGroup, sentinel_settings: Settings) -> None:
+    """The Sentinels are only asked where the primary is: when none answers, open
+    connections go on working, the watch reports no loss and a worker's heartbeat goes
+    on beating (a skipped beat would let its leases expire)."""
+    from reconcile.worker.heartbeat import Heartbeat
+    from reconcile.worker.settlements import RedisTrouble
+
+    broker = Broker(sentinel_settings)
+    watch = RedisWatch(broker)
+    watch.lost()
+    broker.push([PushRecord("default", 0, "", 0, b"{}")])
+    for s in group.sentinels:
+        s.stop()
+    with pytest.raises(redis.ConnectionError):
+        broker.follow_primary()
+    broker.follow_now_and_then()  # the enqueue path's look-up: not an error
+    broker.push([PushRecord("default", 0, "", 0, b"{}")])
+    assert watch.check() is None
+    beat = Heartbeat.__new__(Heartbeat)  # only follow() is exercised: it needs these two
+    beat.broker, beat.trouble = broker, RedisTrouble()
+    beat.follow()
+    assert _queued(group.primary_port_of_nodes(), broker) == 2
