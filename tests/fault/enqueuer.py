@@ -8,6 +8,8 @@ appends one line to ``<log>`` (``O_APPEND``, so SIGKILL loses nothing written):
 
 * ``E <token>`` -- the enqueue returned: the job is acknowledged;
 * ``R <token>`` -- ``NotReplicated``: on the primary, not on enough replicas;
+* ``O <token>`` -- ``READONLY``: the server is a replica now (a client given one
+  server's ``redis://`` URL, after a failover);
 * ``X <token>`` -- any other error (Redis unreachable during the election).
 
 It stops when ``<stop-file>`` exists.
@@ -18,6 +20,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+
+import redis
 
 from reconcile.errors import NotReplicated
 from tests.fault.oracle_app import PlainOracle
@@ -36,6 +40,8 @@ def main() -> None:
             kind = "E"
         except NotReplicated:
             kind = "R"
+        except redis.exceptions.ReadOnlyError:
+            kind = "O"
         except Exception:
             kind = "X"
         os.write(fd, f"{kind} {token}\n".encode())

@@ -2,7 +2,7 @@
 
 A private group (:class:`tests.fault.sentinel.SentinelGroup`: 1 primary, 1 replica, 3
 Sentinels, ``down-after-milliseconds`` 1000, all private ``redis-server`` processes with
-``--save ""``); the scheduler, two workers and two client processes
+``--save ""``); the scheduler, two workers and two of the three client processes
 (:mod:`tests.fault.enqueuer`) all use the group's ``redis+sentinel://`` URL. Mid-run:
 
 * 13a -- ``SENTINEL FAILOVER`` (planned: the replica is promoted, the old primary keeps
@@ -17,6 +17,11 @@ one by one during the run by a client with ``enqueue_replicas = 0`` and one with
 ``enqueue_replicas = 1``: how many enqueues were acknowledged and never ran (lost with
 the old primary). Without WAIT that figure is only reported; with WAIT it must be 0
 (an enqueue is acknowledged only once the replica that gets promoted has it).
+
+The control: a third client is given the first primary's own ``redis://`` URL, as every
+process had to be before ``redis+sentinel://``. It must meet ``READONLY`` once that
+server is demoted (the failure the issue reported: every such process failing until
+restarted), and its acknowledged jobs written there after the promotion are lost.
 """
 
 from __future__ import annotations
@@ -73,10 +78,11 @@ class Enqueuer:
     replicas: int
 
 
-def _enqueuer(world: World, prefix: str, replicas: int, stop: Path) -> Enqueuer:
+def _enqueuer(world: World, prefix: str, replicas: int, stop: Path, redis_url: str | None = None) -> Enqueuer:
     log = world.folder / f"enqueued-{prefix}.log"
     env = world.env("fault-client", RECONCILE_ENQUEUE_REPLICAS=replicas,
-                    RECONCILE_ENQUEUE_REPLICAS_TIMEOUT="0.5", FAULT_ENQUEUE_PAUSE="0.01")
+                    RECONCILE_ENQUEUE_REPLICAS_TIMEOUT="0.5", FAULT_ENQUEUE_PAUSE="0.01",
+                    RECONCILE_REDIS_URL=redis_url or world.redis_url)
     with open(world.folder / f"enqueuer-{prefix}.out", "ab") as out:
         popen = subprocess.Popen([sys.executable, "-m", "tests.fault.enqueuer", str(log), prefix, str(stop)],
                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -95,7 +101,8 @@ def _plain_figures(world: World, e: Enqueuer) -> dict[str, int]:
     for (kind, token), n in world.attempts().items():
         if kind == "J" and token.startswith(e.prefix):
             ran[token] += n
-    return {"acknowledged": len(acked), "not_replicated": answered["R"], "errors": answered["X"],
+    return {"acknowledged": len(acked), "not_replicated": answered["R"], "readonly": answered["O"],
+            "errors": answered["X"],
             "lost": len(acked - set(ran)), "ran_twice": sum(1 for n in ran.values() if n > 1)}
 
 
@@ -114,7 +121,10 @@ def _run(world: World, group: SentinelGroup, fault: Callable[[], int], scenario:
     for _ in range(2):
         world.worker("-q", "plain", concurrency=6)
     stop = world.folder / "stop-enqueuers"
-    clients = [_enqueuer(world, "n", 0, stop), _enqueuer(world, "w", 1, stop)]
+    # the control: a client given the first primary's own redis:// URL, as every process
+    # was before redis+sentinel:// existed
+    clients = [_enqueuer(world, "n", 0, stop), _enqueuer(world, "w", 1, stop),
+               _enqueuer(world, "p", 0, stop, redis_url=group.primary().url)]
     world.wait(lambda: world.done() >= KEYS * 0.3, 120, "30% done")
     left = world.pending()
     since = db_now(world)
@@ -126,8 +136,13 @@ def _run(world: World, group: SentinelGroup, fault: Callable[[], int], scenario:
                            "a redis_loss pass after the failover") + promoted
     world.wait(lambda: world.pending() == 0, 60, "every key done after the failover")
     heal = time.monotonic() - t0
-    # the clients go on enqueuing on the new primary (20 more acknowledged), then stop;
-    # every plain job still queued runs before the figures are taken
+    # the Sentinels demote the old primary (about 10 s after SENTINEL FAILOVER), which
+    # the control client then meets as READONLY; the clients go on enqueuing on the new
+    # primary (20 more acknowledged), then stop; every plain job still queued runs
+    # before the figures are taken
+    group.wait_demoted(next(n for n in group.nodes if n.port == old_port), timeout=40)
+    demoted = time.monotonic() - t0
+    world.wait(lambda: "O " in clients[2].log.read_text(), 30, "the control client to meet READONLY")
     acked = _acked(clients[0])
     world.wait(lambda: _acked(clients[0]) >= acked + 20, 30, "enqueues acknowledged by the new primary")
     stop.touch()
@@ -137,26 +152,32 @@ def _run(world: World, group: SentinelGroup, fault: Callable[[], int], scenario:
     f = world.figures()
     incidents = len(INCIDENT.findall(_scheduler_log(world)))
     all_incidents = _scheduler_log(world).count("INCIDENT")
-    plain = {c.replicas: _plain_figures(world, c) for c in clients}
-    without, with_wait = plain[0], plain[1]
+    without, with_wait, direct = (_plain_figures(world, c) for c in clients)
     row = record(
         scenario, f"{title} with {left:,} of {KEYS:,} keys pending (1 primary, 1 replica, 3 Sentinels)", f,
         heal=(f"new primary elected {promoted:.1f} s after the fault, ReconciledJob work re-enqueued "
-              f"{requeued:.1f} s, all done {heal:.1f} s"),
+              f"{requeued:.1f} s, all done {heal:.1f} s (old primary a replica {demoted:.1f} s)"),
         heal_seconds=heal, target=target,
         notes=(f"{all_incidents} INCIDENT line(s) ({incidents} naming the failover); plain jobs "
                f"enqueued one by one during the run: enqueue_replicas = 0: {without['acknowledged']:,} "
                f"acknowledged, {without['lost']:,} of them lost with the old primary; "
                f"enqueue_replicas = 1: {with_wait['acknowledged']:,} acknowledged, "
                f"{with_wait['lost']} lost, {with_wait['not_replicated']:,} refused with NotReplicated "
-               f"(and {with_wait['errors'] + without['errors']} enqueue errors while no primary answered)"),
-        promoted_seconds=promoted, requeued_seconds=requeued, incidents=all_incidents,
-        plain_without_wait=without, plain_with_wait=with_wait, new_primary_port=new.port)
+               f"(and {with_wait['errors'] + without['errors']} enqueue errors while no primary answered); "
+               f"{without['ran_twice'] + with_wait['ran_twice']} plain jobs ran twice (at-least-once). "
+               f"Control, a client with the first primary's redis:// URL: {direct['acknowledged']:,} "
+               f"acknowledged, {direct['lost']:,} of them lost, then {direct['readonly']:,} READONLY "
+               f"and {direct['errors']:,} other errors until it stopped"),
+        promoted_seconds=promoted, requeued_seconds=requeued, demoted_seconds=demoted,
+        incidents=all_incidents,
+        plain_without_wait=without, plain_with_wait=with_wait, plain_direct_url=direct,
+        new_primary_port=new.port)
     assert f.lost == 0
     assert f.dup_effects == 0
     assert incidents >= 1, _scheduler_log(world)[-3000:]
     assert with_wait["lost"] == 0, with_wait
     assert with_wait["acknowledged"] > 0 and without["acknowledged"] > 0
+    assert direct["readonly"] > 0  # the control: what a client without Sentinel meets
     return row
 
 
