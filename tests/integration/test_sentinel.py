@@ -75,6 +75,32 @@ def test_passwords_of_a_sentinel_url_are_masked_everywhere() -> None:
     assert "pw1" not in str(info.value) and "pw2" not in str(info.value)
 
 
+def test_the_client_is_built_from_every_part_of_the_url() -> None:
+    """No server needed: the client connects lazily. (TLS is not exercised against a TLS
+    server here: only which connection classes and credentials are configured.)"""
+    import redis.sentinel
+
+    from reconcile.broker._redis_private import SentinelTLSConnection
+    from reconcile.broker.connect import SENTINEL_TIMEOUT, make_client
+
+    client = make_client("redis+sentinel://app:pw@s1:26380,s2/orders/3?sentinel_password=sp"
+                         "&sentinel_username=watch&ssl=true&sentinel_ssl=false", socket_timeout=7.0)
+    pool = client.connection_pool
+    assert isinstance(pool, redis.sentinel.SentinelConnectionPool) and pool.service_name == "orders"
+    assert pool.connection_class is SentinelTLSConnection
+    kw = pool.connection_kwargs
+    assert (kw["db"], kw["username"], kw["password"], kw["socket_timeout"]) == (3, "app", "pw", 7.0)
+    sentinels = pool.sentinel_manager.sentinels
+    assert [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+            for s in sentinels] == [("s1", 26380), ("s2", 26379)]
+    skw = sentinels[0].connection_pool.connection_kwargs
+    assert (skw["username"], skw["password"], skw["socket_timeout"]) == ("watch", "sp", SENTINEL_TIMEOUT)
+    assert sentinels[0].connection_pool.connection_class is redis.Connection  # sentinel_ssl=false
+    plain = make_client("redis+sentinel://s1/orders").connection_pool
+    assert plain.connection_class is redis.sentinel.SentinelManagedConnection
+    assert plain.connection_kwargs["socket_timeout"] is None  # redis_socket_timeout 0: no limit
+
+
 def test_the_cli_refuses_a_bad_sentinel_url_with_exit_2_and_no_password(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
