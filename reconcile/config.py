@@ -19,10 +19,10 @@ message, log line and error of reconcile uses to show a URL, and ``repr(Settings
 masks both URLs.
 
 The module is over 400 lines because :class:`Settings` declares and documents every
-field where it is (about 200 lines, most of them field docstrings, which
+field where it is (about 210 lines, most of them field docstrings, which
 docs/settings.md is checked against field for field); the URL checks and the
-resolution and validation of values are the other ~330, kept beside the fields they
-check.
+resolution and validation of values are the other ~370, kept beside the fields they
+check (the ``redis+sentinel://`` form is parsed in :mod:`reconcile.sentinel_url`).
 """
 
 from __future__ import annotations
