@@ -15,8 +15,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from reconcile import config
-from reconcile.broker import Broker, PushRecord
+from reconcile import Job, config
+from reconcile.broker import Broker, PushRecord, SettleOp
 from reconcile.cli import main
 from reconcile.config import Settings, load_settings, mask_url, scrub, use_settings
 from reconcile.embedded import redis_answers
@@ -24,7 +24,8 @@ from reconcile.errors import ConfigError, NotReplicated
 from reconcile.scheduler.redis_watch import RedisWatch
 from reconcile.sentinel_url import SentinelTarget, parse_sentinel_url
 from tests.fault.sentinel import SERVICE, SentinelGroup
-from tests.jobs_core import Record, counts, running_worker, wait_for
+from tests.fault.servers import RedisServer
+from tests.jobs_core import Record, counts, record, running_worker, wait_for
 
 
 def _settings(url: str, **values: object) -> Settings:
@@ -247,8 +248,6 @@ def test_after_a_demotion_enqueue_fetch_and_settle_go_to_the_new_primary(
         old.client().set(broker.keys.tag + ":x", b"1")
     broker.push([PushRecord("default", 0, "", 0, b"c")])  # through the fast path
     assert _queued(new.port, broker) == 2
-    from reconcile.broker import SettleOp
-
     got = broker.exchange(proc, ["default"], 2, [SettleOp.ack(d.field)])
     assert sorted(x.raw for x in got) == [b"b", b"c"]
     assert broker.redis.set(broker.keys.tag + ":y", b"1")  # redis-py's public path too
@@ -306,6 +305,41 @@ def _quiet(check: object) -> str | None:
         return check()  # type: ignore[operator, no-any-return]
     except redis.ConnectionError:
         return None  # the primary is down and no replica promoted yet
+
+
+class _StartUnique(Job):
+    name = "test.sentinel.StartUnique"
+    unique_for = 60
+    unique_until = "start"
+
+    def perform(self, token: str) -> None:
+        record(token)
+
+
+def test_redis_lost_at_the_lock_release_pushes_the_job_back_without_a_retry(
+        tmp_path: Path, namespace: str) -> None:
+    """``unique_until = "start"`` releases the lock as perform begins: Redis failing
+    then (down, or a failover outlasting the client's retries) is not the job's
+    failure. The delivery goes back to its queue; nothing ran, no retry is spent."""
+    from reconcile.broker import SettleKind
+    from reconcile.worker.executor import Executor
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    previous = config._current
+    try:
+        s = load_settings({"redis_url": server.url, "namespace": namespace}, env={}, pyproject=False)
+        use_settings(s)
+        broker = Broker(s)
+        _StartUnique.perform_async("t1")
+        (d,) = broker.exchange("test:proc:1", ["default"], 1)
+        server.kill()
+        op = Executor(s, broker).run(d)
+        assert op == SettleOp.push_back(d.field, "default", d.raw)
+        assert op.kind is SettleKind.PUSH_BACK
+    finally:
+        server.stop()
+        config._current = previous
 
 
 # -- WAIT ------------------------------------------------------------------------------------
