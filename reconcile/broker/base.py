@@ -8,7 +8,7 @@ subclass of :class:`BrokerBase` (``enqueue.py``, ``fetch.py``, ``maintenance.py`
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,9 +23,13 @@ from .keys import Keys
 from .scripts import script_source
 
 FOLLOW_EVERY = 1.0
-"""Seconds between the Sentinel look-ups that the enqueue path makes by itself
-(:meth:`BrokerBase.follow_now_and_then`): a client process has no heartbeat to follow a
-failover for it."""
+"""Seconds between the Sentinel look-ups of :meth:`BrokerBase.follow_now_and_then`
+(where is the primary?): at most one a second per process, whatever the enqueue rate."""
+
+FOLLOW_RETRY = 5.0
+"""Seconds before the next look-up after one that no Sentinel answered."""
+
+log = logging.getLogger("reconcile.broker")
 
 WAKE_CAP = 64
 """Most wake-up tokens kept per queue: enough to wake every idle process at once."""
@@ -54,26 +58,43 @@ class BrokerBase:
         self._free = private.FreeConnections(self.redis)  # idle connections of _eval and claim
         self._primary: tuple[str, int] | None = None  # where follow_primary last found it
         self._sentinel = connect.is_sentinel_client(self.redis)
-        self._followed_at = 0.0  # monotonic time of the last follow_now_and_then look-up
+        self._follow_next = 0.0  # monotonic time follow_now_and_then may look up again
+        self._sentinels_down = False  # the last look-up failed (logged once per streak)
 
     @property
     def via_sentinel(self) -> bool:
         """True if this broker finds its Redis through Sentinel (``redis+sentinel://``)."""
         return self._sentinel
 
-    def follow_now_and_then(self) -> None:
-        """:meth:`follow_primary` at most once per :data:`FOLLOW_EVERY` seconds, for the
-        enqueue path (one Sentinel round trip a second at most, not one per enqueue);
-        a no-op without Sentinel. No Sentinel answering is not an error here: the
-        command goes to the primary last known."""
+    def follow_now_and_then(self) -> tuple[str, int] | None:
+        """:meth:`follow_primary` at most once per :data:`FOLLOW_EVERY` seconds (shared
+        by every caller of this broker: the enqueue and fetch paths, a worker's
+        heartbeat, the scheduler's Redis watch); a no-op without Sentinel. Returns the
+        new address when the primary moved (logged). No Sentinel answering is not an
+        error: the primary last known is used, the failure is logged once until a
+        Sentinel answers again, and the next look-up waits :data:`FOLLOW_RETRY` seconds
+        (a black-holed Sentinel costs up to 2 s of connect timeouts per look-up)."""
         if not self._sentinel:
-            return
+            return None
         now = time.monotonic()
-        if now - self._followed_at < FOLLOW_EVERY:
-            return
-        self._followed_at = now
-        with contextlib.suppress(redis.ConnectionError):
-            self.follow_primary()
+        if now < self._follow_next:
+            return None
+        self._follow_next = now + FOLLOW_EVERY
+        try:
+            moved = self.follow_primary()
+        except redis.ConnectionError as exc:
+            self._follow_next = now + FOLLOW_RETRY
+            if not self._sentinels_down:
+                log.warning("no Sentinel answered (%s); using the Redis primary last known, "
+                            "asking again every %g s", exc, FOLLOW_RETRY)
+            self._sentinels_down = True
+            return None
+        if self._sentinels_down:
+            log.warning("a Sentinel answers again")
+            self._sentinels_down = False
+        if moved is not None:
+            log.warning("Sentinel names a new Redis primary at %s:%d; following it", *moved)
+        return moved
 
     def follow_primary(self) -> tuple[str, int] | None:
         """Through Sentinel: ask where the primary is and, if it moved since the last

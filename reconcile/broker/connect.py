@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 import redis.sentinel
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from ..sentinel_url import SentinelTarget, is_sentinel_url, parse_sentinel_url
@@ -35,7 +35,9 @@ pointing at a plain port, or a black-holed address, would hang a command forever
 
 SENTINEL_TIMEOUT = 1.0
 """Seconds for one Sentinel's answer (connect and reply): a Sentinel that is down or
-black-holed is skipped for the next one after this long."""
+black-holed is skipped for the next one after this long. Each Sentinel is tried once
+more at once, no backoff (redis-py's default retries with backoff took 12 s to give
+up on three stopped Sentinels)."""
 
 RETRIES = 3
 SENTINEL_RETRIES = 10
@@ -73,6 +75,21 @@ def make_client(url: str, *, socket_timeout: float = 0.0,
     return redis.Redis.from_url(url, **common, retry=_retry(RETRIES))
 
 
+class _Sentinels(redis.sentinel.Sentinel):
+    """redis-py's ``Sentinel`` whose "no primary" error is one line: redis-py's names
+    every Sentinel client with its whole connection ``repr`` (several kB per log line)."""
+
+    def discover_master(self, service_name: str) -> Any:
+        try:
+            return super().discover_master(service_name)  # type: ignore[no-untyped-call]
+        except redis.sentinel.MasterNotFoundError:
+            hosts = ", ".join("{host}:{port}".format_map(s.connection_pool.connection_kwargs)
+                              for s in self.sentinels)
+            raise redis.sentinel.MasterNotFoundError(
+                f"no Sentinel named a primary for service {service_name!r} (asked {hosts}: "
+                "unreachable, or the service is unknown or down)") from None
+
+
 def _sentinel_client(target: SentinelTarget, common: dict[str, Any]) -> redis.Redis:
     sentinel_kwargs: dict[str, Any] = {
         "socket_connect_timeout": min(SENTINEL_TIMEOUT, common["socket_connect_timeout"]),
@@ -80,8 +97,9 @@ def _sentinel_client(target: SentinelTarget, common: dict[str, Any]) -> redis.Re
         "username": target.sentinel_username,
         "password": target.sentinel_password,
         "ssl": target.sentinel_ssl,
+        "retry": Retry(NoBackoff(), retries=1),
     }
-    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    manager = _Sentinels(  # type: ignore[no-untyped-call]
         list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
     node: dict[str, Any] = dict(common, db=target.db, username=target.username,
                                 password=target.password, retry=_retry(SENTINEL_RETRIES))

@@ -10,21 +10,16 @@ gone (and through Sentinel, a demoted primary accepts writes for seconds after t
 promotion). It shows as a new ``run_id`` (another server answers); the new primary's
 ``master_replid2`` being the old primary's replication id tells it from a restart.
 Through Sentinel the watch first asks where the primary is
-(:meth:`~reconcile.broker.Broker.follow_primary`), so the scheduler moves to the new
+(:meth:`~reconcile.broker.Broker.follow_now_and_then`), so the scheduler moves to the new
 primary, and sees the incident, within a round of the promotion.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 
-import redis
-
 from ..broker import Broker
-
-log = logging.getLogger("reconcile.scheduler")
 
 
 class RedisWatch:
@@ -50,21 +45,10 @@ class RedisWatch:
         """True once a check found the namespace intact (or a loss was handled)."""
         return self.run_id is not None
 
-    def _follow(self) -> None:
-        try:
-            moved = self.broker.follow_primary()
-        except redis.ConnectionError as exc:
-            # no Sentinel answers: the commands below reach the primary we know, or fail
-            log.warning("no Sentinel answered (%s); checking the primary last known", exc)
-            return
-        if moved is not None:
-            log.warning("Sentinel names a new Redis primary at %s:%d; following it", *moved)
-
     def check(self) -> str | None:
         """The reason if Redis lost data since the last ``rearm`` (on the first call:
         if the namespace is new or was emptied), else None."""
-        if self.broker.via_sentinel:
-            self._follow()
+        self.broker.follow_now_and_then()  # through Sentinel: move to a new primary first
         run_id = self.broker.run_id()
         replid, replid2 = self.broker.replication_ids()
         evicted = self.broker.evicted_keys()

@@ -51,8 +51,10 @@ class Heartbeat:
         """Beat every ``interval`` seconds until ``stop`` is set."""
         while not stop.wait(self.interval):
             counts = self.executor.take_counts()
-            if self.broker.via_sentinel:
-                self.follow()
+            # through Sentinel: leave a demoted primary (which still takes writes for
+            # seconds, all of them lost) for the one the Sentinels name; never raises,
+            # so a Sentinel outage cannot cost a beat (and the leases with it)
+            self.broker.follow_now_and_then()
             try:
                 self.broker.heartbeat(self.proc_id, self.info())
                 for name, n in counts.items():
@@ -63,19 +65,6 @@ class Heartbeat:
                 self.trouble(exc)
                 for name, n in counts.items():
                     self.executor.count(name, n)
-
-    def follow(self) -> None:
-        """After a failover, leave a demoted primary (which still takes writes for
-        seconds, all of them lost) for the one the Sentinels name. No Sentinel answering
-        is logged and the beat goes on to the primary last known: a beat skipped for it
-        would let the leases expire while Redis itself is fine."""
-        try:
-            moved = self.broker.follow_primary()
-        except redis.ConnectionError as exc:
-            self.trouble(exc)
-            return
-        if moved is not None:
-            log.warning("Sentinel names a new Redis primary at %s:%d; following it", *moved)
 
     def sweep_orphans(self) -> int:
         """Push back leases this process holds in Redis but knows nothing about.

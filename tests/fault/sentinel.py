@@ -98,11 +98,16 @@ class SentinelGroup:
         # ready: every Sentinel sees the replica and the two other Sentinels
         for s in self.sentinels:
             c = s.client()
-            for _ in _deadline_loop(30, f"sentinel {s.port} to see the group", 0.05):
-                state = c.sentinel_master(SERVICE)
-                if int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= 2:
-                    break
-            c.close()
+            state: dict[str, object] = {}
+            try:
+                for _ in _deadline_loop(60, f"sentinel {s.port} to see the group", 0.05):
+                    state = c.sentinel_master(SERVICE)
+                    if int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= 2:  # type: ignore[call-overload]
+                        break
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}: {state}; log: {(s.folder / 'sentinel.log').read_text()[-1500:]}") from None
+            finally:
+                c.close()
 
     def wait_replica_synced(self, primary: RedisServer, replica: RedisServer, timeout: float = 30) -> None:
         c = replica.client()

@@ -8,6 +8,7 @@ change it; ``enqueue_replicas`` against a server without replicas uses the share
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -388,12 +389,15 @@ def test_without_a_replica_the_wait_times_out(settings: Settings, fast: bool) ->
 
 
 def test_with_every_sentinel_down_the_primary_last_known_is_still_used(
-        group: SentinelGroup, sentinel_settings: Settings) -> None:
+        group: SentinelGroup, sentinel_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     """The Sentinels are only asked where the primary is: when none answers, open
-    connections go on working, the watch reports no loss and a worker's heartbeat goes
-    on beating (a skipped beat would let its leases expire)."""
-    from reconcile.worker.heartbeat import Heartbeat
-    from reconcile.worker.settlements import RedisTrouble
+    connections go on working, the watch reports no loss, and the look-ups of the
+    enqueue and fetch paths, the heartbeat and the watch (``follow_now_and_then``)
+    neither raise nor wait: stopped Sentinels fail at once, and one failed look-up is
+    logged once and not repeated for FOLLOW_RETRY seconds."""
+    import time
+
+    from reconcile.broker.base import FOLLOW_RETRY
 
     broker = Broker(sentinel_settings)
     watch = RedisWatch(broker)
@@ -401,12 +405,17 @@ def test_with_every_sentinel_down_the_primary_last_known_is_still_used(
     broker.push([PushRecord("default", 0, "", 0, b"{}")])
     for s in group.sentinels:
         s.stop()
-    with pytest.raises(redis.ConnectionError):
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError, match="no Sentinel named a primary for service"):
         broker.follow_primary()
-    broker.follow_now_and_then()  # the enqueue path's look-up: not an error
-    broker.push([PushRecord("default", 0, "", 0, b"{}")])
-    assert watch.check() is None
-    beat = Heartbeat.__new__(Heartbeat)  # only follow() is exercised: it needs these two
-    beat.broker, beat.trouble = broker, RedisTrouble()
-    beat.follow()
+    assert time.monotonic() - started < 1.0  # not redis-py's default retries (12 s)
+    broker._follow_next = 0.0  # due now
+    with caplog.at_level(logging.WARNING, logger="reconcile.broker"):
+        assert broker.follow_now_and_then() is None
+        assert broker._follow_next >= time.monotonic() + FOLLOW_RETRY - 1
+        broker.push([PushRecord("default", 0, "", 0, b"{}")])
+        assert watch.check() is None
+        broker._follow_next = 0.0
+        assert broker.follow_now_and_then() is None  # failed again: not logged again
+    assert [r.getMessage()[:20] for r in caplog.records] == ["no Sentinel answered"]
     assert _queued(group.primary_port_of_nodes(), broker) == 2
