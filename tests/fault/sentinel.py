@@ -105,7 +105,8 @@ class SentinelGroup:
                     if int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= 2:  # type: ignore[call-overload]
                         break
             except RuntimeError as exc:
-                raise RuntimeError(f"{exc}: {state}; log: {(s.folder / 'sentinel.log').read_text()[-1500:]}") from None
+                log = (s.folder / "sentinel.log").read_text()[-1500:]
+                raise RuntimeError(f"{exc}: {state}; log: {log}") from None
             finally:
                 c.close()
 
