@@ -10,11 +10,12 @@ What makes every process follow a failover without a restart:
   redis-py's ``SentinelManagedConnection`` into a ``ConnectionError`` after dropping
   the connection; the client's retry (below) reconnects through the Sentinels, to the
   new primary. So a demotion costs a retried command, never a failed job;
-* :func:`follow_primary` (called by workers' heartbeats and the scheduler's Redis
-  watch) asks the Sentinels where the primary is and drops idle connections to a
-  server that is no longer it: a demoted primary keeps accepting writes until the
-  Sentinels reconfigure it (about 10 s after ``SENTINEL FAILOVER``), and writes it
-  acknowledges then are lost.
+* :func:`follow_primary` (through ``Broker.follow_now_and_then``: at most once a second
+  per process, from the enqueue and fetch paths, workers' heartbeats and the
+  scheduler's Redis watch) asks the Sentinels where the primary is and drops idle
+  connections to a server that is no longer it: a demoted primary keeps accepting
+  writes until the Sentinels reconfigure it (about 10 s after ``SENTINEL FAILOVER``),
+  and writes it acknowledges then are lost.
 """
 
 from __future__ import annotations
