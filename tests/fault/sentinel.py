@@ -23,6 +23,7 @@ import redis
 from tests.fault.servers import RedisServer, _deadline_loop, free_port
 
 SERVICE = "faultmaster"
+REPL = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
 
 
 class SentinelNode:
@@ -77,10 +78,9 @@ class SentinelGroup:
 
     def __init__(self, folder: Path, down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
         self.folder = folder
-        repl = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
-        self.nodes = [RedisServer(folder / "node0", extra=repl)]
+        self.nodes = [RedisServer(folder / "node0", extra=REPL)]
         self.nodes.append(RedisServer(folder / "node1", extra=(
-            *repl, "--replicaof", "127.0.0.1", str(self.nodes[0].port))))
+            *REPL, "--replicaof", "127.0.0.1", str(self.nodes[0].port))))
         self.sentinels = [SentinelNode(folder / f"sentinel{i}", self.nodes[0].port, down_after_ms,
                                        failover_timeout_ms) for i in range(3)]
 
@@ -157,11 +157,21 @@ class SentinelGroup:
         c.close()
 
     def kill_primary(self) -> RedisServer:
-        """SIGKILL the primary's process; returns it (:meth:`RedisServer.start` brings it
-        back empty, and the Sentinels then make it a replica of the new primary)."""
+        """SIGKILL the primary's process; returns it (:meth:`restart_as_replica` brings
+        it back)."""
         node = self.primary()
         node.kill()
         return node
+
+    def restart_as_replica(self, node: RedisServer, primary: RedisServer) -> None:
+        """Start a killed ``node`` again (empty: no persistence) as a replica of
+        ``primary``, and wait until it has synced. Never start such a node empty as a
+        primary: the Sentinels still list it as a replica and may elect it in the next
+        failover, and every replica would then resync to its empty data set (seen under
+        load: a spurious second failover 2 s after the first elected it)."""
+        node.extra = (*REPL, "--replicaof", "127.0.0.1", str(primary.port))
+        node.start()
+        self.wait_replica_synced(primary, node)
 
     def wait_promoted(self, old_port: int, timeout: float = 30) -> RedisServer:
         """Until every Sentinel names a primary other than ``old_port`` and it answers
@@ -182,6 +192,31 @@ class SentinelGroup:
                         return node
                 except redis.ConnectionError:
                     pass
+        raise AssertionError("unreachable")
+
+    def failovers(self) -> int:
+        """Failovers so far (``+switch-master`` events in the first Sentinel's log)."""
+        return (self.sentinels[0].folder / "sentinel.log").read_text().count("+switch-master")
+
+    def wait_settled(self, timeout: float = 40) -> RedisServer:
+        """Until every Sentinel names one primary and every other node is its synced
+        replica; returns the primary. (A loaded machine may see a second failover right
+        after the first: this waits for whichever primary the group settles on.)"""
+        for _ in _deadline_loop(timeout, "the Sentinel group to settle", 0.05):
+            try:
+                ports = {int(s.client().sentinel_get_master_addr_by_name(SERVICE)[1]) for s in self.sentinels}
+                if len(ports) != 1:
+                    continue
+                (port,) = ports
+                primary = next(n for n in self.nodes if n.port == port)
+                if primary.client().info("replication").get("role") != "master":
+                    continue
+                if all(n.client().info("replication").get("master_link_status") == "up"
+                       and int(n.client().info("replication").get("master_port", 0)) == port
+                       for n in self.nodes if n is not primary):
+                    return primary
+            except (redis.ConnectionError, StopIteration):
+                continue
         raise AssertionError("unreachable")
 
     def wait_demoted(self, node: RedisServer, timeout: float = 30) -> None:
