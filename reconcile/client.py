@@ -143,7 +143,9 @@ def _enqueue(
     step = settings.bulk_batch_size
     index = not job_class.keyed  # plain jobs are found by jid; ReconciledJobs by key
     for start in range(0, len(records), step):
-        flags = broker.push(records[start : start + step], index)
+        # enqueue_replicas guards plain jobs only: a ReconciledJob lost in a failover is
+        # found again by its next pass (and a pass must not fail on a slow replica)
+        flags = broker.push(records[start : start + step], index, replicated=not job_class.keyed)
         for j, ok in enumerate(flags):
             if ok:
                 slot, jid = jids[start + j]

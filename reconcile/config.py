@@ -19,10 +19,10 @@ message, log line and error of reconcile uses to show a URL, and ``repr(Settings
 masks both URLs.
 
 The module is over 400 lines because :class:`Settings` declares and documents every
-field where it is (about 200 lines, most of them field docstrings, which
+field where it is (about 210 lines, most of them field docstrings, which
 docs/settings.md is checked against field for field); the URL checks and the
-resolution and validation of values are the other ~330, kept beside the fields they
-check.
+resolution and validation of values are the other ~370, kept beside the fields they
+check (the ``redis+sentinel://`` form is parsed in :mod:`reconcile.sentinel_url`).
 """
 
 from __future__ import annotations
@@ -40,19 +40,23 @@ from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from .errors import ConfigError
+from .sentinel_url import SCHEME as SENTINEL_SCHEME
+from .sentinel_url import SentinelURLError, parse_sentinel_url
 
 ENV_PREFIX = "RECONCILE_"
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-"""URL schemes accepted for ``redis_url``. Later versions add ``redis+sentinel`` and
-``redis+cluster``: the check below reads this tuple, so adding one is one line here
-plus the client that serves it in ``broker.make_client``."""
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+"""URL schemes accepted for ``redis_url``. ``redis+sentinel`` is parsed by
+:mod:`reconcile.sentinel_url`; a later version may add ``redis+cluster``: the check
+below reads this tuple, so adding one is one line here plus the client that serves it
+in ``broker.make_client``."""
 
 MASK = "***"
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password (userinfo and any ``password=`` query value) replaced
+    """``url`` with its password (userinfo and any ``password=`` or ``sentinel_password=``
+    query value) replaced
     by ``***``; everything else, user name included, is kept so the culprit stays
     recognisable. SQLAlchemy URLs go through ``URL.render_as_string(hide_password=True)``.
     A string that does not parse as a URL is returned with anything after ``:`` in its
@@ -65,17 +69,18 @@ def mask_url(url: str) -> str:
         except Exception:  # not a URL SQLAlchemy can parse: mask it by hand below
             pass
     masked = re.sub(r"^([^:/?#]+://[^:@/?#]*):[^@/?#]*@", rf"\1:{MASK}@", url)
-    return re.sub(r"([?&]password=)[^&#]*", rf"\g<1>{MASK}", masked)
+    return re.sub(r"([?&](?:sentinel_)?password=)[^&#]*", rf"\g<1>{MASK}", masked)
 
 
 def url_secrets(url: str) -> list[str]:
-    """The passwords a URL carries (userinfo and ``password=`` query value), for
+    """The passwords a URL carries (userinfo, ``password=`` and ``sentinel_password=``
+    query values), for
     :func:`scrub`. Empty for a URL that carries none."""
     found = []
     m = re.match(r"^[^:/?#]+://[^:@/?#]*:([^@/?#]*)@", url)
     if m and m.group(1):
         found.append(m.group(1))
-    found += [v for v in re.findall(r"[?&]password=([^&#]*)", url) if v]
+    found += [v for v in re.findall(r"[?&](?:sentinel_)?password=([^&#]*)", url) if v]
     return found
 
 
@@ -105,7 +110,18 @@ class Settings:
     """Every tunable of reconcile, with its default."""
 
     redis_url: str = "redis://localhost:6379/0"
-    """Redis holding the queues. Default ``redis://localhost:6379/0``."""
+    """Redis holding the queues: ``redis://``, ``rediss://`` (TLS), ``unix://`` or
+    ``redis+sentinel://[user:password@]host1:26379,host2:26379/<service>/<db>`` (the
+    primary found through Sentinel and followed across failovers; query parameters
+    ``sentinel_password``, ``sentinel_username``, ``ssl``, ``sentinel_ssl``, see
+    docs/deployment.md). Default ``redis://localhost:6379/0``."""
+
+    redis_socket_timeout: float = 0.0
+    """Seconds a Redis command may wait for its reply before the connection is taken for
+    dead (redis-py's ``socket_timeout``); 0: no limit (a reply is awaited as long as TCP
+    keepalive sees the peer). Blocking waits (a worker's idle BLMOVE / BLPOP of
+    ``idle_wait`` seconds) must fit inside it, so a value below ``idle_wait`` + 1 s is
+    refused at start-up. Default 0."""
 
     database_url: str = "postgresql+psycopg://localhost:5432/postgres"
     """PostgreSQL (SQLAlchemy URL, psycopg 3 driver) holding the truth.
@@ -161,6 +177,17 @@ class Settings:
 
     bulk_batch_size: int = 1000
     """Jobs per Redis round trip in ``perform_bulk``. Default 1000."""
+
+    enqueue_replicas: int = 0
+    """Replicas that must hold an enqueue before it returns: each enqueue (one per
+    ``perform_bulk`` batch) sends Redis ``WAIT <enqueue_replicas> <timeout>`` in the
+    same round trip and raises :class:`reconcile.errors.NotReplicated` when fewer
+    replicas acknowledged in time. 0: no wait (a plain job acknowledged by a primary that
+    fails over before replicating it is lost). Default 0."""
+
+    enqueue_replicas_timeout: float = 1.0
+    """Seconds the ``WAIT`` of ``enqueue_replicas`` waits for the replicas (sent to
+    Redis in milliseconds, at least 1). Default 1."""
 
     default_retry: int = 25
     """Retries for ``retry = True``. Default 25."""
@@ -368,11 +395,13 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     for name in ("concurrency", "dead_max_jobs", "bulk_batch_size", "max_payload_bytes"):
         if values[name] < 1:
             raise bad(name, "must be at least 1")
-    for name in ("prefetch", "max_recoveries", "default_retry", "pass_high_water"):
+    for name in ("prefetch", "max_recoveries", "default_retry", "pass_high_water",
+                 "enqueue_replicas", "redis_socket_timeout"):
         if values[name] < 0:
             raise bad(name, "must not be negative")
     for name in ("lease_seconds", "poll_interval", "idle_wait", "dead_timeout_seconds",
-                 "pass_stale_seconds", "runs_keep_days", "database_connect_timeout"):
+                 "pass_stale_seconds", "runs_keep_days", "database_connect_timeout",
+                 "enqueue_replicas_timeout"):
         if values[name] <= 0:
             raise bad(name, "must be positive")
     if values["lease_seconds"] < 0.5:
@@ -388,6 +417,9 @@ def _check(values: dict[str, Any], sources: Mapping[str, str]) -> None:
     why = _redis_url_problem(values["redis_url"])
     if why:
         raise bad("redis_url", why)
+    why = socket_timeout_problem(values["redis_socket_timeout"], values["idle_wait"])
+    if why:
+        raise bad("redis_socket_timeout", why)
     for name in ("database_url", "pending_database_url"):
         if name == "pending_database_url" and not values[name]:
             continue  # empty: passes read database_url
@@ -474,6 +506,24 @@ def database_url_problem(url: str, pooler: str) -> str | None:
     return None
 
 
+BLOCKING_MARGIN = 1.0
+"""Seconds a blocking command's reply may take beyond its own timeout (Redis answers a
+timed-out BLMOVE at its next clock tick, then the reply crosses the network)."""
+
+
+def socket_timeout_problem(socket_timeout: float, idle_wait: float) -> str | None:
+    """Why ``redis_socket_timeout`` cannot serve a worker's blocking waits, or None.
+    The idle BLMOVE / BLPOP waits ``idle_wait`` seconds for its reply: a socket timeout
+    shorter than that (plus :data:`BLOCKING_MARGIN`) would cut every idle wait and log a
+    Redis error every few seconds."""
+    if socket_timeout and socket_timeout < idle_wait + BLOCKING_MARGIN:
+        return (f"must be 0 (no limit) or at least idle_wait + {BLOCKING_MARGIN:g} s "
+                f"= {idle_wait + BLOCKING_MARGIN:g} s: an idle worker blocks idle_wait = "
+                f"{idle_wait:g} s in BLMOVE/BLPOP, and a shorter socket timeout would fail "
+                "every such wait; lower idle_wait or raise this")
+    return None
+
+
 def _redis_url_problem(url: str) -> str | None:
     """Why ``url`` is not a usable Redis URL, or None. Checked here rather than left to
     redis-py, which reads ``redis://h:6379/abc`` as database 0 and an unknown scheme as
@@ -482,6 +532,12 @@ def _redis_url_problem(url: str) -> str | None:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in REDIS_SCHEMES:
         return f"must start with one of {allowed}"
+    if scheme == SENTINEL_SCHEME:
+        try:
+            parse_sentinel_url(url)
+        except SentinelURLError as exc:
+            return str(exc)
+        return None
     try:
         parts: SplitResult = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError for a port that is not a number)

@@ -127,8 +127,12 @@ def _answers(check: Callable[[], object], settings: Settings) -> bool:
 
 def redis_answers(settings: Settings) -> bool:
     """PING the configured Redis (connect timeout :data:`PROBE_TIMEOUT`)."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=PROBE_TIMEOUT,
-                                  socket_timeout=PROBE_TIMEOUT)
+    # the broker's own client (redis+sentinel:// included), with the probe's timeouts;
+    # deferred like store.engine below (the broker package is not needed by every command)
+    from .broker.connect import make_client
+
+    client = make_client(settings.redis_url, socket_timeout=PROBE_TIMEOUT,
+                         connect_timeout=PROBE_TIMEOUT)
     try:
         return _answers(client.ping, settings)
     finally:

@@ -77,6 +77,23 @@ class BrokerError(ReconcileError):
     """Redis refused an operation (for example OOM under ``noeviction``)."""
 
 
+class NotReplicated(BrokerError):
+    """An enqueue under ``enqueue_replicas = N`` reached fewer than N replicas within
+    ``enqueue_replicas_timeout``. The jobs **are** on the primary (they will run unless
+    it fails over before replicating them); enqueuing them again may run them twice.
+
+    ``acked`` replicas acknowledged, ``wanted`` were asked for, ``jobs`` were in the
+    enqueue."""
+
+    def __init__(self, acked: int, wanted: int, jobs: int, timeout: float) -> None:
+        self.acked, self.wanted, self.jobs, self.timeout = acked, wanted, jobs, timeout
+        super().__init__(
+            f"{acked} of {wanted} replicas acknowledged the enqueue of {jobs} job(s) within "
+            f"{timeout:g} s (enqueue_replicas = {wanted}): the jobs are on the primary but "
+            "would be lost if it failed over now; check the replicas (INFO replication) or "
+            "raise enqueue_replicas_timeout")
+
+
 class ProtocolViolation(ReconcileError):
     """A ReconciledJob's perform broke the delivery protocol: it committed, rolled back
     or closed the delivery's session (or ended its transaction by other means). The

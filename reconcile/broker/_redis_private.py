@@ -22,8 +22,11 @@ Internals used, all of ``redis.connection``:
 * ``ConnectionPool.make_connection()``: :class:`FreeConnections` makes connections
   outside the pool's bookkeeping, with the pool's settings;
 * ``AbstractConnection.pack_command``, ``send_packed_command`` and ``read_response``:
-  :func:`evalsha`, :func:`client_id_then_blmove`;
+  :func:`evalsha`, :func:`evalsha_then_wait`, :func:`client_id_then_blmove`;
 * ``AbstractConnection.disconnect``: :meth:`FreeConnections.checkin`;
+* ``AbstractConnection.connect``: :meth:`FreeConnections.checkout` of a
+  Sentinel-managed connection (``send_packed_command``'s own lazy connect bypasses
+  ``SentinelManagedConnection.connect``, which is where the primary is looked up);
 * ``SSLConnection._wrap_socket_with_ssl``: :class:`TLSConnection`.
 
 Supported redis-py: the range in ``pyproject.toml``, 5.1 up to (not including) 9.
@@ -44,6 +47,7 @@ from typing import Any
 
 import redis
 import redis.connection
+import redis.sentinel
 
 
 class FreeConnections:
@@ -61,6 +65,11 @@ class FreeConnections:
         self._client = client
         self._free: list[Any] = []
         self._pid = os.getpid()
+        self._generation = 0  # bumped by drop_all; a connection of an older one is dropped
+        # A Sentinel-managed connection finds the primary in its connect(); redis-py's
+        # lazy connect in send_packed_command skips that (it reconnects to the last
+        # address, or to localhost for a new one), so such connections connect here.
+        self._connect_first = isinstance(client.connection_pool, redis.sentinel.SentinelConnectionPool)
 
     def __len__(self) -> int:
         """How many idle connections are kept."""
@@ -72,16 +81,35 @@ class FreeConnections:
         if self._pid != os.getpid():
             self._free, self._pid = [], os.getpid()
         try:
-            return self._free.pop()
+            conn: Any = self._free.pop()
         except IndexError:
-            return self._client.connection_pool.make_connection()
+            conn = self._client.connection_pool.make_connection()
+            conn._reconcile_generation = self._generation
+        if self._connect_first:
+            try:
+                conn.connect()  # a no-op when connected; else asks the Sentinels (with retries)
+            except BaseException:
+                self._free.append(conn)
+                raise
+        return conn
 
     def checkin(self, conn: Any, ok: bool) -> None:
         """Return a connection; one that failed or was interrupted mid-reply (``ok``
-        False) is disconnected first (it reconnects on its next use)."""
-        if not ok:
+        False), or that was in use when :meth:`drop_all` ran, is disconnected first (it
+        reconnects on its next use)."""
+        if not ok or conn._reconcile_generation != self._generation:
             conn.disconnect()
+            conn._reconcile_generation = self._generation
         self._free.append(conn)
+
+    def drop_all(self) -> None:
+        """Disconnect every idle connection now and each one in use when it comes back:
+        the server they talk to is no longer the primary (a Sentinel failover). They
+        reconnect on their next command, through the Sentinels."""
+        self._generation += 1
+        for conn in list(self._free):
+            conn.disconnect()
+            conn._reconcile_generation = self._generation
 
 
 def evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> Any:
@@ -92,6 +120,26 @@ def evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> Any:
     ``ResponseError``, connection errors), which the caller handles."""
     conn.send_packed_command(conn.pack_command("EVALSHA", sha, 1, key, *args))
     return conn.read_response()
+
+
+def evalsha_then_wait(conn: Any, sha: str, key: str, args: Sequence[Any], replicas: int,
+                      timeout_ms: int) -> tuple[Any, int]:
+    """``EVALSHA`` then ``WAIT replicas timeout_ms`` in one write (the enqueue of
+    ``enqueue_replicas``): returns the script's reply and how many replicas acknowledged.
+    Both replies are read even when the script's is an error (the connection stays in
+    step), then the error is raised."""
+    conn.send_packed_command(conn.pack_command("EVALSHA", sha, 1, key, *args)
+                             + conn.pack_command("WAIT", replicas, timeout_ms))
+    error: redis.ResponseError | None = None
+    reply: Any = None
+    try:
+        reply = conn.read_response()
+    except redis.ResponseError as exc:
+        error = exc
+    acked = int(conn.read_response())
+    if error is not None:
+        raise error
+    return reply, acked
 
 
 def client_id_then_blmove(conn: Any, source: str, destination: str, timeout: float) -> tuple[int, Any]:
@@ -123,6 +171,12 @@ class TLSConnection(redis.SSLConnection):
         return wrapped
 
 
+class SentinelTLSConnection(redis.sentinel.SentinelManagedConnection, TLSConnection):
+    """TLS to a data node found through Sentinel, its handshake bounded as above.
+    redis-py's ``SentinelManagedSSLConnection`` with :class:`TLSConnection` in place of
+    ``SSLConnection``."""
+
+
 def check_internals() -> list[str]:
     """What is wrong with the internals above in the installed redis-py: one line per
     internal that is missing or whose parameters changed; empty when all is as this
@@ -134,6 +188,7 @@ def check_internals() -> list[str]:
         (redis.connection.AbstractConnection, "send_packed_command", ["self", "command"]),
         (redis.connection.AbstractConnection, "read_response", ["self"]),
         (redis.connection.AbstractConnection, "disconnect", ["self"]),
+        (redis.connection.AbstractConnection, "connect", ["self"]),
         (redis.connection.SSLConnection, "_wrap_socket_with_ssl", ["self", "sock"]),
     ]
     for owner, name, leading in expected:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from ..errors import BrokerError
+from ..errors import BrokerError, NotReplicated
 from .base import WAKE_CAP, BrokerBase
 
 
@@ -53,32 +53,51 @@ def enqueue_refused(count: int, exc: redis.OutOfMemoryError) -> BrokerError:
 
 
 class EnqueueOps(BrokerBase):
-    def push(self, records: Sequence[PushRecord], index: bool = False) -> list[bool]:
+    def push(self, records: Sequence[PushRecord], index: bool = False, *,
+             replicated: bool = True) -> list[bool]:
         """Push a batch in one Lua call; ``False`` where a uniqueness lock was held. A
         job whose run-at is after the Redis server's clock goes to the scheduled set.
         ``index`` (plain jobs) also records each pushed job in the jid index, in the
         same call (``reconcile job JID`` finds it while it waits); ReconciledJobs are
         not indexed (they are found by key). Under ``maxmemory`` with ``noeviction``
-        raises :class:`BrokerError` and writes nothing."""
+        raises :class:`BrokerError` and writes nothing. With ``enqueue_replicas`` = N,
+        returns only once N replicas have the batch (one ``WAIT`` per call, in the same
+        round trip), else raises :class:`~reconcile.errors.NotReplicated` (the batch is
+        on the primary); ``replicated`` False skips the wait (ReconciledJobs: their
+        passes re-derive what a failover loses)."""
         if not records:
             return []
+        # through Sentinel: leave a demoted primary within a second (it takes writes
+        # until the Sentinels reconfigure it, and loses them)
+        self.follow_now_and_then()
         try:
-            return self._push(records, index)
+            return self._push(records, index, self.settings.enqueue_replicas if replicated else 0)
         except redis.OutOfMemoryError as exc:
             raise enqueue_refused(len(records), exc) from exc
 
-    def _push(self, records: Sequence[PushRecord], index: bool) -> list[bool]:
+    def _push(self, records: Sequence[PushRecord], index: bool, replicas: int) -> list[bool]:
         queue = records[0].queue
         if all(r.queue == queue and not r.lock and not r.at and not r.delay for r in records):
             # the common bulk case: one queue, no locks, run now
             mode = "QI" if index else "Q"
-            self._eval(self._enqueue, [WAKE_CAP, mode, queue, *(r.payload for r in records)])
+            self._call(len(records), replicas, [WAKE_CAP, mode, queue, *(r.payload for r in records)])
             return [True] * len(records)
         args: list[Any] = [WAKE_CAP, "FI" if index else "F"]
         for r in records:
             args += (r.queue, run_at_arg(r), r.lock, r.lock_ttl_ms, r.payload)
-        flags = self._eval(self._enqueue, args)
+        flags = self._call(len(records), replicas, args)
         return [bool(f) for f in flags]
+
+    def _call(self, count: int, wanted: int, args: list[Any]) -> Any:
+        """One ``enqueue.lua`` call; with ``wanted`` replicas, its ``WAIT`` rides in the
+        same round trip and too few acknowledgements raise :class:`NotReplicated`."""
+        if not wanted:
+            return self._eval(self._enqueue, args)
+        timeout = self.settings.enqueue_replicas_timeout
+        reply, acked = self._eval_wait(self._enqueue, args, wanted, max(1, round(timeout * 1000)))
+        if acked < wanted:
+            raise NotReplicated(acked, wanted, count, timeout)
+        return reply
 
     def release_lock(self, digest: str) -> None:
         """Drop a uniqueness lock (``unique_until = "start"``)."""

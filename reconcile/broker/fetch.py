@@ -46,6 +46,9 @@ class FetchOps(BrokerBase):
         first in the result. Returns the leased deliveries.
         """
         s = self.settings
+        # through Sentinel, at most once a second: a worker leaves a demoted primary
+        # before its next heartbeat (acks and retries written there are lost)
+        self.follow_now_and_then()
         args: list[Any] = [
             proc_id, count, len(ops) + (adopt is not None), s.dead_max_jobs,
             int(s.dead_timeout_seconds), WAKE_CAP, suspect_threshold(s.max_recoveries),

@@ -1,6 +1,6 @@
 """The namespace as a whole: flushing it, and the signals of a Redis loss (the epoch
-sentinel, the incident claim, Redis's run id and eviction counter) that the scheduler
-watches."""
+sentinel, the incident claim, Redis's run id, replication ids and eviction counter)
+that the scheduler watches."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ class NamespaceOps(BrokerBase):
         """Redis's ``run_id``: changes when the server restarts."""
         info = self.redis.info("server")
         return str(info.get("run_id", ""))
+
+    def replication_ids(self) -> tuple[str, str]:
+        """Redis's ``master_replid`` and ``master_replid2`` (INFO replication): a replica
+        promoted to primary takes a new replication id and keeps its old primary's as
+        ``master_replid2``, which tells a failover from a restart."""
+        info = self.redis.info("replication")
+        return str(info.get("master_replid", "")), str(info.get("master_replid2", ""))
 
     def evicted_keys(self) -> int:
         """Redis's ``evicted_keys`` counter (server-wide; reset by a restart)."""

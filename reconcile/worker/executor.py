@@ -36,6 +36,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import redis
+
 from .. import middleware, registry, tracing
 from ..broker import Delivery, SettleKind, SettleOp
 from ..config import Settings
@@ -236,7 +238,14 @@ class Executor:
             job.jid = payload["jid"]
             job.payload = payload
             if lock and payload.get("unique_until") == "start":
-                self.broker.release_lock(lock)
+                try:
+                    self.broker.release_lock(lock)
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    # Redis, not the job (unreachable after the client's retries, or
+                    # mid-failover): back to its queue, nothing ran, no retry spent
+                    log.warning("%s jid=%s: cannot release its uniqueness lock (%s); pushed "
+                                "back to its queue", cls.job_name, safe(str(payload.get("jid"))), exc)
+                    return SettleOp.push_back(d.field, d.queue, d.raw)
                 lock = ""
         except Exception as exc:  # a constructor that raises, Redis down: a failure
             return self._failed(d, cls, None, payload, exc)

@@ -4,7 +4,8 @@ Every ``lease_seconds / 4`` it refreshes ``{ns}:alive:<proc>`` (with the process
 info: queues, concurrency, busy threads, quiet), adds the executor's outcome counters
 to Redis, and sweeps orphans (:meth:`Heartbeat.sweep_orphans`). If the process dies,
 the alive key expires and any live process's reaper returns its jobs to their queues.
-On a Redis error the counters are kept for the next beat.
+On a Redis error the counters are kept for the next beat. Through Sentinel each beat
+first asks where the primary is, and drops connections to one that was demoted.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class Heartbeat:
             if self.on_beat is not None:
                 self.on_beat()
             counts = self.executor.take_counts()
+            # through Sentinel: leave a demoted primary (which still takes writes for
+            # seconds, all of them lost) for the one the Sentinels name; never raises,
+            # so a Sentinel outage cannot cost a beat (and the leases with it)
+            self.broker.follow_now_and_then()
             try:
                 self.broker.heartbeat(self.proc_id, self.info())
                 self.redis_ok_at = time.monotonic()

@@ -89,9 +89,13 @@ class Figures:
 class World:
     """Everything one scenario runs against; :meth:`close` ends all of it."""
 
-    def __init__(self, pg: PgCluster, redis_server: RedisServer, folder: Path) -> None:
+    def __init__(self, pg: PgCluster, redis_server: RedisServer, folder: Path,
+                 redis_url: str | None = None) -> None:
+        """``redis_url`` (default: ``redis_server``'s) is what every process and the
+        world's own broker use: a ``redis+sentinel://`` URL for a Sentinel group."""
         self.pg = pg
         self.redis_server = redis_server
+        self.redis_url = redis_url or redis_server.url
         self.folder = folder
         self.dbname = "f" + uuid.uuid4().hex[:12]
         self.namespace = "fault" + uuid.uuid4().hex[:6]
@@ -100,7 +104,7 @@ class World:
         pg.create_database(self.dbname)
         self.url = pg.url(self.dbname)
         self.settings: Settings = load_settings(
-            {"redis_url": redis_server.url, "database_url": self.url, "namespace": self.namespace,
+            {"redis_url": self.redis_url, "database_url": self.url, "namespace": self.namespace,
              "lease_seconds": LEASE, "poll_interval": 0.5, "idle_wait": 1.0},
             env={}, pyproject=False,
         )
@@ -120,7 +124,7 @@ class World:
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith(("RECONCILE_", "FAULT_"))}
         base.update(
-            RECONCILE_REDIS_URL=self.redis_server.url,
+            RECONCILE_REDIS_URL=self.redis_url,
             RECONCILE_DATABASE_URL=self.pg.url(self.dbname, application_name=app_name),
             RECONCILE_NAMESPACE=self.namespace,
             RECONCILE_LEASE_SECONDS=str(LEASE),

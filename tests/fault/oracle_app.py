@@ -7,6 +7,10 @@ Tables (in the test's own database):
 * ``fault_effects`` -- one row per effect, inserted inside the job's transaction.
   **No unique constraint**: a duplicate effect shows up as a second row.
 
+A plain job, :class:`PlainOracle` (queue ``plain``), logs ``J <token>`` each time it
+runs (scenario 13 counts plain jobs lost in a failover; ``tests.fault.enqueuer`` enqueues
+them).
+
 The attempt log is written **outside** the transaction, to append-only files (one per
 process, ``O_APPEND`` writes of one line each, so it survives SIGKILL of the writer
 and every fault of Redis or PostgreSQL): ``D <key>`` for each delivery the job class
@@ -55,7 +59,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from reconcile import ReconciledJob
+from reconcile import Job, ReconciledJob
 
 metadata = sa.MetaData()
 due = sa.Table(
@@ -195,6 +199,17 @@ class Oracle(ReconciledJob):
         if SLOW:
             time.sleep(SLOW)
         session.execute(due.update().where(due.c.key == key).values(done=True))
+
+
+class PlainOracle(Job):
+    """A plain job (no PostgreSQL truth behind it): logs ``J <token>`` when it runs, so a
+    scenario can count plain jobs enqueued and never run (lost in a failover)."""
+
+    name = "fault.PlainOracle"
+    queue = "plain"
+
+    def perform(self, token: str) -> None:
+        log_attempt("J", token)
 
 
 # -- backends terminated right around COMMIT -------------------------------------------------

@@ -63,11 +63,12 @@ class RedisServer:
     """One private ``redis-server`` process."""
 
     def __init__(self, folder: Path, maxmemory: str | None = None,
-                 policy: str = "noeviction") -> None:
+                 policy: str = "noeviction", extra: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.port = free_port()
         self.maxmemory = maxmemory
         self.policy = policy
+        self.extra = extra  # more redis-server arguments (--replicaof ... of a Sentinel group)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -85,6 +86,7 @@ class RedisServer:
                 "--maxmemory-policy", self.policy]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory]
+        args += self.extra
         self.folder.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115

@@ -131,6 +131,17 @@ def test_everything_runs_as_the_namespace_user(
     assert acl_broker.set_sizes()["scheduled"] == 0
 
 
+def test_enqueue_replicas_runs_as_the_namespace_user(acl_settings: Settings) -> None:
+    """WAIT is in the rule: without a replica the wait times out (NotReplicated), it is
+    not refused as a permission error."""
+    from reconcile.broker import PushRecord
+    from reconcile.errors import NotReplicated
+
+    waiting = Broker(acl_settings.with_overrides(enqueue_replicas=1, enqueue_replicas_timeout=0.01))
+    with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+        waiting.push([PushRecord("default", 0, "", 0, b"{}")])
+
+
 def test_a_missing_permission_names_the_command_and_the_user(acl_settings: Settings, redis_url: str) -> None:
     user = re.match(r"redis://([^:]+):", acl_settings.redis_url).group(1)  # type: ignore[union-attr]
     redis.Redis.from_url(redis_url).execute_command("ACL", "SETUSER", user, "-zcard")
