@@ -10,9 +10,16 @@ other.
 
 Contracts:
 
-* :meth:`PassPusher.probe` is read-only: it says which locks are free and takes none,
-  so a pass may build payloads only for those keys without opening a window in which a
-  lock is held by a job that was never pushed;
+* :meth:`PassPusher.probe` says which locks are free and takes none, so a pass may
+  build payloads only for those keys without opening a window in which a lock is held
+  by a job that was never pushed; given the queue and the lock TTL it renews the held
+  locks it finds while the queue holds jobs (see below), else it is read-only;
+* renewal: a probe given ``lock_ttl_ms`` and a push renew each held lock they find
+  while the class's queue is not empty, once less than half its TTL is left, so
+  the locks of a backlog that drains slower than the TTL do not lapse while passes
+  still find its keys pending (a lapsed lock would let a pass enqueue a queued key
+  again). With the queue empty locks lapse as before, which is what re-derives a
+  key whose job Redis lost while its lock survived;
 * :meth:`PassPusher.push` takes the locks and pushes in one atomic call; a job whose
   lock is held (taken since the probe, say) is dropped and reported as such;
 * under ``maxmemory`` with ``noeviction`` a push raises :class:`BrokerError` and writes
@@ -43,12 +50,15 @@ class PassPusher:
         self._broker = broker
         self._script = broker.register("pass_enqueue.lua")
 
-    def probe(self, digests: bytes, width: int) -> bytes:
+    def probe(self, digests: bytes, width: int, queue: str = "", lock_ttl_ms: int = 0) -> bytes:
         """Which locks are free, without taking any: one byte per digest of the
-        concatenated ``digests`` (``width`` bytes each), ``1`` free, ``0`` held."""
+        concatenated ``digests`` (``width`` bytes each), ``1`` free, ``0`` held.
+        Given ``queue`` and ``lock_ttl_ms``, held locks are renewed while ``queue``
+        holds jobs (the module docstring's renewal; one PTTL per key then, instead of
+        one MGET per call)."""
         if not digests:
             return b""
-        return self._call([PROBE, width, digests], len(digests) // width)
+        return self._call([PROBE, width, digests, queue, lock_ttl_ms], len(digests) // width)
 
     def push(
         self, *, queue: str, lock_ttl_ms: int, digests: bytes, width: int, payloads: bytes,

@@ -224,7 +224,7 @@ class FastPass:
             # the kill switch, checked per chunk like client.enqueue checks it per call
             return 0, n
         if built is None:
-            flags = self.pusher.probe(enc.digests, self.width)
+            flags = self.pusher.probe(enc.digests, self.width, self.queue, self.lock_ttl)
             free = [i for i, f in enumerate(flags) if f == 49]  # b"1"
             self.new_fraction = len(free) / n
             if not free:

@@ -340,8 +340,8 @@ def test_a_lock_taken_between_probe_and_push_drops_the_key(
     seed(engine, 10)
     real_probe = PassPusher.probe
 
-    def probe_then_race(self: PassPusher, digests: bytes, width: int) -> bytes:
-        flags = real_probe(self, digests, width)
+    def probe_then_race(self: PassPusher, digests: bytes, width: int, *rest: Any) -> bytes:
+        flags = real_probe(self, digests, width, *rest)
         ProcessItem.perform_async(5)  # another enqueue wins key 5 after the probe
         return flags
 
@@ -349,6 +349,66 @@ def test_a_lock_taken_between_probe_and_push_drops_the_key(
     result = run_pass(ProcessItem, settings=pg_settings)
     assert (result.enqueued, result.already_queued) == (9, 1)
     assert len(broker.queue_entries("items", 100)) == 10
+
+
+def _lock_ttls(broker: Broker, keys: range) -> list[int]:
+    return [int(broker.redis.pttl(broker.keys.unique(ProcessItem.lock_digest("items", [k])))) for k in keys]
+
+
+def _wait_until(what: str, done: Callable[[], bool], timeout: float = 20.0) -> float:
+    """Poll ``done`` (a condition on Redis, not a fixed sleep); seconds it took."""
+    start = time.monotonic()
+    while not done():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("probe_first", [True, False], ids=["probed", "direct"])
+def test_a_queued_backlog_older_than_the_lock_ttl_is_not_enqueued_twice(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch,
+    probe_first: bool,
+) -> None:
+    """Nothing drains the queue for three lock TTLs: every pass in between finds the
+    keys already queued (it renews their locks once half the TTL is spent), so the
+    queue still holds each key once."""
+    seed(engine, 40)
+    ttl_ms = 1200
+    monkeypatch.setattr(ProcessItem, "unique_for", ttl_ms / 1000)
+    monkeypatch.setattr(fast_pass, "PROBE_BELOW", 2.0 if probe_first else -1.0)
+    first = run_pass(ProcessItem, settings=pg_settings)
+    assert (first.found, first.enqueued) == (40, 40)
+    started = time.monotonic()
+    passes_run = 0
+    while time.monotonic() - started < 3 * ttl_ms / 1000:
+        _wait_until("a lock below half its ttl", lambda: min(_lock_ttls(broker, range(1, 41))) < ttl_ms / 2)
+        again = run_pass(ProcessItem, settings=pg_settings)
+        passes_run += 1
+        assert (again.enqueued, again.already_queued) == (0, 40)
+        assert min(_lock_ttls(broker, range(1, 41))) > ttl_ms / 2  # renewed, not lapsed
+    assert passes_run >= 3
+    queued = sorted(orjson.loads(r)["args"][0] for r in broker.queue_entries("items", 1000))
+    assert queued == list(range(1, 41))
+
+
+def test_with_the_queue_empty_locks_lapse_and_a_lost_job_is_enqueued_again(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue list is lost (evicted) while the locks survive: passes do not renew
+    locks of an empty queue, so they lapse within the TTL and the next pass re-derives
+    every key."""
+    seed(engine, 30)
+    ttl_ms = 800
+    monkeypatch.setattr(ProcessItem, "unique_for", ttl_ms / 1000)
+    run_pass(ProcessItem, settings=pg_settings)
+    broker.redis.delete(broker.keys.queue("items"))
+    assert run_pass(ProcessItem, settings=pg_settings).already_queued == 30  # locks still held
+    healed = _wait_until("the locks to lapse", lambda: max(_lock_ttls(broker, range(1, 31))) == -2)
+    assert healed < ttl_ms / 1000 + 1
+    result = run_pass(ProcessItem, settings=pg_settings)
+    assert (result.enqueued, result.already_queued) == (30, 0)
+    assert len(broker.queue_entries("items", 100)) == 30
 
 
 def test_unlocked_class_enqueues_every_key_every_pass(pg_settings: Settings, engine: sa.Engine) -> None:

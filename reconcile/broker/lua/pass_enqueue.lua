@@ -26,7 +26,8 @@
 --              which does not trust surviving locks); every job is pushed
 -- ARGV[2]  digest width w (characters of one digest); 0 = the jobs take no lock
 -- ARGV[3]  the digests, concatenated (w characters each, in job order)
--- probe:   nothing else.
+-- probe:   ARGV[4] queue, ARGV[5] lock ttl (ms); both optional ("" or absent: a
+--          read-only probe, one MGET).
 -- push:    ARGV[4] wake cap (most tokens per wake list)
 --          ARGV[5] queue   ARGV[6] lock ttl (ms)
 --          ARGV[7] the payloads, each followed by "\n", in job order
@@ -35,6 +36,14 @@
 --          (ZADD) at the server's clock() + delay, others to the queue.
 -- Returns  a string with one character per job, in order. Probe: "1" lock free,
 --          "0" held. Push: "1" pushed, "0" dropped because its lock was held.
+-- Renewal: while the class's queue holds jobs (LLEN above 0: a backlog), a held lock
+--          that a probe given the ttl or a push finds is renewed: when less than half
+--          its ttl is left, PEXPIRE sets it back to the ttl (PTTL, and PEXPIRE once
+--          per half ttl). So a queued backlog that drains slower than the ttl keeps
+--          its locks as long as passes find its keys pending. With the queue empty
+--          nothing is renewed and locks lapse as they always did: that lapse is what
+--          lets a pass re-enqueue a key whose job Redis lost (an evicted queue list)
+--          while its lock survived. A lock without expiry (PTTL -1) is left alone.
 -- A push fails at its first write (SET) under maxmemory with noeviction: then
 -- nothing of the call was written. A probe takes no lock, so a client that dies
 -- between its probe and its push leaves nothing behind.
@@ -44,11 +53,36 @@ local digests = ARGV[3]
 local sub, find, concat = string.sub, string.find, table.concat
 local lock_prefix = p .. ':unique:'
 
+-- Whether the queue holds jobs (read once per call, only when a lock is found held).
+local backlog = nil
+local function has_backlog(q)
+  if backlog == nil then
+    backlog = q ~= nil and q ~= '' and redis.call('LLEN', p .. ':queue:' .. q) > 0
+  end
+  return backlog
+end
+
+-- Renew the held lock `key` (see Renewal above); returns whether it is held.
+local function renew(key, ttl)
+  local left = redis.call('PTTL', key)
+  if left == -2 then return false end
+  if left >= 0 and left < ttl / 2 then redis.call('PEXPIRE', key, ttl) end
+  return true
+end
+
 if mode == 'P' then
   local n = #digests / w
   local keys, out = {}, {}
   for i = 1, n do
     keys[i] = lock_prefix .. sub(digests, (i - 1) * w + 1, i * w)
+  end
+  local rttl = tonumber(ARGV[5] or '')
+  if rttl and rttl > 0 and has_backlog(ARGV[4]) then
+    -- a backlog: one PTTL per key (instead of the page's MGET), renewing held locks
+    for i = 1, n do
+      out[i] = renew(keys[i], rttl) and '0' or '1'
+    end
+    return concat(out)
   end
   -- MGET in slices: Lua's C stack holds ~8000 values (see call_sliced)
   for s = 1, n, 1000 do
@@ -74,6 +108,7 @@ while pos <= len do
     local key = lock_prefix .. sub(digests, (n - 1) * w + 1, n * w)
     if nx then
       ok = redis.call('SET', key, '1', 'NX', 'PX', ttl)
+      if not ok and has_backlog(q) then renew(key, tonumber(ttl)) end
     else
       redis.call('SET', key, '1', 'PX', ttl)
     end
