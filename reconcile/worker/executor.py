@@ -42,7 +42,7 @@ from ..config import Settings
 from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
 from ..logs import job_context, safe
 from ..outcome import RESCHEDULED, Outcome
-from ..payload import UNBOUNDED, decode, dumps
+from ..payload import UNBOUNDED, decode, dumps, expand_pass_payload
 from ..store.engine import get_engine
 from ..store.pending import terminate_backend
 from .retry import decide, error_name, run_death_hooks
@@ -165,6 +165,8 @@ class Executor:
             cls = registry.resolve(payload["class"])
         except UnknownJobClass as exc:
             return self._reject(d, payload, "UnknownJobClass", str(exc))
+        # a compact pass payload: its lock, unique_until and timestamps are implied
+        expand_pass_payload(payload, cls.unique_until)
         args: list[Any] = payload["args"]
         lo, hi, _ = cls.arity()
         if not lo <= len(args) <= hi:

@@ -15,7 +15,8 @@
 --   {ns}:schedule       ZSET  delayed jobs, score = run-at
 --   {ns}:dead           ZSET  dead jobs, score = died-at; trimmed by count and age
 --                             (every score: epoch seconds on the server's clock())
---   {ns}:unique:<d>     STRING uniqueness locks released by A, D and X
+--   {ns}:unique:<d>     STRING uniqueness locks released by A, D and X (unlock)
+--   {ns}:plocks:<c>, {ns}:plocks_prev:<c>   SET  pass locks released by A, D and X
 --   {ns}:wake:<q>       LIST  wake-up tokens
 --   {ns}:stat:processed, {ns}:stat:failed   STRING counters
 -- ARGV[1] proc id      ARGV[2] jobs to lease (0 = settle only)   ARGV[3] settle ops k
@@ -92,14 +93,15 @@ for _ = 1, k do
     -- skipped
   elseif code == 'A' or code == 'X' then
     if code == 'A' then processed = processed + 1 end
-    if a ~= '' then redis.call('DEL', p .. ':unique:' .. a) end
+    if a ~= '' then unlock(a) end
   elseif code == 'R' then
     failed = failed + 1
     local delay = math.max(tonumber(a), 0)
     redis.call('ZADD', p .. ':retry', clock_now() + delay, b)
-    if c ~= '' then
+    if c ~= '' and string.byte(c, 1) ~= 64 then
       -- keep the uniqueness lock through the backoff, so a reconcile pass cannot
-      -- enqueue the key again and bypass it
+      -- enqueue the key again and bypass it (a pass lock, "@...", stays in its set:
+      -- its life is its generation's, renewed by passes while the queue has a backlog)
       redis.call('SET', p .. ':unique:' .. c, '1', 'PX', math.floor(delay * 1000) + retry_lock_ms)
     end
   elseif code == 'S' then
@@ -108,7 +110,7 @@ for _ = 1, k do
     failed = failed + 1
     died = true
     redis.call('ZADD', p .. ':dead', clock_now(), a)
-    if b ~= '' then redis.call('DEL', p .. ':unique:' .. b) end
+    if b ~= '' then unlock(b) end
   elseif code == 'Q' then
     redis.call('RPUSH', p .. ':queue:' .. a, b)
     announce(a, cap)

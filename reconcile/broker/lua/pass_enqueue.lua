@@ -2,115 +2,127 @@
 -- (a push call: at most ~100 KB of payloads, so a page may take several).
 --
 -- The pass sends what is the same for every key of a page once, and each key's
--- digest and payload packed into one argument each (digests at a fixed width,
--- payloads each followed by "\n"): a page costs the client a handful of arguments
--- instead of five per key. Payloads are compact JSON (orjson), which never contains a
--- raw newline, so "\n" cannot occur inside one.
+-- digest, lock member and payload packed into one argument each (digests at a fixed
+-- width, members and payloads each followed by "\n"): a page costs the client a
+-- handful of arguments instead of five per key. Payloads and members are compact JSON
+-- (orjson), which never contains a raw newline, so "\n" cannot occur inside one.
+--
+-- Pass locks. A pass takes a key's uniqueness lock as a member of a set of its class,
+-- not as a key of its own: the member is the key's canonical args JSON (the "args" of
+-- its compact payload, so any script can name the lock from the payload), about 55
+-- bytes of Redis a lock against 150 for a key with a TTL, and one hash table for the
+-- whole class instead of two entries in the keyspace and its expiry table (whose
+-- growth and rehashing made a pass's Redis time per key grow with the table). A set
+-- member has no TTL: a lock's life is its generation's. {ns}:plocks:<c> is the
+-- current generation, {ns}:plocks_prev:<c> the previous one; a lock is held while it
+-- is a member of either. Mode G (called after each pass) turns the generations when
+-- the current one is older than half the class's unique_for: the previous one is
+-- dropped (UNLINK) and the current one becomes the previous. So a lock nobody renews
+-- lives between half and once unique_for (plus a pass interval), as the TTL did.
+-- Renewal: a held lock found in the previous generation while the class's queue holds
+-- jobs (LLEN above 0: a backlog) is moved to the current one (SMOVE), so a backlog
+-- that drains slower than unique_for keeps its locks as long as passes find its keys
+-- pending. With the queue empty nothing is renewed and locks lapse: that is what lets
+-- a pass re-enqueue a key whose job Redis lost (an evicted queue list) while its lock
+-- survived.
+-- A key is also held while {ns}:unique:<d> exists: the lock perform_async (enqueue.lua)
+-- takes for the same key, so a pass does not enqueue a key perform_async queued.
 --
 -- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
--- lease_field, field_queue, payload_queue, payload_jid and call_sliced are defined there.
+-- lease_field, field_queue, payload_queue, payload_jid, call_sliced and unlock are
+-- defined there.
 -- KEYS[1]  "{ns}:queues"; every other key is built from its prefix p = "{ns}".
 -- Keys touched:
---   {ns}:unique:<d>   STRING uniqueness lock for digest <d> ("1", PX = lock ttl);
---                     the same lock enqueue.lua takes, so a pass and perform_async
---                     of the same key dedupe against each other
---   {ns}:queue:<q>    LIST   ready jobs; LPUSH here, workers RPOP (FIFO)
+--   {ns}:plocks:<c>       SET    pass locks of class <c>, current generation
+--   {ns}:plocks_prev:<c>  SET    pass locks of class <c>, previous generation
+--   {ns}:plocks_gen:<c>   STRING "1" while the current generation is younger than
+--                         half of unique_for (PX); mode G turns them when it is gone
+--   {ns}:unique:<d>   STRING perform_async's lock of the same key (EXISTS: held)
+--   {ns}:queue:<q>    LIST   ready jobs; LPUSH here, workers RPOP (FIFO); LLEN: backlog
 --   {ns}:queues       SET    names of queues that ever held a job
 --   {ns}:schedule     ZSET   jobs to run later, score = run-at (epoch seconds, the
 --                     server's clock)
 --   {ns}:wake:<q>     LIST   wake-up tokens that idle workers BLPOP on
 -- ARGV[1]  mode:
---          "P" probe: read-only; which locks are free (MGET, one command a page)
---          "N" push, taking each lock with SET NX PX; a held lock drops its job
---          "O" push, overwriting each lock with SET PX (a pass after a Redis loss,
+--          "P" probe: which locks are held; takes none (renews held ones, above)
+--          "N" push, taking each free lock (SADD); a held lock drops its job
+--          "O" push, taking every lock even if held (a pass after a Redis loss,
 --              which does not trust surviving locks); every job is pushed
--- ARGV[2]  digest width w (characters of one digest); 0 = the jobs take no lock
--- ARGV[3]  the digests, concatenated (w characters each, in job order)
--- probe:   ARGV[4] queue, ARGV[5] lock ttl (ms); both optional ("" or absent: a
---          read-only probe, one MGET).
--- push:    ARGV[4] wake cap (most tokens per wake list)
---          ARGV[5] queue   ARGV[6] lock ttl (ms)
---          ARGV[7] the payloads, each followed by "\n", in job order
---          ARGV[8] delays (seconds, the pass's jitter), each followed by "\n", in job
+--          "G" turn the generations (above); returns 1 if it did, else 0
+-- ARGV[2]  class name <c>
+-- mode G:  ARGV[3] half of unique_for (ms). Nothing else.
+-- ARGV[3]  digest width w (characters of one digest); 0 = the jobs take no lock
+-- ARGV[4]  the digests, concatenated (w characters each, in job order)
+-- ARGV[5]  the lock members (args JSON), each followed by "\n", in job order
+-- ARGV[6]  queue
+-- probe:   nothing else.
+-- push:    ARGV[7] wake cap (most tokens per wake list)
+--          ARGV[8] the payloads, each followed by "\n", in job order
+--          ARGV[9] delays (seconds, the pass's jitter), each followed by "\n", in job
 --          order; "" = every job now. A job with a delay above 0 goes to the schedule
 --          (ZADD) at the server's clock() + delay, others to the queue.
 -- Returns  a string with one character per job, in order. Probe: "1" lock free,
 --          "0" held. Push: "1" pushed, "0" dropped because its lock was held.
--- Renewal: while the class's queue holds jobs (LLEN above 0: a backlog), a held lock
---          that a probe given the ttl or a push finds is renewed: when less than half
---          its ttl is left, PEXPIRE sets it back to the ttl (PTTL, and PEXPIRE once
---          per half ttl). So a queued backlog that drains slower than the ttl keeps
---          its locks as long as passes find its keys pending. With the queue empty
---          nothing is renewed and locks lapse as they always did: that lapse is what
---          lets a pass re-enqueue a key whose job Redis lost (an evicted queue list)
---          while its lock survived. A lock without expiry (PTTL -1) is left alone.
--- A push fails at its first write (SET) under maxmemory with noeviction: then
--- nothing of the call was written. A probe takes no lock, so a client that dies
--- between its probe and its push leaves nothing behind.
-local mode = ARGV[1]
-local w = tonumber(ARGV[2])
-local digests = ARGV[3]
+-- A push fails at its first write under maxmemory with noeviction: then nothing of
+-- the call was written. A probe takes no lock, so a client that dies between its
+-- probe and its push leaves nothing behind.
+local mode, cls = ARGV[1], ARGV[2]
 local sub, find, concat = string.sub, string.find, table.concat
-local lock_prefix = p .. ':unique:'
+local cur, prev = p .. ':plocks:' .. cls, p .. ':plocks_prev:' .. cls
 
--- Whether the queue holds jobs (read once per call, only when a lock is found held).
-local backlog = nil
-local function has_backlog(q)
-  if backlog == nil then
-    backlog = q ~= nil and q ~= '' and redis.call('LLEN', p .. ':queue:' .. q) > 0
+if mode == 'G' then
+  if not redis.call('SET', p .. ':plocks_gen:' .. cls, '1', 'NX', 'PX', ARGV[3]) then
+    return 0
   end
-  return backlog
+  redis.call('UNLINK', prev)
+  if redis.call('EXISTS', cur) == 1 then redis.call('RENAME', cur, prev) end
+  return 1
 end
 
--- Renew the held lock `key` (see Renewal above); returns whether it is held.
-local function renew(key, ttl)
-  local left = redis.call('PTTL', key)
-  if left == -2 then return false end
-  if left >= 0 and left < ttl / 2 then redis.call('PEXPIRE', key, ttl) end
-  return true
+local w, digests, members, q = tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local lock_prefix = p .. ':unique:'
+local has_prev = w > 0 and redis.call('EXISTS', prev) == 1
+local backlog = nil  -- whether q holds jobs: read once, when a lock is found in prev
+
+-- Whether the lock of the n-th key (member m) is held; renews it (above).
+local function held(m, n)
+  if redis.call('SISMEMBER', cur, m) == 1 then return true end
+  if has_prev and redis.call('SISMEMBER', prev, m) == 1 then
+    if backlog == nil then backlog = redis.call('LLEN', p .. ':queue:' .. q) > 0 end
+    if backlog then redis.call('SMOVE', prev, cur, m) end
+    return true
+  end
+  return redis.call('EXISTS', lock_prefix .. sub(digests, (n - 1) * w + 1, n * w)) == 1
 end
 
 if mode == 'P' then
-  local n = #digests / w
-  local keys, out = {}, {}
-  for i = 1, n do
-    keys[i] = lock_prefix .. sub(digests, (i - 1) * w + 1, i * w)
-  end
-  local rttl = tonumber(ARGV[5] or '')
-  if rttl and rttl > 0 and has_backlog(ARGV[4]) then
-    -- a backlog: one PTTL per key (instead of the page's MGET), renewing held locks
-    for i = 1, n do
-      out[i] = renew(keys[i], rttl) and '0' or '1'
-    end
-    return concat(out)
-  end
-  -- MGET in slices: Lua's C stack holds ~8000 values (see call_sliced)
-  for s = 1, n, 1000 do
-    local got = redis.call('MGET', unpack(keys, s, math.min(s + 999, n)))
-    for j = 1, #got do
-      out[s + j - 1] = got[j] and '0' or '1'
-    end
+  local out, n, pos, len = {}, 0, 1, #members
+  while pos <= len do
+    local stop = find(members, '\n', pos, true)
+    n = n + 1
+    out[n] = held(sub(members, pos, stop - 1), n) and '0' or '1'
+    pos = stop + 1
   end
   return concat(out)
 end
 
-local cap, q, ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local blob, delays = ARGV[7], ARGV[8]
+local cap, blob, delays = tonumber(ARGV[7]), ARGV[8], ARGV[9]
 local now = delays ~= '' and clock() or 0  -- read once; only a jittered page needs it
 local nx = mode == 'N'
-local out, ready, later = {}, {}, {}
-local n, pos, apos, len = 0, 1, 1, #blob
+local out, ready, later, taken, seen = {}, {}, {}, {}, {}
+local n, pos, apos, mpos, len = 0, 1, 1, 1, #blob
 while pos <= len do
   local stop = find(blob, '\n', pos, true)
   n = n + 1
   local ok = true
   if w > 0 then
-    local key = lock_prefix .. sub(digests, (n - 1) * w + 1, n * w)
-    if nx then
-      ok = redis.call('SET', key, '1', 'NX', 'PX', ttl)
-      if not ok and has_backlog(q) then renew(key, tonumber(ttl)) end
-    else
-      redis.call('SET', key, '1', 'PX', ttl)
+    local mstop = find(members, '\n', mpos, true)
+    local m = sub(members, mpos, mstop - 1)
+    mpos = mstop + 1
+    if nx then ok = not seen[m] and not held(m, n) end
+    if ok then
+      seen[m] = true  -- a key twice in one call (a pending query with duplicates)
+      taken[#taken + 1] = m
     end
   end
   local delay = 0
@@ -133,6 +145,7 @@ while pos <= len do
   end
   pos = stop + 1
 end
+call_sliced('SADD', cur, taken, 1)
 call_sliced('ZADD', p .. ':schedule', later, 1)  -- (score, member) pairs: 1,000 is even
 if #ready > 0 then
   local key = p .. ':queue:' .. q

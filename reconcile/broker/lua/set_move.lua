@@ -9,6 +9,7 @@
 --   {ns}:queues       SET     mode Q: known queue names
 --   {ns}:wake:<q>     LIST    mode Q: wake-up tokens
 --   {ns}:unique:<d>   STRING  mode X: the deleted job's uniqueness lock, released
+--   {ns}:plocks:<c>, {ns}:plocks_prev:<c>   SET  mode X: or its pass lock (unlock)
 -- ARGV[1] wake cap   ARGV[2] set: "schedule", "retry" or "dead"
 -- ARGV[3] mode:
 --   Q  groups of 3: member (exact bytes), queue, payload to push (the caller's
@@ -38,7 +39,7 @@ for i = 4, #ARGV, step do
         announce(q, cap)
       end
     elseif ARGV[i + 1] ~= '' then
-      redis.call('DEL', p .. ':unique:' .. ARGV[i + 1])
+      unlock(ARGV[i + 1])
     end
   end
 end
