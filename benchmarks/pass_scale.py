@@ -105,6 +105,7 @@ def ensure_tables(base: str, name: str, tables: list[str]) -> None:
     eng = sa.create_engine(database_url(base, name), isolation_level="AUTOCOMMIT")
     with eng.connect() as c:
         c.execute(sa.text("CREATE SCHEMA IF NOT EXISTS scale"))
+        c.execute(sa.text("CREATE SCHEMA IF NOT EXISTS scale_rc"))  # reconcile's own tables
         for table in tables:
             if c.execute(sa.text("SELECT to_regclass(:t)"), {"t": f"scale.{table}"}).scalar():
                 continue
@@ -197,9 +198,6 @@ def main(argv: list[str] | None = None) -> None:
     ensure_tables(args.database_url, args.database, tables)
     from reconcile.store import migrate
 
-    plain = sa.create_engine(database_url(args.database_url, args.database), isolation_level="AUTOCOMMIT")
-    with plain.connect() as c:
-        c.execute(sa.text("CREATE SCHEMA IF NOT EXISTS scale_rc"))
     migrate.upgrade(database_url(args.database_url, args.database, "scale_rc"))
     for table in tables:
         row = measure(args.database_url, args.database, table, args.jitter, not args.no_second)
