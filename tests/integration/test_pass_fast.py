@@ -27,7 +27,7 @@ from sqlalchemy.sql import Select
 
 import reconcile.scheduler.fast_pass as fast_pass
 import reconcile.scheduler.passes as passes
-from reconcile import ReconciledJob, client, client_middleware, registry, testing
+from reconcile import ReconciledJob, client, client_middleware, registry, sets, testing
 from reconcile.broker import Broker, SettleKind, get_broker
 from reconcile.broker.pass_push import PassPusher
 from reconcile.config import Settings, use_settings
@@ -714,3 +714,16 @@ def test_a_chunk_over_push_bytes_is_pushed_in_several_calls(
     assert calls >= 20
     raws = broker.queue_entries("items", 2000) + [m for m, _ in broker.set_entries("scheduled", 0, -1)]
     assert sorted(orjson.loads(r)["args"][0] for r in raws) == list(range(1, 1001))
+
+
+def test_deleting_a_jittered_pass_job_releases_its_pass_lock(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    seed(engine, 20)
+    first = run_pass(JitteredItem, settings=pg_settings)
+    scheduled = len(broker.set_entries("scheduled", 0, -1))
+    assert first.enqueued == 20 and scheduled >= 15
+    change = sets.delete("scheduled", settings=pg_settings)
+    assert change.changed == scheduled
+    again = run_pass(JitteredItem, settings=pg_settings)
+    assert (again.enqueued, again.already_queued) == (scheduled, 20 - scheduled)
