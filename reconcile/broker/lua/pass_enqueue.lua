@@ -20,13 +20,15 @@
 -- dropped (UNLINK) and the current one becomes the previous. So a lock nobody renews
 -- lives between half and once unique_for (plus a pass interval), as the TTL did.
 -- Renewal: a held lock found in the previous generation while the class's queue holds
--- jobs (LLEN above 0: a backlog) is moved to the current one (SMOVE), so a backlog
+-- jobs (LLEN above 0: a backlog) is moved to the current one (SREM, SADD), so a backlog
 -- that drains slower than unique_for keeps its locks as long as passes find its keys
 -- pending. With the queue empty nothing is renewed and locks lapse: that is what lets
 -- a pass re-enqueue a key whose job Redis lost (an evicted queue list) while its lock
 -- survived.
 -- A key is also held while {ns}:unique:<d> exists: the lock perform_async (enqueue.lua)
 -- takes for the same key, so a pass does not enqueue a key perform_async queued.
+-- The checks are batched: SMISMEMBER of each generation and one MGET per 1,000 keys
+-- (a few commands a call instead of one or more per key).
 --
 -- Runs after prelude.lua (prepended at load time): p, clock, run_at, wake, announce,
 -- lease_field, field_queue, payload_queue, payload_jid, call_sliced and unlock are
@@ -37,7 +39,7 @@
 --   {ns}:plocks_prev:<c>  SET    pass locks of class <c>, previous generation
 --   {ns}:plocks_gen:<c>   STRING "1" while the current generation is younger than
 --                         half of unique_for (PX); mode G turns them when it is gone
---   {ns}:unique:<d>   STRING perform_async's lock of the same key (EXISTS: held)
+--   {ns}:unique:<d>   STRING perform_async's lock of the same key (MGET: held)
 --   {ns}:queue:<q>    LIST   ready jobs; LPUSH here, workers RPOP (FIFO); LLEN: backlog
 --   {ns}:queues       SET    names of queues that ever held a job
 --   {ns}:schedule     ZSET   jobs to run later, score = run-at (epoch seconds, the
@@ -81,45 +83,79 @@ end
 
 local w, digests, members, q = tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local lock_prefix = p .. ':unique:'
-local has_prev = w > 0 and redis.call('EXISTS', prev) == 1
-local backlog = nil  -- whether q holds jobs: read once, when a lock is found in prev
 
--- Whether the lock of the n-th key (member m) is held; renews it (above).
-local function held(m, n)
-  if redis.call('SISMEMBER', cur, m) == 1 then return true end
-  if has_prev and redis.call('SISMEMBER', prev, m) == 1 then
-    if backlog == nil then backlog = redis.call('LLEN', p .. ':queue:' .. q) > 0 end
-    if backlog then redis.call('SMOVE', prev, cur, m) end
-    return true
+-- The lock members of the call, in job order (each followed by "\n" in ARGV[5]).
+local function split(blob)
+  local out, pos, len = {}, 1, #blob
+  while pos <= len do
+    local stop = find(blob, '\n', pos, true)
+    out[#out + 1] = sub(blob, pos, stop - 1)
+    pos = stop + 1
   end
-  return redis.call('EXISTS', lock_prefix .. sub(digests, (n - 1) * w + 1, n * w)) == 1
+  return out
+end
+
+-- Which of the members `ms` are held: a table index -> true. Batched, a few commands
+-- per call whatever its size (SMISMEMBER of each generation, MGET of perform_async's
+-- locks, in slices of 1,000: see call_sliced); held locks of the previous generation
+-- are renewed (SREM there, SADD to the current one) while q has a backlog.
+local function held_of(ms)
+  local held, n = {}, #ms
+  local prev_exists = redis.call('EXISTS', prev) == 1
+  local renew = {}
+  for s = 1, n, 1000 do
+    local e = math.min(s + 999, n)
+    local in_cur = redis.call('SMISMEMBER', cur, unpack(ms, s, e))
+    local in_prev = prev_exists and redis.call('SMISMEMBER', prev, unpack(ms, s, e)) or nil
+    local keys, at = {}, {}
+    for j = 1, e - s + 1 do
+      local i = s + j - 1
+      if in_cur[j] == 1 then
+        held[i] = true
+      elseif in_prev and in_prev[j] == 1 then
+        held[i] = true
+        renew[#renew + 1] = ms[i]
+      else
+        keys[#keys + 1] = lock_prefix .. sub(digests, (i - 1) * w + 1, i * w)
+        at[#keys] = i
+      end
+    end
+    if #keys > 0 then
+      local got = redis.call('MGET', unpack(keys))
+      for j = 1, #keys do
+        if got[j] then held[at[j]] = true end
+      end
+    end
+  end
+  if #renew > 0 and redis.call('LLEN', p .. ':queue:' .. q) > 0 then
+    call_sliced('SREM', prev, renew, 1)
+    call_sliced('SADD', cur, renew, 1)
+  end
+  return held
 end
 
 if mode == 'P' then
-  local out, n, pos, len = {}, 0, 1, #members
-  while pos <= len do
-    local stop = find(members, '\n', pos, true)
-    n = n + 1
-    out[n] = held(sub(members, pos, stop - 1), n) and '0' or '1'
-    pos = stop + 1
+  local ms = split(members)
+  local held, out = held_of(ms), {}
+  for i = 1, #ms do
+    out[i] = held[i] and '0' or '1'
   end
   return concat(out)
 end
 
 local cap, blob, delays = tonumber(ARGV[7]), ARGV[8], ARGV[9]
 local now = delays ~= '' and clock() or 0  -- read once; only a jittered page needs it
-local nx = mode == 'N'
+local ms = w > 0 and split(members) or {}
+local held = (w > 0 and mode == 'N') and held_of(ms) or {}
 local out, ready, later, taken, seen = {}, {}, {}, {}, {}
-local n, pos, apos, mpos, len = 0, 1, 1, 1, #blob
+local n, pos, apos, len = 0, 1, 1, #blob
 while pos <= len do
   local stop = find(blob, '\n', pos, true)
   n = n + 1
   local ok = true
   if w > 0 then
-    local mstop = find(members, '\n', mpos, true)
-    local m = sub(members, mpos, mstop - 1)
-    mpos = mstop + 1
-    if nx then ok = not seen[m] and not held(m, n) end
+    local m = ms[n]
+    ok = not held[n] and not seen[m]
     if ok then
       seen[m] = true  -- a key twice in one call (a pending query with duplicates)
       taken[#taken + 1] = m
