@@ -69,7 +69,7 @@ class PassPusher:
     def push(
         self, *, job: str, queue: str, digests: bytes, width: int, members: bytes,
         payloads: bytes, count: int, delays: Sequence[float] | None = None,
-        overwrite: bool = False,
+        overwrite: bool = False, half_life_ms: int = 1,
     ) -> bytes:
         """Push ``count`` jobs of class ``job`` on one queue in one call; returns one
         byte per job, ``1`` pushed, ``0`` dropped because its lock was held.
@@ -80,14 +80,15 @@ class PassPusher:
         now); one above 0 goes to the scheduled set at the Redis server's clock plus
         the delay (never this host's clock). ``overwrite`` takes every lock even if
         held and pushes every job (a pass after a Redis loss, which does not trust
-        locks).
+        locks). ``half_life_ms`` (half of ``unique_for``): a push that takes a lock
+        starts the current generation's clock if it is not running.
         """
         if count == 0:
             return b""
         delay_blob = b"" if delays is None else "".join([f"{d!r}\n" for d in delays]).encode()
         mode = PUSH_OVERWRITE if overwrite else PUSH
         args: list[bytes | str | int] = [mode, job, width, digests, members, queue, WAKE_CAP,
-                                         payloads, delay_blob]
+                                         payloads, delay_blob, max(1, half_life_ms)]
         return self._call(args, count)
 
     def turn_generation(self, job: str, half_life_ms: int) -> bool:

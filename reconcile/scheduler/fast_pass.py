@@ -236,7 +236,7 @@ class FastPass:
             flags = self.pusher.push(
                 job=self.name, queue=self.queue, digests=part.digests, width=self.width,
                 members=part.members, payloads=part.payloads, count=part.jobs,
-                delays=part.delays, overwrite=self.overwrite,
+                delays=part.delays, overwrite=self.overwrite, half_life_ms=self.lock_ttl // 2,
             )
             pushed += flags.count(b"1")
         if sum(part.jobs for part in built) == n:

@@ -63,6 +63,8 @@
 --          ARGV[9] delays (seconds, the pass's jitter), each followed by "\n", in job
 --          order; "" = every job now. A job with a delay above 0 goes to the schedule
 --          (ZADD) at the server's clock() + delay, others to the queue.
+--          ARGV[10] half of unique_for (ms): a push that takes a lock starts the
+--          current generation's clock if it is not running (SET NX PX)
 -- Returns  a string with one character per job, in order. Probe: "1" lock free,
 --          "0" held. Push: "1" pushed, "0" dropped because its lock was held.
 -- A push fails at its first write under maxmemory with noeviction: then nothing of
@@ -181,7 +183,11 @@ while pos <= len do
   end
   pos = stop + 1
 end
-call_sliced('SADD', cur, taken, 1)
+if #taken > 0 then
+  call_sliced('SADD', cur, taken, 1)
+  -- the generation's age counts from its first lock, not from the first pass's end
+  redis.call('SET', p .. ':plocks_gen:' .. cls, '1', 'NX', 'PX', ARGV[10])
+end
 call_sliced('ZADD', p .. ':schedule', later, 1)  -- (score, member) pairs: 1,000 is even
 if #ready > 0 then
   local key = p .. ':queue:' .. q
