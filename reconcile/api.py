@@ -61,7 +61,8 @@ def _age(raw: bytes | None, now: float) -> tuple[float, Any]:
     if raw is None:
         return 0.0, None
     job = loads_lenient(raw)
-    stamp = job.get("enqueued_at") or job.get("at") or job.get("created_at")
+    # a compact pass payload carries its enqueue time as "pl" or "p" (reconcile.payload)
+    stamp = job.get("enqueued_at") or job.get("at") or job.get("created_at") or job.get("pl") or job.get("p")
     if stamp is None:
         return 0.0, None
     valid = _time(stamp)

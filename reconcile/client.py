@@ -133,7 +133,8 @@ def _enqueue(
         if _interceptor is not None:
             _interceptor.intercept(job_class, [p for p in payloads if p is not None])
             return [p["jid"] if p is not None else None for p in payloads]
-        records, jids = _records_from_dicts(payloads, at, delay, delays, lock_ttl, settings.max_payload_bytes)
+        records, jids = _records_from_dicts(payloads, at, delay, delays, lock_ttl, settings.max_payload_bytes,
+                                            pass_class_of(job_class))
     else:
         records, jids = _build_records(job_class, template, args_list, names, lock_ttl, now, shown, at, delay,
                                        delays, settings.max_payload_bytes)
@@ -175,9 +176,22 @@ def _build_dicts(
     return payloads
 
 
+def pass_class_of(job_class: JobClass) -> str:
+    """The job name of a class whose keys may hold pass locks (``pass_enqueue.lua``):
+    a ReconciledJob with the default identity (:meth:`Job.pass_lock_name`); "" for
+    any other class."""
+    return job_class.pass_lock_name()
+
+
+def pass_lock_of(name: str, args: Sequence[Any]) -> str:
+    """``<class>\\n<args JSON>``: the pass lock a pass would hold for this key (its
+    canonical args, object keys sorted), for :class:`PushRecord`."""
+    return name + "\n" + orjson.dumps(list(args), option=orjson.OPT_SORT_KEYS).decode()
+
+
 def _records_from_dicts(
     payloads: list[dict[str, Any] | None], at: float, delay: float, delays: Sequence[float] | None,
-    lock_ttl: int, limit: int,
+    lock_ttl: int, limit: int, pass_class: str = "",
 ) -> tuple[list[PushRecord], list[tuple[int, str]]]:
     records: list[PushRecord] = []
     jids: list[tuple[int, str]] = []
@@ -185,7 +199,9 @@ def _records_from_dicts(
         if p is None:
             continue
         wait = delay if delays is None else max(delays[i], 0.0)
-        records.append(PushRecord(p["queue"], at, p.get("lock", ""), lock_ttl, encode(p, limit), wait))
+        lock = p.get("lock", "")
+        member = pass_lock_of(pass_class, p["args"]) if lock and pass_class else ""
+        records.append(PushRecord(p["queue"], at, lock, lock_ttl, encode(p, limit), wait, member))
         jids.append((i, p["jid"]))
     return records, jids
 
@@ -206,6 +222,7 @@ def _build_records(
     ready = template.ready(now)
     later = created + template.at_field(shown) if shown else ready
     digest = job_class.lock_digest
+    pass_class = pass_class_of(job_class) if lock_ttl else ""
     ids = os.urandom(12 * len(args_list)).hex()
     records: list[PushRecord] = []
     jids: list[tuple[int, str]] = []
@@ -231,6 +248,7 @@ def _build_records(
             raise PayloadTooLarge(
                 f"payload of {name!r} is {len(data)} bytes, over the max_payload_bytes limit of {limit}"
             )
-        records.append(PushRecord(queue, at, lock, lock_ttl, data, wait))
+        member = pass_lock_of(pass_class, args) if pass_class else ""
+        records.append(PushRecord(queue, at, lock, lock_ttl, data, wait, member))
         jids.append((i, jid))
     return records, jids

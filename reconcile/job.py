@@ -238,6 +238,13 @@ class Job:
         return unique_digest(cls.job_name, queue, args)
 
     @classmethod
+    def pass_lock_name(cls) -> str:
+        """The class name under which reconcile passes lock this class's keys
+        (``{ns}:plocks:<name>``), so that an enqueue respects a pass's lock too; ""
+        for a plain job, which passes never enqueue."""
+        return ""
+
+    @classmethod
     def arg_names(cls) -> list[str]:
         """Parameter names of ``perform`` (for error messages)."""
         if cls._arg_names is None:

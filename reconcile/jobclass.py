@@ -57,3 +57,7 @@ class JobClass(Protocol):
     def lock_digest(self, queue: str, args: list[Any]) -> str:
         """The uniqueness identity of one enqueue (:mod:`reconcile.identity`)."""
         ...
+
+    def pass_lock_name(self) -> str:
+        """The class whose pass-lock set a key of this class may be in ("" for none)."""
+        ...

@@ -303,6 +303,40 @@ class PayloadTemplate:
         return self.head + jid.encode() + self.mid + args_json + stamps + self.lock_field(lock) + b"}"
 
 
+PASS_LOCKED = "pl"
+"""Field of a compact pass payload whose job holds a pass lock: the enqueue time."""
+PASS_UNLOCKED = "p"
+"""Field of a compact pass payload whose job holds no lock: the enqueue time."""
+
+
+def pass_lock(name: str, args_json: bytes) -> str:
+    """The pass lock of class ``name``'s key whose canonical args JSON is
+    ``args_json``, as settle ops and ``unlock()`` in the Lua prelude take it:
+    ``@<name>\n<args JSON>`` (member ``args_json`` of ``{ns}:plocks:<name>``)."""
+    return "@" + name + "\n" + args_json.decode()
+
+
+def expand_pass_payload(payload: Payload, unique_until: str) -> None:
+    """Give a compact pass payload (``{"queue", "jid", "class", "args", "pl" | "p"}``,
+    written by reconcile passes; see docs/redis-layout.md) the fields the engine reads
+    from a full one, in place: ``created_at`` and ``enqueued_at`` (the pass's time),
+    and for a locked one (``pl``) its ``lock`` (:func:`pass_lock`) and
+    ``unique_until`` (the class's, given). Any other payload is left as it is."""
+    stamp = payload.pop(PASS_LOCKED, None)
+    locked = stamp is not None
+    if not locked:
+        if PASS_UNLOCKED not in payload:
+            return
+        stamp = payload.pop(PASS_UNLOCKED)
+    payload.setdefault("created_at", stamp)
+    payload.setdefault("enqueued_at", stamp)
+    if locked:
+        # the args as the pass wrote them: canonical, object keys sorted
+        args_json = orjson.dumps(payload["args"], option=orjson.OPT_SORT_KEYS)
+        payload["lock"] = pass_lock(str(payload["class"]), args_json)
+        payload["unique_until"] = unique_until
+
+
 def decode(raw: bytes | str, limit: int) -> Payload:
     """Parse and validate a payload read from Redis; :class:`PayloadError` says why not."""
     if len(raw) > limit:

@@ -257,6 +257,15 @@ class ReconciledJob(Job):
 
         return key_status(cls, key)
 
+    @classmethod
+    def pass_lock_name(cls) -> str:
+        """The job name, while the class keeps the default identity (its key): then a
+        pass's lock of a key is a member of ``{ns}:plocks:<name>``, which
+        ``perform_async`` respects. "" for a custom :meth:`lock_digest`, whose keys
+        passes enqueue through ``client.enqueue`` with that digest's lock only."""
+        owner = next(c for c in cls.__mro__ if "lock_digest" in vars(c))
+        return cls.job_name if owner is ReconciledJob else ""
+
     @property
     def idempotency_key(self) -> str:
         """Stable for (class, key): pass it to external APIs so a retried side effect is

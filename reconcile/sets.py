@@ -39,7 +39,7 @@ import orjson
 from .broker import get_broker
 from .config import Settings, get_settings
 from .errors import PayloadError
-from .payload import decode, dumps
+from .payload import PASS_LOCKED, decode, dumps, pass_lock
 
 SETS = ("scheduled", "retry", "dead")
 
@@ -118,13 +118,22 @@ def delete(
     broker = get_broker(settings)
     out = SetChange()
     for chosen in _chosen(which, jids, job, scores, settings, out):
-        members = [(e.member, str(e.payload.get("lock") or "") if e.payload and which != "dead" else "")
+        members = [(e.member, _lock_of(e.payload) if e.payload and which != "dead" else "")
                    for e in chosen]
         done = broker.set_delete(which, members)
         out.changed += sum(done)
         if jids is not None:
             out.not_found += [e.jid for e, ok in zip(chosen, done, strict=True) if not ok and e.payload]
     return out
+
+
+def _lock_of(payload: dict[str, Any]) -> str:
+    """The uniqueness lock a job holds: its ``lock`` field, or the pass lock a compact
+    pass payload (field ``pl``) implies."""
+    if PASS_LOCKED in payload:
+        return pass_lock(str(payload.get("class")),
+                         orjson.dumps(payload.get("args"), option=orjson.OPT_SORT_KEYS))
+    return str(payload.get("lock") or "")
 
 
 def act(

@@ -22,6 +22,8 @@ them as the CLI's text.
 from __future__ import annotations
 
 import re
+
+import orjson
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -198,10 +200,16 @@ def key_status(cls: type[ReconciledJob], key: Sequence[Any], settings: Settings 
     holder = key_lock_holder(engine, name, args)
     entry = quarantine.entry(engine, name, args)
     switch = switches.all_switches(engine).get(name)
-    lock = broker.locate_lock(cls.lock_digest(cls.options()["queue"], args))
+    # a key a pass enqueued holds a pass lock (a member of its class's lock set, see
+    # docs/redis-layout.md) rather than a lock key
+    pass_class = cls.pass_lock_name()
+    pass_lock = (pass_class, orjson.dumps(list(args), option=orjson.OPT_SORT_KEYS).decode()) if pass_class else None
+    lock = broker.locate_lock(cls.lock_digest(cls.options()["queue"], args), pass_lock=pass_lock)
     redis_doc: dict[str, Any] = {"lock_ttl": None if lock.ttl_ms < 0 else round(lock.ttl_ms / 1000, 3)}
     if lock.ttl_ms == -1:
         redis_doc["lock_ttl"] = "forever"
+    if lock.ttl_ms == -3:
+        redis_doc["lock_ttl"] = "pass"
     if lock.location is not None and lock.jid is not None:
         redis_doc["job"] = located(lock.jid, lock.location)
     elif lock.ttl_ms != -2:
@@ -292,7 +300,9 @@ def key_lines(doc: dict[str, Any]) -> list[str]:
             first, *rest = job_lines(j)
             lines += ["  in Redis: " + first, *rest]
         else:
-            lines.append(f"  in Redis: {j['state']} (lock expires in {r['lock_ttl']} s; {j['note']})")
+            held = ("a pass lock, held while its generation lives" if r["lock_ttl"] == "pass"
+                    else f"lock expires in {r['lock_ttl']} s")
+            lines.append(f"  in Redis: {j['state']} ({held}; {j['note']})")
     else:
         lines.append("  in Redis: no (no uniqueness lock)")
     lines.append("  quarantine: " + (quarantine_line(doc["quarantine"]) if doc["quarantine"] else "no"))

@@ -31,6 +31,9 @@ class PushRecord(NamedTuple):
     lock_ttl_ms: int
     payload: bytes
     delay: float = 0.0
+    pass_lock: str = ""
+    """``<class>\\n<args JSON>``: the key's pass lock (``pass_enqueue.lua``), which holds
+    the job off too while a pass has it queued ("" = none: not a ReconciledJob key)."""
 
 
 def run_at_arg(record: PushRecord) -> str:
@@ -84,7 +87,9 @@ class EnqueueOps(BrokerBase):
             return [True] * len(records)
         args: list[Any] = [WAKE_CAP, "FI" if index else "F"]
         for r in records:
-            args += (r.queue, run_at_arg(r), r.lock, r.lock_ttl_ms, r.payload)
+            # a pass lock rides in the lock argument, after a newline (enqueue.lua)
+            lock = r.lock + "\n" + r.pass_lock if r.pass_lock and r.lock else r.lock
+            args += (r.queue, run_at_arg(r), lock, r.lock_ttl_ms, r.payload)
         flags = self._call(len(records), replicas, args)
         return [bool(f) for f in flags]
 
@@ -100,7 +105,15 @@ class EnqueueOps(BrokerBase):
         return reply
 
     def release_lock(self, digest: str) -> None:
-        """Drop a uniqueness lock (``unique_until = "start"``)."""
+        """Drop a uniqueness lock (``unique_until = "start"``): a digest's key, or a
+        pass lock ``@<class>\n<args JSON>`` (from both of its class's generations)."""
+        if digest.startswith("@") and "\n" in digest:
+            job, member = digest[1:].split("\n", 1)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.srem(self.keys.plocks(job), member)
+            pipe.srem(self.keys.plocks_prev(job), member)
+            pipe.execute()
+            return
         self.redis.delete(self.keys.unique(digest))
 
     def release_locks(self, digests: Sequence[str]) -> None:

@@ -100,6 +100,20 @@ class Keys:
         waits after a pass is not in it (it is found by its key)."""
         return f"{self.tag}:jobs"
 
+    def plocks(self, job: str) -> str:
+        """Pass locks of class ``job``, the current generation (SET of the keys' args
+        JSON; see ``pass_enqueue.lua``)."""
+        return f"{self.tag}:plocks:{job}"
+
+    def plocks_prev(self, job: str) -> str:
+        """Pass locks of class ``job``, the previous generation (still held)."""
+        return f"{self.tag}:plocks_prev:{job}"
+
+    def plocks_gen(self, job: str) -> str:
+        """Exists (PX half of ``unique_for``) while the current generation of
+        ``job``'s pass locks is too young to be turned."""
+        return f"{self.tag}:plocks_gen:{job}"
+
     def recoveries(self, jid: str) -> str:
         """How often a job was recovered from crashed workers (written by reap.lua)."""
         return f"{self.tag}:recov:{jid}"

@@ -41,7 +41,7 @@ class Location(NamedTuple):
 
 
 class LockState(NamedTuple):
-    """A uniqueness lock: ``ttl_ms`` (-2: no lock, -1: no expiry), ``jid`` (the jid it
+    """A uniqueness lock: ``ttl_ms`` (-2: no lock, -1: no expiry, -3: a pass lock), ``jid`` (the jid it
     names while its job retries, else None) and where that job is."""
 
     ttl_ms: int
@@ -80,10 +80,15 @@ class LocateOps(BrokerBase):
         """Where job ``jid`` is, in one bounded call (see :class:`Location`)."""
         return _location(self._locate(keys=[self.keys.script_key], args=["J", maxscan, jid]))
 
-    def locate_lock(self, digest: str, maxscan: int = LOCATE_MAXSCAN) -> LockState:
+    def locate_lock(self, digest: str, maxscan: int = LOCATE_MAXSCAN,
+                    pass_lock: tuple[str, str] | None = None) -> LockState:
         """The uniqueness lock ``digest``: its TTL, and where its job is when the lock
-        names it (a retrying job's lock holds its jid; a pass's holds ``1``)."""
-        reply = self._locate(keys=[self.keys.script_key], args=["K", maxscan, digest])
+        names it (a retrying job's lock holds its jid; others hold ``1``). With
+        ``pass_lock`` = (class, canonical args JSON), a key with no lock key is also
+        looked for among its class's pass locks: ``ttl_ms`` -3 when it holds one (a
+        pass lock lives as long as its generation, see ``pass_enqueue.lua``)."""
+        extra = list(pass_lock) if pass_lock else []
+        reply = self._locate(keys=[self.keys.script_key], args=["K", maxscan, digest, *extra])
         ttl, value = int(reply[0]), reply[1]
         jid = _text(value) if value and value != b"1" else None
         return LockState(ttl, jid, _location(reply[2:]) if len(reply) > 2 else None)

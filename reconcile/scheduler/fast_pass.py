@@ -1,13 +1,15 @@
-"""The fast path of a reconcile pass: payload bytes for a page of keys, and its push.
+"""The fast path of a reconcile pass: compact payload bytes for a page of keys, and
+its push.
 
-:class:`FastPass` builds, for each chunk of a page, the keys' args JSON and lock
-digests once, then the payloads from the class's
-:class:`~reconcile.payload.PayloadTemplate` (the payloads of one class differ only in
-jid, args and timestamps), and pushes them through ``pass_enqueue.lua``
-(:class:`~reconcile.broker.pass_push.PassPusher`), probing first which locks are free
-when the last chunk found most keys already queued. The reference it must equal is
-:func:`reconcile.client.enqueue` (see :mod:`reconcile.scheduler.passes`, which
-chooses between them).
+:class:`FastPass` builds, for each chunk of a page, the keys' canonical args JSON and
+lock digests once, then compact pass payloads (``{"queue", "jid", "class", "args",
+"pl" | "p"}``: the class's options, lock and timestamps are implied, see
+:func:`reconcile.payload.expand_pass_payload`), and pushes them through
+``pass_enqueue.lua`` (:class:`~reconcile.broker.pass_push.PassPusher`), probing first
+which locks are held when the last chunk found most keys already queued. Its lock is a
+pass lock (a member of the class's lock set), which the worker derives from the
+payload. The reference it must equal, once expanded, is :func:`reconcile.client.enqueue`
+(see :mod:`reconcile.scheduler.passes`, which chooses between them).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ key by key."""
 class _Encoded(NamedTuple):
     """A chunk's keys, encoded once whether the chunk is probed first or not."""
 
-    args: list[bytes]  # per key: the payload's '","class":...,"args":' and the args JSON
-    digests: bytes  # the keys' lock digests concatenated (hex, FastPass.width each)
+    args: list[bytes]  # per key: its canonical args JSON (object keys sorted): payload args and lock member
+    digests: bytes  # the keys' perform_async lock digests concatenated (hex, FastPass.width each)
     longest: int  # of args
 
 
@@ -50,6 +52,7 @@ class _Built(NamedTuple):
 
     payloads: bytes  # each followed by b"\n"
     digests: bytes  # of these jobs, concatenated
+    members: bytes  # their lock members (args JSON), each followed by b"\n"
     delays: list[float] | None  # jitter, seconds after the Redis server's clock
     jobs: int
 
@@ -69,12 +72,15 @@ class FastPass:
     """The fast path of one pass (see the module docstring): per-pass templates,
     payload building, and the pusher stage.
 
-    Payload bytes are :meth:`PayloadTemplate.assemble`'s, joined for a whole chunk at
-    once (the parts of every payload in one ``b"".join``, the digests sliced from one
-    hex string), so they equal ``encode(template.reference(...))``, the reference path;
-    the lock digest is ``unique_digest(job_name, "", args)``,
-    ``ReconciledJob.lock_digest``, computed from the same args JSON:
-    ``tests/integration/test_pass_fast.py`` holds both to that.
+    Payloads are compact (``{"queue","jid","class","args","pl"|"p"}``, about half the
+    bytes of a full one), joined for a whole chunk at once (the parts of every payload
+    in one ``b"".join``, the digests sliced from one hex string). Expanded by the
+    worker (:func:`~reconcile.payload.expand_pass_payload`) a payload equals
+    ``template.reference(...)``, the reference path's, but for its ``lock``, which is
+    the pass lock ``@<class>\n<args JSON>`` instead of perform_async's digest; the
+    digest sent with each key (for the check against perform_async's lock) is
+    ``unique_digest(job_name, "", args)``, ``ReconciledJob.lock_digest``, computed from
+    the same args JSON: ``tests/integration/test_pass_fast.py`` holds both to that.
     """
 
     WIDTH = 32  # hex characters of a blake2b-128 digest (client.unique_digest)
@@ -99,8 +105,8 @@ class FastPass:
         self.template = PayloadTemplate.of(self.name, queue, opts, bool(self.lock_ttl),
                                            tracing.current_traceparent(settings))
         self.head, self.mid = self.template.head, self.template.mid
-        self.lock_open = PayloadTemplate.LOCK_OPEN if self.lock_ttl else b""
-        self.close = b'"}\n' if self.lock_ttl else b"}\n"  # the newline frames the payload
+        # the enqueue time's field: "pl" for a job holding a pass lock, else "p"
+        self.stamp_open = b',"pl":' if self.lock_ttl else b',"p":'
         self.digest_prefix = hashlib.blake2b(b"[" + dumps(self.name) + b',"",', digest_size=16)
 
     @classmethod
@@ -130,9 +136,9 @@ class FastPass:
         return lambda: self._push(enc, built)
 
     def _encode(self, keys: list[tuple[Any, ...]]) -> _Encoded:
-        """Each key's args part (``mid`` + args JSON) and lock digest; ArgumentError
-        (naming the value) for a key that is not JSON-native."""
-        dumps, mid, w = orjson.dumps, self.mid, self.width
+        """Each key's canonical args JSON and lock digest; ArgumentError (naming the
+        value) for a key that is not JSON-native."""
+        dumps, w = orjson.dumps, self.width
         # unique_digest hashes orjson.dumps([name, "", args], OPT_SORT_KEYS): the hash
         # state after '["<name>","",' is copied for each key (cheaper than hashing anew)
         prefix = self.digest_prefix
@@ -145,24 +151,20 @@ class FastPass:
                 check_args(list(k), self.name, names)
         parts: list[bytes] = []
         raw: list[bytes] = []
+        option = 0 if simple else orjson.OPT_SORT_KEYS
         try:
-            # Each orjson result is copied (mid + a) and dropped at once: keeping
-            # thousands of them alive measured 2.6 us each against 0.09 us for the copy
-            # (orjson allocates its output large, then shrinks it).
-            if simple and w:
+            # the args JSON is canonical (object keys sorted): the payload's args and
+            # the pass lock's member are the same bytes, so scripts can name the lock
+            # from the payload (a tuple encodes as a JSON array, like the list of args)
+            if w:
                 for k in keys:
-                    a = dumps(k)  # a tuple encodes as a JSON array, like the list of args
-                    parts.append(mid + a)
+                    a = dumps(k, option=option)
+                    parts.append(a)
                     h = prefix.copy()
                     h.update(a + b"]")
                     raw.append(h.digest())
             else:
-                for k in keys:
-                    parts.append(mid + dumps(k))
-                    if w:
-                        h = prefix.copy()
-                        h.update(dumps(k, option=orjson.OPT_SORT_KEYS) + b"]")
-                        raw.append(h.digest())
+                parts = [dumps(k, option=option) for k in keys]
         except orjson.JSONEncodeError:
             for k in keys:  # an int beyond 64 bits: check_args names it
                 check_args(list(k), self.name, names)
@@ -171,52 +173,50 @@ class FastPass:
         return _Encoded(parts, b"".join(raw).hex().encode(), max(map(len, parts)))
 
     def _payloads(self, enc: _Encoded, which: Sequence[int]) -> list[_Built]:
-        """Payloads of the keys at ``which``, built for ``now``, in groups of at most
-        PUSH_BYTES (one push call each); PayloadTooLarge (before anything of the chunk
-        is written) if one is over the limit."""
+        """Compact payloads of the keys at ``which``, stamped ``now``, in groups of at
+        most PUSH_BYTES (one push call each); PayloadTooLarge (before anything of the
+        chunk is written) if one is over the limit."""
         n = len(which)
-        lock_open = self.lock_open
-        now = time.time()
-        template = self.template
-        created = template.created(now)
-        ready = template.ready(now) + lock_open
+        # the enqueue time, to the millisecond (the payload's only timestamp; a
+        # jittered job's run-at is its scheduled-set score, on the Redis server's clock)
+        tail = self.stamp_open + orjson.dumps(round(time.time(), 3)) + b"}\n"
         delays: list[float] | None = None
-        tails: list[bytes] | None = None
-        longest_tail = len(ready)
         if self.jitter > 0:
-            # The run-ats are delays that pass_enqueue.lua adds to Redis's clock; the
-            # payload's "at" is this host's estimate of that time, for display only.
             delays = [random.uniform(0.0, self.jitter) for _ in range(n)]
-            tails = [created + template.at_field(now + d) + lock_open if d > 0 else ready for d in delays]
-            longest_tail = max(map(len, tails))
-        longest = len(self.head) + 24 + enc.longest + longest_tail + self.width + len(self.close)
+        head, mid, args, digests, w = self.head, self.mid, enc.args, enc.digests, self.width
+        longest = len(head) + 24 + len(mid) + enc.longest + len(tail)
         if longest - 1 > self.limit:
-            self._too_large(enc, which, tails or [ready] * n)
+            self._too_large(enc, which, len(head) + 24 + len(mid) + len(tail) - 1)
         jids = os.urandom(12 * n).hex().encode()
-        w, head, close, args, digests = self.width, self.head, self.close, enc.args, enc.digests
         per_call = max(1, PUSH_BYTES // longest)
         out: list[_Built] = []
         for start in range(0, n, per_call):
             group = which[start : start + per_call]
             parts: list[bytes] = []
             for j, i in enumerate(group, start):
-                parts += (head, jids[24 * j : 24 * j + 24], args[i], ready if tails is None else tails[j],
-                          digests[w * i : w * i + w], close)
+                parts += (head, jids[24 * j : 24 * j + 24], mid, args[i], tail)
             picked = b"".join([digests[w * i : w * i + w] for i in group])
-            out.append(_Built(b"".join(parts), picked,
+            members = b"".join([args[i] + b"\n" for i in group]) if w else b""
+            out.append(_Built(b"".join(parts), picked, members,
                               None if delays is None else delays[start : start + per_call], len(group)))
         return out
 
-    def _too_large(self, enc: _Encoded, which: Sequence[int], tails: list[bytes]) -> None:
+    def _too_large(self, enc: _Encoded, which: Sequence[int], fixed: int) -> None:
         """Raise PayloadTooLarge, with client.enqueue's message, for the first payload
-        over the limit."""
-        for j, i in enumerate(which):
-            size = len(self.head) + 24 + len(enc.args[i]) + len(tails[j]) + self.width + len(self.close) - 1
+        over the limit (``fixed``: the bytes of a payload besides its args)."""
+        for i in which:
+            size = fixed + len(enc.args[i])
             if size > self.limit:
                 raise PayloadTooLarge(
                     f"payload of {self.name!r} is {size} bytes, over the max_payload_bytes "
                     f"limit of {self.limit}"
                 )
+
+    def turn_generation(self) -> None:
+        """After the pass: turn the class's pass-lock generations if the current one
+        is older than half of ``unique_for`` (see ``pass_enqueue.lua``)."""
+        if self.lock_ttl:
+            self.pusher.turn_generation(self.name, self.lock_ttl // 2)
 
     # -- pushing (the pusher thread) ------------------------------------------------
 
@@ -226,7 +226,8 @@ class FastPass:
             # the kill switch, checked per chunk like client.enqueue checks it per call
             return 0, n
         if built is None:
-            flags = self.pusher.probe(enc.digests, self.width)
+            members = b"".join([a + b"\n" for a in enc.args])
+            flags = self.pusher.probe(self.name, enc.digests, self.width, members, self.queue, n)
             free = [i for i, f in enumerate(flags) if f == 49]  # b"1"
             self.new_fraction = len(free) / n
             if not free:
@@ -235,9 +236,9 @@ class FastPass:
         pushed = 0
         for part in built:
             flags = self.pusher.push(
-                queue=self.queue, lock_ttl_ms=self.lock_ttl, digests=part.digests, width=self.width,
-                payloads=part.payloads, count=part.jobs, delays=part.delays,
-                overwrite=self.overwrite,
+                job=self.name, queue=self.queue, digests=part.digests, width=self.width,
+                members=part.members, payloads=part.payloads, count=part.jobs,
+                delays=part.delays, overwrite=self.overwrite, half_life_ms=self.lock_ttl // 2,
             )
             pushed += flags.count(b"1")
         if sum(part.jobs for part in built) == n:

@@ -278,6 +278,10 @@ def _scan(
                 break
         while pushing:
             settle_one()
+    if fast is not None:
+        # after the pass (complete or not): lock generations turn by age, so locks
+        # that no pass renewed lapse after about unique_for, as a TTL would
+        fast.turn_generation()
 
 
 def _backlog(job_class: type[ReconciledJob], settings: Settings, keys: KeyRange | None) -> int:

@@ -118,7 +118,9 @@ def _invalid(entry: dict[str, Any]) -> Raw:
 
 def queue(v: View) -> tuple[str, Raw]:
     name = v.query.get("name", "")
-    rows = [(j.get("jid"), j.get("class"), clip(j.get("args")), when(j.get("enqueued_at")))
+    # a compact pass payload's enqueue time is its "pl" or "p" (reconcile.payload)
+    rows = [(j.get("jid"), j.get("class"), clip(j.get("args")),
+             when(j.get("enqueued_at") or j.get("pl") or j.get("p")))
             for j in map(loads_lenient, v.broker.queue_entries(name, PAGE_ROWS))]
     return f"Queue {name}", Raw(f"<p>Next {PAGE_ROWS} jobs, next first.</p>"
                                 + table(["jid", "class", "args", "enqueued"], rows, "empty"))

@@ -45,7 +45,7 @@ from ..errors import InvalidKey, JobTimeout, PayloadError, UnknownJobClass
 from ..logs import job_context, job_fields, safe
 from ..observe import enabled as metrics_enabled
 from ..outcome import RESCHEDULED, Outcome
-from ..payload import UNBOUNDED, decode, dumps
+from ..payload import UNBOUNDED, decode, dumps, expand_pass_payload
 from ..store.engine import get_engine
 from ..store.pending import terminate_backend
 from .retry import decide, error_name, run_death_hooks
@@ -201,6 +201,8 @@ class Executor:
             cls = registry.resolve(payload["class"])
         except UnknownJobClass as exc:
             return self._reject(d, payload, "UnknownJobClass", str(exc))
+        # a compact pass payload: its lock, unique_until and timestamps are implied
+        expand_pass_payload(payload, cls.unique_until)
         args: list[Any] = payload["args"]
         lo, hi, _ = cls.arity()
         if not lo <= len(args) <= hi:

@@ -7,11 +7,13 @@ import hashlib
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
 from reconcile.broker import Broker, PushRecord
-from reconcile.broker.scripts import PRELUDE, SCRIPTS, script_source
+from reconcile.broker.scripts import PRELUDE, SCRIPTS, script_source, with_prelude
+from reconcile.payload import pass_lock
 
 LUA = Path(__file__).resolve().parents[2] / "reconcile" / "broker" / "lua"
 PRELUDE_TEXT = (LUA / PRELUDE).read_text()
@@ -70,3 +72,26 @@ def test_set_move_refuses_a_set_it_does_not_know(broker: Broker) -> None:
     """set_move.lua refuses a set name it does not know instead of building a key from it."""
     with pytest.raises(redis.ResponseError, match=re.escape("set_move.lua: no set named bogus")):
         broker._set_move(keys=[broker.keys.script_key], args=[64, "bogus", "X", b"m", ""])
+
+
+@pytest.mark.parametrize("args", [[7], ['a"b', 2], [1, {"a": "x", "z": [1.5, None]}]],
+                         ids=["int", "quote", "dict"])
+def test_a_compact_pass_payload_names_its_pass_lock_and_unlock_releases_it(
+    broker: Broker, args: list[object]
+) -> None:
+    """reap.lua releases a poison pill's pass lock from its compact payload alone: the
+    prelude's pass_lock() gives the lock the worker would derive, and unlock() drops it
+    from both generations."""
+    member = orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
+    head = b'{"queue":"items","jid":"0123456789abcdef01234567","class":"app.Sync","args":'
+    payload = head + member + b',"pl":1.5}'
+    broker.redis.sadd(broker.keys.plocks("app.Sync"), member)
+    broker.redis.sadd(broker.keys.plocks_prev("app.Sync"), member, b"[other]")
+    script = broker.redis.register_script(
+        with_prelude("local l = pass_lock(ARGV[1]); if l then unlock(l) end; return l or ''"))
+    got = script(keys=[broker.keys.queues], args=[payload])
+    assert got.decode() == pass_lock("app.Sync", member)
+    assert broker.redis.smembers(broker.keys.plocks("app.Sync")) == set()
+    assert broker.redis.smembers(broker.keys.plocks_prev("app.Sync")) == {b"[other]"}
+    unlocked = payload.replace(b',"pl":', b',"p":')
+    assert script(keys=[broker.keys.queues], args=[unlocked]) == b""  # "p": no lock to name

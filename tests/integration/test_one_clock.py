@@ -102,8 +102,8 @@ def test_pass_jitter_delays_count_from_the_redis_clock(broker: Broker, skew: flo
     jobs = [{"queue": "items", "jid": f"p{i}", "class": "t.Item", "args": [i]} for i in range(3)]
     payloads = b"".join(orjson.dumps(job) + b"\n" for job in jobs)
     before = redis_now(broker)
-    assert pusher.push(queue="items", lock_ttl_ms=0, digests=b"", width=0, payloads=payloads, count=3,
-                       delays=[0.0, 5.0, 10.0]) == b"111"
+    assert pusher.push(job="t.Item", queue="items", digests=b"", width=0, members=b"", payloads=payloads,
+                       count=3, delays=[0.0, 5.0, 10.0]) == b"111"
     after = redis_now(broker)
     low, high = sorted(scores(broker, "scheduled"))
     assert before + 5 <= low <= after + 5

@@ -27,17 +27,17 @@ from sqlalchemy.sql import Select
 
 import reconcile.scheduler.fast_pass as fast_pass
 import reconcile.scheduler.passes as passes
-from reconcile import ReconciledJob, client, client_middleware, registry, testing
+from reconcile import ReconciledJob, client, client_middleware, registry, sets, testing
 from reconcile.broker import Broker, SettleKind, get_broker
 from reconcile.broker.pass_push import PassPusher
 from reconcile.config import Settings, use_settings
 from reconcile.errors import BrokerError
-from reconcile.payload import decode, encode
+from reconcile.payload import decode, expand_pass_payload
 from reconcile.scheduler.passes import run_pass
 from reconcile.store import keyset
 from reconcile.store import pending as pending_sql
 from reconcile.worker.executor import Executor
-from tests.jobs_core import everything, without_jids
+from tests.jobs_core import everything
 from tests.reconciled_app import MarksItemDone, ProcessItem, SyncStock, effects, items, regions
 
 fast_metadata = sa.MetaData()
@@ -193,12 +193,33 @@ def test_fast_pass_writes_the_bytes_client_enqueue_writes(
         c.execute(names.insert(), [{"name": n} for n in ('a"b', "back\\slash", "é", "line\u2028sep", "日本")])
     fast, slow = fast_then_slow(broker, monkeypatch, lambda s: run_pass(job, settings=s), pg_settings,
                                 reference)
-    assert fast and without_jids(fast) == without_jids(slow)
+    assert fast and len(fast) == len(slow)
+    limit = pg_settings.max_payload_bytes
+    expanded = sorted((comparable(job, decode(raw, limit)) for raw in fast), key=repr)
+    reference_ = sorted((comparable(job, decode(raw, limit)) for raw in slow), key=repr)
+    assert expanded == reference_
     for raw in fast:
-        payload = decode(raw, pg_settings.max_payload_bytes)
-        assert payload["class"] == job.job_name
+        payload = decode(raw, limit)
+        assert list(payload) == ["queue", "jid", "class", "args", "pl" if job.unique_for else "p"]
+        expand_pass_payload(payload, job.unique_until)
         if job.unique_for:
-            assert payload["lock"] == job.lock_digest(job.queue, payload["args"])
+            assert payload["lock"] == "@" + job.job_name + "\n" + orjson.dumps(
+                payload["args"], option=orjson.OPT_SORT_KEYS).decode()
+            assert payload["unique_until"] == job.unique_until
+
+
+def comparable(job: type[ReconciledJob], payload: dict[str, Any]) -> dict[str, Any]:
+    """What a full payload and an expanded compact one must agree on: everything but
+    the jid, the lock's form, the run-at shown ("at": the scheduled set's score
+    decides) and the retry option (a compact payload's is the class's)."""
+    expand_pass_payload(payload, job.unique_until)
+    out = {k: v for k, v in payload.items() if k not in ("jid", "lock", "at", "enqueued_at", "retry")}
+    out["locked"] = bool(payload.get("lock"))
+    out["args"] = orjson.loads(orjson.dumps(out["args"], option=orjson.OPT_SORT_KEYS))
+    out["created_at"] = round(out["created_at"], 3)
+    if "retry" in payload:
+        assert payload["retry"] == job.retry
+    return out
 
 
 def test_the_setting_fast_paths_off_sends_every_pass_through_client_enqueue(settings: Settings) -> None:
@@ -210,12 +231,13 @@ def test_the_setting_fast_paths_off_sends_every_pass_through_client_enqueue(sett
 @pytest.mark.parametrize("jitter", [0.0, 30.0])
 @pytest.mark.parametrize("job", [ProcessItem, UnlockedItem, SyncStock, NamedThing, DictKeyItem],
                          ids=lambda j: j.__name__)
-def test_payload_bytes_equal_the_reference_and_client_build_records(
+def test_payload_bytes_are_the_compact_form_and_digests_equal_client_builds(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, job: type[ReconciledJob], jitter: float
 ) -> None:
-    """Byte for byte what PayloadTemplate.reference gives, encoded, and what
-    client.enqueue's bytes path builds, from the same clock, jids and delays; the
-    records carry the same delays for the script to add to Redis's clock."""
+    """Byte for byte ``{"queue","jid","class","args","pl"|"p"}`` with the args as
+    canonical JSON (object keys sorted), the lock members are those args, and the
+    digests sent for the check against perform_async's lock are the ones
+    client.enqueue's records carry, from the same clock and keys."""
     by_job: dict[str, list[tuple[Any, ...]]] = {
         "ProcessItem": [(1,), (2**63 - 1,), (-5,)],
         "UnlockedItem": [(1,), (2,)],
@@ -234,20 +256,24 @@ def test_payload_bytes_equal_the_reference_and_client_build_records(
     records, _ = client._build_records(job, template, keys, job.arg_names(), ttl, 1_700_000_000.25,
                                        0.0, 0.0, 0.0, delays, limit)
     ids = os.urandom(12 * len(keys)).hex()  # patched: the jids both paths drew
-    reference = [
-        encode(template.reference(
-            ids[24 * i : 24 * i + 24], list(k), 1_700_000_000.25,
-            1_700_000_000.25 + delays[i] if delays and delays[i] > 0 else 0.0,
-            job.lock_digest(job.queue, list(k)) if ttl else ""), limit) + b"\n"
-        for i, k in enumerate(keys)
+    stamp = b',"pl":' if ttl else b',"p":'
+    canonical = [orjson.dumps(k, option=orjson.OPT_SORT_KEYS) for k in keys]
+    expected = [
+        b'{"queue":' + orjson.dumps(job.queue) + b',"jid":"' + ids[24 * i : 24 * i + 24].encode()
+        + b'","class":' + orjson.dumps(job.job_name) + b',"args":' + canonical[i] + stamp
+        + b"1700000000.25}\n"
+        for i in range(len(keys))
     ]
-    assert b"".join(part.payloads for part in built) == b"".join(reference), "the reference builder's bytes"
-    assert b"".join(part.payloads for part in built) == b"".join(r.payload + b"\n" for r in records)
+    assert b"".join(part.payloads for part in built) == b"".join(expected)
+    members = b"".join(c + b"\n" for c in canonical) if ttl else b""
+    assert b"".join(part.members for part in built) == members
     assert b"".join(part.digests for part in built) == "".join(r.lock for r in records).encode()
     for r, k in zip(records, keys, strict=True):
         assert r.lock == (job.lock_digest(job.queue, list(k)) if ttl else "")
+        assert r.pass_lock == (job.job_name + "\n" + orjson.dumps(k, option=orjson.OPT_SORT_KEYS).decode()
+                               if ttl else "")
     assert [r.delay for r in records] == (delays or [0.0] * len(keys))
-    assert all(r.at == 0.0 for r in records), "a pass's run-ats are delays, never absolute"
+    assert [d for part in built for d in part.delays or []] == (delays or [])
 
 
 def test_jitter_spreads_run_ats_through_the_scheduled_set(
@@ -262,9 +288,9 @@ def test_jitter_spreads_run_ats_through_the_scheduled_set(
     assert len(scheduled) >= 290  # a run-at equal to now goes straight to the queue
     for raw, score in scheduled:
         payload = orjson.loads(raw)
-        # the score (Redis's clock + the jitter delay) decides; the payload shows the
-        # scheduler's estimate of it
-        assert payload["at"] == pytest.approx(score, abs=1.0) and "enqueued_at" not in payload
+        # the score (Redis's clock + the jitter delay) decides; the compact payload
+        # carries only the pass's time
+        assert "at" not in payload and before - 1 <= payload["pl"] <= time.time()
         assert before <= score <= time.time() + 30
 
 
@@ -340,8 +366,8 @@ def test_a_lock_taken_between_probe_and_push_drops_the_key(
     seed(engine, 10)
     real_probe = PassPusher.probe
 
-    def probe_then_race(self: PassPusher, digests: bytes, width: int) -> bytes:
-        flags = real_probe(self, digests, width)
+    def probe_then_race(self: PassPusher, digests: bytes, width: int, *rest: Any) -> bytes:
+        flags = real_probe(self, digests, width, *rest)
         ProcessItem.perform_async(5)  # another enqueue wins key 5 after the probe
         return flags
 
@@ -349,6 +375,95 @@ def test_a_lock_taken_between_probe_and_push_drops_the_key(
     result = run_pass(ProcessItem, settings=pg_settings)
     assert (result.enqueued, result.already_queued) == (9, 1)
     assert len(broker.queue_entries("items", 100)) == 10
+
+
+def _pass_locks(broker: Broker) -> set[bytes]:
+    """ProcessItem's held pass locks: members of either generation."""
+    name = ProcessItem.job_name
+    return set(broker.redis.smembers(broker.keys.plocks(name))) | set(
+        broker.redis.smembers(broker.keys.plocks_prev(name)))
+
+
+def _wait_until(what: str, done: Callable[[], bool], timeout: float = 20.0) -> float:
+    """Poll ``done`` (a condition on Redis, not a fixed sleep); seconds it took."""
+    start = time.monotonic()
+    while not done():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("probe_first", [True, False], ids=["probed", "direct"])
+def test_a_queued_backlog_older_than_the_lock_ttl_is_not_enqueued_twice(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch,
+    probe_first: bool,
+) -> None:
+    """Nothing drains the queue for three times unique_for, and the lock generations
+    turn every half of it: every pass in between finds the keys already queued (it
+    renews their locks into the current generation), so the queue still holds each
+    key once."""
+    seed(engine, 40)
+    unique_for = 1.2
+    monkeypatch.setattr(ProcessItem, "unique_for", unique_for)
+    monkeypatch.setattr(fast_pass, "PROBE_BELOW", 2.0 if probe_first else -1.0)
+    gen = broker.keys.plocks_gen(ProcessItem.job_name)
+    first = run_pass(ProcessItem, settings=pg_settings)
+    assert (first.found, first.enqueued) == (40, 40)
+    every = {orjson.dumps([k]) for k in range(1, 41)}
+    started = time.monotonic()
+    turns = 0
+    while time.monotonic() - started < 3 * unique_for:
+        _wait_until("the generation to age", lambda: not broker.redis.exists(gen))
+        again = run_pass(ProcessItem, settings=pg_settings)
+        turns += 1
+        assert (again.enqueued, again.already_queued) == (0, 40)
+        assert _pass_locks(broker) == every  # renewed before the turn, not dropped by it
+    assert turns >= 5
+    queued = sorted(orjson.loads(r)["args"][0] for r in broker.queue_entries("items", 1000))
+    assert queued == list(range(1, 41))
+
+
+def test_with_the_queue_empty_locks_lapse_and_a_lost_job_is_enqueued_again(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue list is lost (evicted) while the locks survive: passes do not renew
+    the locks of an empty queue, so they lapse with their generation (within
+    unique_for) and the next pass re-derives every key."""
+    seed(engine, 30)
+    unique_for = 0.8
+    monkeypatch.setattr(ProcessItem, "unique_for", unique_for)
+    run_pass(ProcessItem, settings=pg_settings)
+    broker.redis.delete(broker.keys.queue("items"))
+    lost = time.monotonic()
+    held_passes = 0
+    while True:
+        result = run_pass(ProcessItem, settings=pg_settings)
+        if result.enqueued:
+            break
+        assert result.already_queued == 30  # still locked: not yet lapsed
+        held_passes += 1
+        assert time.monotonic() - lost < unique_for + 2, "the locks never lapsed"
+        time.sleep(0.05)
+    healed = time.monotonic() - lost
+    assert (result.enqueued, result.already_queued) == (30, 0)
+    assert held_passes >= 1 and healed <= unique_for + 1
+    assert len(broker.queue_entries("items", 100)) == 30
+
+
+def test_an_acked_pass_job_releases_its_pass_lock_from_both_generations(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(engine, 3)
+    monkeypatch.setattr(ProcessItem, "unique_for", 0.4)
+    run_pass(ProcessItem, settings=pg_settings)  # the first pass turns: its locks are "prev"
+    assert _pass_locks(broker) == {b"[1]", b"[2]", b"[3]"}
+    executor = Executor(pg_settings, broker)
+    ops = [executor.run(d) for d in broker.exchange("p", ["items"], 10)]
+    assert [op.kind for op in ops] == [SettleKind.ACK] * 3
+    assert {op.lock for op in ops} == {f"@{ProcessItem.job_name}\n[{k}]" for k in (1, 2, 3)}
+    broker.settle("p", ops)
+    assert _pass_locks(broker) == set()
 
 
 def test_unlocked_class_enqueues_every_key_every_pass(pg_settings: Settings, engine: sa.Engine) -> None:
@@ -367,8 +482,7 @@ def test_redis_loss_pass_takes_surviving_locks_over(
     result = run_pass(ProcessItem, trigger="redis_loss", settings=pg_settings)
     assert (result.enqueued, result.already_queued) == (50, 0)
     assert len(broker.queue_entries("items", 100)) == 50
-    ttl = broker.redis.pttl(broker.keys.unique(ProcessItem.lock_digest("items", [7])))
-    assert 0 < ttl <= 1000 * float(ProcessItem.unique_for)  # type: ignore[arg-type]
+    assert _pass_locks(broker) == {orjson.dumps([k]) for k in range(1, 51)}
 
 
 # -- the normal path when it must be taken -------------------------------------------
@@ -462,8 +576,8 @@ def test_out_of_memory_is_a_broker_error_and_writes_nothing(
         assert r.keys("{*") == []
         with pytest.raises(BrokerError):
             PassPusher(get_broker(settings)).push(
-                queue="items", lock_ttl_ms=1000, digests=b"a" * 32, width=32, payloads=b"{}\n",
-                count=1)
+                job=ProcessItem.job_name, queue="items", digests=b"a" * 32, width=32,
+                members=b"[1]\n", payloads=b"{}\n", count=1)
     finally:
         server.stop()
 
@@ -583,7 +697,7 @@ def test_a_chunk_over_push_bytes_is_pushed_in_several_calls(
     pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch, jitter: bool
 ) -> None:
     seed(engine, 1000)
-    monkeypatch.setattr(fast_pass, "PUSH_BYTES", 10_000)  # about 40 payloads a call
+    monkeypatch.setattr(fast_pass, "PUSH_BYTES", 4_000)  # about 45 compact payloads a call
     calls = 0
     real_push = PassPusher.push
 
@@ -600,3 +714,16 @@ def test_a_chunk_over_push_bytes_is_pushed_in_several_calls(
     assert calls >= 20
     raws = broker.queue_entries("items", 2000) + [m for m, _ in broker.set_entries("scheduled", 0, -1)]
     assert sorted(orjson.loads(r)["args"][0] for r in raws) == list(range(1, 1001))
+
+
+def test_deleting_a_jittered_pass_job_releases_its_pass_lock(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker
+) -> None:
+    seed(engine, 20)
+    first = run_pass(JitteredItem, settings=pg_settings)
+    scheduled = len(broker.set_entries("scheduled", 0, -1))
+    assert first.enqueued == 20 and scheduled >= 15
+    change = sets.delete("scheduled", settings=pg_settings)
+    assert change.changed == scheduled
+    again = run_pass(JitteredItem, settings=pg_settings)
+    assert (again.enqueued, again.already_queued) == (scheduled, 20 - scheduled)

@@ -9,6 +9,8 @@
 --   {ns}:queues       SET   names of queues that ever held a job
 --   {ns}:schedule     ZSET  jobs to run later, score = run-at (epoch seconds, Redis clock)
 --   {ns}:unique:<d>   STRING uniqueness lock for digest <d>, PX = unique_for
+--   {ns}:plocks:<c>, {ns}:plocks_prev:<c>   SET  a ReconciledJob key's pass locks
+--                     (SISMEMBER): a key a pass has queued is held for this enqueue too
 --   {ns}:wake:<q>     LIST  wake-up tokens that idle workers BLPOP on
 --   {ns}:jobs         HASH  the jid index (prelude.lua): modes FI and QI only
 -- ARGV[1]  wake cap: most tokens kept per wake list
@@ -19,7 +21,10 @@
 --          ZSCORE), "F" and "Q" do not (ReconciledJobs)
 -- full:    ARGV[3..] groups of 5 per job: queue, run-at (prelude's format: "0" now,
 --          "+<s>" a delay from this script's clock(), "<t>" an absolute epoch time),
---          lock digest ("" = none), lock ttl (ms), payload
+--          lock digest ("" = none), lock ttl (ms), payload. A lock
+--          "<d>\n<class>\n<args JSON>" also names the key's pass lock (member
+--          <args JSON> of {ns}:plocks:<class> or {ns}:plocks_prev:<class>): while
+--          that is held the job is dropped as if <d> were (see pass_enqueue.lua)
 -- quick:   ARGV[3] queue, ARGV[4..] payloads (a fifth of the arguments to send and parse)
 -- A job whose run-at is after the server's clock goes to the schedule, others to the queue.
 -- Returns  full: one integer per job: 1 pushed, 0 dropped because its lock was held;
@@ -66,7 +71,16 @@ for i = 3, #ARGV, 5 do
   local q, at, lock, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
   local ok = true
   if lock ~= '' then
-    ok = redis.call('SET', p .. ':unique:' .. lock, '1', 'NX', 'PX', ARGV[i + 3])
+    local nl = string.find(lock, '\n', 1, true)
+    if nl then
+      local rest = string.sub(lock, nl + 1)
+      lock = string.sub(lock, 1, nl - 1)
+      local sep = string.find(rest, '\n', 1, true)
+      local cls, member = string.sub(rest, 1, sep - 1), string.sub(rest, sep + 1)
+      ok = redis.call('SISMEMBER', p .. ':plocks:' .. cls, member) == 0
+        and redis.call('SISMEMBER', p .. ':plocks_prev:' .. cls, member) == 0
+    end
+    ok = ok and redis.call('SET', p .. ':unique:' .. lock, '1', 'NX', 'PX', ARGV[i + 3])
   end
   n = n + 1
   if ok then

@@ -16,7 +16,8 @@
 --   {ns}:schedule       ZSET  delayed jobs, score = run-at
 --   {ns}:dead           ZSET  dead jobs, score = died-at; trimmed by count and age
 --                             (every score: epoch seconds on the server's clock())
---   {ns}:unique:<d>     STRING uniqueness locks released by A, D and X
+--   {ns}:unique:<d>     STRING uniqueness locks released by A, D and X (unlock)
+--   {ns}:plocks:<c>, {ns}:plocks_prev:<c>   SET  pass locks released by A, D and X
 --   {ns}:wake:<q>       LIST  wake-up tokens
 --   {ns}:stat:processed, {ns}:stat:failed   STRING counters
 --   {ns}:jobs           HASH  the jid index (prelude.lua): each leased job gets
@@ -124,7 +125,7 @@ for _ = 1, k do
     -- skipped
   elseif code == 'A' or code == 'X' then
     if code == 'A' then processed = processed + 1 end
-    if a ~= '' then redis.call('DEL', p .. ':unique:' .. a) end
+    if a ~= '' then unlock(a) end
     local jid = (b ~= '') and b or (leased and payload_jid(leased))
     if jid then ended[#ended + 1] = jid end
   elseif code == 'R' then
@@ -133,10 +134,12 @@ for _ = 1, k do
     redis.call('ZADD', p .. ':retry', clock_now() + delay, b)
     local jid = payload_jid(b)
     index_set(jid, b)
-    if c ~= '' then
+    if c ~= '' and string.byte(c, 1) ~= 64 then
       -- keep the uniqueness lock through the backoff, so a reconcile pass cannot
       -- enqueue the key again and bypass it; its value names the jid, so that a
-      -- retrying ReconciledJob is found by its key (locate.lua)
+      -- retrying job is found by its key (locate.lua). A pass lock, "@...", stays in
+      -- its set: its life is its generation's, renewed by passes while the queue has
+      -- a backlog
       redis.call('SET', p .. ':unique:' .. c, jid or '1', 'PX', math.floor(delay * 1000) + retry_lock_ms)
     end
   elseif code == 'S' then
@@ -148,7 +151,7 @@ for _ = 1, k do
     -- the score as a string, so that the index's "D<score>" names exactly it
     local score = string.format('%.17g', clock_now())
     redis.call('ZADD', p .. ':dead', score, a)
-    if b ~= '' then redis.call('DEL', p .. ':unique:' .. b) end
+    if b ~= '' then unlock(b) end
     local jid = payload_jid(a)
     local was = leased and payload_jid(leased)
     if was and was ~= jid then ended[#ended + 1] = was end  -- a record that lost its jid

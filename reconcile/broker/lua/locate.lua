@@ -17,6 +17,7 @@
 --   {ns}:jobs           HASH  the jid index: HGET (HDEL of an entry naming a lost lease)
 --   {ns}:unique:<d>     STRING mode K: a uniqueness lock (GET, PTTL): its value is "1"
 --                             or, while its job retries, the jid
+--   {ns}:plocks:<c>, {ns}:plocks_prev:<c>  SET  mode K: a pass lock (SMISMEMBER)
 --   {ns}:lease:<proc>   HASH  the lease the entry names (HGET)
 --   {ns}:schedule       ZSET  ZSCORE of the member
 --   {ns}:retry          ZSET  ZSCORE of the member
@@ -25,6 +26,9 @@
 -- ARGV[1]  mode: "J" (by jid: ARGV[3] the jid) or "K" (by uniqueness lock: ARGV[3]
 --          the lock digest; the lock's jid, when it names one, is located as by "J")
 -- ARGV[2]  most queue entries searched (from the oldest)
+-- ARGV[4], ARGV[5]  mode K, optional: the class and the key's canonical args JSON of a
+--          pass lock ({ns}:plocks:<class>, {ns}:plocks_prev:<class>: SMISMEMBER),
+--          looked at when the key has no lock key
 -- Returns  {state, now (server clock, epoch ms), ...} where state and the rest are:
 --   "unknown"                                 no entry (never indexed, or ended)
 --   "running", proc, since_ms, field, payload leased by <proc> since <since_ms>
@@ -36,7 +40,7 @@
 --                                             oldest of its queue (queued further back,
 --                                             or in transit between sets)
 --   "stale", entry                            the entry names a place the job left
--- mode K prepends {lock ttl ms (-2: no lock), lock value or false}.
+-- mode K prepends {lock ttl ms (-2: no lock, -3: a pass lock), lock value or false}.
 local mode, maxscan = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -106,6 +110,14 @@ if mode == 'K' then
   local lock = p .. ':unique:' .. ARGV[3]
   local ttl = redis.call('PTTL', lock)
   local value = redis.call('GET', lock)
+  if ttl == -2 and ARGV[4] and ARGV[4] ~= '' then
+    -- no lock key: the key may hold a pass lock instead, a member of its class's
+    -- current or previous generation (pass_enqueue.lua); -3 says so (its life is
+    -- its generation's, not a TTL)
+    local held = redis.call('SMISMEMBER', p .. ':plocks:' .. ARGV[4], ARGV[5])[1] == 1
+      or redis.call('SMISMEMBER', p .. ':plocks_prev:' .. ARGV[4], ARGV[5])[1] == 1
+    if held then return {-3, false} end
+  end
   local out = {ttl, value}
   if value and value ~= '1' then
     for _, v in ipairs(by_jid(value)) do out[#out + 1] = v end

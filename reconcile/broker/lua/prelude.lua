@@ -14,6 +14,9 @@
 --                                            and wake(q, cap)
 --   index_wait(jid, m), index_set(jid, v), index_dead_trimmed(items)
 --                      {ns}:jobs       HASH  the jid index (see "The jid index" below)
+--   unlock(lock)       {ns}:unique:<d> STRING a uniqueness lock (DEL), or, for a pass
+--                                            lock "@<class>\n<args JSON>":
+--                      {ns}:plocks:<c>, {ns}:plocks_prev:<c>   SET  (SREM from both)
 --
 -- Time: every run-at, score and deadline a script writes is on the Redis server's clock
 -- (clock() below, from TIME), never a host's: hosts disagree by seconds to minutes, and
@@ -43,6 +46,9 @@
 -- perform_async) enqueued is not indexed while it waits: it costs the index nothing,
 -- and it is found by its key instead (its uniqueness lock; `reconcile key`). An entry
 -- is removed when its job ends (ack, drop, the dead set's trim or delete).
+--   lock          "<d>" (a digest: the key {ns}:unique:<d>) or "@<class>\n<args JSON>"
+--                 (a pass lock: member <args JSON> of {ns}:plocks:<class> or of
+--                 {ns}:plocks_prev:<class>; see pass_enqueue.lua)
 local p = string.sub(KEYS[1], 1, -8)  -- strip ':queues'
 
 -- The Redis server's clock, in epoch seconds with microseconds. TIME is allowed in a
@@ -151,4 +157,26 @@ local function index_dead_trimmed(items)
       if cur and string.byte(cur, 1) == 68 then redis.call('HDEL', jobs, jid) end  -- "D..."
     end
   end
+end
+
+-- Release a uniqueness lock (see Formats: lock). A pass lock is dropped from both of
+-- its class's generations.
+local function unlock(lock)
+  if string.byte(lock, 1) == 64 then  -- '@'
+    local nl = string.find(lock, '\n', 2, true)
+    if not nl then return end
+    local cls, member = string.sub(lock, 2, nl - 1), string.sub(lock, nl + 1)
+    redis.call('SREM', p .. ':plocks:' .. cls, member)
+    redis.call('SREM', p .. ':plocks_prev:' .. cls, member)
+  else
+    redis.call('DEL', p .. ':unique:' .. lock)
+  end
+end
+
+-- The pass lock of a compact pass payload holding one ("pl" field, see
+-- docs/redis-layout.md), as unlock() takes it; nil for any other payload.
+local function pass_lock(item)
+  local cls, args = string.match(item, '^{"queue":"[^"]*","jid":"%w+","class":"([^"\\]+)","args":(.*),"pl":[^,]*}$')
+  if cls then return '@' .. cls .. '\n' .. args end
+  return nil
 end

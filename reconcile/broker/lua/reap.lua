@@ -32,7 +32,8 @@
 --   {ns}:wake:<q>         LIST   wake-up tokens
 --   {ns}:recov:<jid>      STRING how often this job was recovered (expires)
 --   {ns}:dead             ZSET   poison pills: recovered more than the maximum
---   {ns}:unique:<d>       STRING a poison pill's uniqueness lock, released
+--   {ns}:unique:<d>       STRING a poison pill's uniqueness lock, released (unlock)
+--   {ns}:plocks:<c>, {ns}:plocks_prev:<c>   SET  or its pass lock
 --   {ns}:jobs             HASH   the jid index (prelude.lua): a requeued job is indexed
 --                                again if it was before its lease; a poison pill "D"
 -- ARGV[1] max recoveries   ARGV[2] recovery counter ttl (s)   ARGV[3] wake cap
@@ -79,10 +80,15 @@ local function mark_dead(item, n)
   -- release its uniqueness lock, as a D settlement does: the key is quarantined, and
   -- once an operator releases it the next pass must be able to enqueue it again
   -- (a kept lock would make passes report it "already queued" for up to unique_for)
+  local plock = pass_lock(item)  -- a compact pass payload names no lock: derived
+  if plock then
+    unlock(plock)
+    return
+  end
   local ok, job = pcall(cjson.decode, item)
   if ok and type(job) == 'table' and type(job.lock) == 'string' and job.lock ~= ''
       and job.unique_until ~= 'start' then
-    redis.call('DEL', p .. ':unique:' .. job.lock)
+    unlock(job.lock)
   end
 end
 

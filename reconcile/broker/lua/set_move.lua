@@ -11,6 +11,7 @@
 --   {ns}:unique:<d>   STRING  mode X: the deleted job's uniqueness lock, released
 --   {ns}:jobs         HASH    the jid index (prelude.lua): an indexed job is indexed as
 --                             its pushed payload (Q) or forgotten (X)
+--   {ns}:plocks:<c>, {ns}:plocks_prev:<c>   SET  mode X: or its pass lock (unlock)
 -- ARGV[1] wake cap   ARGV[2] set: "schedule", "retry" or "dead"
 -- ARGV[3] mode:
 --   Q  groups of 3: member (exact bytes), queue, payload to push (the caller's
@@ -44,7 +45,7 @@ for i = 4, #ARGV, step do
       end
     else
       if indexed then redis.call('HDEL', p .. ':jobs', jid) end
-      if ARGV[i + 1] ~= '' then redis.call('DEL', p .. ':unique:' .. ARGV[i + 1]) end
+      if ARGV[i + 1] ~= '' then unlock(ARGV[i + 1]) end
     end
   end
 end
