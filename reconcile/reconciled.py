@@ -304,8 +304,9 @@ class ReconciledJob(Job):
     def _execute(self, settings: Settings, name: str, args: list[Any]) -> Outcome:
         """The protocol of the module docstring, on a :class:`DeliveryTx` (the reference
         or the fast one, see :meth:`_delivery_tx`)."""
-        from .store.engine import delivery_session, get_engine, pooler_mode, run_perform
+        from .store.engine import delivery_session, get_engine, run_perform
         from .store.pending import lock_id
+        from .store.pooler import pooler_mode
 
         engine = get_engine(settings)
         # the lock is the canonical key's; the check and perform get the typed values

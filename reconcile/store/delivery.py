@@ -131,7 +131,7 @@ class DriverDelivery:
     ``is_pending``) the lock still goes to the driver and ``still_pending`` answers
     steps 2 and 4. ``prepare``: the setting ``prepared_checks`` (false behind a pooler
     in transaction mode); ``pooler``: the engine's
-    :func:`~reconcile.store.engine.pooler_mode`."""
+    :func:`~reconcile.store.pooler.pooler_mode`."""
 
     __slots__ = ("compiled", "conn", "pooler", "session", "still_pending", "tx")
 

@@ -26,8 +26,8 @@ from ..errors import CheckGone
 from . import _psycopg_private as pg_private
 from . import _sqlalchemy_private as sa_private
 from . import prepared
-from .engine import SERVER_PID
 from .pending import BACKEND_SQL, timeout_ms
+from .pooler import SERVER_PID
 from .prepared import NOT_CONVERGED, PreparedCheck, not_converged_cast, prepared_form
 
 log = logging.getLogger("reconcile.store")

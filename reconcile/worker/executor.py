@@ -48,6 +48,7 @@ from ..outcome import RESCHEDULED, Outcome
 from ..payload import UNBOUNDED, decode, dumps, expand_pass_payload
 from ..store.engine import get_engine
 from ..store.pending import terminate_backend
+from .held import HeldJobs
 from .retry import decide, error_name, run_death_hooks
 
 if TYPE_CHECKING:
@@ -117,28 +118,6 @@ class Active(NamedTuple):
     job: Job
     payload: dict[str, Any]
     deadline: float
-
-
-class HeldJobs:
-    """Plain Job classes disabled by a kill switch, read from the Redis mirror of
-    ``reconcile_switches`` (so plain-job workers never connect to PostgreSQL), re-read
-    at most every ``ttl`` seconds. If Redis cannot be read, the last view stays."""
-
-    def __init__(self, broker: Broker, ttl: float) -> None:
-        self.broker = broker
-        self.ttl = ttl
-        self._names: frozenset[str] = frozenset()
-        self._read_at = -1e18
-
-    def is_held(self, name: str) -> bool:
-        now = time.monotonic()
-        if now - self._read_at >= self.ttl:
-            self._read_at = now
-            try:
-                self._names = frozenset(self.broker.disabled_jobs())
-            except Exception as exc:
-                log.warning("cannot read kill switches from Redis, keeping the last view: %s", exc)
-        return name in self._names
 
 
 class Executor:

@@ -37,7 +37,8 @@ from reconcile import ReconciledJob, config
 from reconcile.config import load_settings, use_settings
 from reconcile.errors import ConfigError
 from reconcile.store import pending as pending_sql
-from reconcile.store.engine import dispose_engines, make_engine, pooler_mode
+from reconcile.store.engine import dispose_engines, make_engine
+from reconcile.store.pooler import pooler_mode
 from tests.fault.harness import SOAK, World
 from tests.fault.pgbouncer import PgBouncer, pgbouncer_binary
 from tests.fault.results import record
@@ -256,7 +257,7 @@ def test_pool_sizing_rule_for_a_perform_with_its_own_connection(
 def test_session_pooling_keeps_prepared_statements_and_reads_the_server_pid(
         pg_cluster: PgCluster) -> None:
     from reconcile.store.delivery import DriverDelivery
-    from reconcile.store.engine import SERVER_PID
+    from reconcile.store.pooler import SERVER_PID
 
     bouncer = PgBouncer(pg_cluster, pool_mode="session", pool_size=5)
     bouncer.start()

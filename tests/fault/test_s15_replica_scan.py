@@ -74,7 +74,7 @@ def test_a_pass_over_a_lagging_replica_loses_and_doubles_nothing(
 
     # caught up: the replica shows what the primary shows
     first = run_pass(ProcessItem, settings=s)
-    assert (first.found, first.enqueued, first.replica_lag) == (1000, 1000, 0.0)
+    assert (first.found, first.enqueued, first.replica_lag) == (1000, 1000, 0.0), first
 
     # the replica stops replaying; the primary finishes 400 keys elsewhere, adds 200
     set_replay_paused(standby, True)

@@ -8,7 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from reconcile.config import Settings
-from reconcile.store.engine import dispose_engines, get_engine, pool_size, pooler_mode
+from reconcile.store.engine import dispose_engines, get_engine, pool_size
+from reconcile.store.pooler import pooler_mode
 
 
 @pytest.fixture(autouse=True)
