@@ -355,6 +355,14 @@ class Executor:
         if verdict.kind == "discard":
             return SettleOp.drop(d.field, lock, payload["jid"])
         if verdict.kind == "retry":
+            if lock.startswith("@"):
+                # A pass lock lives with its generation, not until the retry: through the
+                # backoff the key holds perform_async's lock instead (fetch.lua keeps it
+                # until the retry time + 600 s), which passes respect too; the pass lock
+                # is released (a failure is rare: one more round trip is fine here).
+                self.broker.release_lock(lock)
+                lock = cls.lock_digest(payload["queue"], payload["args"])
+                payload["lock"] = lock
             return SettleOp.retry(d.field, verdict.delay, dumps(payload), lock)
         cls.on_death(payload, exc)
         return SettleOp.dead(d.field, dumps(payload), lock)

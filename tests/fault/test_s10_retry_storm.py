@@ -30,6 +30,17 @@ def finished_passes(world: World) -> int:
     return sum(1 for r in world.runs() if r["finished_at"] is not None)
 
 
+
+def lock_held(world: World, lock: str) -> bool:
+    """Whether a payload's uniqueness lock is held: a pass lock ``@<class>\\n<args>``
+    (a member of either generation of the class's set), or a digest's key."""
+    keys = world.broker.keys
+    if lock.startswith("@"):
+        job, member = lock[1:].split("\n", 1)
+        return bool(world.redis.sismember(keys.plocks(job), member)
+                    or world.redis.sismember(keys.plocks_prev(job), member))
+    return bool(world.redis.exists(keys.unique(lock)))
+
 def test_retry_storm_follows_the_backoff(world: World) -> None:
     world.seed(KEYS)
     world.scheduler(FAULT_EVERY=1)
@@ -54,7 +65,7 @@ def test_retry_storm_follows_the_backoff(world: World) -> None:
                 seen[ident] = (time.monotonic(), passes)
                 stamp = p["failed_at"] if p["retry_count"] == 0 else p["retried_at"]
                 delays.append((p["retry_count"], score - stamp))
-                locked += int(bool(world.redis.exists(keys.unique(p["lock"]))))
+                locked += int(lock_held(world, p["lock"]))
             elif passes >= seen[ident][1] + 2 and ident not in promoted:
                 due.append(member)  # a whole pass ran while it waited: its time has come
                 promoted.add(ident)

@@ -727,3 +727,27 @@ def test_deleting_a_jittered_pass_job_releases_its_pass_lock(
     assert change.changed == scheduled
     again = run_pass(JitteredItem, settings=pg_settings)
     assert (again.enqueued, again.already_queued) == (scheduled, 20 - scheduled)
+
+
+def test_a_failing_pass_job_holds_its_key_through_the_backoff(
+    pg_settings: Settings, engine: sa.Engine, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry outlives a lock generation: the key holds perform_async's lock until the
+    retry time + 600 s instead (fetch.lua), so passes report it already queued and do
+    not bypass the backoff; its pass lock is released."""
+    seed(engine, 1)
+    assert run_pass(ProcessItem, settings=pg_settings).enqueued == 1
+
+    def fails(self: Any, session: Session, item_id: int) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ProcessItem, "perform", fails)
+    executor = Executor(pg_settings, broker)
+    ops = [executor.run(d) for d in broker.exchange("p", ["items"], 10)]
+    assert [op.kind for op in ops] == [SettleKind.RETRY]
+    broker.settle("p", ops)
+    assert _pass_locks(broker) == set()
+    ttl = broker.redis.pttl(broker.keys.unique(ProcessItem.lock_digest("items", [1])))
+    assert ttl > 600_000
+    again = run_pass(ProcessItem, settings=pg_settings)
+    assert (again.enqueued, again.already_queued) == (0, 1)

@@ -136,10 +136,9 @@ for _ = 1, k do
     index_set(jid, b)
     if c ~= '' and string.byte(c, 1) ~= 64 then
       -- keep the uniqueness lock through the backoff, so a reconcile pass cannot
-      -- enqueue the key again and bypass it; its value names the jid, so that a
-      -- retrying job is found by its key (locate.lua). A pass lock, "@...", stays in
-      -- its set: its life is its generation's, renewed by passes while the queue has
-      -- a backlog
+      -- enqueue the key again and bypass it (the worker sends a pass job's digest
+      -- here, not its pass lock "@...", which has no TTL to set: see executor.py); its
+      -- value names the jid, so that a retrying job is found by its key (locate.lua)
       redis.call('SET', p .. ':unique:' .. c, jid or '1', 'PX', math.floor(delay * 1000) + retry_lock_ms)
     end
   elseif code == 'S' then
