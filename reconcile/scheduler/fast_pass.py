@@ -107,6 +107,10 @@ class FastPass:
         self.head, self.mid = self.template.head, self.template.mid
         # the enqueue time's field: "pl" for a job holding a pass lock, else "p"
         self.stamp_open = b',"pl":' if self.lock_ttl else b',"p":'
+        # the pass span's context (tracing on) rides after the stamp, the compact
+        # payload's last field (prelude.lua's pass_lock() reads up to the stamp)
+        tp = self.template.traceparent
+        self.stamp_close = (b',"traceparent":' + orjson.dumps(tp) if tp is not None else b"") + b"}\n"
         self.digest_prefix = hashlib.blake2b(b"[" + dumps(self.name) + b',"",', digest_size=16)
 
     @classmethod
@@ -179,7 +183,7 @@ class FastPass:
         n = len(which)
         # the enqueue time, to the millisecond (the payload's only timestamp; a
         # jittered job's run-at is its scheduled-set score, on the Redis server's clock)
-        tail = self.stamp_open + orjson.dumps(round(time.time(), 3)) + b"}\n"
+        tail = self.stamp_open + orjson.dumps(round(time.time(), 3)) + self.stamp_close
         delays: list[float] | None = None
         if self.jitter > 0:
             delays = [random.uniform(0.0, self.jitter) for _ in range(n)]

@@ -35,13 +35,15 @@ def scenario(broker: Broker) -> list[Any]:
     ]))
     pusher = PassPusher(broker)
     digests = b"".join(d.encode() for d in ("a" * 32, "b" * 32))
-    replies.append(pusher.probe(digests, 32))
-    replies.append(pusher.push(queue="items", lock_ttl_ms=60_000, digests=digests, width=32,
+    members = b"[1]\n[2]\n"  # the keys' pass locks (their args JSON)
+    replies.append(pusher.probe("t.Job", digests, 32, members, "items", 2))
+    replies.append(pusher.push(job="t.Job", queue="items", digests=digests, width=32, members=members,
                                payloads=payload("p1", "items") + b"\n" + payload("p2", "items") + b"\n",
-                               count=2))
-    replies.append(pusher.probe(digests, 32))
-    replies.append(pusher.push(queue="items", lock_ttl_ms=60_000, digests=digests[:32], width=32,
-                               payloads=payload("p3", "items") + b"\n", count=1, overwrite=True))
+                               count=2, half_life_ms=30_000))
+    replies.append(pusher.probe("t.Job", digests, 32, members, "items", 2))
+    replies.append(pusher.push(job="t.Job", queue="items", digests=digests[:32], width=32,
+                               members=b"[1]\n", payloads=payload("p3", "items") + b"\n", count=1,
+                               overwrite=True, half_life_ms=30_000))
     got = broker.exchange("proc", ["default", "items"], 4)
     replies.append([(d.queue, d.raw) for d in got])
     ops = [SettleOp.ack(got[0].field, "d1"), SettleOp.retry(got[1].field, 60, got[1].raw),

@@ -95,3 +95,6 @@ def test_a_compact_pass_payload_names_its_pass_lock_and_unlock_releases_it(
     assert broker.redis.smembers(broker.keys.plocks_prev("app.Sync")) == {b"[other]"}
     unlocked = payload.replace(b',"pl":', b',"p":')
     assert script(keys=[broker.keys.queues], args=[unlocked]) == b""  # "p": no lock to name
+    # tracing on: the pass's traceparent follows the stamp, and the lock is the same
+    traced = head + member + b',"pl":1.5,"traceparent":"00-' + b"a" * 32 + b"-" + b"b" * 16 + b'-01"}'
+    assert script(keys=[broker.keys.queues], args=[traced]).decode() == pass_lock("app.Sync", member)

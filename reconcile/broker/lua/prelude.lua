@@ -176,7 +176,9 @@ end
 -- The pass lock of a compact pass payload holding one ("pl" field, see
 -- docs/redis-layout.md), as unlock() takes it; nil for any other payload.
 local function pass_lock(item)
-  local cls, args = string.match(item, '^{"queue":"[^"]*","jid":"%w+","class":"([^"\\]+)","args":(.*),"pl":[^,]*}$')
+  -- the stamp may be followed by a traceparent (tracing on): the last ',"pl":<number>'
+  -- ends the args (greedy), since nothing after it holds one
+  local cls, args = string.match(item, '^{"queue":"[^"]*","jid":"%w+","class":"([^"\\]+)","args":(.*),"pl":[%d%.e+-]+[,}]')
   if cls then return '@' .. cls .. '\n' .. args end
   return nil
 end
