@@ -33,8 +33,24 @@ from tests.reconciled_app import ProcessItem, app_metadata, effects, items
 
 
 @pytest.fixture
-def standby(pg_cluster: PgCluster) -> Iterator[PgCluster]:
-    node = start_standby(pg_cluster)
+def source() -> Iterator[PgCluster]:
+    """A primary of this test's own, not the suite's shared cluster: in a full fault run
+    the pass over a standby of the shared cluster found 0 of 1,000 replayed keys in 2 of
+    3 runs (never alone, nor in a fresh process 6 of 6): until that is understood, the
+    scenario runs on servers no other test has touched."""
+    node = PgCluster()
+    try:
+        node.init()
+        node.start()
+        node.wait_ready()
+        yield node
+    finally:
+        node.destroy()
+
+
+@pytest.fixture
+def standby(source: PgCluster) -> Iterator[PgCluster]:
+    node = start_standby(source)
     try:
         yield node
     finally:
@@ -56,19 +72,19 @@ def drain(broker: Broker, executor: Executor) -> Counter[str]:
 
 
 def test_a_pass_over_a_lagging_replica_loses_and_doubles_nothing(
-    pg_cluster: PgCluster, standby: PgCluster, settings: Settings,
+    source: PgCluster, standby: PgCluster, settings: Settings,
 ) -> None:
     db = "replica_" + uuid.uuid4().hex[:8]
-    pg_cluster.create_database(db)
-    wait_caught_up(pg_cluster, standby)
-    s = settings.with_overrides(database_url=pg_cluster.url(db), pending_database_url=standby.url(db))
+    source.create_database(db)
+    wait_caught_up(source, standby)
+    s = settings.with_overrides(database_url=source.url(db), pending_database_url=standby.url(db))
     use_settings(s)
     migrate.upgrade(s.database_url)
     primary = get_engine(s)
     app_metadata.create_all(primary)
     with primary.begin() as c:
         c.execute(items.insert(), [{"id": i} for i in range(1, 1001)])
-    wait_caught_up(pg_cluster, standby)
+    wait_caught_up(source, standby)
     broker = get_broker(s)
     executor = Executor(s, broker)
 
@@ -92,7 +108,7 @@ def test_a_pass_over_a_lagging_replica_loses_and_doubles_nothing(
 
     # replay resumes: the next pass finds the 200 new keys
     set_replay_paused(standby, False)
-    wait_caught_up(pg_cluster, standby)
+    wait_caught_up(source, standby)
     healed_at = time.monotonic()
     last = run_pass(ProcessItem, settings=s)
     assert (last.found, last.enqueued, last.replica_lag) == (200, 200, 0.0)
