@@ -82,7 +82,7 @@ class _Sentinels(redis.sentinel.Sentinel):
 
     def discover_master(self, service_name: str) -> Any:
         try:
-            return super().discover_master(service_name)  # type: ignore[no-untyped-call]
+            return super().discover_master(service_name)  # type: ignore[no-untyped-call, unused-ignore]
         except redis.sentinel.MasterNotFoundError:
             hosts = ", ".join("{host}:{port}".format_map(s.connection_pool.connection_kwargs)
                               for s in self.sentinels)
@@ -100,13 +100,13 @@ def _sentinel_client(target: SentinelTarget, common: dict[str, Any]) -> redis.Re
         "ssl": target.sentinel_ssl,
         "retry": Retry(NoBackoff(), retries=1),
     }
-    manager = _Sentinels(  # type: ignore[no-untyped-call]
+    manager = _Sentinels(  # type: ignore[no-untyped-call, unused-ignore]
         list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
     node: dict[str, Any] = dict(common, db=target.db, username=target.username,
                                 password=target.password, retry=_retry(SENTINEL_RETRIES))
     if target.ssl:
         node["connection_class"] = SentinelTLSConnection
-    client: redis.Redis = manager.master_for(target.service, **node)  # type: ignore[no-untyped-call]
+    client: redis.Redis = manager.master_for(target.service, **node)  # type: ignore[no-untyped-call, unused-ignore]
     return client
 
 
