@@ -35,7 +35,7 @@ from .config import Settings, get_settings
 from .errors import PayloadTooLarge
 from .identity import unique_digest
 from .jobclass import JobClass
-from .payload import PayloadTemplate, check_args, encode, new_jid, valid_queue
+from .payload import PayloadTemplate, check_args, encode, new_jid, pass_lock_member, valid_queue
 
 __all__ = ["check_queue", "enqueue", "set_interceptor", "unique_digest"]
 
@@ -186,7 +186,7 @@ def pass_class_of(job_class: JobClass) -> str:
 def pass_lock_of(name: str, args: Sequence[Any]) -> str:
     """``<class>\\n<args JSON>``: the pass lock a pass would hold for this key (its
     canonical args, object keys sorted), for :class:`PushRecord`."""
-    return name + "\n" + orjson.dumps(list(args), option=orjson.OPT_SORT_KEYS).decode()
+    return name + "\n" + pass_lock_member(args).decode()
 
 
 def _records_from_dicts(

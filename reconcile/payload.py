@@ -309,6 +309,12 @@ PASS_UNLOCKED = "p"
 """Field of a compact pass payload whose job holds no lock: the enqueue time."""
 
 
+def pass_lock_member(args: Any) -> bytes:
+    """A key's member in its class's pass-lock sets: its canonical args as JSON, object
+    keys sorted (the bytes a pass writes as the compact payload's ``args``)."""
+    return orjson.dumps(list(args), option=orjson.OPT_SORT_KEYS)
+
+
 def pass_lock(name: str, args_json: bytes) -> str:
     """The pass lock of class ``name``'s key whose canonical args JSON is
     ``args_json``, as settle ops and ``unlock()`` in the Lua prelude take it:

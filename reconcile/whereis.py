@@ -25,11 +25,9 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from .broker import Broker, Location, get_broker
 from .config import Settings, get_settings
-from .payload import loads_lenient
+from .payload import loads_lenient, pass_lock_member
 from .registry import all_classes
 
 if TYPE_CHECKING:
@@ -204,8 +202,8 @@ def key_status(cls: type[ReconciledJob], key: Sequence[Any], settings: Settings 
     # docs/redis-layout.md) rather than a lock key
     pass_class = cls.pass_lock_name()
     pass_lock = None
-    if pass_class:  # the member as the pass wrote it: canonical args, object keys sorted
-        pass_lock = (pass_class, orjson.dumps(list(args), option=orjson.OPT_SORT_KEYS).decode())
+    if pass_class:  # the member as the pass wrote it
+        pass_lock = (pass_class, pass_lock_member(args).decode())
     lock = broker.locate_lock(cls.lock_digest(cls.options()["queue"], args), pass_lock=pass_lock)
     redis_doc: dict[str, Any] = {"lock_ttl": None if lock.ttl_ms < 0 else round(lock.ttl_ms / 1000, 3)}
     if lock.ttl_ms == -1:

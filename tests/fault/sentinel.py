@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from tests.fault.servers import RedisServer, _deadline_loop, free_port
+from tests.fault.servers import RedisServer, _deadline_loop, free_port, spawn_redis
 
 SERVICE = "faultmaster"
 REPL = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
@@ -50,22 +50,8 @@ class SentinelNode:
             f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}\n"
             f"sentinel parallel-syncs {SERVICE} 1\n")
-        log = open(self.folder / "sentinel.log", "ab")  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
-                                         stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
-        c = self.client()
-        for _ in _deadline_loop(10, f"redis sentinel on port {self.port}"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sentinel exited: {(self.folder / 'sentinel.log').read_text()[-2000:]}")
-            try:
-                if c.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-        c.close()
+        self.proc = spawn_redis(["redis-server", str(conf), "--sentinel"], self.folder / "sentinel.log",
+                                f"redis sentinel on port {self.port}", self.client())
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -59,6 +59,29 @@ def _deadline_loop(timeout: float, what: str, interval: float = 0.02):  # type: 
         time.sleep(interval)
 
 
+def spawn_redis(args: list[str], log_path: Path, what: str, client: redis.Redis) -> subprocess.Popen[bytes]:
+    """Start ``args`` (a ``redis-server``, or one with ``--sentinel``) logging to
+    ``log_path``, and wait up to 10 s until ``client`` gets a PONG; raises with the log's
+    tail if the process exits first. ``client`` is closed afterwards."""
+    log = open(log_path, "ab")  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
+    try:
+        for _ in _deadline_loop(10, what):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited: {log_path.read_text()[-2000:]}")
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                pass
+    finally:
+        client.close()
+    return proc
+
+
 class RedisServer:
     """One private ``redis-server`` process."""
 
@@ -89,21 +112,8 @@ class RedisServer:
         args += self.extra
         self.folder.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
-        c = self.client()
-        for _ in _deadline_loop(10, f"redis-server on port {self.port}"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {(self.folder / 'redis.log').read_text()[-2000:]}")
-            try:
-                if c.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-        c.close()
+        self.proc = spawn_redis(args, self.folder / "redis.log", f"redis-server on port {self.port}",
+                                self.client())
 
     def kill(self) -> None:
         """SIGKILL: everything in memory is gone."""
